@@ -1,0 +1,712 @@
+"""Datasets and input pipeline for DARTS search and retraining.
+
+Three stages, in the spirit of flax-examples' `input_pipeline.py`:
+
+1. Loading (host, numpy): `load_dataset` reads Fashion-MNIST, MNIST, CIFAR-10
+   or CIFAR-100 from the official files (IDX, CIFAR python pickles or CIFAR
+   binary records, archived or extracted) or from tensorflow-datasets prepared
+   data, into uint8 NHWC images and int32 labels. TensorFlow is never needed.
+2. Batching (host, numpy): `epoch_batches` draws the global batches of an epoch
+   from a permutation that depends only on (seed, epoch, stream), so a run is
+   reproducible and resumable whatever the number of devices or processes;
+   each process takes its contiguous slice of every global batch. `Prefetcher`
+   overlaps host batching with device compute; `sharded` adds the device axis.
+3. Preprocessing (device, jax): `random_crop_flip` and `cutout` (the DARTS
+   CIFAR augmentations) and `normalize`.
+
+The original DARTS training transform is RandomCrop(32, padding=4) ->
+RandomHorizontalFlip -> ToTensor -> Normalize (-> Cutout when enabled); the
+device equivalent is::
+
+    x = random_crop_flip(key1, images_uint8)      # black padding, as on PIL
+    x = normalize(x, ds.mean, ds.std)
+    x = cutout(key2, x, length=16)                 # retraining only
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import gzip
+import io
+import os
+import pickle
+import queue
+import tarfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
+
+DATA_DIR_ENV = 'DARTS_JAX_DATA'
+"""Environment variable naming the default data directory."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """No copy of a dataset was found; the message says how to get one."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """An image classification dataset held in host memory.
+
+  Attributes:
+    name: Dataset name, one of `DATASETS`.
+    train_images: uint8 array (N, H, W, C).
+    train_labels: int32 array (N,).
+    test_images: uint8 array (M, H, W, C).
+    test_labels: int32 array (M,).
+    num_classes: Number of classes.
+    mean: float32 (C,), per-channel mean of the full training set in [0, 1].
+    std: float32 (C,), per-channel standard deviation of the full training set
+      in [0, 1] (population, over all training pixels of the channel).
+  """
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  mean: np.ndarray
+  std: np.ndarray
+
+
+# ----------------------------------------------------------------------------
+# Official file formats.
+
+
+_IDX_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
+              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+_IDX_IMAGES_MAGIC = 2051  # 0x00000803: uint8 data, 3 dimensions.
+_IDX_LABELS_MAGIC = 2049  # 0x00000801: uint8 data, 1 dimension.
+
+
+def _parse_idx(data: bytes, path: str, magic: int) -> np.ndarray:
+  """Parses an IDX file: big-endian int32 magic, then int32 dims, then uint8."""
+  ndim = {_IDX_IMAGES_MAGIC: 3, _IDX_LABELS_MAGIC: 1}[magic]
+  found = int.from_bytes(data[:4], 'big')
+  if found != magic:
+    raise ValueError(f'{path}: IDX magic number is {found}, expected {magic} '
+                     f'({"images" if ndim == 3 else "labels"}); the file is '
+                     'corrupt or not the expected IDX file.')
+  header = 4 * (1 + ndim)
+  if len(data) < header:
+    raise ValueError(f'{path}: truncated IDX header ({len(data)} bytes).')
+  shape = np.frombuffer(data[4:header], '>i4').tolist()
+  values = np.frombuffer(data, np.uint8, offset=header)
+  if values.size != np.prod(shape):
+    raise ValueError(f'{path}: IDX header announces shape {tuple(shape)} but '
+                     f'the file holds {values.size} values.')
+  return values.reshape(shape)
+
+
+def _find_idx_files(directory: str) -> list[str] | None:
+  """Paths of the four IDX files in `directory` (`.gz` or not), or None."""
+  paths = []
+  for base in _IDX_FILES:
+    path = next((p for p in (os.path.join(directory, base + '.gz'),
+                             os.path.join(directory, base))
+                 if os.path.isfile(p)), None)
+    if path is None:
+      return None
+    paths.append(path)
+  return paths
+
+
+def _load_idx(paths: Sequence[str]) -> tuple[np.ndarray, ...]:
+  """Reads (train_images, train_labels, test_images, test_labels) from IDX."""
+  arrays = []
+  for path, magic in zip(paths, (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC) * 2):
+    opener = gzip.open if path.endswith('.gz') else open
+    with opener(path, 'rb') as f:
+      arrays.append(_parse_idx(f.read(), path, magic))
+  for i in (0, 2):  # (images, labels) of train, then test
+    if len(arrays[i]) != len(arrays[i + 1]):
+      raise ValueError(f'{paths[i]} holds {len(arrays[i])} images but '
+                       f'{paths[i + 1]} holds {len(arrays[i + 1])} labels.')
+  return arrays[0][..., None], arrays[1], arrays[2][..., None], arrays[3]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+  """Unpickles only what the CIFAR pickles hold: dicts, lists, str, bytes, int
+  and numpy arrays. Loading a downloaded pickle must not run arbitrary code."""
+
+  # numpy's array reconstructor lives in numpy.core (numpy 1, which wrote the
+  # official files) or numpy._core (numpy 2); both names map to it.
+  _ALLOWED = {
+      ('numpy.core.multiarray', '_reconstruct'): np.empty(0).__reduce__()[0],
+      ('numpy._core.multiarray', '_reconstruct'): np.empty(0).__reduce__()[0],
+      ('numpy', 'ndarray'): np.ndarray,
+      ('numpy', 'dtype'): np.dtype,
+      # Python 3 writes bytes objects with protocol 2 as _codecs.encode(...).
+      ('_codecs', 'encode'): codecs.encode,
+  }
+
+  def find_class(self, module: str, name: str) -> Any:
+    try:
+      return self._ALLOWED[module, name]
+    except KeyError:
+      raise pickle.UnpicklingError(
+          f'refusing to load {module}.{name} from a CIFAR pickle; the file '
+          'is not an official CIFAR batch.') from None
+
+
+_Parser = Callable[[bytes, str], tuple[np.ndarray, np.ndarray]]
+"""Parses one CIFAR batch file (contents, path for errors) to images, labels."""
+
+
+def _chw_rows_to_nhwc(rows: np.ndarray) -> np.ndarray:
+  """(N, 3072) channel-major 3x32x32 rows -> (N, 32, 32, 3)."""
+  return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def _cifar_python_parser(label_key: bytes) -> _Parser:
+  def parse(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
+    batch = _ArrayUnpickler(io.BytesIO(data), encoding='bytes').load()
+    if not isinstance(batch, dict) or not {b'data', label_key} <= batch.keys():
+      raise ValueError(f'{path}: not a CIFAR python batch (needs keys '
+                       f"b'data' and {label_key!r}).")
+    rows = np.asarray(batch[b'data'], np.uint8).reshape(-1, 3072)
+    return _chw_rows_to_nhwc(rows), np.asarray(batch[label_key], np.int32)
+  return parse
+
+
+def _cifar_binary_parser(label_bytes: int) -> _Parser:
+  """Records of `label_bytes` label bytes then 3072 pixel bytes; the last
+  label byte is the (fine) label (CIFAR-100 stores coarse, fine)."""
+  def parse(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
+    record = label_bytes + 3072
+    if len(data) % record:
+      raise ValueError(f'{path}: {len(data)} bytes is not a whole number of '
+                       f'{record}-byte CIFAR records.')
+    records = np.frombuffer(data, np.uint8).reshape(-1, record)
+    return (_chw_rows_to_nhwc(records[:, label_bytes:]),
+            records[:, label_bytes - 1].astype(np.int32))
+  return parse
+
+
+@dataclasses.dataclass(frozen=True)
+class _CifarFormat:
+  """One official CIFAR distribution: an archive whose files sit in `folder`."""
+
+  archive: str
+  folder: str
+  train_files: tuple[str, ...]
+  test_files: tuple[str, ...]
+  parse: _Parser
+
+
+def _read_files(source: str, folder: str,
+                names: Sequence[str]) -> dict[str, bytes]:
+  """Reads `folder/name` for each name from a directory or a .tar.gz."""
+  if os.path.isdir(source):
+    files = {}
+    for name in names:
+      with open(os.path.join(source, name), 'rb') as f:
+        files[name] = f.read()
+    return files
+  wanted = {f'{folder}/{name}': name for name in names}
+  files = {}
+  with tarfile.open(source, 'r:gz') as tar:
+    for member in tar:  # One pass: seeking back in a gzip stream is slow.
+      if member.name in wanted:
+        files[wanted[member.name]] = tar.extractfile(member).read()
+  missing = sorted(set(names) - files.keys())
+  if missing:
+    raise ValueError(f'{source} lacks {", ".join(missing)} under {folder}/; '
+                     'the archive is incomplete or not the official one.')
+  return files
+
+
+def _load_cifar(fmt: _CifarFormat, source: str) -> tuple[np.ndarray, ...]:
+  files = _read_files(source, fmt.folder, fmt.train_files + fmt.test_files)
+  splits = []
+  for names in (fmt.train_files, fmt.test_files):
+    images, labels = zip(*(fmt.parse(files[n], os.path.join(source, n))
+                           for n in names))
+    splits += [np.concatenate(images), np.concatenate(labels)]
+  return tuple(splits)
+
+
+def _find_cifar(formats: Sequence[_CifarFormat],
+                directory: str) -> tuple[_CifarFormat, str] | None:
+  """The first official CIFAR copy in `directory`: extracted folder first."""
+  for fmt in formats:
+    folder = os.path.join(directory, fmt.folder)
+    if os.path.isdir(folder):
+      return fmt, folder
+    archive = os.path.join(directory, fmt.archive)
+    if os.path.isfile(archive):
+      return fmt, archive
+  return None
+
+
+_CIFAR10_BATCHES = tuple(f'data_batch_{i}' for i in range(1, 6))
+_CIFAR10_FORMATS = (
+    _CifarFormat('cifar-10-python.tar.gz', 'cifar-10-batches-py',
+                 _CIFAR10_BATCHES, ('test_batch',),
+                 _cifar_python_parser(b'labels')),
+    _CifarFormat('cifar-10-binary.tar.gz', 'cifar-10-batches-bin',
+                 tuple(f'{b}.bin' for b in _CIFAR10_BATCHES),
+                 ('test_batch.bin',), _cifar_binary_parser(1)),
+)
+_CIFAR100_FORMATS = (
+    _CifarFormat('cifar-100-python.tar.gz', 'cifar-100-python', ('train',),
+                 ('test',), _cifar_python_parser(b'fine_labels')),
+    _CifarFormat('cifar-100-binary.tar.gz', 'cifar-100-binary', ('train.bin',),
+                 ('test.bin',), _cifar_binary_parser(2)),
+)
+
+
+# ----------------------------------------------------------------------------
+# tensorflow-datasets prepared data.
+
+
+def _tfds_builder(name: str,
+                  data_dir: str | None) -> tfds.core.DatasetBuilder:
+  # Imported here: tensorflow_datasets is slow to import and only this
+  # fallback needs it.
+  # pylint: disable-next=g-import-not-at-top,redefined-outer-name
+  import tensorflow_datasets as tfds
+
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def _load_tfds(builder: tfds.core.DatasetBuilder) -> tuple[np.ndarray, ...]:
+  """Reads the train and test splits of a prepared tfds builder.
+
+  `as_data_source` reads array_record (or parquet) files with numpy and
+  decodes images with PIL, so no TensorFlow is needed. Preparing (downloading
+  and encoding) does need TensorFlow, so it is never attempted here.
+  """
+  # pylint: disable-next=g-import-not-at-top,redefined-outer-name
+  import tensorflow_datasets as tfds
+
+  file_format = builder.info.file_format
+  if file_format not in tfds.core.file_adapters.FileFormat.with_random_access():
+    raise ValueError(
+        f'{builder.name} in {builder.data_dir} is prepared as '
+        f'{file_format.value}, which needs TensorFlow to read. Prepare it '
+        f"again with tfds.builder('{builder.name}', data_dir=..., "
+        "file_format='array_record').download_and_prepare().")
+  arrays = []
+  for split in ('train', 'test'):
+    source = builder.as_data_source(split=split)
+    records = source.__getitems__(range(len(source)))  # batched reads
+    arrays.append(np.stack([r['image'] for r in records]).astype(np.uint8))
+    arrays.append(np.asarray([r['label'] for r in records], np.int32))
+  return tuple(arrays)
+
+
+# ----------------------------------------------------------------------------
+# Dataset registry and discovery.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  subdirs: tuple[str, ...]  # Also searched below each data directory.
+  how_to_get: str  # Completes "To get it: ".
+  cifar_formats: tuple[_CifarFormat, ...] = ()  # Empty: IDX files.
+  system_dirs: tuple[str, ...] = ()  # Searched when no data_dir is given.
+
+
+_INTO_DIR = ('into a directory and pass it as data_dir (--config.data.dir) '
+             f'or set ${DATA_DIR_ENV}')
+_IDX_NAMES = ', '.join(f + '.gz' for f in _IDX_FILES)
+_TFDS_HINT = (
+    'or prepare it with tensorflow-datasets on a machine with TensorFlow '
+    '(pip install tensorflow tensorflow-datasets; python -c "import '
+    "tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR', "
+    "file_format='array_record').download_and_prepare()\") and pass DIR.")
+
+# mean and std: per-channel statistics of the full training set, in [0, 1].
+DATASETS: dict[str, _Spec] = {
+    'fashion_mnist': _Spec(
+        num_classes=10, mean=(0.2860406,), std=(0.35302424,),
+        subdirs=('fashion-mnist', 'fashion_mnist'),
+        system_dirs=('/usr/share/datasets/fashion-mnist',),
+        how_to_get=('apt-get install dataset-fashion-mnist (Debian/Ubuntu); '
+                    f'or download {_IDX_NAMES} from '
+                    f'https://github.com/zalandoresearch/fashion-mnist '
+                    f'{_INTO_DIR}; ' + _TFDS_HINT)),
+    'mnist': _Spec(
+        num_classes=10, mean=(0.13066048,), std=(0.30810780,),
+        subdirs=('mnist',),
+        how_to_get=f'download the MNIST files {_IDX_NAMES} {_INTO_DIR}; '
+                   + _TFDS_HINT),
+    'cifar10': _Spec(
+        num_classes=10, mean=(0.49139968, 0.48215827, 0.44653124),
+        std=(0.24703233, 0.24348505, 0.26158768),
+        subdirs=('cifar10', 'cifar-10'), cifar_formats=_CIFAR10_FORMATS,
+        how_to_get=('download cifar-10-python.tar.gz from '
+                    f'https://www.cs.toronto.edu/~kriz/cifar.html {_INTO_DIR}'
+                    '; ' + _TFDS_HINT)),
+    'cifar100': _Spec(
+        num_classes=100, mean=(0.50707516, 0.48654887, 0.44091784),
+        std=(0.26733429, 0.25643846, 0.27615047),
+        subdirs=('cifar100', 'cifar-100'), cifar_formats=_CIFAR100_FORMATS,
+        how_to_get=('download cifar-100-python.tar.gz from '
+                    f'https://www.cs.toronto.edu/~kriz/cifar.html {_INTO_DIR}'
+                    '; ' + _TFDS_HINT)),
+}
+"""Known dataset names and their constants."""
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+  """Loads a dataset into host memory as uint8 NHWC images, int32 labels.
+
+  Where it looks, in order:
+
+  * Directories: `data_dir` if given; otherwise `$DARTS_JAX_DATA` (if set) and
+    then system locations (Debian's `dataset-fashion-mnist` installs
+    `/usr/share/datasets/fashion-mnist`). Each directory is searched itself
+    and through its dataset subfolders (e.g. `DIR/fashion-mnist`,
+    `DIR/cifar10`), for the official files:
+
+    - fashion_mnist, mnist: `train-images-idx3-ubyte.gz`,
+      `train-labels-idx1-ubyte.gz`, `t10k-images-idx3-ubyte.gz`,
+      `t10k-labels-idx1-ubyte.gz` (or the same without `.gz`).
+    - cifar10: `cifar-10-batches-py/`, `cifar-10-python.tar.gz`,
+      `cifar-10-batches-bin/` or `cifar-10-binary.tar.gz`.
+    - cifar100: `cifar-100-python/`, `cifar-100-python.tar.gz`,
+      `cifar-100-binary/` or `cifar-100-binary.tar.gz`.
+
+  * tensorflow-datasets data prepared (in array_record format) under
+    `data_dir`, else `$DARTS_JAX_DATA`, else tfds' default data directory.
+    Data is never downloaded or prepared here: that needs TensorFlow.
+
+  Args:
+    name: One of 'fashion_mnist', 'mnist', 'cifar10', 'cifar100'.
+    data_dir: Directory holding the data, or None for the defaults above.
+
+  Returns:
+    The `Dataset`; `mean`/`std` are the standard constants of the full
+    training set, whatever subset is later used.
+
+  Raises:
+    ValueError: For an unknown name, or a corrupt or incomplete file.
+    DatasetNotFoundError: When no copy is found; the message lists where it
+      looked and how to get the data.
+  """
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; known: {", ".join(DATASETS)}.')
+  spec = DATASETS[name]
+  root = data_dir or os.environ.get(DATA_DIR_ENV) or None
+  directories = []
+  if root:
+    directories = [root] + [os.path.join(root, d) for d in spec.subdirs]
+  if not data_dir:
+    directories += spec.system_dirs
+
+  arrays = None
+  for directory in directories:
+    if spec.cifar_formats:
+      found = _find_cifar(spec.cifar_formats, directory)
+      arrays = _load_cifar(*found) if found else None
+    else:
+      paths = _find_idx_files(directory)
+      arrays = _load_idx(paths) if paths else None
+    if arrays is not None:
+      break
+  else:
+    builder = _tfds_builder(name, root)
+    if not builder.is_prepared():
+      looked = ', '.join(directories) or 'none'
+      raise DatasetNotFoundError(
+          f'{name} not found. Looked in directories: {looked}; and for '
+          f'tensorflow-datasets prepared data in {builder.data_dir}. To get '
+          'it: ' + spec.how_to_get.format(name=name))
+    arrays = _load_tfds(builder)
+
+  train_images, train_labels, test_images, test_labels = arrays
+  return Dataset(
+      name=name,
+      train_images=train_images,
+      train_labels=train_labels.astype(np.int32),
+      test_images=test_images,
+      test_labels=test_labels.astype(np.int32),
+      num_classes=spec.num_classes,
+      mean=np.asarray(spec.mean, np.float32),
+      std=np.asarray(spec.std, np.float32),
+  )
+
+
+# ----------------------------------------------------------------------------
+# Splits and batching.
+
+
+def search_split(
+    ds: Dataset, subset: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Splits the training set into the DARTS search train/valid halves.
+
+  As the original `train_search.py` (train_portion 0.5): with n training
+  images, `split = floor(0.5 n)`; images [0, split) train the network weights
+  w and images [split, n) are the validation set for the architecture alpha.
+  The test set is not used by the search.
+
+  Args:
+    ds: The dataset.
+    subset: If > 0, only the first `subset` training images are used (quick
+      runs and tests); 0 uses them all.
+
+  Returns:
+    (train_images, train_labels, valid_images, valid_labels), views into `ds`.
+  """
+  num_train = len(ds.train_images)
+  if not 0 <= subset <= num_train:
+    raise ValueError(f'subset={subset} must be in [0, {num_train}] (the '
+                     f'{ds.name} training set size); 0 means all.')
+  images, labels = ds.train_images, ds.train_labels
+  if subset:
+    images, labels = images[:subset], labels[:subset]
+  split = int(np.floor(0.5 * len(images)))
+  return images[:split], labels[:split], images[split:], labels[split:]
+
+
+def num_batches(num_examples: int, batch_size: int, max_steps: int = 0) -> int:
+  """Batches per epoch: floor(num_examples / batch_size), capped by max_steps.
+
+  The incomplete last batch is dropped so that every step sees the same
+  shapes (one compilation). `max_steps > 0` caps the count (quick runs).
+  """
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  if num_examples < batch_size:
+    raise ValueError(f'batch_size {batch_size} exceeds the {num_examples} '
+                     'examples; lower the batch size.')
+  count = num_examples // batch_size
+  return min(count, max_steps) if max_steps > 0 else count
+
+
+def epoch_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    stream: int = 0,
+    start_step: int = 0,
+    max_steps: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields this process's part of the global batches of one epoch.
+
+  The epoch's order is the permutation drawn by
+  `np.random.default_rng([seed, epoch, stream])`; global batch b holds the
+  examples perm[b B : (b + 1) B] (B = batch_size). The sequence of global
+  batches thus depends only on (seed, epoch, stream), never on the number of
+  devices or processes, and resuming at `start_step` yields exactly the
+  batches that an uninterrupted epoch yields from that step on.
+
+  Independent streams of the same seed give independent orders: the DARTS
+  search draws its training batches (stream 0) and validation batches
+  (stream 1) from two separately shuffled loaders.
+
+  Args:
+    images: (N, ...) array.
+    labels: (N,) array.
+    batch_size: Global batch size B.
+    seed: Non-negative run seed.
+    epoch: Non-negative epoch number.
+    stream: Non-negative stream id (0: train, 1: search validation).
+    start_step: First global batch index to yield.
+    max_steps: If > 0, the epoch has at most this many batches.
+    process_index: This process's index (`jax.process_index()`).
+    process_count: Number of processes (`jax.process_count()`); each yields
+      its contiguous slice [p B/P, (p + 1) B/P) of every global batch.
+
+  Returns:
+    An iterator of (images, labels) with leading dimension B / process_count,
+    for global batch indices start_step, ..., num_batches - 1.
+  """
+  if len(images) != len(labels):
+    raise ValueError(f'{len(images)} images but {len(labels)} labels.')
+  steps = num_batches(len(images), batch_size, max_steps)
+  if batch_size % process_count:
+    raise ValueError(f'batch_size {batch_size} is not divisible by the '
+                     f'{process_count} processes; use a multiple of '
+                     f'{process_count}.')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in '
+                     f'[0, {process_count}).')
+  if not 0 <= start_step <= steps:
+    raise ValueError(f'start_step {start_step} is not in [0, {steps}] (the '
+                     'batches in this epoch).')
+  order = np.random.default_rng([seed, epoch, stream]).permutation(len(images))
+  local = batch_size // process_count
+
+  def generate():
+    for step in range(start_step, steps):
+      begin = step * batch_size + process_index * local
+      index = order[begin:begin + local]
+      yield np.take(images, index, axis=0), np.take(labels, index, axis=0)
+
+  return generate()
+
+
+class Prefetcher(Iterator):
+  """Iterates `iterable` in a background thread, keeping `size` items ready.
+
+  Host-side batching then overlaps device compute. Use as a context manager
+  (or call `close`) so the thread stops when the consumer stops early; an
+  exception raised by `iterable` is re-raised by `next`.
+
+      with Prefetcher(epoch_batches(...)) as batches:
+        for images, labels in batches:
+          ...
+  """
+
+  _ITEM, _END, _ERROR = range(3)
+
+  def __init__(self, iterable: Iterable[Any], size: int = 2):
+    self._queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._finished = False
+    self._thread = threading.Thread(
+        target=self._produce, args=(iter(iterable),), daemon=True)
+    self._thread.start()
+
+  def _produce(self, iterator: Iterator[Any]) -> None:
+    try:
+      for item in iterator:
+        self._queue.put((self._ITEM, item))  # Blocks while `size` are ready.
+        if self._stop.is_set():
+          return
+      self._queue.put((self._END, None))
+    except Exception as error:  # pylint: disable=broad-except
+      self._queue.put((self._ERROR, error))  # Re-raised in the consumer.
+
+  def __next__(self) -> Any:
+    if self._finished:
+      raise StopIteration
+    kind, value = self._queue.get()
+    if kind == self._ITEM:
+      return value
+    self._finished = True
+    if kind == self._ERROR:
+      raise value
+    raise StopIteration
+
+  def close(self) -> None:
+    """Stops the producer thread and waits for it to exit."""
+    self._finished = True
+    self._stop.set()
+    while self._thread.is_alive():
+      self._drain()  # Unblocks a producer waiting on a full queue.
+      self._thread.join(timeout=0.01)
+    self._drain()
+
+  def _drain(self) -> None:
+    try:
+      while True:
+        self._queue.get_nowait()
+    except queue.Empty:
+      pass
+
+  def __enter__(self) -> Prefetcher:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def sharded(batch: Any, num_devices: int) -> Any:
+  """Reshapes every leaf of `batch` from (B, ...) to (D, B / D, ...)."""
+  def reshape(x):
+    if x.shape[0] % num_devices:
+      raise ValueError(f'batch size {x.shape[0]} is not divisible by the '
+                       f'{num_devices} devices; use a batch size that is a '
+                       f'multiple of {num_devices}.')
+    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+  return jax.tree.map(reshape, batch)
+
+
+# ----------------------------------------------------------------------------
+# On-device preprocessing.
+
+
+def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """Per-channel standardization of NHWC images in [0, 255].
+
+  x_normalized = (x / 255 - mean) / std, with mean and std of shape (C,) in
+  [0, 1] units (torchvision's ToTensor then Normalize).
+
+  Returns:
+    float32 images of the input's shape.
+  """
+  x = jnp.asarray(images, jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def random_crop_flip(rng: jax.Array, images: jax.Array,
+                     padding: int = 4) -> jax.Array:
+  """CIFAR augmentation: zero-pad, random crop back, random horizontal flip.
+
+  Each image is padded by `padding` zeros on every side and a window of the
+  original (H, W) is cut at a uniform offset (dy, dx) in {0, ..., 2 padding}^2
+  (torchvision's RandomCrop(H, padding)); then it is mirrored left-right with
+  probability 1/2. Apply it to the [0, 255] images *before* `normalize`: the
+  original pads the PIL image, so the padding is black, not the mean.
+
+  Args:
+    rng: PRNG key; the per-image offsets and flips are drawn from it.
+    images: (N, H, W, C) images of any dtype (uint8 is kept).
+
+  Returns:
+    Augmented images, same shape and dtype.
+  """
+  n, h, w, c = images.shape
+  key_y, key_x, key_flip = jax.random.split(rng, 3)
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding),
+                            (0, 0)))
+  dy = jax.random.randint(key_y, (n,), 0, 2 * padding + 1)
+  dx = jax.random.randint(key_x, (n,), 0, 2 * padding + 1)
+  crop = jax.vmap(lambda x, y0, x0: lax.dynamic_slice(x, (y0, x0, 0),
+                                                      (h, w, c)))
+  images = crop(padded, dy, dx)
+  flip = jax.random.bernoulli(key_flip, 0.5, (n,))
+  return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def cutout(rng: jax.Array, images: jax.Array, length: int = 16) -> jax.Array:
+  """Cutout (DeVries & Taylor, 2017), as in DARTS' `utils.Cutout`.
+
+  Per image, a center (cy, cx) is drawn uniformly over the H x W pixels and
+  the pixels with cy - length//2 <= y < cy + length//2 and
+  cx - length//2 <= x < cx + length//2 (clipped at the borders) are set to 0
+  in every channel. The original applies it after normalization, so 0 is the
+  mean colour.
+
+  Args:
+    rng: PRNG key; the per-image centers are drawn from it.
+    images: (N, H, W, C) images.
+    length: Side of the square (before clipping).
+
+  Returns:
+    Images of the same shape and dtype.
+  """
+  n, h, w, _ = images.shape
+  key_y, key_x = jax.random.split(rng)
+  cy = jax.random.randint(key_y, (n, 1), 0, h)
+  cx = jax.random.randint(key_x, (n, 1), 0, w)
+  half = length // 2
+  # Comparing against the pixel indices clips the square at the borders.
+  rows, cols = jnp.arange(h), jnp.arange(w)
+  in_rows = (rows >= cy - half) & (rows < cy + half)  # (N, H)
+  in_cols = (cols >= cx - half) & (cols < cx + half)  # (N, W)
+  keep = ~(in_rows[:, :, None] & in_cols[:, None, :])  # (N, H, W)
+  return images * keep[..., None].astype(images.dtype)

@@ -1,0 +1,518 @@
+"""Cell genotypes: the discrete architectures DARTS searches for.
+
+A ``Genotype`` has the format of the original DARTS code (quark0/darts,
+``cnn/genotypes.py``), so genotypes printed by the PyTorch implementation paste
+in unchanged. ``normal`` and ``reduce`` list two ``(op_name, input_index)``
+pairs per intermediate node; node ``i`` (0-based) may read state ``0``
+(``c_{k-2}``), state ``1`` (``c_{k-1}``) or the output of nodes ``0..i-1``
+(states ``2..i+1``). ``*_concat`` lists the states concatenated into the cell
+output.
+
+This module is pure Python/NumPy: deriving a genotype from architecture
+weights, the published genotypes, and (de)serialization with validation.
+"""
+
+import ast
+import collections
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# The DARTS search space, in the order of the original; the columns of the
+# architecture weights follow this order.
+PRIMITIVES = (
+    'none',
+    'max_pool_3x3',
+    'avg_pool_3x3',
+    'skip_connect',
+    'sep_conv_3x3',
+    'sep_conv_5x5',
+    'dil_conv_3x3',
+    'dil_conv_5x5',
+)
+
+# Every op a retrained network can build: the search space plus the extra ops
+# of the published NASNet and AmoebaNet cells.
+EVAL_PRIMITIVES = PRIMITIVES + ('sep_conv_7x7', 'conv_7x1_1x7')
+
+Genotype = collections.namedtuple(
+    'Genotype', 'normal normal_concat reduce reduce_concat'
+)
+
+# The published genotypes, copied verbatim from the original cnn/genotypes.py.
+NASNet = Genotype(
+    normal=[
+        ('sep_conv_5x5', 1),
+        ('sep_conv_3x3', 0),
+        ('sep_conv_5x5', 0),
+        ('sep_conv_3x3', 0),
+        ('avg_pool_3x3', 1),
+        ('skip_connect', 0),
+        ('avg_pool_3x3', 0),
+        ('avg_pool_3x3', 0),
+        ('sep_conv_3x3', 1),
+        ('skip_connect', 1),
+    ],
+    normal_concat=[2, 3, 4, 5, 6],
+    reduce=[
+        ('sep_conv_5x5', 1),
+        ('sep_conv_7x7', 0),
+        ('max_pool_3x3', 1),
+        ('sep_conv_7x7', 0),
+        ('avg_pool_3x3', 1),
+        ('sep_conv_5x5', 0),
+        ('skip_connect', 3),
+        ('avg_pool_3x3', 2),
+        ('sep_conv_3x3', 2),
+        ('max_pool_3x3', 1),
+    ],
+    reduce_concat=[4, 5, 6],
+)
+
+AmoebaNet = Genotype(
+    normal=[
+        ('avg_pool_3x3', 0),
+        ('max_pool_3x3', 1),
+        ('sep_conv_3x3', 0),
+        ('sep_conv_5x5', 2),
+        ('sep_conv_3x3', 0),
+        ('avg_pool_3x3', 3),
+        ('sep_conv_3x3', 1),
+        ('skip_connect', 1),
+        ('skip_connect', 0),
+        ('avg_pool_3x3', 1),
+    ],
+    normal_concat=[4, 5, 6],
+    reduce=[
+        ('avg_pool_3x3', 0),
+        ('sep_conv_3x3', 1),
+        ('max_pool_3x3', 0),
+        ('sep_conv_7x7', 2),
+        ('sep_conv_7x7', 0),
+        ('avg_pool_3x3', 1),
+        ('max_pool_3x3', 0),
+        ('max_pool_3x3', 1),
+        ('conv_7x1_1x7', 0),
+        ('sep_conv_3x3', 5),
+    ],
+    reduce_concat=[3, 4, 6],
+)
+
+# DARTS first-order (V1) and second-order (V2) cells found on CIFAR-10.
+DARTS_V1 = Genotype(
+    normal=[
+        ('sep_conv_3x3', 1),
+        ('sep_conv_3x3', 0),
+        ('skip_connect', 0),
+        ('sep_conv_3x3', 1),
+        ('skip_connect', 0),
+        ('sep_conv_3x3', 1),
+        ('sep_conv_3x3', 0),
+        ('skip_connect', 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ('max_pool_3x3', 0),
+        ('max_pool_3x3', 1),
+        ('skip_connect', 2),
+        ('max_pool_3x3', 0),
+        ('max_pool_3x3', 0),
+        ('skip_connect', 2),
+        ('skip_connect', 2),
+        ('avg_pool_3x3', 0),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+DARTS_V2 = Genotype(
+    normal=[
+        ('sep_conv_3x3', 0),
+        ('sep_conv_3x3', 1),
+        ('sep_conv_3x3', 0),
+        ('sep_conv_3x3', 1),
+        ('sep_conv_3x3', 1),
+        ('skip_connect', 0),
+        ('skip_connect', 0),
+        ('dil_conv_3x3', 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ('max_pool_3x3', 0),
+        ('max_pool_3x3', 1),
+        ('skip_connect', 2),
+        ('max_pool_3x3', 1),
+        ('max_pool_3x3', 0),
+        ('skip_connect', 2),
+        ('skip_connect', 2),
+        ('max_pool_3x3', 1),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+DARTS = DARTS_V2
+
+KNOWN_GENOTYPES = {
+    'NASNet': NASNet,
+    'AmoebaNet': AmoebaNet,
+    'DARTS_V1': DARTS_V1,
+    'DARTS_V2': DARTS_V2,
+    'DARTS': DARTS,
+}
+
+_CELL_TYPES = ('normal', 'reduce')
+
+
+def num_edges(steps: int) -> int:
+  """Number of mixed edges in a search cell: ``sum_{i<steps} (2 + i)``."""
+  return sum(2 + i for i in range(steps))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+  """Row-wise softmax, shifted by the row max for stability."""
+  e = np.exp(x - x.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def _parse_cell(
+    weights: np.ndarray, steps: int, primitives: Sequence[str]
+) -> list[tuple[str, int]]:
+  """Discretizes one cell's softmaxed weights, as in the original ``_parse``."""
+  candidates = np.ones(len(primitives), dtype=bool)
+  if 'none' in primitives:
+    candidates[primitives.index('none')] = False
+  # 'none' never wins: mask it to -inf so argmax returns the first best
+  # non-none op, like the original's loop with a strict '>'.
+  masked = np.where(candidates, weights, -np.inf)
+  gene = []
+  start = 0
+  for i in range(steps):
+    n = 2 + i
+    w = masked[start : start + n]
+    strength = w.max(axis=1)
+    # Python's sort is stable: equally strong edges keep the lower input first.
+    edges = sorted(range(n), key=lambda j: -strength[j])[:2]
+    for j in edges:
+      gene.append((primitives[int(np.argmax(w[j]))], j))
+    start += n
+  return gene
+
+
+def derive_genotype(
+    alphas: Mapping[str, Any],
+    steps: int = 4,
+    primitives: Sequence[str] = PRIMITIVES,
+    multiplier: int | None = None,
+) -> Genotype:
+  """Derives the discrete cell from architecture weights (DARTS, Sec. 2.4).
+
+  For each cell type the weights are ``w = softmax(alpha)`` row-wise, one row
+  per edge ``(j -> i)``; node ``i``'s edges are rows
+  ``sum_{k<i}(2 + k) .. + (2 + i)``. Node ``i`` keeps the two inputs ``j`` with
+  the largest ``max_{o != none} w[j, o]`` (strongest first; ties keep the lower
+  input first) and, on each, the op ``argmax_{o != none} w[j, o]`` (ties keep
+  the first op). This reproduces ``Network.genotype()`` of the original code,
+  computed in float64 on the host.
+
+  Args:
+    alphas: ``{'normal': a, 'reduce': a}`` with ``a`` of shape
+      ``(num_edges(steps), len(primitives))`` (NumPy or JAX arrays).
+    steps: number of intermediate nodes per cell.
+    primitives: op names of the weight columns.
+    multiplier: number of trailing states concatenated into the cell output;
+      defaults to ``steps`` (all intermediate nodes, as in DARTS).
+
+  Returns:
+    The derived ``Genotype``; concat lists are ``[2 + steps - multiplier, ...,
+    steps + 1]``.
+  """
+  multiplier = steps if multiplier is None else multiplier
+  if not 1 <= multiplier <= steps:
+    raise ValueError(f'multiplier must be in 1..steps={steps}, got {multiplier}')
+  if not any(p != 'none' for p in primitives):
+    raise ValueError(f"primitives need an op other than 'none': {primitives}")
+  primitives = tuple(primitives)
+  expected = (num_edges(steps), len(primitives))
+  genes = {}
+  for cell_type in _CELL_TYPES:
+    if cell_type not in alphas:
+      raise ValueError(
+          f"alphas needs keys 'normal' and 'reduce', got {sorted(alphas)}"
+      )
+    a = np.asarray(alphas[cell_type], dtype=np.float64)
+    if a.shape != expected:
+      raise ValueError(
+          f"alphas['{cell_type}'] has shape {a.shape}; expected {expected} "
+          f'(edges of a {steps}-step cell, len(primitives))'
+      )
+    if not np.all(np.isfinite(a)):
+      raise ValueError(
+          f"alphas['{cell_type}'] contains NaN or inf; the search diverged"
+      )
+    genes[cell_type] = _parse_cell(_softmax(a), steps, primitives)
+  concat = list(range(2 + steps - multiplier, steps + 2))
+  return Genotype(
+      normal=genes['normal'],
+      normal_concat=concat,
+      reduce=genes['reduce'],
+      reduce_concat=list(concat),
+  )
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _validate_cell(
+    ops: Any, name: str, primitives: Sequence[str]
+) -> list[tuple[str, int]]:
+  """Checks one cell's ``(op, input)`` list and returns it as a list of tuples."""
+  if isinstance(ops, (str, bytes, Mapping)) or not isinstance(ops, Sequence):
+    raise ValueError(
+        f'{name} must be a list of (op_name, input_index) pairs, got '
+        f'{type(ops).__name__}'
+    )
+  if not ops or len(ops) % 2:
+    raise ValueError(
+        f'{name} must hold 2 (op_name, input_index) pairs per node, got '
+        f'{len(ops)} pairs'
+    )
+  cell = []
+  for k, pair in enumerate(ops):
+    where = f'{name}[{k}]'
+    if isinstance(pair, (str, bytes, Mapping)) or not isinstance(
+        pair, Sequence
+    ) or len(pair) != 2:
+      raise ValueError(
+          f'{where} must be an (op_name, input_index) pair, got {pair!r}'
+      )
+    op, j = pair
+    if not isinstance(op, str) or op not in primitives:
+      raise ValueError(
+          f'unknown op name {op!r} at {where}; known ops: {", ".join(primitives)}'
+      )
+    node = k // 2
+    if not _is_int(j) or not 0 <= j <= node + 1:
+      raise ValueError(
+          f'input index {j!r} at {where} is out of range: node {node} may take '
+          f'inputs 0..{node + 1}'
+      )
+    cell.append((op, int(j)))
+  return cell
+
+
+def _validate_concat(concat: Any, name: str, num_nodes: int) -> list[int]:
+  """Checks a concat list (or range) and returns it as a list of ints."""
+  if isinstance(concat, (str, bytes, Mapping)) or not isinstance(
+      concat, (Sequence, range)
+  ):
+    raise ValueError(
+        f'{name} must be a list of state indices, got {type(concat).__name__}'
+    )
+  out = []
+  # Iterating lazily fails within num_nodes + 1 items, so even a huge range()
+  # is rejected without being materialized.
+  for c in concat:
+    if not _is_int(c) or not 2 <= c < 2 + num_nodes:
+      raise ValueError(
+          f'concat index {c!r} in {name} is out of range: the states of a '
+          f'{num_nodes}-node cell are 2..{num_nodes + 1}'
+      )
+    if c in out:
+      raise ValueError(f'concat index {c} repeated in {name}')
+    out.append(int(c))
+  if not out:
+    raise ValueError(f'{name} is empty; the cell output needs a state')
+  return out
+
+
+def validate_genotype(
+    genotype: Genotype, primitives: Sequence[str] = EVAL_PRIMITIVES
+) -> Genotype:
+  """Checks a genotype and returns it normalized.
+
+  Normalized means: cells are lists of ``(str, int)`` tuples and concats are
+  lists of ints (``range`` objects, as the original prints them, are expanded).
+
+  Args:
+    genotype: the genotype to check.
+    primitives: op names the genotype may use.
+
+  Returns:
+    The normalized ``Genotype``.
+
+  Raises:
+    ValueError: naming the first problem found (unknown op, input index out of
+      range for its node, odd number of pairs, concat index out of range).
+  """
+  fields = {}
+  for cell_type in _CELL_TYPES:
+    cell = _validate_cell(getattr(genotype, cell_type), cell_type, primitives)
+    fields[cell_type] = cell
+    concat_name = f'{cell_type}_concat'
+    fields[concat_name] = _validate_concat(
+        getattr(genotype, concat_name), concat_name, len(cell) // 2
+    )
+  return Genotype(**fields)
+
+
+def genotype_to_json(genotype: Genotype) -> str:
+  """Serializes a genotype to JSON.
+
+  Schema: ``{"normal": [["sep_conv_3x3", 0], ...], "normal_concat": [2, 3, 4,
+  5], "reduce": [...], "reduce_concat": [...]}``.
+  """
+  g = validate_genotype(genotype)
+  return json.dumps({
+      'normal': [list(p) for p in g.normal],
+      'normal_concat': g.normal_concat,
+      'reduce': [list(p) for p in g.reduce],
+      'reduce_concat': g.reduce_concat,
+  })
+
+
+def _genotype_from_fields(fields: Mapping[str, Any], source: str) -> Genotype:
+  """Builds and validates a genotype from a field-name -> value mapping."""
+  unknown = sorted(set(fields) - set(Genotype._fields))
+  if unknown:
+    raise ValueError(
+        f'unknown field {unknown[0]!r} in {source}; expected fields '
+        f'{", ".join(Genotype._fields)}'
+    )
+  missing = [f for f in Genotype._fields if f not in fields]
+  if missing:
+    raise ValueError(f'missing field {missing[0]!r} in {source}')
+  return validate_genotype(Genotype(**fields))
+
+
+def genotype_from_json(text: str) -> Genotype:
+  """Parses and validates JSON written by ``genotype_to_json``.
+
+  Raises:
+    ValueError: if ``text`` is not JSON of that schema or the genotype is
+      invalid (see ``validate_genotype``).
+  """
+  try:
+    obj = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'invalid genotype JSON: {e}') from None
+  if not isinstance(obj, dict):
+    raise ValueError(
+        f'genotype JSON must be an object with fields '
+        f'{", ".join(Genotype._fields)}, got {type(obj).__name__}'
+    )
+  return _genotype_from_fields(obj, 'genotype JSON')
+
+
+def _literal(node: ast.expr, name: str) -> Any:
+  """Evaluates a literal AST node; ``range(...)`` of int literals is allowed.
+
+  Only literal nodes are interpreted (``ast.literal_eval``), so no code from
+  the text ever runs.
+  """
+  if (
+      isinstance(node, ast.Call)
+      and isinstance(node.func, ast.Name)
+      and node.func.id == 'range'
+      and not node.keywords
+  ):
+    args = [_literal(a, name) for a in node.args]
+    if not 1 <= len(args) <= 3 or not all(_is_int(a) for a in args):
+      raise ValueError(f'{name}: range() takes 1 to 3 integer literals')
+    if args[-1] == 0 and len(args) == 3:
+      raise ValueError(f'{name}: range() step must not be zero')
+    return range(*args)
+  try:
+    return ast.literal_eval(node)
+  except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+    raise ValueError(
+        f'{name} must be a literal (lists, tuples, strings, ints or range()), '
+        f'got: {ast.unparse(node)[:80]}'
+    ) from None
+
+
+def genotype_from_repr(text: str) -> Genotype:
+  """Parses the ``Genotype(...)`` repr the original DARTS code prints.
+
+  Accepts keyword or positional fields, ``range(2, 6)`` or lists for concats,
+  an optional module prefix (``genotypes.Genotype(...)``) and an optional
+  assignment (``DARTS_V2 = Genotype(...)``, as lines of ``genotypes.py`` read).
+  The text is parsed with ``ast`` and only literals are interpreted; it is
+  never executed.
+
+  Raises:
+    ValueError: if ``text`` is not such a repr or the genotype is invalid.
+  """
+  try:
+    module = ast.parse(text.strip(), mode='exec')
+  except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+    raise ValueError(f'not a Genotype(...) repr: {e}') from None
+  stmts = module.body
+  node = None
+  if len(stmts) == 1 and isinstance(stmts[0], (ast.Expr, ast.Assign)):
+    node = stmts[0].value
+  if not (
+      isinstance(node, ast.Call)
+      and (
+          (isinstance(node.func, ast.Name) and node.func.id == 'Genotype')
+          or (
+              isinstance(node.func, ast.Attribute)
+              and node.func.attr == 'Genotype'
+          )
+      )
+  ):
+    raise ValueError(
+        'not a Genotype(...) repr: expected one expression '
+        "'Genotype(normal=[...], normal_concat=[...], reduce=[...], "
+        "reduce_concat=[...])'"
+    )
+  if len(node.args) > len(Genotype._fields):
+    raise ValueError(
+        f'Genotype(...) takes {len(Genotype._fields)} fields, got '
+        f'{len(node.args)} positional arguments'
+    )
+  fields = {}
+  named = list(zip(Genotype._fields, node.args))
+  named += [(kw.arg, kw.value) for kw in node.keywords]
+  for name, value in named:
+    if name is None:
+      raise ValueError('Genotype(...) repr must not use **kwargs')
+    if name in fields:
+      raise ValueError(f'field {name!r} given twice in Genotype(...) repr')
+    fields[name] = _literal(value, name)
+  return _genotype_from_fields(fields, 'Genotype(...) repr')
+
+
+def parse_genotype(text_or_name: str) -> Genotype:
+  """Parses a genotype given by name, as JSON or as a ``Genotype(...)`` repr.
+
+  Args:
+    text_or_name: a key of ``KNOWN_GENOTYPES`` (e.g. ``'DARTS_V2'``), JSON
+      from ``genotype_to_json``, or a repr printed by the original code.
+
+  Returns:
+    The validated, normalized ``Genotype``.
+
+  Raises:
+    ValueError: naming what is wrong with the input.
+  """
+  text = text_or_name.strip()
+  if text in KNOWN_GENOTYPES:
+    return validate_genotype(KNOWN_GENOTYPES[text])
+  if text.startswith('{'):
+    return genotype_from_json(text)
+  if text.isidentifier():
+    raise ValueError(
+        f'unknown genotype name {text!r}; known names: '
+        f'{", ".join(KNOWN_GENOTYPES)} (or pass JSON or a Genotype(...) repr)'
+    )
+  try:
+    return genotype_from_repr(text)
+  except ValueError as e:
+    if str(e).startswith('not a Genotype(...) repr'):
+      raise ValueError(
+          f'not a known genotype name, JSON, nor a Genotype(...) repr: '
+          f'{text[:80]!r}'
+      ) from None
+    raise

@@ -1,0 +1,132 @@
+"""Tests for darts_jax.config_utils."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from darts_jax import config_utils
+
+_REPO = Path(__file__).resolve().parents[1]
+
+_CONFIG_FILE = '''
+import ml_collections
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_epochs = 2
+  config.model = ml_collections.ConfigDict()
+  config.model.layers = 8
+  config.model.init_channels = 16
+  config.optim = ml_collections.ConfigDict()
+  config.optim.betas = (0.5, 0.999)
+  config.optim.use_nesterov = False
+  return config
+'''
+
+# A minimal CLI wired like run_search.py: prints the parsed config as JSON,
+# then shows that the config is locked against misspelt fields in code.
+_APP_FILE = '''
+from absl import app, flags
+from ml_collections import config_flags
+
+from darts_jax import config_utils
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  print(config_utils.config_to_json(config))
+  try:
+    config.model.layer = 3
+  except AttributeError:
+    print('LOCKED')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=config_utils.parse_flags)
+'''
+
+
+def _config():
+  namespace = {}
+  exec(_CONFIG_FILE, namespace)  # pylint: disable=exec-used
+  return namespace['get_config']()
+
+
+def test_flatten_keys():
+  assert config_utils.flatten_keys(_config()) == [
+      'model.init_channels', 'model.layers', 'num_epochs',
+      'optim.betas', 'optim.use_nesterov', 'seed']
+
+
+def test_check_keys_accepts_leaves_and_subconfigs():
+  config_utils.check_keys(_config(), ['seed', 'model.layers', 'model'])
+
+
+@pytest.mark.parametrize('key', ['model.foo', 'modl.layers', 'seed.x'])
+def test_check_keys_lists_valid_keys(key):
+  with pytest.raises(ValueError) as e:
+    config_utils.check_keys(_config(), ['seed', key])
+  assert str(e.value) == (
+      f"unknown config key '{key}'; valid keys: model.init_channels, "
+      'model.layers, num_epochs, optim.betas, optim.use_nesterov, seed')
+
+
+def test_config_to_json():
+  config = ml_collections.FrozenConfigDict(_config())
+  assert json.loads(config_utils.config_to_json(config)) == {
+      'seed': 0, 'num_epochs': 2,
+      'model': {'layers': 8, 'init_channels': 16},
+      'optim': {'betas': [0.5, 0.999], 'use_nesterov': False}}
+
+
+@pytest.fixture(name='cli')
+def _cli(tmp_path):
+  (tmp_path / 'cfg.py').write_text(_CONFIG_FILE)
+  (tmp_path / 'app.py').write_text(_APP_FILE)
+  (tmp_path / 'flags.txt').write_text('--config=cfg.py\n'
+                                      '--config.model.foo=3\n')
+  env = {**os.environ, 'PYTHONPATH': str(_REPO)}
+
+  def run(*args):
+    return subprocess.run([sys.executable, 'app.py', *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+  return run
+
+
+def test_cli_applies_overrides_and_locks_config(cli):
+  result = cli('--config', 'cfg.py', '--config.model.layers=5',
+               '--config.optim.use_nesterov', '--config.optim.betas=(0.1,0.2)')
+  assert result.returncode == 0, result.stderr
+  config_json, locked = result.stdout.rstrip().rsplit('\n', 1)
+  config = json.loads(config_json)
+  assert config['model']['layers'] == 5
+  assert config['optim'] == {'betas': [0.1, 0.2], 'use_nesterov': True}
+  assert locked == 'LOCKED'
+
+
+@pytest.mark.parametrize('args', [
+    ['--config=cfg.py', '--config.model.layers=5', '--config.model.foo=3'],
+    ['--config', 'cfg.py', '--config.model.foo', '3'],
+    ['--config=cfg.py', '--noconfig.model.foo'],
+    ['--flagfile=flags.txt'],
+])
+def test_cli_unknown_key_fails_listing_valid_keys(cli, args):
+  result = cli(*args)
+  assert result.returncode == 1
+  assert result.stdout == ''
+  assert ("FATAL Flags parsing error: unknown config key 'model.foo'; valid "
+          'keys: model.init_channels, model.layers, num_epochs, optim.betas, '
+          'optim.use_nesterov, seed\n') in result.stderr
+  assert 'Traceback' not in result.stderr

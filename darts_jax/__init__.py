@@ -1,8 +1,22 @@
-"""darts-jax: DARTS (Differentiable ARchiTecture Search) in JAX/Flax around a functional bilevel optimizer."""
-from darts_jax.genotypes import (AmoebaNet, DARTS, DARTS_V1, DARTS_V2, KNOWN_GENOTYPES, NASNet, PRIMITIVES, Genotype,
+"""darts-jax: DARTS (Differentiable ARchiTecture Search) in JAX/Flax around a functional bilevel optimizer.
+
+The core (search space, genotypes, hypergradient) imports only jax, flax, optax and numpy; the plotting functions
+(graphviz, matplotlib) are imported on first use.
+"""
+import importlib
+from typing import Any
+
+from darts_jax.genotypes import (DARTS, DARTS_V1, DARTS_V2, KNOWN_GENOTYPES, PRIMITIVES, AmoebaNet, Genotype, NASNet,
                                  derive_genotype, genotype_from_json, genotype_to_json, parse_genotype)
 from darts_jax.hypergradient import hypergradient
-from darts_jax.plots import plot_curves, plot_genotype
 from darts_jax.search_network import SearchNetwork, init_alphas
 
 __version__ = '0.1.0'
+
+_LAZY = {'plot_genotype': 'darts_jax.plots', 'plot_curves': 'darts_jax.plots'}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -90,19 +90,19 @@ class MixedEdges(nn.Module):
     # First ReLU → depthwise → pointwise → BN of all four conv ops, on the shared input.
     relu_x = jax.nn.relu(x)[None]
     stage1 = jnp.concatenate([
-        conv(relu_x, self._stacked(f'{op}/depthwise1', _depthwise_init, (k, k, c)), stride=s, dilation=d, padding=p)
+        conv(relu_x, self._stacked(f'{op}_depthwise1', _depthwise_init, (k, k, c)), stride=s, dilation=d, padding=p)
         for op, (k, d, p) in _CONV_OPS.items()])
-    pointwise1 = jnp.concatenate([self._stacked(f'{op}/pointwise1', _pointwise_init, (c, c)) for op in _CONV_OPS])
+    pointwise1 = jnp.concatenate([self._stacked(f'{op}_pointwise1', _pointwise_init, (c, c)) for op in _CONV_OPS])
     stage1 = self._bn(pointwise_conv(stage1, pointwise1), train, 'stage1_bn')
 
     # Second ReLU → depthwise (stride 1) → pointwise → BN of the two separable convs.
     relu_sep = jax.nn.relu(stage1[:len(_SEP_OPS) * n_edges])
     stage2 = jnp.concatenate([
-        conv(relu_sep[i * n_edges:(i + 1) * n_edges], self._stacked(f'{op}/depthwise2', _depthwise_init,
+        conv(relu_sep[i * n_edges:(i + 1) * n_edges], self._stacked(f'{op}_depthwise2', _depthwise_init,
                                                                     (_CONV_OPS[op][0],) * 2 + (c,)),
              padding=_CONV_OPS[op][2])
         for i, op in enumerate(_SEP_OPS)])
-    pointwise2 = jnp.concatenate([self._stacked(f'{op}/pointwise2', _pointwise_init, (c, c)) for op in _SEP_OPS])
+    pointwise2 = jnp.concatenate([self._stacked(f'{op}_pointwise2', _pointwise_init, (c, c)) for op in _SEP_OPS])
     stage2 = self._bn(pointwise_conv(stage2, pointwise2), train, 'stage2_bn')
 
     conv_out = jnp.concatenate([stage2, stage1[len(_SEP_OPS) * n_edges:]])

@@ -1,0 +1,52 @@
+"""DARTS search on CIFAR-10 with the paper's settings (Liu et al., 2019, Sec. 3.1 and A.1).
+
+8 cells of 16 initial channels, batch 64, 50 epochs; weights by SGD (momentum 0.9, weight decay 3e-4, learning
+rate cosine from 0.025 to 0.001, gradients clipped to norm 5), alphas by Adam (3e-4, betas (0.5, 0.999), weight
+decay 1e-3), second-order hypergradient (here exact, not the paper's finite difference). Half of the training set
+trains the weights, the other half the alphas.
+
+    python run_search.py --config configs/search_cifar10.py --workdir runs/cifar10
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 2
+  config.num_epochs = 50
+  config.batch_size = 64  # global, over all devices
+  config.max_steps_per_epoch = 0  # 0: the whole training half each epoch
+  config.hypergradient = 'second_order_exact'  # first_order | second_order_fd | second_order_exact
+  config.fd_epsilon = 0.01  # second_order_fd: R = fd_epsilon / ||v||
+
+  # Weights (the original's SGD).
+  config.learning_rate = 0.025
+  config.learning_rate_min = 0.001
+  config.momentum = 0.9
+  config.weight_decay = 3e-4
+  config.grad_clip = 5.0
+  # Alphas (the original's Adam).
+  config.arch_learning_rate = 3e-4
+  config.arch_weight_decay = 1e-3
+
+  config.model = ml_collections.ConfigDict()
+  config.model.init_channels = 16
+  config.model.layers = 8
+  config.model.steps = 4
+  config.model.multiplier = 4
+  config.model.stem_multiplier = 3
+  config.model.depthwise_impl = 'shift'  # shift | xla (see darts_jax.ops)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'cifar10'
+  config.data.dir = ''  # '' looks in $DARTS_JAX_DATA, system directories, then tensorflow-datasets
+  config.data.subset = 0  # > 0: use only the first `subset` training images
+  config.data.augment = True  # random crop 32 (padding 4) + horizontal flip, on device
+
+  config.log_every_steps = 50
+  config.checkpoint_every_minutes = 10.0  # 0: only at the end of every epoch
+  config.keep_checkpoints = 3
+  config.progress = True  # progress bar on a terminal
+  # Persistent compilation cache of run_search.py; '' leaves JAX's setting ($JAX_COMPILATION_CACHE_DIR, else off).
+  config.compilation_cache_dir = '~/.cache/darts_jax/jax_cache'
+  return config

@@ -1,0 +1,95 @@
+"""Times the full DARTS search step on random data: ``python -m darts_jax.bench``.
+
+Flags follow ``../shared/reference/torch_darts.py`` so both sides time the same work::
+
+  python -m darts_jax.bench --C 8 --layers 5 --batch 16 --image 28 --channels 1 --mode second_order_exact
+  python ../shared/reference/torch_darts.py --C 8 --layers 5 --batch 16 --image 28 --in-ch 1 --mode second_order
+
+The step is the one `run_search.py` runs (`search.make_search_step`: architecture step, then weight step), jitted
+once; `compile_s` is its ahead-of-time compile, `median_step_s` the median over `--steps` timed steps after
+`--warmup` untimed ones. The last line printed is one JSON object. Imports only jax, flax, optax, numpy and the
+darts_jax core, so it runs as is on an accelerator host.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from darts_jax import search
+from darts_jax.ops import DEPTHWISE_IMPLS
+from darts_jax.search_network import SearchNetwork
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--C', type=int, default=16, help='initial channels')
+  parser.add_argument('--layers', type=int, default=8)
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--image', type=int, default=32, help='image height and width')
+  parser.add_argument('--channels', type=int, default=3, help='input channels')
+  parser.add_argument('--classes', type=int, default=10)
+  parser.add_argument('--mode', choices=list(search.HYPERGRADIENT_METHODS), default='second_order_exact')
+  parser.add_argument('--steps', type=int, default=5, help='timed steps')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
+  parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='shift')
+  parser.add_argument('--seed', type=int, default=0)
+  return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Builds, compiles and times the search step; returns the measurements."""
+  model = SearchNetwork(args.C, args.classes, args.layers, depthwise_impl=args.depthwise_impl)
+  schedule = search.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
+  start = time.perf_counter()
+  state = search.create_search_state(jax.random.key(args.seed), model, (args.image, args.image, args.channels),
+                                     search.weight_optimizer(schedule), search.arch_optimizer())
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - start
+  step = jax.jit(search.make_search_step(model, schedule, hypergradient_method=args.mode,
+                                         mean=np.full(args.channels, 0.5), std=np.full(args.channels, 0.25),
+                                         augment=False), donate_argnums=0)
+  rng = np.random.default_rng(args.seed)
+  def batch():
+    return (jnp.asarray(rng.integers(0, 256, (args.batch, args.image, args.image, args.channels), np.uint8)),
+            jnp.asarray(rng.integers(0, args.classes, (args.batch,), np.int32)))
+  train_batch, val_batch = batch(), batch()
+
+  start = time.perf_counter()
+  compiled = step.lower(state, train_batch, val_batch).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(args.warmup):
+    state, metrics = compiled(state, train_batch, val_batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(args.steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, train_batch, val_batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  times.sort()
+  median = times[len(times) // 2]
+  device = jax.devices()[0]
+  result = {
+      'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': args.depthwise_impl,
+      'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'median_step_s': median, 'min_step_s': times[0], 'images_per_s': args.batch / median,
+      'compile_s': compile_s, 'init_s': init_s, 'finite': bool(metrics['finite']),
+      'device': device.device_kind, 'jax': jax.__version__,
+  }
+  memory = device.memory_stats() or {}
+  if 'peak_bytes_in_use' in memory:
+    result['peak_mem_gb'] = memory['peak_bytes_in_use'] / 2**30
+  return result
+
+
+def main(argv: list[str] | None = None) -> None:
+  print(json.dumps(run(_parse_args(argv))))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,141 @@
+"""Data parallelism helpers for ``jax.pmap`` over the local devices, and multi-host start-up.
+
+A pmapped step takes its state *replicated* (a leading device axis, one copy per local device) and its batch
+*sharded* (the process's part of the global batch split along a leading device axis)::
+
+    p_step = jax.pmap(step, axis_name='batch')
+    state = replicate(state, 'batch')
+    for images, labels in batches:                    # this process's part of each global batch
+      state, metrics = p_step(state, shard((images, labels), 'batch'))  # device d gets slice d
+    host_state = unreplicate(state)                   # e.g. for checkpointing
+
+Multi-host: every host runs the same command; `maybe_initialize_distributed` connects the processes first. Each
+process then feeds only its slice of every global batch (`darts_jax.data.epoch_batches` with ``process_index`` and
+``process_count``) and pmap's collectives (``pmean``/``psum``) span all devices of all hosts.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from darts_jax import data
+
+PyTree = Any
+
+def _sharding(axis_name: str, devices: Sequence[jax.Device] | None) -> tuple[jax.sharding.NamedSharding, int]:
+  """One slice of the leading axis per device, along a mesh axis called `axis_name`."""
+  devices = list(devices or jax.local_devices())
+  mesh = jax.sharding.Mesh(np.asarray(devices), (axis_name,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name)), len(devices)
+
+
+def _is_key(x: Any) -> bool:
+  return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def replicate(tree: PyTree, axis_name: str, devices: Sequence[jax.Device] | None = None) -> PyTree:
+  """Puts one copy of every leaf on each device: leaf shape (D, ...).
+
+  The copies are laid out along a mesh axis named like the pmapped function's `axis_name`, as pmap lays out its
+  outputs: the first call and the later ones (fed the previous outputs) then see the same layout and share one
+  compilation. They are stacked on the host, so replicating compiles nothing per leaf shape.
+
+  Args:
+    tree: pytree of arrays (numpy, jax or typed PRNG keys).
+    axis_name: the ``axis_name`` of the ``jax.pmap`` the tree is for.
+    devices: the devices, in ``jax.pmap``'s order; default ``jax.local_devices()``.
+  """
+  sharding, count = _sharding(axis_name, devices)
+
+  def put(x):
+    if _is_key(x):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x, (count,) + x.shape), sharding)
+
+  return jax.tree.map(put, tree)
+
+
+def unreplicate(tree: PyTree) -> PyTree:
+  """Copies the first device's copy of every leaf of a replicated (or pmap output) pytree to the host.
+
+  Returns numpy arrays of the per-device shape (typed PRNG keys stay keys). Only the first device's buffer is read.
+  """
+  def first(x):
+    if _is_key(x):
+      return jax.random.wrap_key_data(first(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array):
+      x = x.addressable_shards[0].data
+    return np.asarray(x)[0, ...]  # an array even for scalars (numpy scalars are not arrays to orbax)
+
+  return jax.tree.map(first, tree)
+
+
+def shard(batch: PyTree, axis_name: str, devices: Sequence[jax.Device] | None = None) -> PyTree:
+  """Splits every leaf from (B, ...) to (D, B / D, ...) and puts slice d on device d, ready for ``pmap``.
+
+  Args:
+    batch: pytree of host arrays with a common leading batch size B (e.g. uint8 images and int32 labels).
+    axis_name: the ``axis_name`` of the ``jax.pmap`` the batch is for (see `replicate`).
+    devices: the devices, in ``jax.pmap``'s order; default ``jax.local_devices()``.
+
+  Raises:
+    ValueError: if B is not divisible by D (the message names both).
+  """
+  sharding, count = _sharding(axis_name, devices)
+  return jax.device_put(data.sharded(batch, count), sharding)
+
+
+def check_batch_size(batch_size: int) -> None:
+  """Checks that a global batch splits evenly over all devices of all processes.
+
+  Raises:
+    ValueError: naming the batch size and the device count.
+  """
+  devices = jax.device_count()
+  if batch_size % devices:
+    raise ValueError(f'batch_size {batch_size} is not divisible by the {devices} devices '
+                     f'({jax.process_count()} process(es) x {jax.local_device_count()} local); '
+                     f'use a multiple of {devices} (e.g. --config.batch_size={max(devices, batch_size // devices * devices)}).')
+
+
+# Environments in which jax.distributed.initialize() finds the process count and index by itself, with the
+# variable holding the number of processes: Slurm (srun) and Open MPI (mpirun).
+_CLUSTER_PROCESS_COUNT = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
+COORDINATOR_ENV = 'JAX_COORDINATOR_ADDRESS'
+NUM_PROCESSES_ENV = 'JAX_NUM_PROCESSES'
+PROCESS_ID_ENV = 'JAX_PROCESS_ID'
+
+
+def maybe_initialize_distributed() -> bool:
+  """Connects the processes of a multi-host run with ``jax.distributed.initialize``; call before any JAX work.
+
+  A run is multi-process when
+
+  * ``$JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0) is set: ``initialize`` is called with
+    ``num_processes=$JAX_NUM_PROCESSES`` and ``process_id=$JAX_PROCESS_ID`` where these are set; otherwise JAX
+    detects them (Slurm, Open MPI, Cloud TPU). ``jax.distributed.initialize()`` itself reads only the coordinator
+    address from the environment, hence the two extra variables for hand-launched processes;
+  * or it was started by ``srun`` (Slurm) or ``mpirun`` (Open MPI) with more than one task: ``initialize()``
+    detects everything.
+
+  Returns:
+    Whether ``jax.distributed.initialize`` was called.
+  """
+  env = os.environ
+  multi_task = any(int(env.get(name, '1') or 1) > 1 for name in _CLUSTER_PROCESS_COUNT)
+  if COORDINATOR_ENV not in env and not multi_task:
+    return False
+  kwargs = {}
+  for name, arg in ((NUM_PROCESSES_ENV, 'num_processes'), (PROCESS_ID_ENV, 'process_id')):
+    if env.get(name):
+      kwargs[arg] = int(env[name])
+  jax.distributed.initialize(**kwargs)
+  logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  return True

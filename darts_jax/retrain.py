@@ -1,0 +1,499 @@
+"""Training a genotype from scratch (the original `train.py`): state, pmapped steps, and the `retrain` loop.
+
+`retrain(config, workdir)` trains `networks.NetworkCIFAR` built from ``config.genotype`` on the whole training set
+and evaluates it on the test set after every epoch, with the paper's recipe (``configs/retrain_cifar10.py``):
+
+* SGD, momentum 0.9, weight decay 3e-4 (coupled, as PyTorch), gradients clipped to global norm 5, learning rate
+  cosine-annealed per epoch from 0.025 towards 0 (`search.epoch_cosine_schedule`, the same optimizer as search);
+* loss ``CE(logits) + auxiliary_weight · CE(logits_aux)`` with the auxiliary head;
+* drop path with probability ``drop_path_prob · e / E`` in epoch ``e = 0 .. E-1`` (an argument of the compiled
+  step, so the ramp never recompiles);
+* augmentation on device: random crop (padding 4) and horizontal flip, normalisation, then cutout.
+
+It writes to `workdir`:
+
+* ``config.json`` and ``genotype.json`` (the genotype trained);
+* ``metrics.jsonl`` and ``tensorboard/``: every ``log_every_steps`` steps the interval means of ``loss`` (with the
+  auxiliary term) and ``accuracy``, ``grad_norm``, ``lr``, ``drop_path_prob`` and ``images_per_s``; after every
+  epoch (records with an ``epoch`` key, 1 = after the first) ``train_loss``/``train_accuracy`` (means over the
+  epoch's steps), ``test_loss``/``test_accuracy`` (whole test set, BN with running statistics), ``lr``,
+  ``drop_path_prob`` and ``epoch_time_s``;
+* ``curves.png`` (updated every epoch) and, at the end, ``results.json``: ``test_accuracy``, ``test_loss``,
+  ``params`` (without the auxiliary head, like the original's count), ``epochs``, ``steps``, ``wall_time_s`` (over
+  all resumes), ``dataset``, ``genotype``;
+* ``checkpoints/``: the `TrainState` and the position in the data after every epoch and every
+  ``checkpoint_every_minutes``.
+
+Running `retrain` again on the same workdir resumes from the latest checkpoint; data order depends only on
+(seed, epoch) and every random draw (augmentation, cutout, drop path) only on (seed, step, example), so a resumed
+run computes what an uninterrupted one does, and so does a run on another number of devices, up to float rounding.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from darts_jax import config_utils, data, genotypes, parallel, plots, reporting
+from darts_jax.checkpointing import Checkpointer
+from darts_jax.networks import NetworkCIFAR, count_params
+from darts_jax.search import epoch_cosine_schedule, make_preprocess, weight_optimizer
+
+PyTree = Any
+Batch = tuple[jax.Array, jax.Array]  # (uint8 images (N, H, W, C), int32 labels (N,))
+EvalBatch = tuple[jax.Array, jax.Array, jax.Array]  # (images, labels, float mask: 1 for real examples)
+Metrics = dict[str, jax.Array]
+
+AXIS_NAME = 'batch'
+GENOTYPE_FILE = 'genotype.json'
+RESULTS_FILE = 'results.json'
+CONFIG_FILE = 'config.json'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training diverged: a loss, gradient norm or parameter is NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Genotype and model.
+
+
+def load_genotype(spec: str) -> genotypes.Genotype:
+  """The genotype named or given by `spec`.
+
+  Args:
+    spec: one of
+
+      * a name in `genotypes.KNOWN_GENOTYPES` (``'DARTS_V2'``);
+      * a directory holding a ``genotype.json``: a search workdir (its final genotype) or a retrain workdir;
+      * a file holding a genotype as JSON (``genotype.json``) or as the ``Genotype(...)`` repr the original prints;
+      * the JSON or repr text itself.
+
+  Raises:
+    ValueError: for a malformed or invalid genotype, or an empty `spec` (the message says which).
+    FileNotFoundError: for a directory without ``genotype.json``.
+  """
+  text = (spec or '').strip()
+  if not text:
+    raise ValueError('no genotype given: pass --config.genotype=NAME (e.g. DARTS_V2), a search workdir, a '
+                     'genotype.json file, or the genotype as JSON or Genotype(...) text.')
+  path = Path(text).expanduser()
+  if path.is_dir():
+    path = path / GENOTYPE_FILE
+    if not path.is_file():
+      raise FileNotFoundError(f'{path} does not exist: {text} is a directory without a genotype.json (a search '
+                              'writes it after its last epoch).')
+  if path.is_file():
+    try:
+      return genotypes.parse_genotype(path.read_text())
+    except ValueError as e:
+      raise ValueError(f'{path}: {e}') from None
+  return genotypes.parse_genotype(text)
+
+
+def create_model(config: ml_collections.ConfigDict, genotype: genotypes.Genotype, num_classes: int,
+                 axis_name: str | None = AXIS_NAME) -> NetworkCIFAR:
+  """The `NetworkCIFAR` of ``config.model`` for `genotype`, with BN over the pmapped `axis_name`."""
+  return NetworkCIFAR(genotype, C=config.model.init_channels, num_classes=num_classes, layers=config.model.layers,
+                      auxiliary=config.model.auxiliary, depthwise_impl=config.model.depthwise_impl,
+                      axis_name=axis_name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# State and steps.
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a training step reads and writes; a pytree (checkpointable as is).
+
+  Attributes:
+    step: int32 scalar, the number of steps taken.
+    params: network weights (incl. the auxiliary head's).
+    batch_stats: BN running statistics.
+    opt_state: state of `tx`.
+    rng: base PRNG key of the random draws; step ``t`` uses ``fold_in(rng, t)``.
+    tx: the optimizer (static).
+  """
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: optax.OptState
+  rng: jax.Array
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def create_train_state(rng: jax.Array, model: NetworkCIFAR, image_shape: tuple[int, int, int],
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initialises the weights (PyTorch's default init), BN statistics and optimizer state.
+
+  Args:
+    rng: PRNG key, split into the initialisation key and the base key of the steps' random draws.
+    model: the network.
+    image_shape: (H, W, C) of one input image.
+    tx: e.g. `search.weight_optimizer`.
+  """
+  params_key, step_key = jax.random.split(rng)
+  # An 'rbg' key: jitted, threefry unrolls its hash once per parameter tensor and compiles much slower.
+  params_key = jax.random.key(jax.random.bits(params_key, (), jnp.uint32), impl='rbg')
+  variables = jax.jit(model.init, static_argnames='train')(
+      params_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
+                    opt_state=tx.init(params), rng=step_key, tx=tx)
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_cutout(length: int, axis_name: str | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``cutout(rng, images)``: `data.cutout` of side `length` with one key per example, ``fold_in(rng, i)`` for its
+  index ``i`` in the global batch, so the squares do not depend on the number of devices under ``pmap``."""
+  def cutout(rng: jax.Array, images: jax.Array) -> jax.Array:
+    n = images.shape[0]
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(n))
+    return jax.vmap(lambda k, x: data.cutout(k, x[None], length)[0])(keys, images)
+
+  return cutout
+
+
+def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, *, mean: np.ndarray, std: np.ndarray,
+                    augment: bool, cutout: int, auxiliary_weight: float
+                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+  """Builds ``train_step(state, batch, drop_path_prob) -> (state, metrics)``.
+
+  The step preprocesses the uint8 batch on device (`search.make_preprocess`: crop and flip if `augment`, then
+  normalisation; then cutout of side `cutout` if > 0), computes ``CE(logits) + auxiliary_weight · CE(logits_aux)``
+  in training mode with drop path ``drop_path_prob`` (a traced scalar), and applies `state.tx`. Jit it, or pmap it
+  with ``axis_name=model.axis_name`` and ``in_axes=(0, 0, None)``: BN statistics and gradients are then global and the
+  step equals a single-device step on the global batch.
+
+  Returns:
+    The step function. ``metrics`` (equal on all devices): ``loss``, ``accuracy`` (of the main logits),
+    ``grad_norm`` (before clipping), ``lr``, and ``finite``: whether the loss, the gradient norm and the new
+    parameters are all finite.
+  """
+  axis_name = model.axis_name
+  preprocess = make_preprocess(mean, std, augment, axis_name)
+  apply_cutout = make_cutout(cutout, axis_name) if cutout else None
+
+  def pmean(tree):
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+  def train_step(state: TrainState, batch: Batch, drop_path_prob: jax.Array) -> tuple[TrainState, Metrics]:
+    images, labels = batch
+    augment_key, cutout_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    x = preprocess(augment_key, images)
+    if apply_cutout is not None:
+      x = apply_cutout(cutout_key, x)
+
+    def loss_fn(params):
+      (logits, logits_aux), updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, x, train=True, drop_path_prob=drop_path_prob,
+          rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+      loss = _cross_entropy(logits, labels)
+      if logits_aux is not None:
+        loss += auxiliary_weight * _cross_entropy(logits_aux, labels)
+      return loss, (logits, updates['batch_stats'])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = pmean(grads)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = pmean({'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)})
+    metrics.update(grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics['finite'] = jnp.all(jnp.stack(
+        [jnp.isfinite(metrics['loss']), jnp.isfinite(metrics['grad_norm'])]
+        + [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: NetworkCIFAR, *, mean: np.ndarray, std: np.ndarray
+                   ) -> Callable[[TrainState, EvalBatch], Metrics]:
+  """Builds ``eval_step(state, (images, labels, mask)) -> sums``: the network in evaluation mode (BN with running
+  statistics, no drop path, no auxiliary head) on normalised, unaugmented uint8 images. ``mask`` (1 for real
+  examples, 0 for padding) lets the last batch be padded. Returns ``loss_sum``, ``correct`` and ``count``, summed over
+  devices under ``pmap``."""
+  axis_name = model.axis_name
+
+  def eval_step(state: TrainState, batch: EvalBatch) -> Metrics:
+    images, labels, mask = batch
+    logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                            data.normalize(images, mean, std), train=False)
+    sums = {
+        'loss_sum': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
+        'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+        'count': jnp.sum(mask),
+    }
+    return sums if axis_name is None else jax.lax.psum(sums, axis_name)
+
+  return eval_step
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[EvalBatch]:
+  """This process's slices of global batches covering every example once, in order; the last global batch is padded
+  to `batch_size` by repeating the last example, with ``mask`` 0 for the padding."""
+  local = batch_size // process_count
+  for start in range(0, len(images), batch_size):
+    index = start + process_index * local + np.arange(local)
+    mask = (index < len(images)).astype(np.float32)
+    index = np.minimum(index, len(images) - 1)
+    yield images[index], labels[index], mask
+
+
+def evaluate(p_eval: Callable[[TrainState, EvalBatch], Metrics], replicated_state: TrainState, images: np.ndarray,
+             labels: np.ndarray, batch_size: int) -> dict[str, float]:
+  """Mean ``loss`` and ``accuracy`` over all of (`images`, `labels`) with a pmapped `make_eval_step`."""
+  sums = [p_eval(replicated_state, parallel.shard(batch))
+          for batch in eval_batches(images, labels, batch_size, jax.process_index(), jax.process_count())]
+  totals = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
+  return {'loss': totals['loss_sum'] / totals['count'], 'accuracy': totals['correct'] / totals['count']}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+class _EpochMetrics:
+  """The training metrics of an epoch, kept on device until `flush` fetches them (every ``log_every_steps`` steps,
+  so the host does not wait on the device each step). The running sums live on the host and go into checkpoints, so
+  a resumed epoch reports the same means as an uninterrupted one."""
+
+  def __init__(self, loss_sum: float = 0.0, accuracy_sum: float = 0.0, steps: int = 0):
+    self.loss_sum, self.accuracy_sum, self.steps = loss_sum, accuracy_sum, steps
+    self._pending: list[Metrics] = []
+
+  def add(self, metrics: Metrics) -> None:
+    self._pending.append(metrics)
+
+  def flush(self, last_step: int) -> dict[str, float]:
+    """Fetches the pending steps (the last being global step `last_step`) and returns their means.
+
+    Raises:
+      NonFiniteLossError: naming the first step whose metrics are not ``finite``.
+    """
+    fetched = jax.device_get(self._pending)
+    self._pending = []
+    values = {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in fetched]) for k in fetched[0]}
+    finite = values.pop('finite')
+    if not finite.all():
+      first = int(np.argmin(finite))
+      raise NonFiniteLossError(
+          f'non-finite loss, gradient or parameters at step {last_step - len(finite) + 1 + first} '
+          f'(loss={values["loss"][first]:.4g}, grad_norm={values["grad_norm"][first]:.4g}): training diverged. '
+          'This state was not checkpointed; the last checkpoint is intact. Lower the learning_rate or change the '
+          'seed.')
+    self.loss_sum += float(values['loss'].sum())
+    self.accuracy_sum += float(values['accuracy'].sum())
+    self.steps += len(finite)
+    return {k: float(v.mean()) for k, v in values.items()}
+
+  def position(self) -> dict[str, float]:
+    return {'loss_sum': self.loss_sum, 'accuracy_sum': self.accuracy_sum, 'steps': self.steps}
+
+
+def _agree(decision: bool) -> bool:
+  """Process 0's `decision`, on every process (checkpoint saves are collective)."""
+  if jax.process_count() == 1:
+    return decision
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision)))
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  parallel.check_batch_size(config.batch_size)
+  if not 0 <= config.model.drop_path_prob < 1:
+    raise ValueError(f'model.drop_path_prob must be in [0, 1), got {config.model.drop_path_prob}.')
+  if config.num_epochs <= 0:
+    raise ValueError(f'num_epochs must be positive, got {config.num_epochs}.')
+
+
+def _check_same_genotype(workdir: Path, genotype: genotypes.Genotype) -> None:
+  """Refuses to resume a run of another genotype: its checkpoints may even restore into the new network."""
+  path = workdir / GENOTYPE_FILE
+  if path.is_file() and genotypes.parse_genotype(path.read_text()) != genotype:
+    raise ValueError(f'{workdir} holds a retraining of another genotype ({path}); resume it with that genotype or '
+                     'use a new workdir.')
+
+
+def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> dict[str, Any]:
+  """Trains (or resumes training) ``config.genotype`` from scratch in `workdir` (see the module docstring).
+
+  Args:
+    config: a retrain config (``configs/retrain_cifar10.py``, ``configs/retrain_quick.py``).
+    workdir: the run directory; an existing one with checkpoints is resumed.
+
+  Returns:
+    The results (the content of ``results.json``).
+
+  Raises:
+    ValueError: for an invalid config or genotype (e.g. a batch size not divisible by the device count).
+    FileNotFoundError: when the genotype's directory has no genotype.json; `data.DatasetNotFoundError` when the
+      dataset is not found (the message says how to get it).
+    NonFiniteLossError: when training diverges; the checkpoints hold the last good state.
+  """
+  run_start = time.monotonic()
+  workdir = Path(workdir)
+  is_main = jax.process_index() == 0
+  _check_config(config)
+  genotype = load_genotype(config.genotype)
+
+  ds = data.load_dataset(config.data.name, config.data.dir or None)
+  train_images, train_labels = ds.train_images, ds.train_labels
+  if not 0 <= config.data.subset <= len(train_images):
+    raise ValueError(f'data.subset={config.data.subset} must be in [0, {len(train_images)}] (the {ds.name} training '
+                     'set size); 0 means all.')
+  if config.data.subset:
+    train_images, train_labels = train_images[:config.data.subset], train_labels[:config.data.subset]
+  test_images, test_labels = ds.test_images, ds.test_labels
+  batch_size = config.batch_size
+  steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
+  logging.info('%s: %d training / %d test images, %d steps of %d per epoch, %d devices.', ds.name,
+               len(train_images), len(test_images), steps_per_epoch, batch_size, jax.device_count())
+
+  model = create_model(config, genotype, ds.num_classes)
+  schedule = epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
+                                   steps_per_epoch)
+  tx = weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+                        grad_clip=config.grad_clip)
+  state = create_train_state(jax.random.key(config.seed), model, train_images.shape[1:], tx)
+  num_params = count_params(state.params)
+  logging.info('Genotype %s: %d parameters (%.3f MB) without the auxiliary head.', genotype, num_params,
+               num_params / 1e6)
+
+  checkpointer = Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
+                              save_interval_minutes=config.checkpoint_every_minutes or None)
+  position = {'epoch': 0, 'step_in_epoch': 0, 'wall_time_s': 0.0, 'test_loss': float('nan'),
+              'test_accuracy': float('nan'), **_EpochMetrics().position()}
+  restored = checkpointer.restore_latest(state)
+  last_saved = 0
+  if restored is not None:
+    _check_same_genotype(workdir, genotype)
+    last_saved, state, meta = restored
+    position.update(meta)
+    logging.info('Resuming from step %d (epoch %d, step %d of the epoch).', last_saved, position['epoch'],
+                 position['step_in_epoch'])
+
+  writer = None
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / CONFIG_FILE).write_text(config_utils.config_to_json(config) + '\n')
+    reporting.write_json(workdir / GENOTYPE_FILE, json.loads(genotypes.genotype_to_json(genotype)))
+    writer = reporting.MetricsWriter(workdir, resume_step=last_saved)
+
+  mean, std = ds.mean, ds.std
+  p_step = jax.pmap(make_train_step(model, schedule, mean=mean, std=std, augment=config.data.augment,
+                                    cutout=config.data.cutout, auxiliary_weight=config.auxiliary_weight),
+                    axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
+  p_eval = jax.pmap(make_eval_step(model, mean=mean, std=std), axis_name=AXIS_NAME)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  wall_time_before = position['wall_time_s']
+  test = {'loss': position['test_loss'], 'accuracy': position['test_accuracy']}
+
+  def checkpoint(host_state: TrainState, step: int, meta: dict[str, Any]) -> None:
+    nonlocal last_saved
+    meta = {**meta, 'wall_time_s': wall_time_before + time.monotonic() - run_start,
+            'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
+    if checkpointer.save(step, jax.device_get(host_state), meta):
+      last_saved = step
+      logging.info('Saved checkpoint of step %d.', step)
+
+  r_state = parallel.replicate(state)
+  step = int(state.step)
+  try:
+    for epoch in range(position['epoch'], config.num_epochs):
+      resumed = epoch == position['epoch']
+      start = position['step_in_epoch'] if resumed else 0
+      metrics = (_EpochMetrics(position['loss_sum'], position['accuracy_sum'], position['steps']) if resumed
+                 else _EpochMetrics())
+      # The original sets model.drop_path_prob = drop_path_prob * epoch / epochs before each epoch.
+      drop_path_prob = config.model.drop_path_prob * epoch / config.num_epochs
+      batches = data.epoch_batches(train_images, train_labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
+                                   start_step=start, max_steps=steps_per_epoch, process_index=process_index,
+                                   process_count=process_count)
+      epoch_start = interval_start = time.monotonic()
+      interval_images = 0
+      previous = None
+      bar = reporting.progress_bar(steps_per_epoch * batch_size, f'epoch {epoch + 1}/{config.num_epochs}',
+                                   enabled=None if config.progress else False)
+      bar.update(start * batch_size)
+      with bar, data.Prefetcher(map(parallel.shard, batches)) as device_batches:
+        for step_in_epoch, batch in enumerate(device_batches, start + 1):
+          r_state, step_metrics = p_step(r_state, batch, np.float32(drop_path_prob))
+          step += 1
+          metrics.add(step_metrics)
+          # Waiting for the previous step keeps one step queued behind the running one: the device never idles
+          # and the bar shows real progress.
+          if previous is not None:
+            jax.block_until_ready(previous)
+          previous = step_metrics
+          bar.update(batch_size)
+          interval_images += batch_size
+          last_of_epoch = step_in_epoch == steps_per_epoch
+          if step % config.log_every_steps and not last_of_epoch:
+            continue
+          summary = metrics.flush(step)
+          now = time.monotonic()
+          summary.update(images_per_s=interval_images / (now - interval_start), drop_path_prob=drop_path_prob)
+          interval_start, interval_images = now, 0
+          bar.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.3f}')
+          if writer:
+            writer.write(step, summary)
+          if not last_of_epoch and _agree(checkpointer.should_save_by_time()):
+            checkpoint(parallel.unreplicate(r_state), step,
+                       {'epoch': epoch, 'step_in_epoch': step_in_epoch, **metrics.position()})
+
+      test = evaluate(p_eval, r_state, test_images, test_labels, batch_size)
+      record = {
+          'epoch': epoch + 1,
+          'train_loss': metrics.loss_sum / metrics.steps,
+          'train_accuracy': metrics.accuracy_sum / metrics.steps,
+          'test_loss': test['loss'],
+          'test_accuracy': test['accuracy'],
+          'lr': float(schedule(step - 1)),
+          'drop_path_prob': drop_path_prob,
+          'epoch_time_s': time.monotonic() - epoch_start,
+      }
+      logging.info('Epoch %d/%d: %s', epoch + 1, config.num_epochs,
+                   ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
+      checkpoint(parallel.unreplicate(r_state), step,
+                 {'epoch': epoch + 1, 'step_in_epoch': 0, **_EpochMetrics().position()})
+      if writer:
+        writer.write(step, record)
+        plots.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
+  finally:
+    checkpointer.close()
+    if writer:
+      writer.close()
+
+  results = {
+      'test_accuracy': test['accuracy'],
+      'test_loss': test['loss'],
+      'params': num_params,
+      'epochs': config.num_epochs,
+      'steps': step,
+      'wall_time_s': wall_time_before + time.monotonic() - run_start,
+      'dataset': ds.name,
+      'genotype': json.loads(genotypes.genotype_to_json(genotype)),
+  }
+  if is_main:
+    reporting.write_json(workdir / RESULTS_FILE, results)
+    logging.info('Test accuracy %.4f after %d epochs; results in %s.', test['accuracy'], config.num_epochs,
+                 workdir / RESULTS_FILE)
+  return results

@@ -1,0 +1,295 @@
+"""The DARTS architecture search loop (the original `train_search.py`): data, pmapped steps, logs, checkpoints.
+
+`search(config, workdir)` runs the search described by an ml_collections config (see ``configs/search_*.py``) and
+writes to `workdir`:
+
+* ``config.json``: the configuration;
+* ``metrics.jsonl`` and ``tensorboard/``: every ``log_every_steps`` steps the interval means of the supernet's
+  training ``loss`` and ``accuracy``, ``grad_norm``, ``arch_grad_norm``, ``lr`` and ``images_per_s``; after every
+  epoch (records with an ``epoch`` key, 1 = after the first) the running means over the epoch's steps
+  ``train_loss``/``train_accuracy``, the supernet's ``valid_loss``/``valid_accuracy`` on the whole validation split,
+  the mean entropy of the softmaxed alphas ``alpha_entropy_normal``/``alpha_entropy_reduce``, ``lr`` and
+  ``epoch_time_s``;
+* ``genotypes.jsonl``: the genotype derived after every epoch;
+* at the end ``genotype.json`` (the final genotype), ``alphas.npz`` (``normal``, ``reduce``), the cell plots
+  ``normal.png``/``reduce.png`` (and their graphviz ``.dot`` sources) and ``curves.png``;
+* ``checkpoints/``: the `SearchState` and the position in the data after every epoch and every
+  ``checkpoint_every_minutes``.
+
+Running `search` again on the same workdir resumes from the latest checkpoint. Data order depends only on
+(seed, epoch) and augmentation only on (seed, step), so a resumed run computes exactly what an uninterrupted one
+does (bit for bit on CPU).
+
+Data parallelism: the steps are ``pmap``-ed over the local devices; each process of a multi-host run loads its own
+slice of every global batch. The search is the original's for any number of devices, with the global batch
+``config.batch_size``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from darts_jax import config_utils, data, genotypes, parallel, plots, reporting
+from darts_jax.checkpointing import Checkpointer
+from darts_jax.search import (HYPERGRADIENT_METHODS, SearchState, alpha_entropy, arch_optimizer, create_search_state,
+                              epoch_cosine_schedule, make_eval_step, make_search_step, weight_optimizer)
+from darts_jax.search_network import SearchNetwork
+
+AXIS_NAME = 'batch'
+GENOTYPES_FILE = 'genotypes.jsonl'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The search diverged: a loss or gradient norm is NaN or infinite."""
+
+
+def _eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int,
+                  process_count: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """This process's slices of the global batches covering *all* examples once, in order.
+
+  The last global batch is padded (repeating the last example) to ``batch_size``; ``mask`` is 1 for real examples.
+  """
+  local = batch_size // process_count
+  for start in range(0, len(images), batch_size):
+    index = start + process_index * local + np.arange(local)
+    mask = (index < len(images)).astype(np.float32)
+    index = np.minimum(index, len(images) - 1)
+    yield images[index], labels[index], mask
+
+
+class _TrainMetrics:
+  """Per-step metrics of an epoch, kept on device until `flush` fetches them.
+
+  Reading them every ``log_every_steps`` steps instead of every step keeps the host from waiting on the device.
+  The epoch's running sums of loss and accuracy live on the host and go into checkpoints, so that a resumed epoch
+  reports the same means as an uninterrupted one.
+  """
+
+  def __init__(self, loss_sum: float = 0.0, accuracy_sum: float = 0.0, steps: int = 0):
+    self.loss_sum, self.accuracy_sum, self.steps = loss_sum, accuracy_sum, steps
+    self._pending: list[dict[str, jax.Array]] = []
+
+  def add(self, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append(metrics)
+
+  def flush(self, last_step: int) -> dict[str, float] | None:
+    """Fetches the pending steps (the last being global step `last_step`); returns their means, or None if none.
+
+    Raises:
+      NonFiniteLossError: naming the first step whose metrics are not ``finite``.
+    """
+    if not self._pending:
+      return None
+    # One transfer for the whole interval; pmean'd metrics are equal on every device, so device 0's are taken.
+    fetched = jax.device_get(self._pending)
+    values = {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in fetched]) for k in fetched[0]}
+    self._pending = []
+    finite = values.pop('finite')
+    if not finite.all():
+      first = int(np.argmin(finite))
+      step = last_step - len(finite) + 1 + first
+      raise NonFiniteLossError(
+          f'Non-finite loss, gradient or parameters at step {step} (loss={values["loss"][first]:.4g}, '
+          f'grad_norm={values["grad_norm"][first]:.4g}, arch_grad_norm={values["arch_grad_norm"][first]:.4g}): '
+          'the search diverged. This state was not checkpointed; the last checkpoint is intact. Lower the '
+          'learning rates (learning_rate, arch_learning_rate) or change the seed.')
+    self.loss_sum += float(values['loss'].sum())
+    self.accuracy_sum += float(values['accuracy'].sum())
+    self.steps += len(finite)
+    return {k: float(v.mean()) for k, v in values.items()}
+
+  def position(self) -> dict[str, float]:
+    return {'loss_sum': self.loss_sum, 'accuracy_sum': self.accuracy_sum, 'steps': self.steps}
+
+
+def _truncate_jsonl(path: Path, max_step: int) -> None:
+  """Drops the records of `path` logged after step `max_step` (by a run that is being resumed)."""
+  if not path.exists():
+    return
+  kept = [r for r in reporting.read_jsonl(path) if r['step'] <= max_step]
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
+  os.replace(tmp, path)
+
+
+def _agree(decision: bool) -> bool:
+  """Process 0's `decision`, on every process (checkpoint saves are collective)."""
+  if jax.process_count() == 1:
+    return decision
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision)))
+
+
+def _write_final_artifacts(workdir: Path, state: SearchState, genotype: genotypes.Genotype) -> None:
+  reporting.write_json(workdir / 'genotype.json', json.loads(genotypes.genotype_to_json(genotype)))
+  alphas = jax.device_get(state.alphas)
+  np.savez(workdir / 'alphas.npz', normal=alphas['normal'], reduce=alphas['reduce'])
+  plots.plot_genotype(genotype, f'{workdir}{os.sep}')
+  plots.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
+
+
+def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> SearchState:
+  """Runs (or resumes) the DARTS search of `config` in `workdir` and writes its artifacts (module docstring).
+
+  Args:
+    config: a search config (``configs/search_cifar10.py``, ``configs/search_quick.py``).
+    workdir: the run directory; an existing one with checkpoints is resumed.
+
+  Returns:
+    The final search state (single copy, on the first local device).
+
+  Raises:
+    ValueError: for an invalid config (e.g. a batch size not divisible by the device count).
+    data.DatasetNotFoundError: when the dataset is not found (the message says how to get it).
+    NonFiniteLossError: when the search diverges; the checkpoints hold the last good state.
+  """
+  workdir = Path(workdir)
+  is_main = jax.process_index() == 0
+  parallel.check_batch_size(config.batch_size)
+  if config.hypergradient not in HYPERGRADIENT_METHODS:
+    raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
+                     f'{", ".join(HYPERGRADIENT_METHODS)}.')
+
+  ds = data.load_dataset(config.data.name, config.data.dir or None)
+  train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)
+  batch_size = config.batch_size
+  steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
+  logging.info('%s: %d training / %d validation images, %d steps of %d per epoch, %d devices.', ds.name,
+               len(train_images), len(valid_images), steps_per_epoch, batch_size, jax.device_count())
+
+  model = SearchNetwork(
+      C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
+      steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
+      depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
+  schedule = epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
+                                          steps_per_epoch)
+  state = create_search_state(
+      jax.random.key(config.seed), model, train_images.shape[1:],
+      weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+                              grad_clip=config.grad_clip),
+      arch_optimizer(config.arch_learning_rate, weight_decay=config.arch_weight_decay))
+
+  checkpointer = Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
+                              save_interval_minutes=config.checkpoint_every_minutes or None)
+  position = {'epoch': 0, 'step_in_epoch': 0, **_TrainMetrics().position()}
+  restored = checkpointer.restore_latest(state)
+  last_saved = 0
+  if restored is not None:
+    last_saved, state, meta = restored
+    position.update(meta)
+    logging.info('Resuming from step %d (epoch %d, step %d of the epoch).', last_saved, position['epoch'],
+                 position['step_in_epoch'])
+
+  writer = None
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(config_utils.config_to_json(config) + '\n')
+    writer = reporting.MetricsWriter(workdir, resume_step=last_saved)
+    _truncate_jsonl(workdir / GENOTYPES_FILE, last_saved)
+
+  mean, std = ds.mean, ds.std
+  p_step = jax.pmap(make_search_step(
+      model, schedule, hypergradient_method=config.hypergradient, mean=mean, std=std, augment=config.data.augment,
+      momentum=config.momentum, weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon),
+      axis_name=AXIS_NAME, donate_argnums=(0,))
+  p_eval = jax.pmap(make_eval_step(model, mean=mean, std=std), axis_name=AXIS_NAME)
+  process_index, process_count = jax.process_index(), jax.process_count()
+
+  def checkpoint(host_state: SearchState, step: int, meta: dict[str, Any]) -> None:
+    nonlocal last_saved
+    if checkpointer.save(step, jax.device_get(host_state), meta):
+      last_saved = step
+      logging.info('Saved checkpoint of step %d.', step)
+
+  r_state = parallel.replicate(state, AXIS_NAME)
+  step = int(state.step)
+  try:
+    for epoch in range(position['epoch'], config.num_epochs):
+      resumed = epoch == position['epoch']
+      start = position['step_in_epoch'] if resumed else 0
+      metrics = (_TrainMetrics(position['loss_sum'], position['accuracy_sum'], position['steps']) if resumed
+                 else _TrainMetrics())
+      batches = zip(*(data.epoch_batches(images, labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
+                                         stream=stream, start_step=start, max_steps=steps_per_epoch,
+                                         process_index=process_index, process_count=process_count)
+                      for stream, (images, labels) in enumerate(((train_images, train_labels),
+                                                                 (valid_images, valid_labels)))))
+      epoch_start = interval_start = time.monotonic()
+      interval_images = 0
+      previous = None
+      bar = reporting.progress_bar(steps_per_epoch * batch_size, f'epoch {epoch + 1}/{config.num_epochs}',
+                                   enabled=None if config.progress else False)
+      bar.update(start * batch_size)
+      with bar, data.Prefetcher((parallel.shard(batch, AXIS_NAME) for batch in batches)) as device_batches:
+        for step_in_epoch, (train_batch, val_batch) in enumerate(device_batches, start + 1):
+          r_state, step_metrics = p_step(r_state, train_batch, val_batch)
+          step += 1
+          metrics.add(step_metrics)
+          # Waiting for the previous step (already finished or about to) keeps one step queued behind the running
+          # one, so the device never idles and the bar shows real progress.
+          if previous is not None:
+            jax.block_until_ready(previous)
+          previous = step_metrics
+          bar.update(batch_size)
+          interval_images += batch_size
+          last_of_epoch = step_in_epoch == steps_per_epoch
+          if step % config.log_every_steps and not last_of_epoch:
+            continue
+          summary = metrics.flush(step)
+          now = time.monotonic()
+          summary['images_per_s'] = interval_images / (now - interval_start)
+          interval_start, interval_images = now, 0
+          bar.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.3f}')
+          if writer:
+            writer.write(step, summary)
+          if not last_of_epoch and _agree(checkpointer.should_save_by_time()):
+            checkpoint(parallel.unreplicate(r_state), step,
+                       {'epoch': epoch, 'step_in_epoch': step_in_epoch, **metrics.position()})
+
+      # Epoch end: evaluate the supernet on the whole validation split (BN with running statistics).
+      sums = [p_eval(r_state, parallel.shard(batch, AXIS_NAME))
+              for batch in _eval_batches(valid_images, valid_labels, batch_size, process_index, process_count)]
+      sums = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
+      state = parallel.unreplicate(r_state)
+      alphas = jax.device_get(state.alphas)
+      genotype = genotypes.derive_genotype(alphas, steps=model.steps, multiplier=model.multiplier)
+      entropy = alpha_entropy(alphas)
+      record = {
+          'epoch': epoch + 1,
+          'train_loss': metrics.loss_sum / metrics.steps,
+          'train_accuracy': metrics.accuracy_sum / metrics.steps,
+          'valid_loss': sums['loss_sum'] / sums['count'],
+          'valid_accuracy': sums['correct'] / sums['count'],
+          'alpha_entropy_normal': entropy['normal'],
+          'alpha_entropy_reduce': entropy['reduce'],
+          'lr': summary['lr'],
+          'epoch_time_s': time.monotonic() - epoch_start,
+      }
+      logging.info('Epoch %d/%d: %s; genotype %s', epoch + 1, config.num_epochs,
+                   ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'), genotype)
+      if writer:
+        writer.write(step, record)
+        reporting.append_jsonl(workdir / GENOTYPES_FILE, {
+            'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(genotype))})
+      checkpoint(state, step, {'epoch': epoch + 1, 'step_in_epoch': 0, **_TrainMetrics().position()})
+  finally:
+    checkpointer.close()
+    if writer:
+      writer.close()
+
+  state = parallel.unreplicate(r_state)
+  if is_main:
+    genotype = genotypes.derive_genotype(jax.device_get(state.alphas), steps=model.steps,
+                                         multiplier=model.multiplier)
+    _write_final_artifacts(workdir, state, genotype)
+    logging.info('Final genotype: %s', genotype)
+  return state

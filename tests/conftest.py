@@ -1,0 +1,16 @@
+"""Shared test set-up: a persistent XLA compilation cache for the whole run.
+
+Supernet programs take tens of seconds to compile on CPU. Tests that compile the same program (a tiny search run
+started again to test resume, the same step in a subprocess) then reuse it, in this process and in subprocesses,
+which inherit the cache directory through the environment.
+"""
+import os
+import tempfile
+
+import jax
+
+_CACHE_DIR = os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                                   os.path.join(tempfile.gettempdir(), 'darts_jax_test_compilation_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
+jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)

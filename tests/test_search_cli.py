@@ -1,0 +1,119 @@
+"""End-to-end tests of ``run_search.py`` on the real supernet, in subprocesses.
+
+One tiny search (a one-cell supernet on 8x8 synthetic Fashion-MNIST files, 3 epochs of 6 steps) is the reference.
+It is run again killed with SIGKILL and resumed, and on 4 host devices; the outputs must match the reference. The
+runs share a persistent compilation cache (tests/conftest.py), so only the first run and the 4-device run compile
+the supernet.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from darts_jax import reporting
+from test_search import write_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ['--config.data.subset=0', '--config.batch_size=8', '--config.num_epochs=3', '--config.log_every_steps=2',
+        '--config.model.init_channels=2', '--config.model.layers=1', '--config.hypergradient=second_order_exact',
+        '--config.data.augment=true', '--config.progress=false']
+
+
+def run_search(workdir, data_dir, *overrides, devices=1, wait=True):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
+  command = [sys.executable, 'run_search.py', '--config', 'configs/search_quick.py', '--workdir', str(workdir),
+             f'--config.data.dir={data_dir}',
+             f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}', *TINY, *overrides]
+  log = open(Path(str(workdir) + '.log'), 'w')
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  if not wait:
+    return process
+  process.wait(timeout=900)
+  return process.returncode, Path(log.name).read_text()
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('fashion_mnist')
+  write_fashion_mnist(directory)
+  return directory
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp('runs') / 'reference'
+  returncode, log = run_search(workdir, data_dir)
+  assert returncode == 0, log
+  return workdir
+
+
+def _epoch_records(workdir):
+  return [{k: v for k, v in r.items() if k not in ('epoch_time_s', 'images_per_s')}
+          for r in reporting.read_jsonl(workdir / 'metrics.jsonl') if 'epoch' in r]
+
+
+def test_search_writes_genotype_alphas_plots_and_curves(reference):
+  for name in ('config.json', 'metrics.jsonl', 'genotypes.jsonl', 'genotype.json', 'alphas.npz', 'normal.png',
+               'reduce.png', 'curves.png'):
+    assert (reference / name).is_file(), name
+  assert [r['epoch'] for r in _epoch_records(reference)] == [1, 2, 3]
+  assert len(reporting.read_jsonl(reference / 'genotypes.jsonl')) == 3
+  assert sorted(p.name for p in (reference / 'checkpoints').iterdir()) == ['12', '18', '6']
+
+
+def test_resume_after_sigkill_gives_identical_alphas(reference, data_dir, tmp_path):
+  workdir = tmp_path / 'killed'
+  # A checkpoint at every log step (every 2 steps): the kill lands mid-epoch, possibly mid-save.
+  process = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9', wait=False)
+  checkpoints = workdir / 'checkpoints'
+  try:
+    while not (checkpoints.is_dir() and any(p.name.isdigit() and int(p.name) >= 8 for p in checkpoints.iterdir())):
+      assert process.poll() is None, Path(str(workdir) + '.log').read_text()
+      time.sleep(0.01)
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  assert not (workdir / 'alphas.npz').exists()  # killed before the end
+  returncode, log = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9')
+  assert returncode == 0, log
+  assert 'Resuming from step' in log
+  resumed, uninterrupted = np.load(workdir / 'alphas.npz'), np.load(reference / 'alphas.npz')
+  for kind in ('normal', 'reduce'):
+    np.testing.assert_array_equal(resumed[kind], uninterrupted[kind])
+  assert (workdir / 'genotype.json').read_text() == (reference / 'genotype.json').read_text()
+  assert _epoch_records(workdir) == _epoch_records(reference)
+
+
+def test_four_devices_match_one_device(reference, data_dir, tmp_path):
+  returncode, log = run_search(tmp_path / 'pmap', data_dir, devices=4)
+  assert returncode == 0, log
+  assert '4 devices' in log
+  sharded, single = np.load(tmp_path / 'pmap' / 'alphas.npz'), np.load(reference / 'alphas.npz')
+  # 18 steps; only the summation order of BN statistics and gradient means differs (float32 rounding), and
+  # Adam's per-step change of alphas is ~3e-4.
+  for kind in ('normal', 'reduce'):
+    np.testing.assert_allclose(sharded[kind], single[kind], rtol=0, atol=1e-5)
+  for sharded_record, single_record in zip(_epoch_records(tmp_path / 'pmap'), _epoch_records(reference)):
+    for key, value in single_record.items():
+      assert sharded_record[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_batch_size_not_divisible_by_devices_is_an_error(data_dir, tmp_path):
+  returncode, log = run_search(tmp_path / 'run', data_dir, '--config.batch_size=6', devices=4)
+  assert returncode == 1
+  assert 'batch_size 6 is not divisible by the 4 devices' in log
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.model.chanels=4', "unknown config key 'model.chanels'; valid keys: "),
+    ('--config.hypergradient=second_order', "Unknown hypergradient 'second_order'; expected one of first_order"),
+])
+def test_config_errors_exit_with_one_message(data_dir, tmp_path, override, message):
+  returncode, log = run_search(tmp_path / 'run', data_dir, override)
+  assert returncode == 1
+  assert message in log and 'Traceback' not in log

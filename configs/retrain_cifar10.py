@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dir = ''  # '' looks in $DARTS_JAX_DATA, system directories, then tensorflow-datasets
   config.data.subset = 0  # > 0: train on the first `subset` training images only
   config.data.augment = True  # random crop 32 (padding 4) + horizontal flip, on device
+  config.data.image_size = 0  # > 0: resize images to image_size x image_size on device
   config.data.cutout = 16  # side of the cutout square (after normalisation); 0 disables
 
   config.log_every_steps = 50

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.layers = 5
   config.model.auxiliary = False  # 28x28 images leave too small a map for the auxiliary head
   config.data.name = 'fashion_mnist'
-  config.data.subset = 10000
+  config.data.subset = 6400
   config.data.augment = False
   config.data.cutout = 8
   config.log_every_steps = 20

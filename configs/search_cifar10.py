@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dir = ''  # '' looks in $DARTS_JAX_DATA, system directories, then tensorflow-datasets
   config.data.subset = 0  # > 0: use only the first `subset` training images
   config.data.augment = True  # random crop 32 (padding 4) + horizontal flip, on device
+  config.data.image_size = 0  # > 0: resize images to image_size x image_size on device
 
   config.log_every_steps = 50
   config.checkpoint_every_minutes = 10.0  # 0: only at the end of every epoch

@@ -19,6 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from darts_jax import search
 from darts_jax.ops import DEPTHWISE_IMPLS
@@ -33,12 +34,30 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--image', type=int, default=32, help='image height and width')
   parser.add_argument('--channels', type=int, default=3, help='input channels')
   parser.add_argument('--classes', type=int, default=10)
-  parser.add_argument('--mode', choices=list(search.HYPERGRADIENT_METHODS), default='second_order_exact')
+  parser.add_argument('--mode', choices=list(search.HYPERGRADIENT_METHODS) + ['forward_backward'],
+                      default='second_order_exact',
+                      help="a search step's hypergradient, or 'forward_backward': one gradient of the supernet's "
+                           'training loss w.r.t. weights and alphas')
   parser.add_argument('--steps', type=int, default=5, help='timed steps')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='shift')
   parser.add_argument('--seed', type=int, default=0)
   return parser.parse_args(argv)
+
+
+def _forward_backward_step(model: SearchNetwork, mean: np.ndarray, std: np.ndarray):
+  """A step that only takes the gradient of the training loss (the unit of work every search pass repeats)."""
+  preprocess = search.make_preprocess(mean, std, augment=False)
+
+  def step(state, train_batch, val_batch):
+    del val_batch
+    def loss(params, alphas):
+      logits, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, preprocess(None, train_batch[0]),
+                              alphas, train=True, mutable=['batch_stats'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, train_batch[1]).mean()
+    value, grads = jax.value_and_grad(loss, argnums=(0, 1))(state.params, state.alphas)
+    return state, {'loss': value, 'finite': jnp.isfinite(value), 'grads': grads}
+  return step
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -50,9 +69,12 @@ def run(args: argparse.Namespace) -> dict:
                                      search.weight_optimizer(schedule), search.arch_optimizer())
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
-  step = jax.jit(search.make_search_step(model, schedule, hypergradient_method=args.mode,
-                                         mean=np.full(args.channels, 0.5), std=np.full(args.channels, 0.25),
-                                         augment=False), donate_argnums=0)
+  mean, std = np.full(args.channels, 0.5), np.full(args.channels, 0.25)
+  if args.mode == 'forward_backward':
+    step = jax.jit(_forward_backward_step(model, mean, std), donate_argnums=0)
+  else:
+    step = jax.jit(search.make_search_step(model, schedule, hypergradient_method=args.mode, mean=mean, std=std,
+                                           augment=False), donate_argnums=0)
   rng = np.random.default_rng(args.seed)
   def batch():
     return (jnp.asarray(rng.integers(0, 256, (args.batch, args.image, args.image, args.channels), np.uint8)),

@@ -6,7 +6,8 @@ the ``*_concat`` states. Unlike in search, every op's BN is affine (learnable sc
 
 **Drop path.** In training, each op output except identities is multiplied by ``m / (1 - p)`` with one
 ``m ~ Bernoulli(1 - p)`` per example (`drop_path`), so its expectation is unchanged. ``p`` is an argument of
-``__call__``, so a ramp over epochs does not recompile.
+``__call__``, so a ramp over epochs does not recompile. Under ``pmap`` the masks are drawn for the global batch, so
+they do not depend on the number of devices.
 
 **Compile time.** Consecutive cells that map their input shape to itself (not a reduction, not after one, input and
 output channels equal) are identical functions of different weights; they run as one `nn.scan`, so each distinct
@@ -34,9 +35,10 @@ AUXILIARY = 'auxiliary_head'
 
 
 def drop_path(rng: jax.Array, x: jax.Array, drop_prob: float | jax.Array, axis_name: str | None = None) -> jax.Array:
-  """Drops whole examples of ``x`` (N, ...) with probability ``p = drop_prob``: ``x · m / (1 - p)``, m ~ Bernoulli(1 - p).
+  """Drops whole examples of ``x`` (N, ...) with probability ``p = drop_prob``: ``x · m / (1 - p)``.
 
-  One mask entry per example (the original's ``utils.drop_path``), so E[output] = x. ``drop_prob`` may be traced.
+  One ``m ~ Bernoulli(1 - p)`` per example (the original's ``utils.drop_path``), so E[output] = x. ``drop_prob``
+  may be traced.
   Under ``pmap`` with `axis_name` (and the same `rng` on every device) the mask is drawn for the global batch and each
   device takes its examples' entries, so the masks do not depend on the number of devices.
   """
@@ -45,7 +47,7 @@ def drop_path(rng: jax.Array, x: jax.Array, drop_prob: float | jax.Array, axis_n
   if axis_name is None:
     mask = jax.random.bernoulli(rng, keep, (n,))
   else:
-    mask = jax.random.bernoulli(rng, keep, (n * lax.psum(1, axis_name),))
+    mask = jax.random.bernoulli(rng, keep, (n * lax.axis_size(axis_name),))
     mask = lax.dynamic_slice_in_dim(mask, lax.axis_index(axis_name) * n, n)
   return x / keep * mask.astype(x.dtype).reshape((n,) + (1,) * (x.ndim - 1))
 
@@ -245,12 +247,13 @@ class Cell(nn.Module):
 
 
 def _is_static_zero(x: float | jax.Array) -> bool:
+  """A literal 0 turns drop path off at trace time, so training without it needs no 'dropout' RNG."""
   return isinstance(x, (int, float)) and x == 0
 
 
 @dataclasses.dataclass(frozen=True)
-class _CellSpec:
-  """What makes two cells the same function: their attributes and their input channels."""
+class CellSpec:
+  """A cell of a network: its `Cell` attributes and input channels. Equal specs are the same function."""
   ops: tuple[tuple[str, int], ...]
   concat: tuple[int, ...]
   channels: int
@@ -270,28 +273,28 @@ class _CellSpec:
 
 
 def cell_specs(genotype: Genotype, C: int, layers: int, stem_channels: tuple[int, int],
-               reduction_prev: bool = False) -> list[_CellSpec]:
+               reduction_prev: bool = False) -> list[CellSpec]:
   """The cells of a network: reductions (channels doubled) at ``layers // 3`` and ``2 * layers // 3``."""
   specs, (c_prev_prev, c_prev), channels = [], stem_channels, C
   for i in range(layers):
     reduction = i in (layers // 3, 2 * layers // 3)
     channels *= 2 if reduction else 1
     ops, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
-    spec = _CellSpec(tuple(tuple(p) for p in ops), tuple(concat), channels, reduction, reduction_prev,
+    spec = CellSpec(tuple(tuple(p) for p in ops), tuple(concat), channels, reduction, reduction_prev,
                      (c_prev_prev, c_prev))
     specs.append(spec)
     c_prev_prev, c_prev, reduction_prev = c_prev, spec.output_channels, reduction
   return specs
 
 
-def cell_runs(specs: Sequence[_CellSpec], break_after: int) -> list[tuple[int, int]]:
+def cell_runs(specs: Sequence[CellSpec], break_after: int) -> list[tuple[int, int]]:
   """Groups cells into runs ``(first, last)`` of identical shape-keeping cells; the others are runs of one.
 
   A run never continues past cell ``break_after`` (where the auxiliary head reads the state).
   """
   runs = []
   for i, spec in enumerate(specs):
-    if (runs and spec.keeps_shape and specs[i - 1] == spec and runs[-1][1] == i - 1 and i - 1 != break_after):
+    if runs and spec.keeps_shape and specs[i - 1] == spec and i - 1 != break_after:
       runs[-1] = (runs[-1][0], i)
     else:
       runs.append((i, i))
@@ -308,7 +311,7 @@ class CellStack(nn.Module):
 
   ``__call__(s0, s1, drop_path_prob, train)`` returns ``(output of the last cell, output of cell tap)``.
   """
-  specs: tuple[_CellSpec, ...]
+  specs: tuple[CellSpec, ...]
   tap: int
   depthwise_impl: DepthwiseImpl = 'shift'
   axis_name: str | None = None
@@ -397,7 +400,8 @@ class NetworkCIFAR(nn.Module):
   ``drop_path_prob`` is an argument of the call, not an attribute (as the original's ``model.drop_path_prob``), so a
   traced value changes without recompiling; drop path needs a ``'dropout'`` RNG unless it is the literal 0.
   `depthwise_impl` picks the depthwise formulation (`ops.DEPTHWISE_IMPLS`), `axis_name` makes BN use global-batch
-  statistics under ``pmap``, and ``scan=False`` unrolls identical cells (same function, other parameter layout).
+  statistics under ``pmap``, ``scan=False`` unrolls identical cells (same function, other parameter layout) and
+  `stem_multiplier` sets the stem's channels (3C in the original).
   """
   genotype: Genotype
   C: int

@@ -27,6 +27,7 @@ from darts_jax import data
 
 PyTree = Any
 
+
 def _sharding(axis_name: str, devices: Sequence[jax.Device] | None) -> tuple[jax.sharding.NamedSharding, int]:
   """One slice of the leading axis per device, along a mesh axis called `axis_name`."""
   devices = list(devices or jax.local_devices())
@@ -99,9 +100,10 @@ def check_batch_size(batch_size: int) -> None:
   """
   devices = jax.device_count()
   if batch_size % devices:
+    suggestion = max(devices, batch_size - batch_size % devices)
     raise ValueError(f'batch_size {batch_size} is not divisible by the {devices} devices '
-                     f'({jax.process_count()} process(es) x {jax.local_device_count()} local); '
-                     f'use a multiple of {devices} (e.g. --config.batch_size={max(devices, batch_size // devices * devices)}).')
+                     f'({jax.process_count()} process(es) x {jax.local_device_count()} local); use a multiple of '
+                     f'{devices}, e.g. --config.batch_size={suggestion}.')
 
 
 # Environments in which jax.distributed.initialize() finds the process count and index by itself, with the

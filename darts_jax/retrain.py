@@ -49,7 +49,7 @@ from jax.experimental import multihost_utils
 from darts_jax import config_utils, data, genotypes, parallel, plots, reporting
 from darts_jax.checkpointing import Checkpointer
 from darts_jax.networks import NetworkCIFAR, count_params
-from darts_jax.search import epoch_cosine_schedule, make_preprocess, weight_optimizer
+from darts_jax.search import Preprocess, epoch_cosine_schedule, make_preprocess, weight_optimizer
 
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]  # (uint8 images (N, H, W, C), int32 labels (N,))
@@ -89,18 +89,26 @@ def load_genotype(spec: str) -> genotypes.Genotype:
   if not text:
     raise ValueError('no genotype given: pass --config.genotype=NAME (e.g. DARTS_V2), a search workdir, a '
                      'genotype.json file, or the genotype as JSON or Genotype(...) text.')
-  path = Path(text).expanduser()
+  path = _existing_path(text)
+  if path is None:
+    return genotypes.parse_genotype(text)
   if path.is_dir():
     path = path / GENOTYPE_FILE
     if not path.is_file():
       raise FileNotFoundError(f'{path} does not exist: {text} is a directory without a genotype.json (a search '
                               'writes it after its last epoch).')
-  if path.is_file():
-    try:
-      return genotypes.parse_genotype(path.read_text())
-    except ValueError as e:
-      raise ValueError(f'{path}: {e}') from None
-  return genotypes.parse_genotype(text)
+  try:
+    return genotypes.parse_genotype(path.read_text())
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
+
+
+def _existing_path(text: str) -> Path | None:
+  try:
+    path = Path(text).expanduser()
+    return path if path.exists() else None
+  except OSError:  # e.g. genotype JSON longer than a file name may be
+    return None
 
 
 def create_model(config: ml_collections.ConfigDict, genotype: genotypes.Genotype, num_classes: int,
@@ -109,6 +117,16 @@ def create_model(config: ml_collections.ConfigDict, genotype: genotypes.Genotype
   return NetworkCIFAR(genotype, C=config.model.init_channels, num_classes=num_classes, layers=config.model.layers,
                       auxiliary=config.model.auxiliary, depthwise_impl=config.model.depthwise_impl,
                       axis_name=axis_name)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer of `config` (`search.weight_optimizer`) and its learning-rate schedule, cosine per epoch."""
+  schedule = epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
+                                   steps_per_epoch)
+  tx = weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+                        grad_clip=config.grad_clip)
+  return tx, schedule
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -170,16 +188,16 @@ def make_cutout(length: int, axis_name: str | None = None) -> Callable[[jax.Arra
   return cutout
 
 
-def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, *, mean: np.ndarray, std: np.ndarray,
-                    augment: bool, cutout: int, auxiliary_weight: float
-                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, preprocess: Preprocess, *, cutout: int,
+                    auxiliary_weight: float) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Builds ``train_step(state, batch, drop_path_prob) -> (state, metrics)``.
 
-  The step preprocesses the uint8 batch on device (`search.make_preprocess`: crop and flip if `augment`, then
-  normalisation; then cutout of side `cutout` if > 0), computes ``CE(logits) + auxiliary_weight · CE(logits_aux)``
-  in training mode with drop path ``drop_path_prob`` (a traced scalar), and applies `state.tx`. Jit it, or pmap it
-  with ``axis_name=model.axis_name`` and ``in_axes=(0, 0, None)``: BN statistics and gradients are then global and the
-  step equals a single-device step on the global batch.
+  The step prepares the uint8 batch on device with `preprocess` (`search.make_preprocess`: augmentation,
+  resizing, normalisation) and cutout of side `cutout` if > 0 (`make_cutout`), computes
+  ``CE(logits) + auxiliary_weight · CE(logits_aux)`` in training mode with drop path ``drop_path_prob`` (a traced
+  scalar), and applies ``state.tx``. Jit it, or pmap it with ``axis_name=model.axis_name`` and
+  ``in_axes=(0, 0, None)`` (and `preprocess` built with the same axis name): BN statistics and gradients are then
+  global, random draws per example, and the step equals a single-device step on the global batch.
 
   Returns:
     The step function. ``metrics`` (equal on all devices): ``loss``, ``accuracy`` (of the main logits),
@@ -187,7 +205,6 @@ def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, *, mean: np.n
     parameters are all finite.
   """
   axis_name = model.axis_name
-  preprocess = make_preprocess(mean, std, augment, axis_name)
   apply_cutout = make_cutout(cutout, axis_name) if cutout else None
 
   def pmean(tree):
@@ -214,7 +231,7 @@ def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, *, mean: np.n
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = pmean({'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)})
-    metrics.update(grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     metrics['finite'] = jnp.all(jnp.stack(
         [jnp.isfinite(metrics['loss']), jnp.isfinite(metrics['grad_norm'])]
         + [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
@@ -224,18 +241,17 @@ def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, *, mean: np.n
   return train_step
 
 
-def make_eval_step(model: NetworkCIFAR, *, mean: np.ndarray, std: np.ndarray
-                   ) -> Callable[[TrainState, EvalBatch], Metrics]:
+def make_eval_step(model: NetworkCIFAR, preprocess: Preprocess) -> Callable[[TrainState, EvalBatch], Metrics]:
   """Builds ``eval_step(state, (images, labels, mask)) -> sums``: the network in evaluation mode (BN with running
-  statistics, no drop path, no auxiliary head) on normalised, unaugmented uint8 images. ``mask`` (1 for real
-  examples, 0 for padding) lets the last batch be padded. Returns ``loss_sum``, ``correct`` and ``count``, summed over
-  devices under ``pmap``."""
+  statistics, no drop path, no auxiliary head) on uint8 images prepared by `preprocess` (built without
+  augmentation). ``mask`` (1 for real examples, 0 for padding) lets the last batch be padded. Returns ``loss_sum``,
+  ``correct`` and ``count``, summed over devices under ``pmap``."""
   axis_name = model.axis_name
 
   def eval_step(state: TrainState, batch: EvalBatch) -> Metrics:
     images, labels, mask = batch
     logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                            data.normalize(images, mean, std), train=False)
+                            preprocess(None, images), train=False)
     sums = {
         'loss_sum': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
         'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
@@ -258,10 +274,10 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, proces
     yield images[index], labels[index], mask
 
 
-def evaluate(p_eval: Callable[[TrainState, EvalBatch], Metrics], replicated_state: TrainState, images: np.ndarray,
-             labels: np.ndarray, batch_size: int) -> dict[str, float]:
+def evaluate_dataset(p_eval: Callable[[TrainState, EvalBatch], Metrics], replicated_state: TrainState,
+                     images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, float]:
   """Mean ``loss`` and ``accuracy`` over all of (`images`, `labels`) with a pmapped `make_eval_step`."""
-  sums = [p_eval(replicated_state, parallel.shard(batch))
+  sums = [p_eval(replicated_state, parallel.shard(batch, AXIS_NAME))
           for batch in eval_batches(images, labels, batch_size, jax.process_index(), jax.process_count())]
   totals = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
   return {'loss': totals['loss_sum'] / totals['count'], 'accuracy': totals['correct'] / totals['count']}
@@ -325,7 +341,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_same_genotype(workdir: Path, genotype: genotypes.Genotype) -> None:
-  """Refuses to resume a run of another genotype: its checkpoints may even restore into the new network."""
+  """Refuses a workdir of another genotype's run: its checkpoints might even restore into the new network."""
   path = workdir / GENOTYPE_FILE
   if path.is_file() and genotypes.parse_genotype(path.read_text()) != genotype:
     raise ValueError(f'{workdir} holds a retraining of another genotype ({path}); resume it with that genotype or '
@@ -353,6 +369,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   is_main = jax.process_index() == 0
   _check_config(config)
   genotype = load_genotype(config.genotype)
+  _check_same_genotype(workdir, genotype)
 
   ds = data.load_dataset(config.data.name, config.data.dir or None)
   train_images, train_labels = ds.train_images, ds.train_labels
@@ -368,23 +385,22 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
                len(train_images), len(test_images), steps_per_epoch, batch_size, jax.device_count())
 
   model = create_model(config, genotype, ds.num_classes)
-  schedule = epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
-                                   steps_per_epoch)
-  tx = weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
-                        grad_clip=config.grad_clip)
-  state = create_train_state(jax.random.key(config.seed), model, train_images.shape[1:], tx)
+  tx, schedule = create_optimizer(config, steps_per_epoch)
+  size = config.data.image_size
+  image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
+  state = create_train_state(jax.random.key(config.seed), model, image_shape, tx)
   num_params = count_params(state.params)
   logging.info('Genotype %s: %d parameters (%.3f MB) without the auxiliary head.', genotype, num_params,
                num_params / 1e6)
 
   checkpointer = Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
                               save_interval_minutes=config.checkpoint_every_minutes or None)
-  position = {'epoch': 0, 'step_in_epoch': 0, 'wall_time_s': 0.0, 'test_loss': float('nan'),
-              'test_accuracy': float('nan'), **_EpochMetrics().position()}
+  # Test metrics are None until the first epoch's evaluation.
+  position = {'epoch': 0, 'step_in_epoch': 0, 'wall_time_s': 0.0, 'test_loss': None, 'test_accuracy': None,
+              **_EpochMetrics().position()}
   restored = checkpointer.restore_latest(state)
   last_saved = 0
   if restored is not None:
-    _check_same_genotype(workdir, genotype)
     last_saved, state, meta = restored
     position.update(meta)
     logging.info('Resuming from step %d (epoch %d, step %d of the epoch).', last_saved, position['epoch'],
@@ -397,11 +413,13 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     reporting.write_json(workdir / GENOTYPE_FILE, json.loads(genotypes.genotype_to_json(genotype)))
     writer = reporting.MetricsWriter(workdir, resume_step=last_saved)
 
-  mean, std = ds.mean, ds.std
-  p_step = jax.pmap(make_train_step(model, schedule, mean=mean, std=std, augment=config.data.augment,
-                                    cutout=config.data.cutout, auxiliary_weight=config.auxiliary_weight),
+  train_preprocess, eval_preprocess = (
+      make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
+      for augment in (config.data.augment, False))
+  p_step = jax.pmap(make_train_step(model, schedule, train_preprocess, cutout=config.data.cutout,
+                                    auxiliary_weight=config.auxiliary_weight),
                     axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
-  p_eval = jax.pmap(make_eval_step(model, mean=mean, std=std), axis_name=AXIS_NAME)
+  p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
   process_index, process_count = jax.process_index(), jax.process_count()
   wall_time_before = position['wall_time_s']
   test = {'loss': position['test_loss'], 'accuracy': position['test_accuracy']}
@@ -414,7 +432,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
       last_saved = step
       logging.info('Saved checkpoint of step %d.', step)
 
-  r_state = parallel.replicate(state)
+  r_state = parallel.replicate(state, AXIS_NAME)
   step = int(state.step)
   try:
     for epoch in range(position['epoch'], config.num_epochs):
@@ -433,7 +451,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
       bar = reporting.progress_bar(steps_per_epoch * batch_size, f'epoch {epoch + 1}/{config.num_epochs}',
                                    enabled=None if config.progress else False)
       bar.update(start * batch_size)
-      with bar, data.Prefetcher(map(parallel.shard, batches)) as device_batches:
+      with bar, data.Prefetcher(parallel.shard(b, AXIS_NAME) for b in batches) as device_batches:
         for step_in_epoch, batch in enumerate(device_batches, start + 1):
           r_state, step_metrics = p_step(r_state, batch, np.float32(drop_path_prob))
           step += 1
@@ -459,7 +477,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
             checkpoint(parallel.unreplicate(r_state), step,
                        {'epoch': epoch, 'step_in_epoch': step_in_epoch, **metrics.position()})
 
-      test = evaluate(p_eval, r_state, test_images, test_labels, batch_size)
+      test = evaluate_dataset(p_eval, r_state, test_images, test_labels, batch_size)
       record = {
           'epoch': epoch + 1,
           'train_loss': metrics.loss_sum / metrics.steps,

@@ -3,12 +3,14 @@
 One search step (the original `train_search.py`'s inner loop, `Architect.step` then the weight update) is
 
 1. **architecture step** on a training batch and a validation batch:
-   ``alpha <- Adam(alpha, h + 1e-3·alpha)``, with ``h`` the hypergradient of `darts_jax.hypergradient`
-   (first order, or second order through the one-step virtual update ``w' = w - eta·(mu·m + grad_w L_train + lambda·w)``
-   with ``eta`` the current learning rate, ``m`` the SGD momentum buffer of the weight optimizer, ``mu = 0.9`` and
-   ``lambda = 3e-4``);
+   ``alpha <- Adam(alpha, h + 1e-3·alpha)``, with ``h`` the hypergradient of `darts_jax.hypergradient`: first
+   order, or second order through the one-step virtual update
+   ``w' = w - eta·(mu·m + grad_w L_train(w, alpha) + lambda·w)`` with ``eta`` the current learning rate, ``m`` the
+   SGD momentum buffer of the weight optimizer, ``mu = 0.9`` and ``lambda = 3e-4``;
 2. **weight step** on the *same* training batch with the updated alphas:
    ``w <- SGD_momentum(w, clip_5(grad_w L_train(w, alpha)) + 3e-4·w)``.
+
+(The constants are the paper's, the defaults of `arch_optimizer` and `weight_optimizer`.)
 
 Batch normalisation uses batch statistics in every forward pass, as the original's `model.train()`. The losses of
 the architecture step (all hypergradient passes) read the running statistics but discard their updates; only the
@@ -38,6 +40,7 @@ from darts_jax.search_network import SearchNetwork, init_alphas
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]  # (uint8 images (N, H, W, C), int32 labels (N,))
 Metrics = dict[str, jax.Array]
+Preprocess = Callable[[jax.Array | None, jax.Array], jax.Array]  # (rng, uint8 images) -> network inputs
 
 HYPERGRADIENT_METHODS = {
     'first_order': 'first_order',
@@ -158,16 +161,29 @@ def _example_keys(rng: jax.Array, batch_size: int, axis_name: str | None) -> jax
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(batch_size))
 
 
-def make_preprocess(mean: np.ndarray, std: np.ndarray, augment: bool,
-                    axis_name: str | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """``preprocess(rng, uint8_images) -> float32 images`` on device: optional CIFAR augmentation, then `normalize`.
+def make_preprocess(mean: np.ndarray, std: np.ndarray, *, augment: bool = False, image_size: int = 0,
+                    axis_name: str | None = None) -> Preprocess:
+  """Builds ``preprocess(rng, uint8_images) -> float32 images``, run on device inside the steps.
 
-  The augmentation (`data.random_crop_flip`) draws from a per-example key (see `_example_keys`).
+  In order: the CIFAR augmentation if `augment` (`data.random_crop_flip`: random crop with 4 padding and horizontal
+  flip, each example drawing from its own key, see `_example_keys`; ``rng`` is read only here), resizing to
+  `image_size` x `image_size` (bilinear, antialiased) if `image_size` > 0, and `data.normalize` with the dataset's
+  per-channel `mean` and `std` (in [0, 1] units).
+
+  Args:
+    mean: per-channel mean, shape (C,).
+    std: per-channel standard deviation, shape (C,).
+    augment: apply the augmentation.
+    image_size: side of the network's input; 0 keeps the dataset's size.
+    axis_name: the pmap axis the batch is sharded over, if any (makes augmentations device-count independent).
   """
-  def preprocess(rng: jax.Array, images: jax.Array) -> jax.Array:
+  def preprocess(rng: jax.Array | None, images: jax.Array) -> jax.Array:
     if augment:
       keys = _example_keys(rng, images.shape[0], axis_name)
       images = jax.vmap(lambda k, x: data.random_crop_flip(k, x[None])[0])(keys, images)
+    if image_size:
+      n, _, _, c = images.shape
+      images = jax.image.resize(images.astype(jnp.float32), (n, image_size, image_size, c), 'linear')
     return data.normalize(images, mean, std)
 
   return preprocess
@@ -177,26 +193,25 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_search_step(model: SearchNetwork, schedule: optax.Schedule, *, hypergradient_method: str,
-                     mean: np.ndarray, std: np.ndarray, augment: bool, momentum: float = 0.9,
-                     weight_decay: float = 3e-4, fd_epsilon: float = 0.01
-                     ) -> Callable[[SearchState, Batch, Batch], tuple[SearchState, Metrics]]:
+def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess: Preprocess, *,
+                     hypergradient_method: str, momentum: float = 0.9, weight_decay: float = 3e-4,
+                     fd_epsilon: float = 0.01) -> Callable[[SearchState, Batch, Batch], tuple[SearchState, Metrics]]:
   """Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)`` (see the module docstring).
 
-  Batches are ``(uint8 images (N, H, W, C), int32 labels (N,))``; preprocessing (`make_preprocess`) runs inside
-  the step. Jit it, or pmap it with ``axis_name=model.axis_name``: then each device holds a shard of both
-  batches, BN statistics are taken over the global batch (by the network), the hypergradient and the weight
-  gradients are averaged over devices, and the step equals a single-device step on the global batch.
+  Batches are ``(uint8 images (N, H, W, C), int32 labels (N,))``, preprocessed inside the step. Jit it, or pmap it
+  with ``axis_name=model.axis_name``: then each device holds a shard of both batches, BN statistics are taken over
+  the global batch (by the network), the hypergradient and the weight gradients are averaged over devices, and the
+  step equals a single-device step on the global batch.
 
   Args:
-    model: the supernet; its ``axis_name`` is the pmap axis (None under plain jit).
+    model: the supernet (any Linen module called as ``model(x, alphas, train)`` with a ``batch_stats`` collection);
+      its ``axis_name`` is the pmap axis (None under plain jit).
     schedule: learning rate of the weight optimizer as a function of the step (`epoch_cosine_schedule`); it is
       also the virtual step's ``eta``.
+    preprocess: `make_preprocess`'s function, applied to both batches with keys drawn from ``(state.rng, step)``.
+      With CIFAR augmentation, validation batches are augmented too: the original draws them from the training
+      set with the training transform.
     hypergradient_method: a key of `HYPERGRADIENT_METHODS`.
-    mean: per-channel mean of the dataset in [0, 1] (for `data.normalize`).
-    std: per-channel standard deviation in [0, 1].
-    augment: apply CIFAR augmentation (random crop with 4 padding, horizontal flip) to both batches; the original
-      draws validation batches from the training set with the training transform.
     momentum: the weight optimizer's momentum (enters the virtual step).
     weight_decay: the weight optimizer's weight decay (enters the virtual step).
     fd_epsilon: for ``'second_order_fd'``: ``R = fd_epsilon / ||v||``.
@@ -211,7 +226,6 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, *, hypergra
                      f'{", ".join(HYPERGRADIENT_METHODS)}.')
   method = HYPERGRADIENT_METHODS[hypergradient_method]
   axis_name = model.axis_name
-  preprocess = make_preprocess(mean, std, augment, axis_name)
 
   def forward(params, batch_stats, alphas, images):
     return model.apply({'params': params, 'batch_stats': batch_stats}, images, alphas, train=True,
@@ -264,16 +278,17 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, *, hypergra
   return search_step
 
 
-def make_eval_step(model: SearchNetwork, *, mean: np.ndarray, std: np.ndarray
+def make_eval_step(model: SearchNetwork, preprocess: Preprocess
                    ) -> Callable[[SearchState, tuple[jax.Array, jax.Array, jax.Array]], Metrics]:
   """Builds ``eval_step(state, (images, labels, mask)) -> sums`` for the supernet with the current alphas.
 
-  As the original's ``infer`` (``model.eval()``), BN normalises with the running statistics. Images are uint8 and
-  not augmented; ``mask`` (float, 1 for real examples, 0 for padding) lets the last batch be padded to the common
-  shape. Returns the (device-summed under pmap) ``loss_sum``, ``correct`` and ``count``.
+  As the original's ``infer`` (``model.eval()``), BN normalises with the running statistics. Images are uint8,
+  prepared by `preprocess` without augmentation (the original's ``infer`` reads the training transform's augmented
+  images; an unaugmented measure is the more useful one); ``mask`` (float, 1 for real examples, 0 for padding) lets
+  the last batch be padded to the common shape. Returns the (device-summed under pmap) ``loss_sum``, ``correct``
+  and ``count``.
   """
   axis_name = model.axis_name
-  preprocess = make_preprocess(mean, std, augment=False)
 
   def eval_step(state: SearchState, batch: tuple[jax.Array, jax.Array, jax.Array]) -> Metrics:
     images, labels, mask = batch

@@ -29,20 +29,22 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
 from darts_jax import config_utils, data, genotypes, parallel, plots, reporting
 from darts_jax.checkpointing import Checkpointer
 from darts_jax.search import (HYPERGRADIENT_METHODS, SearchState, alpha_entropy, arch_optimizer, create_search_state,
-                              epoch_cosine_schedule, make_eval_step, make_search_step, weight_optimizer)
+                              epoch_cosine_schedule, make_eval_step, make_preprocess, make_search_step,
+                              weight_optimizer)
 from darts_jax.search_network import SearchNetwork
 
 AXIS_NAME = 'batch'
@@ -50,7 +52,7 @@ GENOTYPES_FILE = 'genotypes.jsonl'
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The search diverged: a loss or gradient norm is NaN or infinite."""
+  """The search diverged: a loss, gradient or parameter is NaN or infinite."""
 
 
 def _eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int,
@@ -82,14 +84,12 @@ class _TrainMetrics:
   def add(self, metrics: dict[str, jax.Array]) -> None:
     self._pending.append(metrics)
 
-  def flush(self, last_step: int) -> dict[str, float] | None:
-    """Fetches the pending steps (the last being global step `last_step`); returns their means, or None if none.
+  def flush(self, last_step: int) -> dict[str, float]:
+    """Fetches the pending steps (the last being global step `last_step`) and returns their means.
 
     Raises:
       NonFiniteLossError: naming the first step whose metrics are not ``finite``.
     """
-    if not self._pending:
-      return None
     # One transfer for the whole interval; pmean'd metrics are equal on every device, so device 0's are taken.
     fetched = jax.device_get(self._pending)
     values = {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in fetched]) for k in fetched[0]}
@@ -129,12 +129,34 @@ def _agree(decision: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision)))
 
 
-def _write_final_artifacts(workdir: Path, state: SearchState, genotype: genotypes.Genotype) -> None:
+def _evaluate(p_eval: Callable[..., dict[str, jax.Array]], r_state: SearchState, images: np.ndarray,
+              labels: np.ndarray, batch_size: int) -> tuple[float, float]:
+  """Mean loss and accuracy of the supernet over all of `images` (split over processes and devices)."""
+  sums = [p_eval(r_state, parallel.shard(batch, AXIS_NAME))
+          for batch in _eval_batches(images, labels, batch_size, jax.process_index(), jax.process_count())]
+  # psum'd over devices, so every device holds the totals; device 0's are taken.
+  totals = {k: sum(float(np.asarray(s[k])[0]) for s in jax.device_get(sums)) for k in sums[0]}
+  return totals['loss_sum'] / totals['count'], totals['correct'] / totals['count']
+
+
+def _write_final_artifacts(workdir: Path, alphas: dict[str, np.ndarray], genotype: genotypes.Genotype) -> None:
   reporting.write_json(workdir / 'genotype.json', json.loads(genotypes.genotype_to_json(genotype)))
-  alphas = jax.device_get(state.alphas)
   np.savez(workdir / 'alphas.npz', normal=alphas['normal'], reduce=alphas['reduce'])
   plots.plot_genotype(genotype, f'{workdir}{os.sep}')
   plots.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
+
+
+def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
+                            steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, SearchState]:
+  model = SearchNetwork(
+      C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
+      steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
+      depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
+  schedule = epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs, steps_per_epoch)
+  weight_tx = weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+                               grad_clip=config.grad_clip)
+  arch_tx = arch_optimizer(config.arch_learning_rate, weight_decay=config.arch_weight_decay)
+  return model, schedule, create_search_state(jax.random.key(config.seed), model, image_shape, weight_tx, arch_tx)
 
 
 def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> SearchState:
@@ -145,7 +167,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     workdir: the run directory; an existing one with checkpoints is resumed.
 
   Returns:
-    The final search state (single copy, on the first local device).
+    The final search state, on the host.
 
   Raises:
     ValueError: for an invalid config (e.g. a batch size not divisible by the device count).
@@ -154,36 +176,26 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   """
   workdir = Path(workdir)
   is_main = jax.process_index() == 0
-  parallel.check_batch_size(config.batch_size)
+  batch_size = config.batch_size
+  parallel.check_batch_size(batch_size)
   if config.hypergradient not in HYPERGRADIENT_METHODS:
     raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
                      f'{", ".join(HYPERGRADIENT_METHODS)}.')
 
   ds = data.load_dataset(config.data.name, config.data.dir or None)
   train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)
-  batch_size = config.batch_size
   steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
   logging.info('%s: %d training / %d validation images, %d steps of %d per epoch, %d devices.', ds.name,
                len(train_images), len(valid_images), steps_per_epoch, batch_size, jax.device_count())
-
-  model = SearchNetwork(
-      C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
-      steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
-      depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
-  schedule = epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
-                                          steps_per_epoch)
-  state = create_search_state(
-      jax.random.key(config.seed), model, train_images.shape[1:],
-      weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
-                              grad_clip=config.grad_clip),
-      arch_optimizer(config.arch_learning_rate, weight_decay=config.arch_weight_decay))
+  size = config.data.image_size
+  image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
+  model, schedule, state = _create_model_and_state(config, ds, image_shape, steps_per_epoch)
 
   checkpointer = Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
                               save_interval_minutes=config.checkpoint_every_minutes or None)
   position = {'epoch': 0, 'step_in_epoch': 0, **_TrainMetrics().position()}
-  restored = checkpointer.restore_latest(state)
   last_saved = 0
-  if restored is not None:
+  if (restored := checkpointer.restore_latest(state)) is not None:
     last_saved, state, meta = restored
     position.update(meta)
     logging.info('Resuming from step %d (epoch %d, step %d of the epoch).', last_saved, position['epoch'],
@@ -196,19 +208,28 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     writer = reporting.MetricsWriter(workdir, resume_step=last_saved)
     _truncate_jsonl(workdir / GENOTYPES_FILE, last_saved)
 
-  mean, std = ds.mean, ds.std
+  train_preprocess, eval_preprocess = (
+      make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
+      for augment in (config.data.augment, False))
   p_step = jax.pmap(make_search_step(
-      model, schedule, hypergradient_method=config.hypergradient, mean=mean, std=std, augment=config.data.augment,
-      momentum=config.momentum, weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon),
-      axis_name=AXIS_NAME, donate_argnums=(0,))
-  p_eval = jax.pmap(make_eval_step(model, mean=mean, std=std), axis_name=AXIS_NAME)
-  process_index, process_count = jax.process_index(), jax.process_count()
+      model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
+      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon), axis_name=AXIS_NAME, donate_argnums=(0,))
+  p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
 
   def checkpoint(host_state: SearchState, step: int, meta: dict[str, Any]) -> None:
     nonlocal last_saved
-    if checkpointer.save(step, jax.device_get(host_state), meta):
+    if checkpointer.save(step, host_state, meta):
       last_saved = step
       logging.info('Saved checkpoint of step %d.', step)
+
+  def epoch_batches(epoch: int, start: int) -> Iterator[tuple[Any, Any]]:
+    """(train, validation) batches from two separately shuffled streams, sharded over the local devices."""
+    streams = [data.epoch_batches(images, labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
+                                  stream=stream, start_step=start, max_steps=steps_per_epoch,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
+               for stream, (images, labels) in enumerate([(train_images, train_labels),
+                                                          (valid_images, valid_labels)])]
+    return ((parallel.shard(train, AXIS_NAME), parallel.shard(val, AXIS_NAME)) for train, val in zip(*streams))
 
   r_state = parallel.replicate(state, AXIS_NAME)
   step = int(state.step)
@@ -218,24 +239,19 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
       start = position['step_in_epoch'] if resumed else 0
       metrics = (_TrainMetrics(position['loss_sum'], position['accuracy_sum'], position['steps']) if resumed
                  else _TrainMetrics())
-      batches = zip(*(data.epoch_batches(images, labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
-                                         stream=stream, start_step=start, max_steps=steps_per_epoch,
-                                         process_index=process_index, process_count=process_count)
-                      for stream, (images, labels) in enumerate(((train_images, train_labels),
-                                                                 (valid_images, valid_labels)))))
       epoch_start = interval_start = time.monotonic()
       interval_images = 0
       previous = None
       bar = reporting.progress_bar(steps_per_epoch * batch_size, f'epoch {epoch + 1}/{config.num_epochs}',
                                    enabled=None if config.progress else False)
       bar.update(start * batch_size)
-      with bar, data.Prefetcher((parallel.shard(batch, AXIS_NAME) for batch in batches)) as device_batches:
-        for step_in_epoch, (train_batch, val_batch) in enumerate(device_batches, start + 1):
+      with bar, data.Prefetcher(epoch_batches(epoch, start)) as batches:
+        for step_in_epoch, (train_batch, val_batch) in enumerate(batches, start + 1):
           r_state, step_metrics = p_step(r_state, train_batch, val_batch)
           step += 1
           metrics.add(step_metrics)
-          # Waiting for the previous step (already finished or about to) keeps one step queued behind the running
-          # one, so the device never idles and the bar shows real progress.
+          # Waiting for the previous step (finished, or about to) keeps one step queued behind the running one:
+          # the device never idles, and the bar shows real progress.
           if previous is not None:
             jax.block_until_ready(previous)
           previous = step_metrics
@@ -251,31 +267,29 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
           bar.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.3f}')
           if writer:
             writer.write(step, summary)
+          # Only after a flush: the metrics up to this step are known to be finite.
           if not last_of_epoch and _agree(checkpointer.should_save_by_time()):
             checkpoint(parallel.unreplicate(r_state), step,
                        {'epoch': epoch, 'step_in_epoch': step_in_epoch, **metrics.position()})
 
-      # Epoch end: evaluate the supernet on the whole validation split (BN with running statistics).
-      sums = [p_eval(r_state, parallel.shard(batch, AXIS_NAME))
-              for batch in _eval_batches(valid_images, valid_labels, batch_size, process_index, process_count)]
-      sums = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
+      valid_loss, valid_accuracy = _evaluate(p_eval, r_state, valid_images, valid_labels, batch_size)
       state = parallel.unreplicate(r_state)
-      alphas = jax.device_get(state.alphas)
-      genotype = genotypes.derive_genotype(alphas, steps=model.steps, multiplier=model.multiplier)
-      entropy = alpha_entropy(alphas)
+      genotype = genotypes.derive_genotype(state.alphas, steps=model.steps, multiplier=model.multiplier)
+      entropy = alpha_entropy(state.alphas)
       record = {
           'epoch': epoch + 1,
           'train_loss': metrics.loss_sum / metrics.steps,
           'train_accuracy': metrics.accuracy_sum / metrics.steps,
-          'valid_loss': sums['loss_sum'] / sums['count'],
-          'valid_accuracy': sums['correct'] / sums['count'],
+          'valid_loss': valid_loss,
+          'valid_accuracy': valid_accuracy,
           'alpha_entropy_normal': entropy['normal'],
           'alpha_entropy_reduce': entropy['reduce'],
           'lr': summary['lr'],
           'epoch_time_s': time.monotonic() - epoch_start,
       }
-      logging.info('Epoch %d/%d: %s; genotype %s', epoch + 1, config.num_epochs,
-                   ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'), genotype)
+      logging.info('Epoch %d/%d: %s', epoch + 1, config.num_epochs,
+                   ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
+      logging.info('Genotype: %s', genotype)
       if writer:
         writer.write(step, record)
         reporting.append_jsonl(workdir / GENOTYPES_FILE, {
@@ -288,8 +302,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
 
   state = parallel.unreplicate(r_state)
   if is_main:
-    genotype = genotypes.derive_genotype(jax.device_get(state.alphas), steps=model.steps,
-                                         multiplier=model.multiplier)
-    _write_final_artifacts(workdir, state, genotype)
+    genotype = genotypes.derive_genotype(state.alphas, steps=model.steps, multiplier=model.multiplier)
+    _write_final_artifacts(workdir, state.alphas, genotype)
     logging.info('Final genotype: %s', genotype)
   return state

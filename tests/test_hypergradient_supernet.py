@@ -24,7 +24,9 @@ def test_fd_and_exact_agree_on_supernet():
   def both(params, alphas):
     kwargs = dict(eta=0.025, weight_decay=3e-4, momentum_buffer=jax.tree.map(jnp.ones_like, params))
     train, val = (images[0], labels[0]), (images[1], labels[1])
-    return (hypergradient(loss, loss, params, alphas, train, val, method='fd', **kwargs),
+    # The paper's fd_epsilon=0.01 is 22% off here: ReLU and max-pool make the gradient piecewise smooth, and a
+    # central difference across a kink is wrong by O(jump / R). 1e-4 crosses none on this data (see the benchmarks).
+    return (hypergradient(loss, loss, params, alphas, train, val, method='fd', fd_epsilon=1e-4, **kwargs),
             hypergradient(loss, loss, params, alphas, train, val, method='exact', **kwargs),
             hypergradient(loss, loss, params, alphas, train, val, method='first_order', **kwargs))
 
@@ -32,8 +34,7 @@ def test_fd_and_exact_agree_on_supernet():
   flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
   fd, exact, first = flat(fd), flat(exact), flat(first)
   relative = np.linalg.norm(fd - exact) / np.linalg.norm(exact)
-  # Central differences with R = 0.01/||v|| err by O(R²) plus float32 rounding of O(eps·|grad|/R): ~1e-3 here.
-  # A missing eta, a sign flip or a wrong R moves the second-order term, which is itself several % of the result.
-  assert relative < 2e-2, relative
-  second_order_term = np.linalg.norm(exact - first) / np.linalg.norm(exact)
-  assert second_order_term > 5 * relative, (second_order_term, relative)
+  # Measured 1.9e-4: float32 rounding amplified by 1/R dominates (it is 2e-3 at fd_epsilon=1e-5). The second-order
+  # part (exact - first order) is ~15% of the result, so a wrong sign, eta or R would be far outside 2e-3.
+  assert relative < 2e-3, relative
+  assert np.linalg.norm(exact - first) / np.linalg.norm(exact) > 0.05

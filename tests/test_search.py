@@ -118,7 +118,8 @@ def _step_setup(method='second_order_exact', augment=False, axis_name=None, step
   schedule = search.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=steps_per_epoch)
   state = search.create_search_state(jax.random.key(0), model, (8, 8, 1), search.weight_optimizer(schedule),
                                      search.arch_optimizer(ARCH_LR))
-  step = search.make_search_step(model, schedule, hypergradient_method=method, mean=MEAN, std=STD, augment=augment)
+  preprocess = search.make_preprocess(MEAN, STD, augment=augment, axis_name=axis_name)
+  step = search.make_search_step(model, schedule, preprocess, hypergradient_method=method)
   return model, schedule, state, step
 
 
@@ -227,12 +228,19 @@ def test_augmentation_depends_on_the_example_not_on_the_device():
   assert not np.allclose(whole, search.make_preprocess(MEAN, STD, augment=False)(key, images))
 
 
+def test_preprocess_resizes_then_normalizes():
+  images = np.full((2, 8, 8, 1), 51, np.uint8)
+  resized = search.make_preprocess(MEAN, STD, image_size=4)(None, images)
+  assert resized.shape == (2, 4, 4, 1)
+  np.testing.assert_allclose(resized, np.full(resized.shape, (0.2 - MEAN) / STD), rtol=1e-5)  # constant stays
+
+
 def test_eval_step_uses_running_statistics_and_ignores_padding():
   model, _, state, _ = _step_setup()
   rng = np.random.default_rng(2)
   state = state.replace(batch_stats=jax.tree.map(lambda x: x + rng.uniform(0.5, 1.0, x.shape), state.batch_stats))
   images, labels = _images(rng, 6)
-  eval_step = jax.jit(search.make_eval_step(model, mean=MEAN, std=STD))
+  eval_step = jax.jit(search.make_eval_step(model, search.make_preprocess(MEAN, STD)))
   pad = lambda x: np.concatenate([x, x[:2]])
   sums = eval_step(state, (pad(images), pad(labels), np.array([1.] * 6 + [0.] * 2, np.float32)))
   x = (images / 255 - MEAN) / STD

@@ -1,0 +1,241 @@
+"""Tests for darts_jax.retrain, darts_jax.evaluate and run_retrain.py.
+
+One tiny retraining through the CLI (a 3-cell network of a one-node genotype on 8x8 synthetic Fashion-MNIST files,
+2 epochs of 2 steps) is the reference; it is resumed, diverged and evaluated again in process. The runs share the
+persistent compilation cache of tests/conftest.py.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import retrain_cifar10
+from darts_jax import evaluate, genotypes, networks, reporting, retrain, search
+from darts_jax.checkpointing import Checkpointer
+from darts_jax.genotypes import Genotype
+from test_search import write_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1)], normal_concat=[2],
+                 reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], reduce_concat=[2])
+# Checkpoints at every step (time-based ones in the middle of epochs), so resumes start mid-epoch.
+TINY = ['--config.batch_size=16', '--config.num_epochs=2', '--config.max_steps_per_epoch=2',
+        '--config.model.init_channels=2', '--config.model.layers=3', '--config.data.augment=true',
+        '--config.data.cutout=4', '--config.log_every_steps=1', '--config.checkpoint_every_minutes=1e-9',
+        '--config.progress=false', '--config.data.subset=0']
+
+
+def run_retrain(workdir, *overrides):
+  command = [sys.executable, 'run_retrain.py', '--config', 'configs/retrain_quick.py', '--workdir', str(workdir),
+             f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}', *overrides]
+  process = subprocess.run(command, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
+                           text=True, timeout=900)
+  return process.returncode, process.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Genotype inputs.
+
+
+def _genotype_file(directory, text, name='genotype.json'):
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / name).write_text(text)
+  return directory / name
+
+
+def test_load_genotype_accepts_names_workdirs_files_and_text(tmp_path):
+  as_json, as_repr = genotypes.genotype_to_json(SMALL), repr(SMALL)
+  search_workdir = _genotype_file(tmp_path / 'search', as_json).parent
+  inputs = [as_json, as_repr, str(search_workdir), str(search_workdir / 'genotype.json'),
+            str(_genotype_file(tmp_path, as_repr, 'cell.txt'))]
+  for spec in inputs:
+    assert retrain.load_genotype(spec) == genotypes.validate_genotype(SMALL), spec
+  darts_v2 = genotypes.validate_genotype(genotypes.DARTS_V2)
+  assert retrain.load_genotype(' DARTS_V2 ') == darts_v2
+  assert retrain.load_genotype(genotypes.genotype_to_json(darts_v2)) == darts_v2  # longer than a file name can be
+
+
+@pytest.mark.parametrize('spec,error,message', [
+    ('', ValueError, 'no genotype given'),
+    ('DARTS_V3', ValueError, "unknown genotype name 'DARTS_V3'"),
+    ("Genotype(normal=[('sep_conv_3x3', 0)", ValueError, 'not a known genotype name, JSON, nor a Genotype'),
+    ('{"normal": [["sep_conv_3x3", 0]]}', ValueError, "missing field 'normal_concat'"),
+])
+def test_load_genotype_rejects_malformed_input(spec, error, message):
+  with pytest.raises(error, match=message):
+    retrain.load_genotype(spec)
+
+
+def test_load_genotype_names_a_bad_file_or_a_directory_without_genotype(tmp_path):
+  bad = _genotype_file(tmp_path / 'bad', '{"normal": 3}')
+  with pytest.raises(ValueError, match=f'{bad}: '):
+    retrain.load_genotype(str(bad))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(FileNotFoundError, match='without a genotype.json'):
+    retrain.load_genotype(str(tmp_path / 'empty'))
+
+
+def test_cli_malformed_genotype_is_one_error_line(tmp_path):
+  returncode, stderr = run_retrain(tmp_path / 'run', "--config.genotype=Genotype(normal=[('sep_conv_3x3', 0)")
+  assert returncode != 0
+  assert stderr.strip().splitlines()[-1].startswith('run_retrain.py: error: not a known genotype name')
+  assert 'Traceback' not in stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configs.
+
+
+def test_cifar10_config_is_the_paper_recipe():
+  config = retrain_cifar10.get_config()
+  assert (config.batch_size, config.num_epochs, config.learning_rate, config.learning_rate_min) == (96, 600, 0.025, 0)
+  assert (config.momentum, config.weight_decay, config.grad_clip, config.auxiliary_weight) == (0.9, 3e-4, 5.0, 0.4)
+  assert (config.model.init_channels, config.model.layers, config.model.auxiliary) == (36, 20, True)
+  assert (config.model.drop_path_prob, config.data.cutout, config.data.augment) == (0.2, 16, True)
+  # The search config's keys mean the same here.
+  assert config.data.name == 'cifar10' and config.max_steps_per_epoch == 0 and config.data.subset == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The training step.
+
+
+def test_train_step_on_two_devices_matches_one_device():
+  """Augmentation, cutout, drop path and BN statistics are per example or global, so a step on a batch split over two
+  devices (emulated by vmap with the axis name) equals the step on the whole batch; the auxiliary loss is on."""
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8))
+  labels = jnp.arange(8) % 10
+  tx, schedule = retrain.create_optimizer(retrain_cifar10.get_config(), steps_per_epoch=10)
+
+  def make_step(axis_name):
+    model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3, auxiliary=True, axis_name=axis_name)
+    preprocess = search.make_preprocess(np.full(3, 0.5), np.full(3, 0.25), augment=True, axis_name=axis_name)
+    return model, retrain.make_train_step(model, schedule, preprocess, cutout=8, auxiliary_weight=0.4)
+
+  model, single = make_step(None)
+  state = retrain.create_train_state(jax.random.key(0), model, (32, 32, 3), tx)  # axis_name does not change params
+  single = jax.jit(single)
+  split = jax.jit(jax.vmap(make_step(retrain.AXIS_NAME)[1], in_axes=(None, 0, None), axis_name=retrain.AXIS_NAME))
+  new_single, metrics_single = single(state, (images, labels), jnp.float32(0.3))
+  new_split, metrics_split = split(state, (images.reshape(2, 4, 32, 32, 3), labels.reshape(2, 4)), jnp.float32(0.3))
+  # float32 reductions in another order: 1e-5 relative; different augmentations or masks would differ by O(1).
+  for a, b in zip(jax.tree.leaves((new_single.params, new_single.batch_stats)),
+                  jax.tree.leaves((new_split.params, new_split.batch_stats))):
+    np.testing.assert_allclose(b[0], a, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics_split['loss'][0], metrics_single['loss'], rtol=1e-5)
+  assert bool(metrics_single['finite'])
+  # Drop path is random: another probability gives another update.
+  other, _ = single(state, (images, labels), jnp.float32(0.0))
+  assert not np.allclose(other.params['classifier']['kernel'], new_single.params['classifier']['kernel'])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# End to end.
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('fashion_mnist')
+  write_fashion_mnist(directory)
+  return directory
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, data_dir):
+  """A finished tiny retraining of SMALL, read from a search workdir, through the CLI."""
+  search_workdir = tmp_path_factory.mktemp('search')
+  (search_workdir / 'genotype.json').write_text(genotypes.genotype_to_json(SMALL))
+  workdir = tmp_path_factory.mktemp('runs') / 'reference'
+  returncode, stderr = run_retrain(workdir, f'--config.genotype={search_workdir}', f'--config.data.dir={data_dir}',
+                                   *TINY)
+  assert returncode == 0, stderr
+  return workdir
+
+
+def _epoch_records(workdir):
+  return [{k: v for k, v in r.items() if k != 'epoch_time_s'}
+          for r in reporting.read_jsonl(workdir / 'metrics.jsonl') if 'epoch' in r]
+
+
+def test_cli_writes_results_metrics_curves_and_checkpoints(reference):
+  results = json.loads((reference / 'results.json').read_text())
+  assert results['epochs'] == 2 and results['steps'] == 4 and results['dataset'] == 'fashion_mnist'
+  assert 0 <= results['test_accuracy'] <= 1 and np.isfinite(results['test_loss']) and results['wall_time_s'] > 0
+  assert genotypes.genotype_from_json(json.dumps(results['genotype'])) == genotypes.validate_genotype(SMALL)
+  assert genotypes.parse_genotype((reference / 'genotype.json').read_text()) == genotypes.validate_genotype(SMALL)
+  records = _epoch_records(reference)
+  assert [r['epoch'] for r in records] == [1, 2]
+  assert [r['drop_path_prob'] for r in records] == [0.0, 0.1]  # 0.2 · epoch / 2, as the original
+  assert records[-1]['test_accuracy'] == results['test_accuracy']
+  for key in ('train_loss', 'train_accuracy', 'test_loss', 'lr'):
+    assert all(np.isfinite(r[key]) for r in records), key
+  steps = [r for r in reporting.read_jsonl(reference / 'metrics.jsonl') if 'epoch' not in r]
+  assert [r['step'] for r in steps] == [1, 2, 3, 4] and all('images_per_s' in r for r in steps)
+  assert (reference / 'curves.png').stat().st_size > 0
+  assert any((reference / 'tensorboard').iterdir())
+  assert sorted(int(p.name) for p in (reference / 'checkpoints').iterdir() if p.name.isdigit()) == [2, 3, 4]
+  # The parameter count of the same network, counted independently.
+  model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False))['params']
+  assert results['params'] == networks.count_params(params)
+
+
+def _config(workdir, **overrides):
+  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  config.update(overrides)
+  return config
+
+
+def test_resumed_run_ends_like_the_uninterrupted_one(reference, tmp_path):
+  workdir = tmp_path / 'resumed'
+  shutil.copytree(reference, workdir)
+  shutil.rmtree(workdir / 'checkpoints' / '4')  # as if killed in the middle of the last epoch (after step 3)
+  (workdir / 'results.json').unlink()
+  results = retrain.retrain(_config(workdir), workdir)
+  expected = json.loads((reference / 'results.json').read_text())
+  assert results['test_loss'] == expected['test_loss'] and results['test_accuracy'] == expected['test_accuracy']
+  assert _epoch_records(workdir) == _epoch_records(reference)
+
+
+def test_resuming_with_another_genotype_is_an_error(reference, tmp_path):
+  workdir = tmp_path / 'other'
+  shutil.copytree(reference, workdir)
+  with pytest.raises(ValueError, match='holds a retraining of another genotype'):
+    retrain.retrain(_config(workdir, genotype='DARTS_V2'), workdir)
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_checkpoints(reference, tmp_path):
+  workdir = tmp_path / 'diverged'
+  shutil.copytree(reference, workdir)
+  # A third epoch at a learning rate of ~1e30 overflows at its second step (step 6).
+  with pytest.raises(retrain.NonFiniteLossError, match='at step 6 .*last checkpoint is intact'):
+    retrain.retrain(_config(workdir, num_epochs=3, learning_rate=4e30, checkpoint_every_minutes=0.0), workdir)
+  checkpoints = workdir / 'checkpoints'
+  assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [2, 3, 4]
+  model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3, axis_name=retrain.AXIS_NAME)
+  tx, _ = retrain.create_optimizer(_config(workdir), steps_per_epoch=2)
+  with Checkpointer(checkpoints) as checkpointer:
+    step, state, _ = checkpointer.restore_latest(retrain.create_train_state(jax.random.key(0), model, (8, 8, 1), tx))
+  assert step == 4 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_evaluate_reproduces_the_final_test_metrics(reference):
+  results = json.loads((reference / 'results.json').read_text())
+  evaluation = evaluate.evaluate_workdir(reference)
+  assert (evaluation['step'], evaluation['epoch'], evaluation['params']) == (4, 2, results['params'])
+  assert evaluation['num_test'] == 16
+  assert evaluation['test_accuracy'] == results['test_accuracy']
+  np.testing.assert_allclose(evaluation['test_loss'], results['test_loss'], rtol=1e-6)  # same program, float32
+
+
+def test_evaluate_needs_a_retrain_workdir(tmp_path):
+  with pytest.raises(FileNotFoundError, match='is not a retrain workdir'):
+    evaluate.evaluate_workdir(tmp_path)

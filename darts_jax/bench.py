@@ -45,10 +45,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _forward_backward_step(model: SearchNetwork, mean: np.ndarray, std: np.ndarray):
+def _forward_backward_step(model: SearchNetwork, preprocess: search.Preprocess):
   """A step that only takes the gradient of the training loss (the unit of work every search pass repeats)."""
-  preprocess = search.make_preprocess(mean, std, augment=False)
-
   def step(state, train_batch, val_batch):
     del val_batch
     def loss(params, alphas):
@@ -69,12 +67,12 @@ def run(args: argparse.Namespace) -> dict:
                                      search.weight_optimizer(schedule), search.arch_optimizer())
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
-  mean, std = np.full(args.channels, 0.5), np.full(args.channels, 0.25)
+  preprocess = search.make_preprocess(np.full(args.channels, 0.5), np.full(args.channels, 0.25))
   if args.mode == 'forward_backward':
-    step = jax.jit(_forward_backward_step(model, mean, std), donate_argnums=0)
+    step = jax.jit(_forward_backward_step(model, preprocess), donate_argnums=0)
   else:
-    step = jax.jit(search.make_search_step(model, schedule, hypergradient_method=args.mode, mean=mean, std=std,
-                                           augment=False), donate_argnums=0)
+    step = jax.jit(search.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode),
+                   donate_argnums=0)
   rng = np.random.default_rng(args.seed)
   def batch():
     return (jnp.asarray(rng.integers(0, 256, (args.batch, args.image, args.image, args.channels), np.uint8)),

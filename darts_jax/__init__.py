@@ -12,6 +12,9 @@ from darts_jax.hypergradient import hypergradient
 from darts_jax.search_network import SearchNetwork, init_alphas
 
 __version__ = '0.1.0'
+__all__ = ['AmoebaNet', 'DARTS', 'DARTS_V1', 'DARTS_V2', 'Genotype', 'KNOWN_GENOTYPES', 'NASNet', 'PRIMITIVES',
+           'SearchNetwork', 'derive_genotype', 'genotype_from_json', 'genotype_to_json', 'hypergradient',
+           'init_alphas', 'parse_genotype', 'plot_curves', 'plot_genotype']
 
 _LAZY = {'plot_genotype': 'darts_jax.plots', 'plot_curves': 'darts_jax.plots'}
 

@@ -20,8 +20,8 @@ from typing import Literal
 
 import flax.linen as nn
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 DepthwiseImpl = Literal['shift', 'xla']

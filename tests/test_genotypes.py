@@ -12,7 +12,6 @@ from darts_jax.genotypes import (
     EVAL_PRIMITIVES,
     KNOWN_GENOTYPES,
     PRIMITIVES,
-    Genotype,
     derive_genotype,
     genotype_from_json,
     genotype_from_repr,

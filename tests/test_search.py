@@ -9,7 +9,6 @@ import gzip
 import json
 import logging
 import os
-import re
 
 import flax.linen as nn
 import jax

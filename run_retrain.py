@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from darts_jax import config_utils, parallel, retrain
+from darts_jax.loop import NonFiniteLossError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Retrain configuration file, e.g. configs/retrain_quick.py.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory; an existing one is resumed.')
@@ -32,7 +33,7 @@ def main(argv):
   try:
     retrain.retrain(config, _WORKDIR.value)
   # FileNotFoundError covers a missing dataset (data.DatasetNotFoundError) and a directory without genotype.json.
-  except (FileNotFoundError, retrain.NonFiniteLossError, ValueError) as e:
+  except (FileNotFoundError, NonFiniteLossError, ValueError) as e:
     logging.debug('Traceback:', exc_info=True)
     sys.exit(f'run_retrain.py: error: {e}')
 

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from darts_jax import config_utils, parallel, train_search
 from darts_jax.data import DatasetNotFoundError
+from darts_jax.loop import NonFiniteLossError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Search configuration file, e.g. configs/search_quick.py.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory; an existing one is resumed.')
@@ -37,7 +38,7 @@ def main(argv):
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))
   try:
     train_search.search(config, _WORKDIR.value)
-  except (DatasetNotFoundError, train_search.NonFiniteLossError, ValueError) as e:
+  except (DatasetNotFoundError, NonFiniteLossError, ValueError) as e:
     logging.debug('Traceback:', exc_info=True)
     sys.exit(f'run_search.py: error: {e}')
 

@@ -18,7 +18,9 @@ saving and replicates it again after restoring.
 Saving is synchronous and atomic: orbax writes into a temporary directory
 (``<s>.orbax-checkpoint-tmp-*``) and renames it to ``<s>`` once complete, so a
 process killed during ``save`` leaves at most a temporary directory, which is
-never taken for a checkpoint and is removed when the directory is next opened.
+never taken for a checkpoint and is removed when the directory is next opened
+for writing (a ``read_only`` Checkpointer, e.g. evaluating a run in progress,
+leaves it alone).
 A checkpoint damaged afterwards (a file truncated or deleted) is detected when
 restoring, and the previous checkpoint is used instead.
 
@@ -98,6 +100,7 @@ class Checkpointer:
                *,
                max_to_keep: int = 3,
                save_interval_minutes: float | None = None,
+               read_only: bool = False,
                clock: Callable[[], float] = time.monotonic):
     """Opens (creating it if needed) the checkpoint directory.
 
@@ -107,6 +110,10 @@ class Checkpointer:
         deleted after each save.
       save_interval_minutes: period of `should_save_by_time`; None disables
         time-based saving.
+      read_only: only restore: nothing in `directory` is created, cleaned up
+        or deleted (neither temporary directories nor unreadable
+        checkpoints), so a run that is still training there is left alone;
+        `save` raises.
       clock: monotonic clock in seconds (replaceable in tests).
     """
     if max_to_keep < 1:
@@ -115,13 +122,17 @@ class Checkpointer:
       raise ValueError('save_interval_minutes must be positive or None, got '
                        f'{save_interval_minutes}.')
     self.directory = Path(directory).resolve()
+    self.read_only = read_only
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
+        max_to_keep=None if read_only else max_to_keep,
         # Synchronous saves: when save() returns the checkpoint is complete
         # and renamed into place, so a later SIGKILL cannot damage it.
         enable_async_checkpointing=False,
-        # Leftovers of a save killed before its atomic rename.
-        cleanup_tmp_directories=True,
+        # Leftovers of a save killed before its atomic rename (or, seen by a
+        # reader, of a save in progress: left alone).
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        create=not read_only,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._save_interval_s = (None if save_interval_minutes is None else
@@ -151,7 +162,12 @@ class Checkpointer:
       True if written; False (nothing written) when a checkpoint of a step
       >= `step` already exists, e.g. an end-of-epoch save at the step a
       time-based save has just written.
+
+    Raises:
+      PermissionError: the Checkpointer was opened `read_only`.
     """
+    if self.read_only:
+      raise PermissionError(f'{self.directory} was opened read-only.')
     saved = self._manager.save(
         step,
         args=ocp.args.Composite(
@@ -167,9 +183,9 @@ class Checkpointer:
 
     A checkpoint that cannot be read (a file truncated or deleted in it) is
     skipped with a warning and the previous one is tried. Once an older
-    checkpoint has been restored the unreadable newer ones are deleted: the
-    resumed run will save those steps again, and orbax refuses to save a step
-    that is not newer than the latest existing one.
+    checkpoint has been restored the unreadable newer ones are deleted (not
+    when `read_only`): the resumed run will save those steps again, and orbax
+    refuses to save a step that is not newer than the latest existing one.
 
     Args:
       target: a state with the structure, shapes and dtypes of the saved one,
@@ -200,7 +216,7 @@ class Checkpointer:
             'previous one.', self.directory, step, type(e).__name__, e)
         unreadable.append((step, e))
         continue
-      for bad_step, _ in unreadable:
+      for bad_step, _ in [] if self.read_only else unreadable:
         logging.warning('Deleting unreadable checkpoint %s/%d.',
                         self.directory, bad_step)
         self._manager.delete(bad_step)

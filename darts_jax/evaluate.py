@@ -19,7 +19,7 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from darts_jax import data, parallel, retrain
+from darts_jax import data, loop, parallel, retrain
 from darts_jax.checkpointing import Checkpointer
 from darts_jax.networks import count_params
 from darts_jax.search import make_preprocess
@@ -55,7 +55,7 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
   size = config.data.image_size
   image_shape = (size, size, ds.test_images.shape[-1]) if size else ds.test_images.shape[1:]
   target = jax.eval_shape(lambda: retrain.create_train_state(rng, model, image_shape, tx))
-  with Checkpointer(workdir / 'checkpoints') as checkpointer:
+  with Checkpointer(workdir / 'checkpoints', read_only=True) as checkpointer:
     restored = checkpointer.restore_latest(target.replace(rng=rng))
   if restored is None:
     raise FileNotFoundError(f'no checkpoint in {workdir / "checkpoints"}: the retraining has not saved one yet.')
@@ -65,8 +65,8 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
   batch_size = devices * math.ceil(config.batch_size / devices)
   preprocess = make_preprocess(ds.mean, ds.std, image_size=size, axis_name=retrain.AXIS_NAME)
   p_eval = jax.pmap(retrain.make_eval_step(model, preprocess), axis_name=retrain.AXIS_NAME)
-  test = retrain.evaluate_dataset(p_eval, parallel.replicate(state, retrain.AXIS_NAME), ds.test_images,
-                                  ds.test_labels, batch_size)
+  test = loop.evaluate(p_eval, parallel.replicate(state, retrain.AXIS_NAME), ds.test_images, ds.test_labels,
+                       batch_size, retrain.AXIS_NAME)
   return {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'num_test': len(ds.test_images),
           'step': step, 'epoch': meta['epoch'], 'params': count_params(state.params)}
 

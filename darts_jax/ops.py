@@ -8,7 +8,8 @@ input broadcasts against B kernels, which is how several edges leaving one node 
 Depthwise convolutions have two formulations (`DEPTHWISE_IMPLS`), chosen by measurement:
 
 * ``'shift'``: k² shifted multiply-adds. XLA fuses them into one loop; on CPU this is ~8x faster than XLA's grouped
-  convolution (forward+backward of a 5x5 depthwise conv at batch 16, 28², 16 channels: 6.3 ms vs 48 ms).
+  convolution (forward+backward of a 5x5 depthwise conv at batch 16, 28², 16 channels: 6.3 ms vs 48 ms). It is a
+  JAX primitive (`depthwise_p`) whose derivatives are written in the same shifted-window form (see there).
 * ``'xla'``: ``lax.conv_general_dilated`` with ``feature_group_count``, which cuDNN may prefer on GPU.
 
 Initialisation follows PyTorch's defaults (uniform in ±1/sqrt(fan_in)), so runs start like the original's.
@@ -22,7 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax import core, lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 DepthwiseImpl = Literal['shift', 'xla']
 DEPTHWISE_IMPLS = ('shift', 'xla')
@@ -73,43 +76,118 @@ def _depthwise_fused(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
   return out
 
 
-def _depthwise_looped(x: jax.Array, kernel: jax.Array, stride: int, dilation: int, padding: int) -> jax.Array:
-  """The same sum as `_depthwise_fused`, one tap per loop iteration.
+# The 'shift' depthwise convolution is a primitive so that we choose its transposes. Left to autodiff, the
+# transpose of each shifted slice is a full-size pad: k² pads per conv in the backward pass, slow kernels that
+# XLA:CPU also compiles slowly. As a bilinear primitive its input transpose is a correlation of the cotangent with
+# the flipped kernel and its kernel transpose a loop of windowed reductions, both written as shifted windows.
+# Forward mode differentiates those as they are (the tangent of a window is a window), so forward-over-reverse,
+# the exact hypergradient, keeps the fast forms. (Reverse-over-reverse is correct but meets the pads again.)
+depthwise_p = Primitive('darts_depthwise_conv')
+depthwise_p.def_impl(lambda x, kernel, **params: _depthwise_fused(x, kernel, **params))
+mlir.register_lowering(depthwise_p, mlir.lower_fun(
+    lambda x, kernel, **params: _depthwise_fused(x, kernel, **params), multiple_results=False))
 
-  Only used where the result is linear in `kernel` (the kernel tangent). Its transpose, the kernel gradient, is then
-  a loop of per-tap reductions over one window at a time; transposing the unrolled form instead makes XLA
-  materialise all k² shifted copies of the input (~3x slower on CPU at search sizes, and a bigger graph).
-  `jax.checkpoint` keeps the windows out of the loop's saved residuals: they are re-sliced in the backward loop.
-  """
+
+@depthwise_p.def_abstract_eval
+def _depthwise_abstract_eval(x, kernel, *, stride, dilation, padding):
   k = kernel.shape[1]
   out_h, out_w = (conv_output_size(n, k, stride, padding, dilation) for n in x.shape[-3:-1])
+  return core.ShapedArray((kernel.shape[0],) + x.shape[1:-3] + (out_h, out_w, x.shape[-1]), x.dtype)
+
+
+def _input_phases(size: int, k: int, stride: int, dilation: int, padding: int):
+  """Per input phase r (inputs i = s·a + r): its length and the (tap, cotangent offset) pairs that reach it.
+
+  out[o] = Σ_t k[t]·x[s·o + d·t - p], so input s·a + r receives k[t]·ct[a + c] with c = (r + p - d·t)/s for every
+  tap t that makes c an integer.
+  """
+  phases = []
+  for r in range(stride):
+    taps = [(t, (r + padding - dilation * t) // stride) for t in range(k) if (r + padding - dilation * t) % stride == 0]
+    phases.append((len(range(r, size, stride)), taps))
+  return phases
+
+
+def _depthwise_input_transpose(ct, x, kernel, *, stride, dilation, padding):
+  # Per input phase, a stride-1 correlation of the cotangent with the taps that reach it, as shifted windows (never
+  # one pad per tap); the phases are interleaved back by zero-interior pads. At stride 1 this is the correlation
+  # with the flipped kernel; at stride 2 it skips the 3/4 zero products of correlating a zero-dilated cotangent.
+  # One kernel row per loop iteration: a loop's result is materialised once, where XLA would fuse an unrolled
+  # correlation into every consumer of the node's cotangent (one per edge group reading it), computing it
+  # several times over; the loop body is also one small kernel to compile.
+  k = kernel.shape[1]
+  in_shape = x.aval.shape
+  phases = [_input_phases(in_shape[axis], k, stride, dilation, padding) for axis in (-3, -2)]
+  pads = [(0, 0, 0)] * ct.ndim
+  for axis, axis_phases in zip((-3, -2), phases):
+    offsets = [(length, c) for length, taps in axis_phases for _, c in taps]
+    pads[axis] = (max(0, -min(c for _, c in offsets)),
+                  max(0, max(length - 1 + c for length, c in offsets) - (ct.shape[axis] - 1)), 0)
+  ct = lax.pad(ct, jnp.zeros((), ct.dtype), pads)
+  # A shared input (one map, several kernels) receives the sum over the maps, summed inside the same loop: a
+  # separate reduction over maps becomes a library call that materialises every product.
+  maps = [slice(b, b + 1) for b in range(ct.shape[0])] if in_shape[0] == 1 < ct.shape[0] else [slice(None)]
+  dx = jnp.zeros(in_shape, ct.dtype)
+  for r_h, (len_h, taps_h) in enumerate(phases[0]):
+    for r_w, (len_w, taps_w) in enumerate(phases[1]):
+      if not taps_h or not taps_w:
+        continue
+      rows = jnp.array([i for i, _ in taps_h])
+      row_starts = jnp.array([pads[-3][0] + c for _, c in taps_h])
+
+      def add_row(n, phase, len_h=len_h, len_w=len_w, taps_w=taps_w, rows=rows, row_starts=row_starts):
+        band = lax.dynamic_slice_in_dim(ct, row_starts[n], len_h, axis=-3)
+        kernel_row = lax.dynamic_index_in_dim(kernel, rows[n], axis=1, keepdims=False)  # (B, k, C)
+        for j, c_w in taps_w:
+          window = band[..., pads[-2][0] + c_w:pads[-2][0] + c_w + len_w, :]
+          for b in maps:
+            phase = phase + window[b] * kernel_row[b, j][:, None, None, None, :]
+        return phase
+
+      phase = lax.fori_loop(0, len(taps_h), add_row, jnp.zeros(in_shape[:-3] + (len_h, len_w, in_shape[-1]),
+                                                                  ct.dtype))
+      interleave = [(0, 0, 0)] * (ct.ndim - 3) + [
+          (r_h, in_shape[-3] - r_h - stride * (len_h - 1) - 1, stride - 1),
+          (r_w, in_shape[-2] - r_w - stride * (len_w - 1) - 1, stride - 1), (0, 0, 0)]
+      dx = dx + lax.pad(phase, jnp.zeros((), ct.dtype), interleave)
+  return dx
+
+
+def _depthwise_kernel_transpose(ct, x, kernel, *, stride, dilation, padding):
+  # dk[i, j] = Σ_{n,h,w} ct·window_ij(x). One kernel row per loop iteration: its k taps are reduced while the band
+  # of input rows they share is in cache (~1.5-2x faster than one tap per iteration on CPU); unrolled, XLA would
+  # materialise all k² windows.
+  k = kernel.aval.shape[1]
+  out_h, out_w = ct.shape[-3:-1]
   x_padded = _spatial_pad(x, padding)
   span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+  reduce_axes = tuple(range(1, ct.ndim - 1))
 
-  def add_tap(t, acc):
-    i, j = t // k, t % k
-    window = lax.dynamic_slice_in_dim(x_padded, i * dilation, span_h, axis=-3)
-    window = lax.dynamic_slice_in_dim(window, j * dilation, span_w, axis=-2)[..., ::stride, ::stride, :]
-    tap = lax.dynamic_index_in_dim(lax.dynamic_index_in_dim(kernel, i, 1, keepdims=False), j, 1, keepdims=False)
-    return acc + window * tap[:, None, None, None, :]
+  def row_gradient(i, dk):
+    band = lax.dynamic_slice_in_dim(x_padded, i * dilation, span_h, axis=-3)[..., ::stride, :, :]
+    row = jnp.stack([jnp.sum(band[..., j * dilation:j * dilation + span_w:stride, :] * ct, reduce_axes)
+                     for j in range(k)], axis=1)
+    return lax.dynamic_update_slice(dk, row[:, None], (0, i, 0, 0))
 
-  shape = (kernel.shape[0],) + x.shape[1:-3] + (out_h, out_w, x.shape[-1])
-  return lax.fori_loop(0, k * k, jax.checkpoint(add_tap, prevent_cse=False), jnp.zeros(shape, x.dtype))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _depthwise_shift(x: jax.Array, kernel: jax.Array, stride: int, dilation: int, padding: int) -> jax.Array:
-  return _depthwise_fused(x, kernel, stride, dilation, padding)
+  return lax.fori_loop(0, k, row_gradient, jnp.zeros(kernel.aval.shape, ct.dtype))
 
 
-@_depthwise_shift.defjvp
-def _depthwise_shift_jvp(stride, dilation, padding, primals, tangents):
-  # Bilinear in (x, kernel): d(out) = conv(dx, kernel) + conv(x, dkernel). Reverse mode transposes this; forward
-  # over reverse (the exact hypergradient) differentiates the transposed loop, so every order stays efficient.
-  (x, kernel), (x_dot, kernel_dot) = primals, tangents
-  out = _depthwise_shift(x, kernel, stride, dilation, padding)
-  return out, (_depthwise_shift(x_dot, kernel, stride, dilation, padding)
-               + _depthwise_looped(x, kernel_dot, stride, dilation, padding))
+ad.defbilinear(depthwise_p, _depthwise_input_transpose, _depthwise_kernel_transpose)
+
+
+def _depthwise_batch(args, dims, **params):
+  # Fold the vmapped axis into the maps axis: (V, B, ...) -> (V·B, ...).
+  x, kernel = args
+  size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+  x, kernel = (jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+               for a, d in zip(args, dims))
+  num_maps = kernel.shape[1]
+  x = jnp.broadcast_to(x, x.shape[:1] + (num_maps,) + x.shape[2:])
+  out = depthwise_p.bind(x.reshape((-1,) + x.shape[2:]), kernel.reshape((-1,) + kernel.shape[2:]), **params)
+  return out.reshape((size, num_maps) + out.shape[1:]), 0
+
+
+batching.primitive_batchers[depthwise_p] = _depthwise_batch
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 1, padding: int = 0,
@@ -130,9 +208,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation
   out_h = conv_output_size(h, k, stride, padding, dilation)
   out_w = conv_output_size(w, k, stride, padding, dilation)
   if impl == 'shift':
-    # Broadcast a shared input explicitly: its gradient is then one sum over maps, not one per tap.
-    x = jnp.broadcast_to(x, (num_maps,) + x.shape[1:])
-    return _depthwise_shift(x, kernel, stride, dilation, padding)
+    return depthwise_p.bind(x, kernel, stride=stride, dilation=dilation, padding=padding)
   if impl == 'xla':
     shared = x.shape[0] == 1
     # Grouped conv wants maps in channels: (N, H, W, C*B) with channel index c*B + b (B outputs per input channel)
@@ -160,24 +236,110 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _pool_windows(x: jax.Array, stride: int, pad_value: float) -> list[jax.Array]:
-  """The 9 strided windows of a 3x3, padding-1 pool. Written as slices (not `reduce_window`) because XLA:CPU
-  compiles `reduce_window`'s gradient slowly (0.8 s for one avg pool) and runs it no faster."""
+  """The 9 strided windows of a 3x3, padding-1 pool, in row-major tap order."""
   out_h, out_w = (conv_output_size(n, 3, stride, 1) for n in x.shape[-3:-1])
   return [window for _, window in _taps(_spatial_pad(x, 1, pad_value), 3, stride, 1, out_h, out_w)]
 
 
+# Max pooling routes each output's gradient to the first maximal tap of its window (PyTorch's choice on ties).
+# As with the depthwise conv, two linear primitives that are each other's transpose keep both directions in the
+# fast "read shifted windows" form: `route` gathers an input tangent through the argmax taps, `scatter` sends an
+# output cotangent back to the argmax inputs.
+_pool_route_p = Primitive('darts_max_pool_route')
+_pool_scatter_p = Primitive('darts_max_pool_scatter')
+
+
+def _pool_route(x_dot, argmax, *, stride, in_hw):
+  del in_hw
+  out = jnp.zeros(argmax.shape, x_dot.dtype)
+  for tap, window in enumerate(_pool_windows(x_dot, stride, 0.0)):
+    out = jnp.where(argmax == tap, window, out)
+  return out
+
+
+def _pool_scatter(ct, argmax, *, stride, in_hw):
+  # Output o reads input i = s·o + t - 1 at tap t (per axis), so input i receives ct[o] from o = (i + 1 - t)/s:
+  # on the cotangent dilated by s and padded by 1 in front, that is the window at offset 2 - t.
+  pads = [(0, 0, 0)] * ct.ndim
+  for axis, size in zip((-3, -2), in_hw):
+    pads[axis] = (1, size + 1 - stride * (ct.shape[axis] - 1) - 1, stride - 1)
+  ct = lax.pad(ct, jnp.zeros((), ct.dtype), pads)
+  argmax = lax.pad(argmax, jnp.array(-1, argmax.dtype), pads)
+  dx = jnp.zeros(ct.shape[:-3] + tuple(in_hw) + ct.shape[-1:], ct.dtype)
+  for ((i, j), ct_window), (_, argmax_window) in zip(_taps(ct, 3, 1, 1, *in_hw), _taps(argmax, 3, 1, 1, *in_hw)):
+    dx = dx + jnp.where(argmax_window == (2 - i) * 3 + (2 - j), ct_window, 0)
+  return dx
+
+
+def _define_linear_pool_primitive(prim, impl, transpose_prim, out_shape):
+  """`prim(tangent, argmax)` is linear in `tangent`; `argmax` (integer taps) is a constant of the derivative."""
+  prim.def_impl(impl)
+  mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=False))
+  prim.def_abstract_eval(lambda t, argmax, **params: core.ShapedArray(out_shape(t, argmax, **params), t.dtype))
+
+  def jvp(primals, tangents, **params):
+    out = prim.bind(*primals, **params)
+    if type(tangents[0]) is ad.Zero:
+      return out, ad.Zero.from_primal_value(out)
+    return out, prim.bind(tangents[0], primals[1], **params)
+
+  def transpose(ct, t, argmax, **params):
+    if type(ct) is ad.Zero:
+      return ad.Zero(t.aval.to_ct_aval()), None
+    return transpose_prim.bind(ct, argmax, **params), None
+
+  def batch(args, dims, **params):
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    args = [jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+            for a, d in zip(args, dims)]
+    return prim.bind(*args, **params), 0
+
+  ad.primitive_jvps[prim] = jvp
+  ad.primitive_transposes[prim] = transpose
+  batching.primitive_batchers[prim] = batch
+
+
+_define_linear_pool_primitive(_pool_route_p, _pool_route, _pool_scatter_p,
+                              lambda t, argmax, **_: argmax.shape)
+_define_linear_pool_primitive(_pool_scatter_p, _pool_scatter, _pool_route_p,
+                              lambda t, argmax, in_hw, **_: t.shape[:-3] + tuple(in_hw) + t.shape[-1:])
+
+
+def _max_and_argmax(x: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:
+  best, argmax = None, None
+  for tap, window in enumerate(_pool_windows(x, stride, -jnp.inf)):
+    if best is None:
+      best, argmax = window, jnp.zeros(window.shape, jnp.int32)
+    else:
+      better = window > best  # strict: ties keep the earlier tap
+      best, argmax = jnp.where(better, window, best), jnp.where(better, tap, argmax)
+  return best, argmax
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
   """``nn.MaxPool2d(3, stride, padding=1)`` on (..., H, W, C)."""
   return functools.reduce(jnp.maximum, _pool_windows(x, stride, -jnp.inf))
 
 
+@max_pool_3x3.defjvp
+def _max_pool_jvp(stride, primals, tangents):
+  (x,), (x_dot,) = primals, tangents
+  out, argmax = _max_and_argmax(x, stride)
+  return out, _pool_route_p.bind(x_dot, argmax, stride=stride, in_hw=x.shape[-3:-1])
+
+
 def avg_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
   """``nn.AvgPool2d(3, stride, padding=1, count_include_pad=False)`` on (..., H, W, C).
 
-  The divisor counts only the in-image pixels of each window (4 in a corner, 6 on an edge, 9 inside); it is a
+  The window sum is a depthwise conv with a ones kernel (so its gradient takes the fast transposed form). The
+  divisor counts only the in-image pixels of each window (4 in a corner, 6 on an edge, 9 inside); it is a
   constant of the shapes, computed at trace time.
   """
-  total = functools.reduce(jnp.add, _pool_windows(x, stride, 0.0))
+  lead = x.shape[:-3]
+  x = x.reshape((1, -1) + x.shape[-3:])
+  total = depthwise_p.bind(x, jnp.ones((1, 3, 3, x.shape[-1]), x.dtype), stride=stride, dilation=1, padding=1)
+  total = total.reshape(lead + total.shape[-3:])
   return total / jnp.asarray(_window_counts(x.shape[-3], x.shape[-2], stride), x.dtype)
 
 
@@ -195,6 +357,11 @@ def factorized_reduce(x: jax.Array, kernel1: jax.Array, kernel2: jax.Array) -> j
   ``x``: (N, H, W, C_in) with H, W even; kernels: (B, C_in, C_out/2) for B stacked reductions of the same input.
   Returns (B, N, H/2, W/2, C_out) before BN (the caller normalises). The shift is the original's ``x[:, :, 1:, 1:]``.
   """
+  h, w = x.shape[-3:-1]
+  if h % 2 or w % 2:
+    raise ValueError(f'a reduction cell needs even feature maps, got {h}x{w}: the network halves the image at each '
+                     'reduction, so the image size must be divisible by 2 per reduction cell (by 4 for the usual '
+                     'two, e.g. 28 or 32).')
   x = jax.nn.relu(x)
   even = jnp.einsum('nhwc,bco->bnhwo', x[:, ::2, ::2], kernel1)
   odd = jnp.einsum('nhwc,bco->bnhwo', x[:, 1::2, 1::2], kernel2)

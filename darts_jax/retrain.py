@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from darts_jax import config_utils, data, genotypes, parallel, plots, reporting
 from darts_jax.checkpointing import Checkpointer
+from darts_jax.loop import EpochMetrics, agree, evaluate
 from darts_jax.networks import NetworkCIFAR, count_params
 from darts_jax.search import Preprocess, epoch_cosine_schedule, make_preprocess, weight_optimizer
 
@@ -60,10 +60,6 @@ AXIS_NAME = 'batch'
 GENOTYPE_FILE = 'genotype.json'
 RESULTS_FILE = 'results.json'
 CONFIG_FILE = 'config.json'
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training diverged: a loss, gradient norm or parameter is NaN or infinite."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -262,74 +258,8 @@ def make_eval_step(model: NetworkCIFAR, preprocess: Preprocess) -> Callable[[Tra
   return eval_step
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[EvalBatch]:
-  """This process's slices of global batches covering every example once, in order; the last global batch is padded
-  to `batch_size` by repeating the last example, with ``mask`` 0 for the padding."""
-  local = batch_size // process_count
-  for start in range(0, len(images), batch_size):
-    index = start + process_index * local + np.arange(local)
-    mask = (index < len(images)).astype(np.float32)
-    index = np.minimum(index, len(images) - 1)
-    yield images[index], labels[index], mask
-
-
-def evaluate_dataset(p_eval: Callable[[TrainState, EvalBatch], Metrics], replicated_state: TrainState,
-                     images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, float]:
-  """Mean ``loss`` and ``accuracy`` over all of (`images`, `labels`) with a pmapped `make_eval_step`."""
-  sums = [p_eval(replicated_state, parallel.shard(batch, AXIS_NAME))
-          for batch in eval_batches(images, labels, batch_size, jax.process_index(), jax.process_count())]
-  totals = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
-  return {'loss': totals['loss_sum'] / totals['count'], 'accuracy': totals['correct'] / totals['count']}
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The loop.
-
-
-class _EpochMetrics:
-  """The training metrics of an epoch, kept on device until `flush` fetches them (every ``log_every_steps`` steps,
-  so the host does not wait on the device each step). The running sums live on the host and go into checkpoints, so
-  a resumed epoch reports the same means as an uninterrupted one."""
-
-  def __init__(self, loss_sum: float = 0.0, accuracy_sum: float = 0.0, steps: int = 0):
-    self.loss_sum, self.accuracy_sum, self.steps = loss_sum, accuracy_sum, steps
-    self._pending: list[Metrics] = []
-
-  def add(self, metrics: Metrics) -> None:
-    self._pending.append(metrics)
-
-  def flush(self, last_step: int) -> dict[str, float]:
-    """Fetches the pending steps (the last being global step `last_step`) and returns their means.
-
-    Raises:
-      NonFiniteLossError: naming the first step whose metrics are not ``finite``.
-    """
-    fetched = jax.device_get(self._pending)
-    self._pending = []
-    values = {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in fetched]) for k in fetched[0]}
-    finite = values.pop('finite')
-    if not finite.all():
-      first = int(np.argmin(finite))
-      raise NonFiniteLossError(
-          f'non-finite loss, gradient or parameters at step {last_step - len(finite) + 1 + first} '
-          f'(loss={values["loss"][first]:.4g}, grad_norm={values["grad_norm"][first]:.4g}): training diverged. '
-          'This state was not checkpointed; the last checkpoint is intact. Lower the learning_rate or change the '
-          'seed.')
-    self.loss_sum += float(values['loss'].sum())
-    self.accuracy_sum += float(values['accuracy'].sum())
-    self.steps += len(finite)
-    return {k: float(v.mean()) for k, v in values.items()}
-
-  def position(self) -> dict[str, float]:
-    return {'loss_sum': self.loss_sum, 'accuracy_sum': self.accuracy_sum, 'steps': self.steps}
-
-
-def _agree(decision: bool) -> bool:
-  """Process 0's `decision`, on every process (checkpoint saves are collective)."""
-  if jax.process_count() == 1:
-    return decision
-  return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision)))
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -362,7 +292,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     ValueError: for an invalid config or genotype (e.g. a batch size not divisible by the device count).
     FileNotFoundError: when the genotype's directory has no genotype.json; `data.DatasetNotFoundError` when the
       dataset is not found (the message says how to get it).
-    NonFiniteLossError: when training diverges; the checkpoints hold the last good state.
+    loop.NonFiniteLossError: when training diverges; the checkpoints hold the last good state.
   """
   run_start = time.monotonic()
   workdir = Path(workdir)
@@ -397,7 +327,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
                               save_interval_minutes=config.checkpoint_every_minutes or None)
   # Test metrics are None until the first epoch's evaluation.
   position = {'epoch': 0, 'step_in_epoch': 0, 'wall_time_s': 0.0, 'test_loss': None, 'test_accuracy': None,
-              **_EpochMetrics().position()}
+              **EpochMetrics().position()}
   restored = checkpointer.restore_latest(state)
   last_saved = 0
   if restored is not None:
@@ -438,8 +368,8 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     for epoch in range(position['epoch'], config.num_epochs):
       resumed = epoch == position['epoch']
       start = position['step_in_epoch'] if resumed else 0
-      metrics = (_EpochMetrics(position['loss_sum'], position['accuracy_sum'], position['steps']) if resumed
-                 else _EpochMetrics())
+      sums = {k: position[k] for k in EpochMetrics().position()} if resumed else {}
+      metrics = EpochMetrics(**sums, divergence_advice='Lower the learning_rate or change the seed.')
       # The original sets model.drop_path_prob = drop_path_prob * epoch / epochs before each epoch.
       drop_path_prob = config.model.drop_path_prob * epoch / config.num_epochs
       batches = data.epoch_batches(train_images, train_labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
@@ -473,11 +403,11 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
           bar.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.3f}')
           if writer:
             writer.write(step, summary)
-          if not last_of_epoch and _agree(checkpointer.should_save_by_time()):
+          if not last_of_epoch and agree(checkpointer.should_save_by_time()):
             checkpoint(parallel.unreplicate(r_state), step,
                        {'epoch': epoch, 'step_in_epoch': step_in_epoch, **metrics.position()})
 
-      test = evaluate_dataset(p_eval, r_state, test_images, test_labels, batch_size)
+      test = evaluate(p_eval, r_state, test_images, test_labels, batch_size, AXIS_NAME)
       record = {
           'epoch': epoch + 1,
           'train_loss': metrics.loss_sum / metrics.steps,
@@ -491,7 +421,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
       logging.info('Epoch %d/%d: %s', epoch + 1, config.num_epochs,
                    ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
       checkpoint(parallel.unreplicate(r_state), step,
-                 {'epoch': epoch + 1, 'step_in_epoch': 0, **_EpochMetrics().position()})
+                 {'epoch': epoch + 1, 'step_in_epoch': 0, **EpochMetrics().position()})
       if writer:
         writer.write(step, record)
         plots.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))

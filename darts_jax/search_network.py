@@ -96,22 +96,30 @@ class MixedEdges(nn.Module):
     stage1 = self._bn(pointwise_conv(stage1, pointwise1), train, 'stage1_bn')
 
     # Second ReLU → depthwise (stride 1) → pointwise → BN of the two separable convs.
-    relu_sep = jax.nn.relu(stage1[:len(_SEP_OPS) * n_edges])
+    # Splits, not slices: the transpose of a split is one concatenation, that of each slice a full-size pad.
+    sep_stage1, dil_out = jnp.split(stage1, [len(_SEP_OPS) * n_edges])
     stage2 = jnp.concatenate([
-        conv(relu_sep[i * n_edges:(i + 1) * n_edges], self._stacked(f'{op}_depthwise2', _depthwise_init,
-                                                                    (_CONV_OPS[op][0],) * 2 + (c,)),
+        conv(relu_in, self._stacked(f'{op}_depthwise2', _depthwise_init, (_CONV_OPS[op][0],) * 2 + (c,)),
              padding=_CONV_OPS[op][2])
-        for i, op in enumerate(_SEP_OPS)])
+        for op, relu_in in zip(_SEP_OPS, jnp.split(jax.nn.relu(sep_stage1), len(_SEP_OPS)))])
     pointwise2 = jnp.concatenate([self._stacked(f'{op}_pointwise2', _pointwise_init, (c, c)) for op in _SEP_OPS])
     stage2 = self._bn(pointwise_conv(stage2, pointwise2), train, 'stage2_bn')
 
-    conv_out = jnp.concatenate([stage2, stage1[len(_SEP_OPS) * n_edges:]])
+    conv_out = jnp.concatenate([stage2, dil_out])
     conv_out = conv_out.reshape((len(_CONV_OPS), n_edges) + conv_out.shape[1:])
     # 'none' contributes zeros, so it only enters through the softmax normalisation of the other weights.
-    w = lambda name: weights[:, _OP_INDEX[name], None, None, None, None]
-    conv_weights = weights[:, _OP_INDEX['sep_conv_3x3']:_OP_INDEX['dil_conv_5x5'] + 1]
-    return (w('max_pool_3x3') * pooled[0] + w('avg_pool_3x3') * pooled[1] + w('skip_connect') * skip
-            + jnp.einsum('ek,kenhwc->enhwc', conv_weights, conv_out))
+    # Outputs shared by all edges (pools; identity at stride 1) are mixed by one matmul over their stack: its
+    # gradient is a matmul too, where broadcasting them over edges would need a reduction over edges.
+    shared_ops = ['max_pool_3x3', 'avg_pool_3x3']
+    if s == 1:
+      shared_ops.append('skip_connect')
+      pooled = jnp.concatenate([pooled, skip])
+    index = lambda names: jnp.array([_OP_INDEX[name] for name in names])
+    mixed = (jnp.einsum('ek,knhwc->enhwc', weights[:, index(shared_ops)], pooled)
+             + jnp.einsum('ek,kenhwc->enhwc', weights[:, index(_CONV_OPS)], conv_out))
+    if s == 2:  # one factorized reduction per edge
+      mixed = mixed + weights[:, _OP_INDEX['skip_connect'], None, None, None, None] * skip
+    return mixed
 
 
 class SearchCell(nn.Module):
@@ -143,8 +151,8 @@ class SearchCell(nn.Module):
       stride = 2 if self.reduction and source < 2 else 1
       outputs = MixedEdges(c, len(rows), stride, self.depthwise_impl, self.axis_name, name=f'edges_from_{source}')(
           states[source], weights[jnp.array(rows)], train)
-      for e, node in enumerate(targets):
-        incoming[node].append(outputs[e])
+      for node, output in zip(targets, jnp.split(outputs, len(rows))):  # a split: see MixedEdges
+        incoming[node].append(output[0])
     states.append(sum(incoming[-1]))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from darts_jax import config_utils, data, genotypes, parallel, plots, reporting
+from darts_jax.loop import EpochMetrics, agree, evaluate
 from darts_jax.checkpointing import Checkpointer
 from darts_jax.search import (HYPERGRADIENT_METHODS, SearchState, alpha_entropy, arch_optimizer, create_search_state,
                               epoch_cosine_schedule, make_eval_step, make_preprocess, make_search_step,
@@ -49,67 +49,7 @@ from darts_jax.search_network import SearchNetwork
 
 AXIS_NAME = 'batch'
 GENOTYPES_FILE = 'genotypes.jsonl'
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The search diverged: a loss, gradient or parameter is NaN or infinite."""
-
-
-def _eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int,
-                  process_count: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """This process's slices of the global batches covering *all* examples once, in order.
-
-  The last global batch is padded (repeating the last example) to ``batch_size``; ``mask`` is 1 for real examples.
-  """
-  local = batch_size // process_count
-  for start in range(0, len(images), batch_size):
-    index = start + process_index * local + np.arange(local)
-    mask = (index < len(images)).astype(np.float32)
-    index = np.minimum(index, len(images) - 1)
-    yield images[index], labels[index], mask
-
-
-class _TrainMetrics:
-  """Per-step metrics of an epoch, kept on device until `flush` fetches them.
-
-  Reading them every ``log_every_steps`` steps instead of every step keeps the host from waiting on the device.
-  The epoch's running sums of loss and accuracy live on the host and go into checkpoints, so that a resumed epoch
-  reports the same means as an uninterrupted one.
-  """
-
-  def __init__(self, loss_sum: float = 0.0, accuracy_sum: float = 0.0, steps: int = 0):
-    self.loss_sum, self.accuracy_sum, self.steps = loss_sum, accuracy_sum, steps
-    self._pending: list[dict[str, jax.Array]] = []
-
-  def add(self, metrics: dict[str, jax.Array]) -> None:
-    self._pending.append(metrics)
-
-  def flush(self, last_step: int) -> dict[str, float]:
-    """Fetches the pending steps (the last being global step `last_step`) and returns their means.
-
-    Raises:
-      NonFiniteLossError: naming the first step whose metrics are not ``finite``.
-    """
-    # One transfer for the whole interval; pmean'd metrics are equal on every device, so device 0's are taken.
-    fetched = jax.device_get(self._pending)
-    values = {k: np.asarray([np.asarray(m[k]).reshape(-1)[0] for m in fetched]) for k in fetched[0]}
-    self._pending = []
-    finite = values.pop('finite')
-    if not finite.all():
-      first = int(np.argmin(finite))
-      step = last_step - len(finite) + 1 + first
-      raise NonFiniteLossError(
-          f'Non-finite loss, gradient or parameters at step {step} (loss={values["loss"][first]:.4g}, '
-          f'grad_norm={values["grad_norm"][first]:.4g}, arch_grad_norm={values["arch_grad_norm"][first]:.4g}): '
-          'the search diverged. This state was not checkpointed; the last checkpoint is intact. Lower the '
-          'learning rates (learning_rate, arch_learning_rate) or change the seed.')
-    self.loss_sum += float(values['loss'].sum())
-    self.accuracy_sum += float(values['accuracy'].sum())
-    self.steps += len(finite)
-    return {k: float(v.mean()) for k, v in values.items()}
-
-  def position(self) -> dict[str, float]:
-    return {'loss_sum': self.loss_sum, 'accuracy_sum': self.accuracy_sum, 'steps': self.steps}
+DIVERGENCE_ADVICE = 'Lower the learning rates (learning_rate, arch_learning_rate) or change the seed.'
 
 
 def _truncate_jsonl(path: Path, max_step: int) -> None:
@@ -120,23 +60,6 @@ def _truncate_jsonl(path: Path, max_step: int) -> None:
   tmp = path.with_name(path.name + '.tmp')
   tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
   os.replace(tmp, path)
-
-
-def _agree(decision: bool) -> bool:
-  """Process 0's `decision`, on every process (checkpoint saves are collective)."""
-  if jax.process_count() == 1:
-    return decision
-  return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision)))
-
-
-def _evaluate(p_eval: Callable[..., dict[str, jax.Array]], r_state: SearchState, images: np.ndarray,
-              labels: np.ndarray, batch_size: int) -> tuple[float, float]:
-  """Mean loss and accuracy of the supernet over all of `images` (split over processes and devices)."""
-  sums = [p_eval(r_state, parallel.shard(batch, AXIS_NAME))
-          for batch in _eval_batches(images, labels, batch_size, jax.process_index(), jax.process_count())]
-  # psum'd over devices, so every device holds the totals; device 0's are taken.
-  totals = {k: sum(float(np.asarray(s[k])[0]) for s in jax.device_get(sums)) for k in sums[0]}
-  return totals['loss_sum'] / totals['count'], totals['correct'] / totals['count']
 
 
 def _write_final_artifacts(workdir: Path, alphas: dict[str, np.ndarray], genotype: genotypes.Genotype) -> None:
@@ -172,7 +95,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   Raises:
     ValueError: for an invalid config (e.g. a batch size not divisible by the device count).
     data.DatasetNotFoundError: when the dataset is not found (the message says how to get it).
-    NonFiniteLossError: when the search diverges; the checkpoints hold the last good state.
+    loop.NonFiniteLossError: when the search diverges; the checkpoints hold the last good state.
   """
   workdir = Path(workdir)
   is_main = jax.process_index() == 0
@@ -193,7 +116,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
 
   checkpointer = Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
                               save_interval_minutes=config.checkpoint_every_minutes or None)
-  position = {'epoch': 0, 'step_in_epoch': 0, **_TrainMetrics().position()}
+  position = {'epoch': 0, 'step_in_epoch': 0, **EpochMetrics().position()}
   last_saved = 0
   if (restored := checkpointer.restore_latest(state)) is not None:
     last_saved, state, meta = restored
@@ -237,8 +160,8 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     for epoch in range(position['epoch'], config.num_epochs):
       resumed = epoch == position['epoch']
       start = position['step_in_epoch'] if resumed else 0
-      metrics = (_TrainMetrics(position['loss_sum'], position['accuracy_sum'], position['steps']) if resumed
-                 else _TrainMetrics())
+      sums = {k: position[k] for k in EpochMetrics().position()} if resumed else {}
+      metrics = EpochMetrics(**sums, divergence_advice=DIVERGENCE_ADVICE)
       epoch_start = interval_start = time.monotonic()
       interval_images = 0
       previous = None
@@ -268,11 +191,11 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
           if writer:
             writer.write(step, summary)
           # Only after a flush: the metrics up to this step are known to be finite.
-          if not last_of_epoch and _agree(checkpointer.should_save_by_time()):
+          if not last_of_epoch and agree(checkpointer.should_save_by_time()):
             checkpoint(parallel.unreplicate(r_state), step,
                        {'epoch': epoch, 'step_in_epoch': step_in_epoch, **metrics.position()})
 
-      valid_loss, valid_accuracy = _evaluate(p_eval, r_state, valid_images, valid_labels, batch_size)
+      valid = evaluate(p_eval, r_state, valid_images, valid_labels, batch_size, AXIS_NAME)
       state = parallel.unreplicate(r_state)
       genotype = genotypes.derive_genotype(state.alphas, steps=model.steps, multiplier=model.multiplier)
       entropy = alpha_entropy(state.alphas)
@@ -280,8 +203,8 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
           'epoch': epoch + 1,
           'train_loss': metrics.loss_sum / metrics.steps,
           'train_accuracy': metrics.accuracy_sum / metrics.steps,
-          'valid_loss': valid_loss,
-          'valid_accuracy': valid_accuracy,
+          'valid_loss': valid['loss'],
+          'valid_accuracy': valid['accuracy'],
           'alpha_entropy_normal': entropy['normal'],
           'alpha_entropy_reduce': entropy['reduce'],
           'lr': summary['lr'],
@@ -294,7 +217,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
         writer.write(step, record)
         reporting.append_jsonl(workdir / GENOTYPES_FILE, {
             'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(genotype))})
-      checkpoint(state, step, {'epoch': epoch + 1, 'step_in_epoch': 0, **_TrainMetrics().position()})
+      checkpoint(state, step, {'epoch': epoch + 1, 'step_in_epoch': 0, **EpochMetrics().position()})
   finally:
     checkpointer.close()
     if writer:

@@ -185,6 +185,24 @@ def test_leftover_temporary_directory_is_ignored(tmp_path):
   assert not tmp_dir.exists()
 
 
+def test_read_only_leaves_a_run_in_progress_alone(tmp_path):
+  _save_steps(tmp_path, [1, 2])
+  # A writer's save of step 3 in progress, and a damaged step 2: a reader must not touch either.
+  tmp_dir = tmp_path / '3.orbax-checkpoint-tmp-1700000000000000'
+  (tmp_dir / 'state').mkdir(parents=True)
+  _truncate_files(tmp_path / '2')
+  with Checkpointer(tmp_path, read_only=True) as ckpt:
+    step, state, _ = ckpt.restore_latest(_make_state(0))
+    with pytest.raises(PermissionError, match='read-only'):
+      ckpt.save(4, _make_state(4), {})
+  assert step == 1
+  _assert_same(state, _make_state(1))
+  assert tmp_dir.exists() and (tmp_path / '2').exists()
+  with Checkpointer(tmp_path / 'missing', read_only=True) as ckpt:
+    assert ckpt.restore_latest(_make_state(0)) is None
+  assert not (tmp_path / 'missing').exists()
+
+
 def test_time_based_saving(tmp_path):
   now = [1000.0]
   with Checkpointer(tmp_path, save_interval_minutes=10,

@@ -37,19 +37,31 @@ def test_depthwise_matches_grouped_conv(k, dilation, padding, stride, impl):
   np.testing.assert_allclose(out, ref, **TOL)
 
 
-@pytest.mark.parametrize('k,dilation,padding,stride', [(5, 1, 2, 1), (3, 2, 2, 2)])
-def test_depthwise_derivatives_match_grouped_conv(k, dilation, padding, stride):
-  """The custom JVP (bilinear rule, looped kernel tangent) gives the reference's first and second derivatives."""
-  x = jax.random.normal(jax.random.key(0), (2, 2, 8, 8, 3))
+@pytest.mark.parametrize('k,dilation,padding,stride', CONV_CASES)
+@pytest.mark.parametrize('num_inputs,size', [(1, 8), (2, 7)])  # a shared input; one per kernel, odd size
+def test_depthwise_derivatives_match_grouped_conv(k, dilation, padding, stride, num_inputs, size):
+  """The primitive's transposes (per-phase input correlation, row-looped kernel gradient) give the reference's first
+  derivatives, and forward-over-reverse (as the exact hypergradient uses it) its second derivatives."""
+  x = jax.random.normal(jax.random.key(0), (num_inputs, 2, size, size, 3))
   kernel = jax.random.normal(jax.random.key(1), (2, k, k, 3))
   ours = lambda x, w: jnp.sum(jnp.sin(ops.depthwise_conv(x, w, stride=stride, dilation=dilation, padding=padding)))
-  ref = lambda x, w: jnp.sum(jnp.sin(_reference_depthwise(x, w, stride, dilation, padding)))
+  ref = lambda x, w: jnp.sum(jnp.sin(_reference_depthwise(jnp.broadcast_to(x, (2,) + x.shape[1:]), w, stride,
+                                                          dilation, padding)))
   for got, want in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(ref, (0, 1))(x, kernel)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-  # Forward-over-reverse, as the exact hypergradient uses it: tangent of d/dkernel along a direction in x.
-  direction = jax.random.normal(jax.random.key(2), x.shape)
-  mixed = lambda f: jax.jvp(lambda x: jax.grad(f, 1)(x, kernel), (x,), (direction,))[1]
-  np.testing.assert_allclose(mixed(ours), mixed(ref), rtol=1e-4, atol=1e-4)
+  directions = (jax.random.normal(jax.random.key(2), x.shape), jax.random.normal(jax.random.key(3), kernel.shape))
+  second = lambda f: jax.jvp(jax.grad(f, (0, 1)), (x, kernel), directions)[1]
+  for got, want in zip(second(ours), second(ref)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_under_vmap():
+  x = jax.random.normal(jax.random.key(0), (3, 1, 2, 8, 8, 4))
+  kernel = jax.random.normal(jax.random.key(1), (2, 3, 3, 4))
+  conv = lambda x, w: ops.depthwise_conv(x, w, stride=2, padding=1)
+  np.testing.assert_allclose(jax.vmap(conv, (0, None))(x, kernel), jnp.stack([conv(xi, kernel) for xi in x]), **TOL)
+  grads = jax.vmap(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), 1), (0, None))(x, kernel)
+  np.testing.assert_allclose(grads[1], jax.grad(lambda w: jnp.sum(conv(x[1], w) ** 2))(kernel), **TOL)
 
 
 @pytest.mark.parametrize('stride', [1, 2])
@@ -61,6 +73,27 @@ def test_pools_match_reduce_window(stride):
   ref_sum = lax.reduce_window(x, 0.0, lax.add, window, strides, pads)
   ref_count = lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, window, strides, pads)
   np.testing.assert_allclose(ops.avg_pool_3x3(x, stride), ref_sum / ref_count, **TOL)
+
+
+@pytest.mark.parametrize('stride,size', [(1, 7), (2, 8), (2, 7)])
+def test_pool_derivatives_match_reduce_window(stride, size):
+  """First and forward-over-reverse second derivatives of both pools (max: through its route/scatter primitives),
+  also under vmap. Random normal inputs have no ties in a window, where the max-pool gradient is defined."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+  window, strides, pads = (1, 3, 3, 1), (1, stride, stride, 1), [(0, 0), (1, 1), (1, 1), (0, 0)]
+  pools = {
+      'max': (lambda x: ops.max_pool_3x3(x, stride), lambda x: lax.reduce_window(x, -jnp.inf, lax.max, window,
+                                                                                   strides, pads)),
+      'avg': (lambda x: ops.avg_pool_3x3(x, stride), lambda x: lax.reduce_window(x, 0.0, lax.add, window, strides, pads)
+              / lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, window, strides, pads)),
+  }
+  direction = jax.random.normal(jax.random.key(1), x.shape)
+  for ours, ref in pools.values():
+    loss = lambda pool: lambda x: jnp.sum(jnp.sin(3 * pool(x)) * pool(x))
+    np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x), **TOL)
+    np.testing.assert_allclose(jax.vmap(jax.grad(loss(ours)))(x[:, None])[:, 0], jax.grad(loss(ref))(x), **TOL)
+    second = lambda pool: jax.jvp(jax.grad(loss(pool)), (x,), (direction,))[1]
+    np.testing.assert_allclose(second(ours), second(ref), rtol=1e-4, atol=1e-4)
 
 
 def test_avg_pool_excludes_padding():

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import retrain_cifar10
-from darts_jax import evaluate, genotypes, networks, reporting, retrain, search
+from darts_jax import evaluate, genotypes, loop, networks, reporting, retrain, search
 from darts_jax.checkpointing import Checkpointer
 from darts_jax.genotypes import Genotype
 from test_search import write_fashion_mnist
@@ -216,7 +216,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_checkpoints(reference, tmp
   workdir = tmp_path / 'diverged'
   shutil.copytree(reference, workdir)
   # A third epoch at a learning rate of ~1e30 overflows at its second step (step 6).
-  with pytest.raises(retrain.NonFiniteLossError, match='at step 6 .*last checkpoint is intact'):
+  with pytest.raises(loop.NonFiniteLossError, match='at step 6 .*last checkpoint is intact'):
     retrain.retrain(_config(workdir, num_epochs=3, learning_rate=4e30, checkpoint_every_minutes=0.0), workdir)
   checkpoints = workdir / 'checkpoints'
   assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [2, 3, 4]

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from configs import search_quick
-from darts_jax import genotypes, parallel, reporting, search, train_search
+from darts_jax import genotypes, loop, parallel, reporting, search, train_search
 from darts_jax.checkpointing import Checkpointer
 from darts_jax.hypergradient import hypergradient
 from darts_jax.ops import BatchNorm
@@ -368,7 +368,7 @@ def test_resume_after_interruption_mid_epoch_is_exact(reference_run, data_dir, t
 
 def test_divergence_stops_without_checkpointing_the_bad_state(data_dir, tmp_path):
   first = train_search.search(tiny_config(data_dir, num_epochs=1), tmp_path)  # checkpoint at step 6
-  with pytest.raises(train_search.NonFiniteLossError, match=r'at step 7\b'):
+  with pytest.raises(loop.NonFiniteLossError, match=r'at step 7\b'):
     train_search.search(tiny_config(data_dir, num_epochs=2, learning_rate=float('inf')), tmp_path)
   with Checkpointer(tmp_path / 'checkpoints') as checkpointer:
     step, restored, _ = checkpointer.restore_latest(first)
@@ -391,7 +391,7 @@ def test_eval_batches_cover_the_split_once_across_processes():
   images, labels = np.arange(10)[:, None], np.arange(10)
   seen, masks = [], []
   for process in range(2):
-    for x, y, mask in train_search._eval_batches(images, labels, 4, process, 2):
+    for x, y, mask in loop.eval_batches(images, labels, 4, process, 2):
       assert x.shape == (2, 1) and np.array_equal(x[:, 0], y)
       seen.append(y[mask > 0])
       masks.append(mask)

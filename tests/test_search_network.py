@@ -29,6 +29,12 @@ def test_parameter_count_matches_original():
   assert _count(small['params']) == 393_778  # ../shared/reference/torch_darts.py --C 8 --layers 5 --in-ch 1
 
 
+@pytest.mark.parametrize('size', [30, 27])
+def test_image_size_not_divisible_by_four_is_a_clear_error(size):
+  with pytest.raises(ValueError, match=f'got {size // 2 if size % 2 == 0 else size}x.*divisible by 2 per reduction'):
+    _shapes(SearchNetwork(C=4, num_classes=10, layers=5), (size, size, 1))
+
+
 @pytest.mark.parametrize('layers,image_shape', [(5, (28, 28, 1)), (3, (16, 16, 3)), (8, (32, 32, 3))])
 def test_output_shapes(layers, image_shape):
   net = SearchNetwork(C=4, num_classes=7, layers=layers)

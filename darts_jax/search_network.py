@@ -110,12 +110,12 @@ class MixedEdges(nn.Module):
     # 'none' contributes zeros, so it only enters through the softmax normalisation of the other weights.
     # Outputs shared by all edges (pools; identity at stride 1) are mixed by one matmul over their stack: its
     # gradient is a matmul too, where broadcasting them over edges would need a reduction over edges.
-    shared_ops = ['max_pool_3x3', 'avg_pool_3x3']
+    shared_ops, shared = ['max_pool_3x3', 'avg_pool_3x3'], pooled
     if s == 1:
       shared_ops.append('skip_connect')
-      pooled = jnp.concatenate([pooled, skip])
+      shared = jnp.concatenate([pooled, skip])
     index = lambda names: jnp.array([_OP_INDEX[name] for name in names])
-    mixed = (jnp.einsum('ek,knhwc->enhwc', weights[:, index(shared_ops)], pooled)
+    mixed = (jnp.einsum('ek,knhwc->enhwc', weights[:, index(shared_ops)], shared)
              + jnp.einsum('ek,kenhwc->enhwc', weights[:, index(_CONV_OPS)], conv_out))
     if s == 2:  # one factorized reduction per edge
       mixed = mixed + weights[:, _OP_INDEX['skip_connect'], None, None, None, None] * skip

@@ -83,9 +83,8 @@ def _depthwise_fused(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
 # Forward mode differentiates those as they are (the tangent of a window is a window), so forward-over-reverse,
 # the exact hypergradient, keeps the fast forms. (Reverse-over-reverse is correct but meets the pads again.)
 depthwise_p = Primitive('darts_depthwise_conv')
-depthwise_p.def_impl(lambda x, kernel, **params: _depthwise_fused(x, kernel, **params))
-mlir.register_lowering(depthwise_p, mlir.lower_fun(
-    lambda x, kernel, **params: _depthwise_fused(x, kernel, **params), multiple_results=False))
+depthwise_p.def_impl(_depthwise_fused)
+mlir.register_lowering(depthwise_p, mlir.lower_fun(_depthwise_fused, multiple_results=False))
 
 
 @depthwise_p.def_abstract_eval
@@ -177,7 +176,6 @@ ad.defbilinear(depthwise_p, _depthwise_input_transpose, _depthwise_kernel_transp
 
 def _depthwise_batch(args, dims, **params):
   # Fold the vmapped axis into the maps axis: (V, B, ...) -> (V·B, ...).
-  x, kernel = args
   size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
   x, kernel = (jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
                for a, d in zip(args, dims))

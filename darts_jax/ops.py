@@ -174,11 +174,16 @@ def _depthwise_kernel_transpose(ct, x, kernel, *, stride, dilation, padding):
 ad.defbilinear(depthwise_p, _depthwise_input_transpose, _depthwise_kernel_transpose)
 
 
+def _vmapped_axis_first(args, dims):
+  """The operands of a batching rule with the vmapped axis in front (broadcast where an operand is unmapped)."""
+  size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+  return [jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+
+
 def _depthwise_batch(args, dims, **params):
   # Fold the vmapped axis into the maps axis: (V, B, ...) -> (V·B, ...).
-  size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-  x, kernel = (jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
-               for a, d in zip(args, dims))
+  x, kernel = _vmapped_axis_first(args, dims)
+  size = x.shape[0]
   num_maps = kernel.shape[1]
   x = jnp.broadcast_to(x, x.shape[:1] + (num_maps,) + x.shape[2:])
   out = depthwise_p.bind(x.reshape((-1,) + x.shape[2:]), kernel.reshape((-1,) + kernel.shape[2:]), **params)
@@ -287,10 +292,7 @@ def _define_linear_pool_primitive(prim, impl, transpose_prim, out_shape):
     return transpose_prim.bind(ct, argmax, **params), None
 
   def batch(args, dims, **params):
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    args = [jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
-            for a, d in zip(args, dims)]
-    return prim.bind(*args, **params), 0
+    return prim.bind(*_vmapped_axis_first(args, dims), **params), 0
 
   ad.primitive_jvps[prim] = jvp
   ad.primitive_transposes[prim] = transpose

@@ -1,4 +1,4 @@
-"""Shared test set-up: a persistent XLA compilation cache for the whole run.
+"""Shared test set-up: a persistent XLA compilation cache for the whole run, and a tiny Fashion-MNIST directory.
 
 Supernet programs take tens of seconds to compile on CPU. Tests that compile the same program (a tiny search run
 started again to test resume, the same step in a subprocess) then reuse it, in this process and in subprocesses,
@@ -8,9 +8,19 @@ import os
 import tempfile
 
 import jax
+import pytest
 
 _CACHE_DIR = os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                                    os.path.join(tempfile.gettempdir(), 'darts_jax_test_compilation_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A tiny Fashion-MNIST in the official IDX format (`test_search.write_fashion_mnist`), one per test module."""
+  from test_search import write_fashion_mnist  # imported here: the test module needs the cache set up first
+  directory = tmp_path_factory.mktemp('fashion_mnist')
+  write_fashion_mnist(directory)
+  return directory

@@ -21,7 +21,6 @@ from configs import retrain_cifar10
 from darts_jax import evaluate, genotypes, loop, networks, reporting, retrain, search
 from darts_jax.checkpointing import Checkpointer
 from darts_jax.genotypes import Genotype
-from test_search import write_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1)], normal_concat=[2],
@@ -139,13 +138,6 @@ def test_train_step_on_two_devices_matches_one_device():
 
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end.
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  directory = tmp_path_factory.mktemp('fashion_mnist')
-  write_fashion_mnist(directory)
-  return directory
 
 
 @pytest.fixture(scope='module')

@@ -278,13 +278,6 @@ def tiny_config(data_dir, **overrides):
   return config
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  directory = tmp_path_factory.mktemp('fashion_mnist')
-  write_fashion_mnist(directory)
-  return directory
-
-
 @pytest.fixture(scope='module', autouse=True)
 def tiny_supernet():
   with pytest.MonkeyPatch.context() as patch:

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from darts_jax import reporting
-from test_search import write_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 # First order compiles in half the time of second order; the step's other paths are the same (and every
@@ -38,13 +37,6 @@ def run_search(workdir, data_dir, *overrides, devices=1, wait=True):
     return process
   process.wait(timeout=900)
   return process.returncode, Path(log.name).read_text()
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  directory = tmp_path_factory.mktemp('fashion_mnist')
-  write_fashion_mnist(directory)
-  return directory
 
 
 @pytest.fixture(scope='module')

@@ -4,18 +4,15 @@
     python run_retrain.py --config configs/retrain_cifar10.py --workdir runs/retrain_cifar10 \
         --config.genotype=runs/cifar10          # a search workdir; or DARTS_V2, a genotype.json, JSON, repr text
 
-Running the same command on an existing workdir resumes from its latest checkpoint. See `darts_jax.retrain` for
-what lands in the workdir and `python -m darts_jax.evaluate` to evaluate a trained checkpoint again.
+Running the same command on an existing workdir resumes from its latest checkpoint; SIGTERM or SIGINT stop it after
+saving one (exit status 75). See `darts_jax.tasks.retrain` for what lands in the workdir and
+`python -m darts_jax.evaluate` to evaluate a trained checkpoint again.
 """
-import os
-import sys
-
-import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from darts_jax import config_utils, parallel, retrain
-from darts_jax.loop import NonFiniteLossError
+from darts_jax.tasks import retrain
+from darts_jax.training import cli, config_utils
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Retrain configuration file, e.g. configs/retrain_quick.py.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory; an existing one is resumed.')
@@ -25,17 +22,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  parallel.maybe_initialize_distributed()
-  config = _CONFIG.value
-  if config.compilation_cache_dir:
-    # Compiled steps are reused across runs and resumes with the same shapes: restarts skip most compilation.
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))
-  try:
-    retrain.retrain(config, _WORKDIR.value)
-  # FileNotFoundError covers a missing dataset (data.DatasetNotFoundError) and a directory without genotype.json.
-  except (FileNotFoundError, NonFiniteLossError, ValueError) as e:
-    logging.debug('Traceback:', exc_info=True)
-    sys.exit(f'run_retrain.py: error: {e}')
+  cli.start(_CONFIG.value)
+  cli.run('run_retrain.py', lambda: retrain.retrain(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == '__main__':

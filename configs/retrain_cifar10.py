@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.layers = 20
   config.model.auxiliary = True  # auxiliary head after cell 2 * layers // 3 (needs 32x32 inputs)
   config.model.drop_path_prob = 0.2  # reached at the end; epoch e uses drop_path_prob * e / num_epochs
-  config.model.depthwise_impl = 'shift'  # shift | xla (see darts_jax.ops)
+  config.model.depthwise_impl = 'shift'  # shift | xla (see darts_jax.cnn.ops)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'

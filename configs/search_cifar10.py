@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.steps = 4
   config.model.multiplier = 4
   config.model.stem_multiplier = 3
-  config.model.depthwise_impl = 'shift'  # shift | xla (see darts_jax.ops)
+  config.model.depthwise_impl = 'shift'  # shift | xla (see darts_jax.cnn.ops)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'

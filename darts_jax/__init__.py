@@ -1,22 +1,35 @@
 """darts-jax: DARTS (Differentiable ARchiTecture Search) in JAX/Flax around a functional bilevel optimizer.
 
-The core (search space, genotypes, hypergradient) imports only jax, flax, optax and numpy; the plotting functions
+The package is grouped by concept (docs/architecture.md has the map):
+
+* `darts_jax.cnn`: the CNN search space: primitives (`ops`), the supernet (`supernet`), the retraining networks
+  (`networks`), genotypes and cell diagrams (`genotypes`, `plots`);
+* `darts_jax.bilevel`: the bilevel core: the generic `hypergradient` and the DARTS search step on the supernet;
+* `darts_jax.data`: datasets, batching and on-device augmentation;
+* `darts_jax.training`: the one training loop (`loop`) and its infrastructure: checkpoints, metrics, curves,
+  pmap helpers, optimizers, configs, CLI start-up;
+* `darts_jax.tasks`: the training tasks on that loop: `search` (behind ``run_search.py``) and `retrain` (behind
+  ``run_retrain.py``);
+* entry points: ``python -m darts_jax.evaluate``, ``python -m darts_jax.bench``.
+
+This module exports the research API. It imports only jax, flax, optax and numpy; the plotting functions
 (graphviz, matplotlib) are imported on first use.
 """
 import importlib
 from typing import Any
 
-from darts_jax.genotypes import (DARTS, DARTS_V1, DARTS_V2, KNOWN_GENOTYPES, PRIMITIVES, AmoebaNet, Genotype, NASNet,
-                                 derive_genotype, genotype_from_json, genotype_to_json, parse_genotype)
-from darts_jax.hypergradient import hypergradient
-from darts_jax.search_network import SearchNetwork, init_alphas
+from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.cnn.genotypes import (DARTS, DARTS_V1, DARTS_V2, KNOWN_GENOTYPES, PRIMITIVES, AmoebaNet, Genotype, NASNet,
+                                     derive_genotype, genotype_from_json, genotype_to_json, parse_genotype)
+from darts_jax.cnn.networks import NetworkCIFAR, NetworkImageNet, count_params
+from darts_jax.cnn.supernet import SearchNetwork, init_alphas
 
 __version__ = '0.1.0'
-__all__ = ['AmoebaNet', 'DARTS', 'DARTS_V1', 'DARTS_V2', 'Genotype', 'KNOWN_GENOTYPES', 'NASNet', 'PRIMITIVES',
-           'SearchNetwork', 'derive_genotype', 'genotype_from_json', 'genotype_to_json', 'hypergradient',
-           'init_alphas', 'parse_genotype', 'plot_curves', 'plot_genotype']
+__all__ = ['AmoebaNet', 'DARTS', 'DARTS_V1', 'DARTS_V2', 'Genotype', 'KNOWN_GENOTYPES', 'NASNet', 'NetworkCIFAR',
+           'NetworkImageNet', 'PRIMITIVES', 'SearchNetwork', 'count_params', 'derive_genotype', 'genotype_from_json',
+           'genotype_to_json', 'hypergradient', 'init_alphas', 'parse_genotype', 'plot_curves', 'plot_genotype']
 
-_LAZY = {'plot_genotype': 'darts_jax.plots', 'plot_curves': 'darts_jax.plots'}
+_LAZY = {'plot_genotype': 'darts_jax.cnn.plots', 'plot_curves': 'darts_jax.training.curves'}
 
 
 def __getattr__(name: str) -> Any:

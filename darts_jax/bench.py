@@ -5,7 +5,7 @@ Flags follow ``../shared/reference/torch_darts.py`` so both sides time the same 
   python -m darts_jax.bench --C 8 --layers 5 --batch 16 --image 28 --channels 1 --mode second_order_exact
   python ../shared/reference/torch_darts.py --C 8 --layers 5 --batch 16 --image 28 --in-ch 1 --mode second_order
 
-The step is the one `run_search.py` runs (`search.make_search_step`: architecture step, then weight step), jitted
+The step is the one `run_search.py` runs (`search_step.make_search_step`: architecture step, then weight step), jitted
 once; `compile_s` is its ahead-of-time compile, `median_step_s` the median over `--steps` timed steps after
 `--warmup` untimed ones. The last line printed is one JSON object. Imports only jax, flax, optax, numpy and the
 darts_jax core, so it runs as is on an accelerator host.
@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from darts_jax import search
-from darts_jax.ops import DEPTHWISE_IMPLS
-from darts_jax.search_network import SearchNetwork
+from darts_jax import data
+from darts_jax.bilevel import search_step
+from darts_jax.cnn.ops import DEPTHWISE_IMPLS
+from darts_jax.cnn.supernet import SearchNetwork
+from darts_jax.training import optimizers
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +36,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--image', type=int, default=32, help='image height and width')
   parser.add_argument('--channels', type=int, default=3, help='input channels')
   parser.add_argument('--classes', type=int, default=10)
-  parser.add_argument('--mode', choices=list(search.HYPERGRADIENT_METHODS) + ['forward_backward'],
+  parser.add_argument('--mode', choices=list(search_step.HYPERGRADIENT_METHODS) + ['forward_backward'],
                       default='second_order_exact',
                       help="a search step's hypergradient, or 'forward_backward': one gradient of the supernet's "
                            'training loss w.r.t. weights and alphas')
@@ -45,7 +47,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _forward_backward_step(model: SearchNetwork, preprocess: search.Preprocess):
+def _forward_backward_step(model: SearchNetwork, preprocess: data.Preprocess):
   """A step that only takes the gradient of the training loss (the unit of work every search pass repeats)."""
   def step(state, train_batch, val_batch):
     del val_batch
@@ -61,17 +63,18 @@ def _forward_backward_step(model: SearchNetwork, preprocess: search.Preprocess):
 def run(args: argparse.Namespace) -> dict:
   """Builds, compiles and times the search step; returns the measurements."""
   model = SearchNetwork(args.C, args.classes, args.layers, depthwise_impl=args.depthwise_impl)
-  schedule = search.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
+  schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
   start = time.perf_counter()
-  state = search.create_search_state(jax.random.key(args.seed), model, (args.image, args.image, args.channels),
-                                     search.weight_optimizer(schedule), search.arch_optimizer())
+  state = search_step.create_search_state(jax.random.key(args.seed), model, (args.image, args.image, args.channels),
+                                          optimizers.weight_optimizer(schedule),
+                                          search_step.arch_optimizer())
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
-  preprocess = search.make_preprocess(np.full(args.channels, 0.5), np.full(args.channels, 0.25))
+  preprocess = data.make_preprocess(np.full(args.channels, 0.5), np.full(args.channels, 0.25))
   if args.mode == 'forward_backward':
     step = jax.jit(_forward_backward_step(model, preprocess), donate_argnums=0)
   else:
-    step = jax.jit(search.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode),
+    step = jax.jit(search_step.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode),
                    donate_argnums=0)
   rng = np.random.default_rng(args.seed)
   def batch():

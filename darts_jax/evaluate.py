@@ -2,7 +2,7 @@
 
     python -m darts_jax.evaluate --workdir runs/retrain_quick [--data_dir DIR]
 
-Rebuilds the network from the workdir's ``config.json`` and ``genotype.json`` (written by `darts_jax.retrain`),
+Rebuilds the network from the workdir's ``config.json`` and ``genotype.json`` (written by `darts_jax.tasks.retrain`),
 restores the latest checkpoint and prints one JSON line: ``test_accuracy``, ``test_loss``, ``num_test``, ``step``,
 ``epoch`` (epochs completed) and ``params``.
 """
@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 
-from darts_jax import data, loop, parallel, retrain
-from darts_jax.checkpointing import Checkpointer
-from darts_jax.networks import count_params
-from darts_jax.search import make_preprocess
+from darts_jax import data
+from darts_jax.cnn.networks import count_params
+from darts_jax.tasks import retrain
+from darts_jax.training import cli, loop, parallel
+from darts_jax.training.checkpointing import Checkpointer
+from darts_jax.training.parallel import AXIS_NAME
 
 
 def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = None) -> dict[str, Any]:
@@ -38,13 +39,20 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
 
   Raises:
     FileNotFoundError: when `workdir` has no ``config.json`` or no checkpoint, or the dataset is not found.
+    ValueError: when `workdir` is not a retrain workdir or its files are damaged.
   """
   workdir = Path(workdir)
-  config_path = workdir / retrain.CONFIG_FILE
+  config_path = workdir / loop.CONFIG_FILE
   if not config_path.is_file():
     raise FileNotFoundError(f'{config_path} does not exist: {workdir} is not a retrain workdir (run_retrain.py '
                             'writes config.json, genotype.json and checkpoints/ there).')
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  try:
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  except ValueError as e:
+    raise ValueError(f'{config_path} is not valid JSON ({e}).') from None
+  if 'genotype' not in config or 'auxiliary' not in config.get('model', {}):
+    raise ValueError(f'{workdir} is not a retrain workdir: its config.json has no genotype (a search workdir? '
+                     'retrain its genotype with run_retrain.py --config.genotype=WORKDIR).')
   genotype = retrain.load_genotype(str(workdir))
   ds = data.load_dataset(config.data.name, data_dir or config.data.dir or None)
   model = retrain.create_model(config, genotype, ds.num_classes)
@@ -55,7 +63,7 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
   size = config.data.image_size
   image_shape = (size, size, ds.test_images.shape[-1]) if size else ds.test_images.shape[1:]
   target = jax.eval_shape(lambda: retrain.create_train_state(rng, model, image_shape, tx))
-  with Checkpointer(workdir / 'checkpoints', read_only=True) as checkpointer:
+  with Checkpointer(workdir / loop.CHECKPOINT_DIR, read_only=True) as checkpointer:
     restored = checkpointer.restore_latest(target.replace(rng=rng))
   if restored is None:
     raise FileNotFoundError(f'no checkpoint in {workdir / "checkpoints"}: the retraining has not saved one yet.')
@@ -63,10 +71,10 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
 
   devices = jax.local_device_count()
   batch_size = devices * math.ceil(config.batch_size / devices)
-  preprocess = make_preprocess(ds.mean, ds.std, image_size=size, axis_name=retrain.AXIS_NAME)
-  p_eval = jax.pmap(retrain.make_eval_step(model, preprocess), axis_name=retrain.AXIS_NAME)
-  test = loop.evaluate(p_eval, parallel.replicate(state, retrain.AXIS_NAME), ds.test_images, ds.test_labels,
-                       batch_size, retrain.AXIS_NAME)
+  preprocess = data.make_preprocess(ds.mean, ds.std, image_size=size, axis_name=AXIS_NAME)
+  p_eval = jax.pmap(retrain.make_eval_step(model, preprocess), axis_name=AXIS_NAME)
+  test = loop.evaluate(p_eval, parallel.replicate(state, AXIS_NAME), ds.test_images, ds.test_labels,
+                       batch_size, AXIS_NAME)
   return {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'num_test': len(ds.test_images),
           'step': step, 'epoch': meta['epoch'], 'params': count_params(state.params)}
 
@@ -74,11 +82,8 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    results = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir)
-  except (FileNotFoundError, ValueError) as e:
-    logging.debug('Traceback:', exc_info=True)
-    sys.exit(f'darts_jax.evaluate: error: {e}')
+  cli.start()
+  results = cli.run('darts_jax.evaluate', lambda: evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir))
   print(json.dumps(results))
 
 

@@ -1,4 +1,4 @@
-"""Tests for darts_jax.checkpointing."""
+"""Tests for darts_jax.training.checkpointing."""
 
 import gc
 import logging
@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from darts_jax.checkpointing import Checkpointer
+from darts_jax.training.checkpointing import Checkpointer
 
 
 @jax.jit  # One compilation instead of one per eager op keeps the tests fast.

@@ -1,4 +1,4 @@
-"""Tests for darts_jax.config_utils."""
+"""Tests for darts_jax.training.config."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from darts_jax import config_utils
+from darts_jax.training import config_utils
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ _APP_FILE = '''
 from absl import app, flags
 from ml_collections import config_flags
 
-from darts_jax import config_utils
+from darts_jax.training import config_utils
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
 flags.mark_flags_as_required(['config'])

@@ -1,4 +1,4 @@
-"""Tests for darts_jax.genotypes: derivation, published genotypes, parsing."""
+"""Tests for darts_jax.cnn.genotypes: derivation, published genotypes, parsing."""
 
 import json
 
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import genotypes
-from darts_jax.genotypes import (
+from darts_jax.cnn import genotypes
+from darts_jax.cnn.genotypes import (
     DARTS_V2,
     EVAL_PRIMITIVES,
     KNOWN_GENOTYPES,

@@ -1,4 +1,4 @@
-"""Tests for darts_jax.hypergradient."""
+"""Tests for darts_jax.bilevel.hypergradient."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax.hypergradient import METHODS, hypergradient
+from darts_jax.bilevel.hypergradient import METHODS, hypergradient
 
 ETA = 0.3
 MOMENTUM = 0.9
@@ -263,7 +263,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     import jax.numpy as jnp
     import numpy as np
     from jax.sharding import Mesh, PartitionSpec as P
-    from darts_jax.hypergradient import METHODS, hypergradient
+    from darts_jax.bilevel.hypergradient import METHODS, hypergradient
 
     def loss(w, alpha, batch):
       x, y = batch

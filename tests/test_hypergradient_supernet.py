@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from darts_jax.hypergradient import hypergradient
-from darts_jax.search_network import SearchNetwork, init_alphas
+from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.cnn.supernet import SearchNetwork, init_alphas
 
 
 def test_fd_and_exact_agree_on_supernet():

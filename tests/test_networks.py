@@ -1,4 +1,4 @@
-"""Tests for darts_jax.networks: parameter counts, each evaluation op against a direct reference, cells (drop path),
+"""Tests for darts_jax.cnn.networks: parameter counts, each evaluation op against a direct reference, cells (drop path),
 scanned vs unrolled cells, the auxiliary heads and train/eval behaviour of the networks."""
 import itertools
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from darts_jax import genotypes, networks
-from darts_jax.genotypes import Genotype
+from darts_jax.cnn import genotypes, networks
+from darts_jax.cnn.genotypes import Genotype
 
 # float32 sums of a few dozen O(1) products and a BN over 2·8·8 values: 1e-4 is rounding; a wrong tap, stride,
 # padding or missing ReLU/BN changes outputs by O(1).

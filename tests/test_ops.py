@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from darts_jax import ops
+from darts_jax.cnn import ops
 
 # float32 sums of <= 25 products of O(1) values: agreement to 1e-5 is rounding, a wrong tap or offset is O(1).
 TOL = dict(rtol=1e-5, atol=1e-5)

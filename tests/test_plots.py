@@ -1,4 +1,4 @@
-"""Tests for darts_jax.plots: cell diagrams and training curves."""
+"""Tests for darts_jax.cnn.plots: cell diagrams and training curves."""
 
 import json
 import os
@@ -8,7 +8,8 @@ import warnings
 
 import pytest
 
-from darts_jax import genotypes, plots
+from darts_jax.cnn import genotypes, plots
+from darts_jax.training import curves
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 needs_dot = pytest.mark.skipif(
@@ -115,7 +116,7 @@ def test_plot_curves_writes_png(tmp_path, num_epochs):
     records += [{'step': 10 * e, 'train_loss': 9.0}, _epoch(e, 'train', 'valid')]
   _write_jsonl(tmp_path / 'metrics.jsonl', records)
   out = str(tmp_path / 'plots' / 'curves.png')
-  assert plots.plot_curves(str(tmp_path / 'metrics.jsonl'), out) == out
+  assert curves.plot_curves(str(tmp_path / 'metrics.jsonl'), out) == out
   assert _is_png(out)
 
 
@@ -128,7 +129,7 @@ def test_curves_draw_each_available_split_per_epoch(tmp_path):
       {'epoch': 2, 'train_loss': 0.5},  # a resumed run re-logs epoch 2
   ]
   _write_jsonl(tmp_path / 'm.jsonl', records)
-  fig = plots._curves_figure(plots._read_epoch_records(tmp_path / 'm.jsonl'))
+  fig = curves._curves_figure(curves._read_epoch_records(tmp_path / 'm.jsonl'))
   loss_ax, acc_ax = fig.axes[:2]
   lines = {line.get_label(): line for line in loss_ax.get_lines()}
   assert set(lines) == {'train', 'test'}
@@ -143,9 +144,9 @@ def test_curves_draw_each_available_split_per_epoch(tmp_path):
 def test_plot_curves_errors(tmp_path):
   _write_jsonl(tmp_path / 'steps.jsonl', [{'step': 1, 'train_loss': 1.0}])
   with pytest.raises(ValueError, match='has no epoch records'):
-    plots.plot_curves(str(tmp_path / 'steps.jsonl'), str(tmp_path / 'c.png'))
+    curves.plot_curves(str(tmp_path / 'steps.jsonl'), str(tmp_path / 'c.png'))
   (tmp_path / 'bad.jsonl').write_text(json.dumps(_epoch(0, 'train')) + '\n{oops\n')
   with pytest.raises(ValueError, match=r'bad.jsonl:2 is not valid JSON'):
-    plots.plot_curves(str(tmp_path / 'bad.jsonl'), str(tmp_path / 'c.png'))
+    curves.plot_curves(str(tmp_path / 'bad.jsonl'), str(tmp_path / 'c.png'))
   with pytest.raises(FileNotFoundError):
-    plots.plot_curves(str(tmp_path / 'missing.jsonl'), str(tmp_path / 'c.png'))
+    curves.plot_curves(str(tmp_path / 'missing.jsonl'), str(tmp_path / 'c.png'))

@@ -1,4 +1,4 @@
-"""Tests for darts_jax.reporting."""
+"""Tests for darts_jax.training.reporting."""
 
 import io
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from darts_jax import reporting
+from darts_jax.training import reporting
 
 
 def _lines(path):

@@ -1,4 +1,4 @@
-"""Tests for darts_jax.retrain, darts_jax.evaluate and run_retrain.py.
+"""Tests for darts_jax.tasks.retrain, darts_jax.evaluate and run_retrain.py.
 
 One tiny retraining through the CLI (a 3-cell network of a one-node genotype on 8x8 synthetic Fashion-MNIST files,
 2 epochs of 2 steps) is the reference; it is resumed, diverged and evaluated again in process. The runs share the
@@ -18,9 +18,13 @@ import numpy as np
 import pytest
 
 from configs import retrain_cifar10
-from darts_jax import evaluate, genotypes, loop, networks, reporting, retrain, search
-from darts_jax.checkpointing import Checkpointer
-from darts_jax.genotypes import Genotype
+from darts_jax import data, evaluate
+from darts_jax.cnn import genotypes, networks
+from darts_jax.training import loop, parallel, reporting
+from darts_jax.tasks import retrain
+from darts_jax.bilevel import search_step
+from darts_jax.training.checkpointing import Checkpointer
+from darts_jax.cnn.genotypes import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1)], normal_concat=[2],
@@ -116,13 +120,13 @@ def test_train_step_on_two_devices_matches_one_device():
 
   def make_step(axis_name):
     model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3, auxiliary=True, axis_name=axis_name)
-    preprocess = search.make_preprocess(np.full(3, 0.5), np.full(3, 0.25), augment=True, axis_name=axis_name)
+    preprocess = data.make_preprocess(np.full(3, 0.5), np.full(3, 0.25), augment=True, axis_name=axis_name)
     return model, retrain.make_train_step(model, schedule, preprocess, cutout=8, auxiliary_weight=0.4)
 
   model, single = make_step(None)
   state = retrain.create_train_state(jax.random.key(0), model, (32, 32, 3), tx)  # axis_name does not change params
   single = jax.jit(single)
-  split = jax.jit(jax.vmap(make_step(retrain.AXIS_NAME)[1], in_axes=(None, 0, None), axis_name=retrain.AXIS_NAME))
+  split = jax.jit(jax.vmap(make_step(parallel.AXIS_NAME)[1], in_axes=(None, 0, None), axis_name=parallel.AXIS_NAME))
   new_single, metrics_single = single(state, (images, labels), jnp.float32(0.3))
   new_split, metrics_split = split(state, (images.reshape(2, 4, 32, 32, 3), labels.reshape(2, 4)), jnp.float32(0.3))
   # float32 reductions in another order: 1e-5 relative; different augmentations or masks would differ by O(1).
@@ -212,7 +216,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_checkpoints(reference, tmp
     retrain.retrain(_config(workdir, num_epochs=3, learning_rate=4e30, checkpoint_every_minutes=0.0), workdir)
   checkpoints = workdir / 'checkpoints'
   assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [2, 3, 4]
-  model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3, axis_name=retrain.AXIS_NAME)
+  model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3, axis_name=parallel.AXIS_NAME)
   tx, _ = retrain.create_optimizer(_config(workdir), steps_per_epoch=2)
   with Checkpointer(checkpoints) as checkpointer:
     step, state, _ = checkpointer.restore_latest(retrain.create_train_state(jax.random.key(0), model, (8, 8, 1), tx))

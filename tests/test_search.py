@@ -1,4 +1,4 @@
-"""Tests for the search step (darts_jax.search), the search loop (darts_jax.train_search) and darts_jax.parallel.
+"""Tests for the search step (darts_jax.bilevel.search_step), the search loop (darts_jax.tasks.search) and darts_jax.training.parallel.
 
 The supernet takes tens of seconds to compile, and neither the step's update rules nor the loop's bookkeeping
 depend on it, so these tests run on `TinySupernet`: a Linen module with `SearchNetwork`'s interface (alphas as an
@@ -18,10 +18,14 @@ import optax
 import pytest
 
 from configs import search_quick
-from darts_jax import genotypes, loop, parallel, reporting, search, train_search
-from darts_jax.checkpointing import Checkpointer
-from darts_jax.hypergradient import hypergradient
-from darts_jax.ops import BatchNorm
+from darts_jax.cnn import genotypes
+from darts_jax import data
+from darts_jax.training import loop, optimizers, parallel, reporting
+from darts_jax.bilevel import search_step
+from darts_jax.tasks import search
+from darts_jax.training.checkpointing import Checkpointer
+from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.cnn.ops import BatchNorm
 
 MEAN, STD = np.array([0.3], np.float32), np.array([0.4], np.float32)
 
@@ -29,7 +33,7 @@ MEAN, STD = np.array([0.3], np.float32), np.array([0.4], np.float32)
 class TinySupernet(nn.Module):
   """Dense -> BN -> tanh, each hidden unit scaled by every op's total softmax weight, -> Dense.
 
-  Has `SearchNetwork`'s constructor fields, so `train_search.search` can build it from a config.
+  Has `SearchNetwork`'s constructor fields, so `search.search` can build it from a config.
   """
   C: int = 4
   num_classes: int = 10
@@ -72,7 +76,7 @@ def write_fashion_mnist(directory, n_train=96, n_test=16, size=8):
 
 
 def test_learning_rate_is_cosine_annealed_per_epoch():
-  schedule = search.epoch_cosine_schedule(0.025, 0.001, num_epochs=4, steps_per_epoch=3)
+  schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=4, steps_per_epoch=3)
   lrs = np.array([schedule(t) for t in range(12)])
   # PyTorch's CosineAnnealingLR(T_max=4, eta_min=0.001) stepped at each epoch start, as the original.
   expected = [0.001 + 0.5 * 0.024 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
@@ -81,7 +85,7 @@ def test_learning_rate_is_cosine_annealed_per_epoch():
 
 def test_weight_optimizer_is_clip_then_coupled_decay_then_momentum():
   w = {'a': jnp.array([1.0, -2.0]), 'b': jnp.array([3.0])}
-  tx = search.weight_optimizer(0.1, momentum=0.9, weight_decay=0.01, grad_clip=5.0)
+  tx = optimizers.weight_optimizer(0.1, momentum=0.9, weight_decay=0.01, grad_clip=5.0)
   state = tx.init(w)
   buffer = {'a': np.zeros(2), 'b': np.zeros(1)}
   for g in ({'a': jnp.array([6.0, 0.0]), 'b': jnp.array([8.0])},  # norm 10: clipped by 1/2
@@ -94,12 +98,12 @@ def test_weight_optimizer_is_clip_then_coupled_decay_then_momentum():
     w = optax.apply_updates(w, updates)
     for k in w:
       np.testing.assert_allclose(w[k], expected[k], rtol=1e-6)  # float32
-      np.testing.assert_allclose(search.momentum_buffer(state)[k], buffer[k], rtol=1e-6)
+      np.testing.assert_allclose(search_step.momentum_buffer(state)[k], buffer[k], rtol=1e-6)
 
 
 def test_arch_optimizer_is_adam_with_decay_added_to_the_gradient():
   alpha = jnp.array([0.5, -1.0])
-  tx = search.arch_optimizer(3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
+  tx = search_step.arch_optimizer(3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
   updates, _ = tx.update(jnp.array([0.2, 0.0]), tx.init(alpha), alpha)
   g = np.array([0.2, 0.0]) + 1e-3 * np.array([0.5, -1.0])
   # First Adam step: the bias-corrected moments are g and g², so the update is -lr·g/(|g| + eps).
@@ -114,11 +118,11 @@ LR, ARCH_LR = 0.1, 0.3  # a large arch lr makes "weights step with the old alpha
 
 def _step_setup(method='second_order_exact', augment=False, axis_name=None, steps_per_epoch=100):
   model = TinySupernet(axis_name=axis_name)
-  schedule = search.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=steps_per_epoch)
-  state = search.create_search_state(jax.random.key(0), model, (8, 8, 1), search.weight_optimizer(schedule),
-                                     search.arch_optimizer(ARCH_LR))
-  preprocess = search.make_preprocess(MEAN, STD, augment=augment, axis_name=axis_name)
-  step = search.make_search_step(model, schedule, preprocess, hypergradient_method=method)
+  schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=steps_per_epoch)
+  state = search_step.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
+                                     search_step.arch_optimizer(ARCH_LR))
+  preprocess = data.make_preprocess(MEAN, STD, augment=augment, axis_name=axis_name)
+  step = search_step.make_search_step(model, schedule, preprocess, hypergradient_method=method)
   return model, schedule, state, step
 
 
@@ -137,9 +141,9 @@ def _reference_step(model, state, train, val, method, lr, alphas_for_weights='ne
                             mutable=['batch_stats'])
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
-  m = search.momentum_buffer(state.weight_opt_state)
+  m = search_step.momentum_buffer(state.weight_opt_state)
   h = hypergradient(loss, loss, state.params, state.alphas, (x_train, train[1]), (x_val, val[1]), eta=lr,
-                    method=search.HYPERGRADIENT_METHODS[method], momentum_buffer=m, momentum=0.9,
+                    method=search_step.HYPERGRADIENT_METHODS[method], momentum_buffer=m, momentum=0.9,
                     weight_decay=3e-4)
   arch_updates, _ = state.arch_tx.update(h, state.arch_opt_state, state.alphas)
   alphas = optax.apply_updates(state.alphas, arch_updates)
@@ -157,7 +161,7 @@ def _reference_step(model, state, train, val, method, lr, alphas_for_weights='ne
   return alphas, params, batch_stats, buffer
 
 
-@pytest.mark.parametrize('method', list(search.HYPERGRADIENT_METHODS))
+@pytest.mark.parametrize('method', list(search_step.HYPERGRADIENT_METHODS))
 def test_search_step_is_arch_step_then_weight_step_with_the_new_alphas(method):
   model, _, state, step = _step_setup(method)
   step = jax.jit(step)
@@ -171,7 +175,7 @@ def test_search_step_is_arch_step_then_weight_step_with_the_new_alphas(method):
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=atol)
     jax.tree.map(close, state.alphas, alphas)
     jax.tree.map(close, state.params, params)
-    jax.tree.map(close, search.momentum_buffer(state.weight_opt_state), buffer)
+    jax.tree.map(close, search_step.momentum_buffer(state.weight_opt_state), buffer)
     # BN running statistics: exactly one update, by the weight step's forward pass.
     jax.tree.map(close, state.batch_stats, batch_stats)
     # The tolerance above separates the original's order from a weight step with the pre-update alphas.
@@ -195,7 +199,7 @@ def test_step_compiles_once_and_the_learning_rate_changes_at_epoch_boundaries():
     state, metrics = jitted(state, train, val)
     lrs.append(float(metrics['lr']))
   assert len(traces) == 1
-  schedule = search.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=2)
+  schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=2)
   np.testing.assert_allclose(lrs, [schedule(0)] * 2 + [schedule(2)] * 2 + [schedule(4)], rtol=1e-6)
   assert lrs[0] > lrs[2] > lrs[4]
 
@@ -220,16 +224,16 @@ def test_data_parallel_step_equals_global_batch_step():
 def test_augmentation_depends_on_the_example_not_on_the_device():
   images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)).astype(np.uint8)
   key = jax.random.key(3)
-  whole = search.make_preprocess(MEAN, STD, augment=True)(key, images)
-  per_device = jax.vmap(search.make_preprocess(MEAN, STD, augment=True, axis_name='d'), in_axes=(None, 0),
+  whole = data.make_preprocess(MEAN, STD, augment=True)(key, images)
+  per_device = jax.vmap(data.make_preprocess(MEAN, STD, augment=True, axis_name='d'), in_axes=(None, 0),
                         axis_name='d')(key, images.reshape(4, 2, 8, 8, 1))
   np.testing.assert_array_equal(per_device.reshape(whole.shape), whole)
-  assert not np.allclose(whole, search.make_preprocess(MEAN, STD, augment=False)(key, images))
+  assert not np.allclose(whole, data.make_preprocess(MEAN, STD, augment=False)(key, images))
 
 
 def test_preprocess_resizes_then_normalizes():
   images = np.full((2, 8, 8, 1), 51, np.uint8)
-  resized = search.make_preprocess(MEAN, STD, image_size=4)(None, images)
+  resized = data.make_preprocess(MEAN, STD, image_size=4)(None, images)
   assert resized.shape == (2, 4, 4, 1)
   np.testing.assert_allclose(resized, np.full(resized.shape, (0.2 - MEAN) / STD), rtol=1e-5)  # constant stays
 
@@ -239,7 +243,7 @@ def test_eval_step_uses_running_statistics_and_ignores_padding():
   rng = np.random.default_rng(2)
   state = state.replace(batch_stats=jax.tree.map(lambda x: x + rng.uniform(0.5, 1.0, x.shape), state.batch_stats))
   images, labels = _images(rng, 6)
-  eval_step = jax.jit(search.make_eval_step(model, search.make_preprocess(MEAN, STD)))
+  eval_step = jax.jit(search_step.make_eval_step(model, data.make_preprocess(MEAN, STD)))
   pad = lambda x: np.concatenate([x, x[:2]])
   sums = eval_step(state, (pad(images), pad(labels), np.array([1.] * 6 + [0.] * 2, np.float32)))
   x = (images / 255 - MEAN) / STD
@@ -250,7 +254,7 @@ def test_eval_step_uses_running_statistics_and_ignores_padding():
 
 
 def test_alpha_entropy():
-  entropy = search.alpha_entropy({'normal': np.zeros((14, 8)), 'reduce': np.eye(14, 8) * 100})
+  entropy = search_step.alpha_entropy({'normal': np.zeros((14, 8)), 'reduce': np.eye(14, 8) * 100})
   assert entropy['normal'] == pytest.approx(np.log(8))
   assert entropy['reduce'] == pytest.approx(6 / 14 * np.log(8), rel=1e-6)  # 6 all-zero rows of 14: uniform
 
@@ -281,7 +285,7 @@ def tiny_config(data_dir, **overrides):
 @pytest.fixture(scope='module', autouse=True)
 def tiny_supernet():
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train_search, 'SearchNetwork', TinySupernet)
+    patch.setattr(search, 'SearchNetwork', TinySupernet)
     yield
 
 
@@ -289,7 +293,7 @@ def tiny_supernet():
 def reference_run(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp('reference')
   # Checkpoints only at epoch ends here; checkpointing must not change the results.
-  state = train_search.search(tiny_config(data_dir, checkpoint_every_minutes=0.0), workdir)
+  state = search.search(tiny_config(data_dir, checkpoint_every_minutes=0.0), workdir)
   return workdir, state
 
 
@@ -329,10 +333,10 @@ def test_search_writes_the_run_artifacts(reference_run):
 
 def test_same_seed_gives_the_same_search(reference_run, data_dir, tmp_path):
   workdir, state = reference_run
-  again = train_search.search(tiny_config(data_dir), tmp_path)
+  again = search.search(tiny_config(data_dir), tmp_path)
   jax.tree.map(np.testing.assert_array_equal, again.alphas, state.alphas)
   assert (tmp_path / 'genotype.json').read_text() == (workdir / 'genotype.json').read_text()
-  other = train_search.search(tiny_config(data_dir, seed=3, num_epochs=1), tmp_path / 'other_seed')
+  other = search.search(tiny_config(data_dir, seed=3, num_epochs=1), tmp_path / 'other_seed')
   assert not np.array_equal(other.alphas['normal'], state.alphas['normal'])
 
 
@@ -347,11 +351,11 @@ def test_resume_after_interruption_mid_epoch_is_exact(reference_run, data_dir, t
 
   monkeypatch.setattr(Checkpointer, 'save', interrupted_save)
   with pytest.raises(KeyboardInterrupt):
-    train_search.search(tiny_config(data_dir), tmp_path)
+    search.search(tiny_config(data_dir), tmp_path)
   assert reporting.read_jsonl(tmp_path / 'metrics.jsonl')[-1]['step'] == 10
   monkeypatch.setattr(Checkpointer, 'save', save)
   with caplog.at_level(logging.INFO):
-    resumed = train_search.search(tiny_config(data_dir), tmp_path)
+    resumed = search.search(tiny_config(data_dir), tmp_path)
   assert 'Resuming from step 8 (epoch 1, step 2 of the epoch)' in caplog.text
   jax.tree.map(np.testing.assert_array_equal, resumed.alphas, state.alphas)
   jax.tree.map(np.testing.assert_array_equal, resumed.params, state.params)
@@ -360,9 +364,9 @@ def test_resume_after_interruption_mid_epoch_is_exact(reference_run, data_dir, t
 
 
 def test_divergence_stops_without_checkpointing_the_bad_state(data_dir, tmp_path):
-  first = train_search.search(tiny_config(data_dir, num_epochs=1), tmp_path)  # checkpoint at step 6
+  first = search.search(tiny_config(data_dir, num_epochs=1), tmp_path)  # checkpoint at step 6
   with pytest.raises(loop.NonFiniteLossError, match=r'at step 7\b'):
-    train_search.search(tiny_config(data_dir, num_epochs=2, learning_rate=float('inf')), tmp_path)
+    search.search(tiny_config(data_dir, num_epochs=2, learning_rate=float('inf')), tmp_path)
   with Checkpointer(tmp_path / 'checkpoints') as checkpointer:
     step, restored, _ = checkpointer.restore_latest(first)
   assert step == 6
@@ -371,9 +375,9 @@ def test_divergence_stops_without_checkpointing_the_bad_state(data_dir, tmp_path
 
 def test_config_errors_are_reported_before_any_work(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"hypergradient 'second_order'.*first_order, second_order_fd"):
-    train_search.search(tiny_config(data_dir, hypergradient='second_order'), tmp_path)
+    search.search(tiny_config(data_dir, hypergradient='second_order'), tmp_path)
   with pytest.raises(ValueError, match='batch_size 4 exceeds the 3 examples'):
-    train_search.search(tiny_config(data_dir, batch_size=4, **{'data.subset': 6}), tmp_path)
+    search.search(tiny_config(data_dir, batch_size=4, **{'data.subset': 6}), tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

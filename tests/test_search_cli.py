@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darts_jax import reporting
+from darts_jax.training import reporting
 
 REPO = Path(__file__).resolve().parents[1]
 # First order compiles in half the time of second order; the step's other paths are the same (and every

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import ops
-from darts_jax.genotypes import PRIMITIVES
-from darts_jax.search_network import MixedEdges, SearchCell, SearchNetwork, edge_index, init_alphas, num_edges
+from darts_jax.cnn import ops
+from darts_jax.cnn.genotypes import PRIMITIVES
+from darts_jax.cnn.supernet import MixedEdges, SearchCell, SearchNetwork, edge_index, init_alphas, num_edges
 
 TOL = dict(rtol=1e-4, atol=1e-4)  # float32 through two BNs; a wrong weight or op is O(1) off
 

@@ -19,8 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from darts_jax.genotypes import PRIMITIVES
-from darts_jax.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, _depthwise_init, _pointwise_init,
+from darts_jax.cnn.genotypes import PRIMITIVES
+from darts_jax.cnn.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, _depthwise_init, _pointwise_init,
                            avg_pool_3x3, depthwise_conv, factorized_reduce, max_pool_3x3, pointwise_conv,
                            torch_default_init)
 

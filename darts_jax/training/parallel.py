@@ -23,9 +23,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from darts_jax import data
+from darts_jax.data import batching
 
 PyTree = Any
+AXIS_NAME = 'batch'
+"""The pmap axis the training steps are mapped over (BN statistics and gradients are reduced over it)."""
 
 
 def _sharding(axis_name: str, devices: Sequence[jax.Device] | None) -> tuple[jax.sharding.NamedSharding, int]:
@@ -89,7 +91,7 @@ def shard(batch: PyTree, axis_name: str, devices: Sequence[jax.Device] | None = 
     ValueError: if B is not divisible by D (the message names both).
   """
   sharding, count = _sharding(axis_name, devices)
-  return jax.device_put(data.sharded(batch, count), sharding)
+  return jax.device_put(batching.sharded(batch, count), sharding)
 
 
 def check_batch_size(batch_size: int) -> None:

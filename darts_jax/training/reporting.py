@@ -62,6 +62,19 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
     f.write(_dumps(obj) + '\n')
 
 
+def truncate_jsonl(path: str | Path, max_step: int | None = None) -> None:
+  """Rewrites a JSON-lines file without a truncated last line and, given `max_step`, without the records logged after
+  it (by a run that is being resumed from the checkpoint of `max_step`); atomically, and only if needed."""
+  path = Path(path)
+  if not path.exists():
+    return
+  text = path.read_text()
+  kept = [r for r in read_jsonl(path) if max_step is None or r['step'] <= max_step]
+  # A last line without its newline would be glued to the next record.
+  if len(kept) != len(text.splitlines()) or not text.endswith('\n'):
+    _write_atomically(path, ''.join(_dumps(r) + '\n' for r in kept))
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
   """Reads a JSON-lines file, skipping a truncated last line.
 
@@ -128,23 +141,12 @@ class MetricsWriter:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self.path = workdir / METRICS_FILE
-    if self.path.exists():
-      self._sanitize(resume_step)
+    truncate_jsonl(self.path, resume_step)
     self._tb = None
     if tensorboard:
       self._tb = SummaryWriter(
           logdir=str(workdir / TENSORBOARD_DIR),
           purge_step=None if resume_step is None else resume_step + 1)
-
-  def _sanitize(self, resume_step: int | None) -> None:
-    """Rewrites the file without a truncated last line or records to redo."""
-    text = self.path.read_text()
-    kept = [r for r in read_jsonl(self.path)
-            if resume_step is None or r['step'] <= resume_step]
-    # A last line without its newline would be glued to the next record.
-    if len(kept) == len(text.splitlines()) and text.endswith('\n'):
-      return
-    _write_atomically(self.path, ''.join(_dumps(r) + '\n' for r in kept))
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Logs `scalars` at `step`.

@@ -4,7 +4,7 @@
 and evaluates it on the test set after every epoch, with the paper's recipe (``configs/retrain_cifar10.py``):
 
 * SGD, momentum 0.9, weight decay 3e-4 (coupled, as PyTorch), gradients clipped to global norm 5, learning rate
-  cosine-annealed per epoch from 0.025 towards 0 (`search.epoch_cosine_schedule`, the same optimizer as search);
+  cosine-annealed per epoch from 0.025 towards 0 (`training.optimizers.epoch_cosine_schedule`, the same optimizer as search);
 * loss ``CE(logits) + auxiliary_weight · CE(logits_aux)`` with the auxiliary head;
 * drop path with probability ``drop_path_prob · e / E`` in epoch ``e = 0 .. E-1`` (an argument of the compiled
   step, so the ramp never recompiles);
@@ -24,16 +24,17 @@ It writes to `workdir`:
 * ``checkpoints/``: the `TrainState` and the position in the data after every epoch and every
   ``checkpoint_every_minutes``.
 
-Running `retrain` again on the same workdir resumes from the latest checkpoint; data order depends only on
-(seed, epoch) and every random draw (augmentation, cutout, drop path) only on (seed, step, example), so a resumed
-run computes what an uninterrupted one does, and so does a run on another number of devices, up to float rounding.
+The loop is `training.loop.train`: running `retrain` again on the same workdir resumes from the latest checkpoint
+(refused if the configuration or the genotype changed), and SIGTERM/SIGINT stop it after a checkpoint of the current
+step. Data order depends only on (seed, epoch) and every random draw (augmentation, cutout, drop path) only on
+(seed, step, example), so a resumed run computes what an uninterrupted one does, and so does a run on another number
+of devices, up to float rounding.
 """
 from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +46,20 @@ import numpy as np
 import optax
 from absl import logging
 
-from darts_jax import config_utils, data, genotypes, parallel, plots, reporting
-from darts_jax.checkpointing import Checkpointer
-from darts_jax.loop import EpochMetrics, agree, evaluate
-from darts_jax.networks import NetworkCIFAR, count_params
-from darts_jax.search import Preprocess, epoch_cosine_schedule, make_preprocess, weight_optimizer
+from darts_jax import data
+from darts_jax.cnn import genotypes
+from darts_jax.cnn.networks import NetworkCIFAR, count_params
+from darts_jax.data.augment import Preprocess
+from darts_jax.training import curves, loop, optimizers, parallel, reporting
+from darts_jax.training.parallel import AXIS_NAME
 
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]  # (uint8 images (N, H, W, C), int32 labels (N,))
 EvalBatch = tuple[jax.Array, jax.Array, jax.Array]  # (images, labels, float mask: 1 for real examples)
 Metrics = dict[str, jax.Array]
 
-AXIS_NAME = 'batch'
 GENOTYPE_FILE = 'genotype.json'
 RESULTS_FILE = 'results.json'
-CONFIG_FILE = 'config.json'
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -117,11 +117,11 @@ def create_model(config: ml_collections.ConfigDict, genotype: genotypes.Genotype
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer of `config` (`search.weight_optimizer`) and its learning-rate schedule, cosine per epoch."""
-  schedule = epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
-                                   steps_per_epoch)
-  tx = weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
-                        grad_clip=config.grad_clip)
+  """The optimizer of `config` (`training.optimizers.weight_optimizer`) and its learning-rate schedule, cosine per epoch."""
+  schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
+                                              steps_per_epoch)
+  tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+                                   grad_clip=config.grad_clip)
   return tx, schedule
 
 
@@ -156,7 +156,7 @@ def create_train_state(rng: jax.Array, model: NetworkCIFAR, image_shape: tuple[i
     rng: PRNG key, split into the initialisation key and the base key of the steps' random draws.
     model: the network.
     image_shape: (H, W, C) of one input image.
-    tx: e.g. `search.weight_optimizer`.
+    tx: e.g. `training.optimizers.weight_optimizer`.
   """
   params_key, step_key = jax.random.split(rng)
   # An 'rbg' key: jitted, threefry unrolls its hash once per parameter tensor and compiles much slower.
@@ -172,23 +172,11 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_cutout(length: int, axis_name: str | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """``cutout(rng, images)``: `data.cutout` of side `length` with one key per example, ``fold_in(rng, i)`` for its
-  index ``i`` in the global batch, so the squares do not depend on the number of devices under ``pmap``."""
-  def cutout(rng: jax.Array, images: jax.Array) -> jax.Array:
-    n = images.shape[0]
-    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(n))
-    return jax.vmap(lambda k, x: data.cutout(k, x[None], length)[0])(keys, images)
-
-  return cutout
-
-
 def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, preprocess: Preprocess, *, cutout: int,
                     auxiliary_weight: float) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Builds ``train_step(state, batch, drop_path_prob) -> (state, metrics)``.
 
-  The step prepares the uint8 batch on device with `preprocess` (`search.make_preprocess`: augmentation,
+  The step prepares the uint8 batch on device with `preprocess` (`data.make_preprocess`: augmentation,
   resizing, normalisation) and cutout of side `cutout` if > 0 (`make_cutout`), computes
   ``CE(logits) + auxiliary_weight · CE(logits_aux)`` in training mode with drop path ``drop_path_prob`` (a traced
   scalar), and applies ``state.tx``. Jit it, or pmap it with ``axis_name=model.axis_name`` and
@@ -201,7 +189,7 @@ def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, preprocess: P
     parameters are all finite.
   """
   axis_name = model.axis_name
-  apply_cutout = make_cutout(cutout, axis_name) if cutout else None
+  apply_cutout = data.make_cutout(cutout, axis_name) if cutout else None
 
   def pmean(tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -289,14 +277,16 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     The results (the content of ``results.json``).
 
   Raises:
-    ValueError: for an invalid config or genotype (e.g. a batch size not divisible by the device count).
+    ValueError: for an invalid config or genotype (e.g. a batch size not divisible by the device count), or one
+      that differs from the workdir's (`loop.ConfigMismatchError`).
     FileNotFoundError: when the genotype's directory has no genotype.json; `data.DatasetNotFoundError` when the
       dataset is not found (the message says how to get it).
+    NotADirectoryError: `workdir` is a file.
     loop.NonFiniteLossError: when training diverges; the checkpoints hold the last good state.
+    loop.Preempted: a signal stopped the training after a checkpoint.
   """
-  run_start = time.monotonic()
-  workdir = Path(workdir)
-  is_main = jax.process_index() == 0
+  # The genotype is compared as parsed (below), not as the text that named it.
+  workdir = loop.prepare_workdir(workdir, config, loop.RESUMABLE_KEYS | {'genotype'})
   _check_config(config)
   genotype = load_genotype(config.genotype)
   _check_same_genotype(workdir, genotype)
@@ -323,125 +313,54 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   logging.info('Genotype %s: %d parameters (%.3f MB) without the auxiliary head.', genotype, num_params,
                num_params / 1e6)
 
-  checkpointer = Checkpointer(workdir / 'checkpoints', max_to_keep=config.keep_checkpoints,
-                              save_interval_minutes=config.checkpoint_every_minutes or None)
-  # Test metrics are None until the first epoch's evaluation.
-  position = {'epoch': 0, 'step_in_epoch': 0, 'wall_time_s': 0.0, 'test_loss': None, 'test_accuracy': None,
-              **EpochMetrics().position()}
-  restored = checkpointer.restore_latest(state)
-  last_saved = 0
-  if restored is not None:
-    last_saved, state, meta = restored
-    position.update(meta)
-    logging.info('Resuming from step %d (epoch %d, step %d of the epoch).', last_saved, position['epoch'],
-                 position['step_in_epoch'])
-
-  writer = None
-  if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config_utils.config_to_json(config) + '\n')
-    reporting.write_json(workdir / GENOTYPE_FILE, json.loads(genotypes.genotype_to_json(genotype)))
-    writer = reporting.MetricsWriter(workdir, resume_step=last_saved)
-
   train_preprocess, eval_preprocess = (
-      make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
+      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
       for augment in (config.data.augment, False))
   p_step = jax.pmap(make_train_step(model, schedule, train_preprocess, cutout=config.data.cutout,
                                     auxiliary_weight=config.auxiliary_weight),
                     axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
   p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
-  process_index, process_count = jax.process_index(), jax.process_count()
-  wall_time_before = position['wall_time_s']
-  test = {'loss': position['test_loss'], 'accuracy': position['test_accuracy']}
 
-  def checkpoint(host_state: TrainState, step: int, meta: dict[str, Any]) -> None:
-    nonlocal last_saved
-    meta = {**meta, 'wall_time_s': wall_time_before + time.monotonic() - run_start,
-            'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
-    if checkpointer.save(step, jax.device_get(host_state), meta):
-      last_saved = step
-      logging.info('Saved checkpoint of step %d.', step)
+  def drop_path_prob(epoch: int) -> float:
+    # The original sets model.drop_path_prob = drop_path_prob * epoch / epochs before each epoch.
+    return config.model.drop_path_prob * epoch / config.num_epochs
 
-  r_state = parallel.replicate(state, AXIS_NAME)
-  step = int(state.step)
-  try:
-    for epoch in range(position['epoch'], config.num_epochs):
-      resumed = epoch == position['epoch']
-      start = position['step_in_epoch'] if resumed else 0
-      sums = {k: position[k] for k in EpochMetrics().position()} if resumed else {}
-      metrics = EpochMetrics(**sums, divergence_advice='Lower the learning_rate or change the seed.')
-      # The original sets model.drop_path_prob = drop_path_prob * epoch / epochs before each epoch.
-      drop_path_prob = config.model.drop_path_prob * epoch / config.num_epochs
-      batches = data.epoch_batches(train_images, train_labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
-                                   start_step=start, max_steps=steps_per_epoch, process_index=process_index,
-                                   process_count=process_count)
-      epoch_start = interval_start = time.monotonic()
-      interval_images = 0
-      previous = None
-      bar = reporting.progress_bar(steps_per_epoch * batch_size, f'epoch {epoch + 1}/{config.num_epochs}',
-                                   enabled=None if config.progress else False)
-      bar.update(start * batch_size)
-      with bar, data.Prefetcher(parallel.shard(b, AXIS_NAME) for b in batches) as device_batches:
-        for step_in_epoch, batch in enumerate(device_batches, start + 1):
-          r_state, step_metrics = p_step(r_state, batch, np.float32(drop_path_prob))
-          step += 1
-          metrics.add(step_metrics)
-          # Waiting for the previous step keeps one step queued behind the running one: the device never idles
-          # and the bar shows real progress.
-          if previous is not None:
-            jax.block_until_ready(previous)
-          previous = step_metrics
-          bar.update(batch_size)
-          interval_images += batch_size
-          last_of_epoch = step_in_epoch == steps_per_epoch
-          if step % config.log_every_steps and not last_of_epoch:
-            continue
-          summary = metrics.flush(step)
-          now = time.monotonic()
-          summary.update(images_per_s=interval_images / (now - interval_start), drop_path_prob=drop_path_prob)
-          interval_start, interval_images = now, 0
-          bar.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.3f}')
-          if writer:
-            writer.write(step, summary)
-          if not last_of_epoch and agree(checkpointer.should_save_by_time()):
-            checkpoint(parallel.unreplicate(r_state), step,
-                       {'epoch': epoch, 'step_in_epoch': step_in_epoch, **metrics.position()})
+  def epoch_batches(epoch: int, start: int) -> Iterator[Any]:
+    batches = data.epoch_batches(train_images, train_labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
+                                 start_step=start, max_steps=steps_per_epoch, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    return (parallel.shard(b, AXIS_NAME) for b in batches)
 
-      test = evaluate(p_eval, r_state, test_images, test_labels, batch_size, AXIS_NAME)
-      record = {
-          'epoch': epoch + 1,
-          'train_loss': metrics.loss_sum / metrics.steps,
-          'train_accuracy': metrics.accuracy_sum / metrics.steps,
-          'test_loss': test['loss'],
-          'test_accuracy': test['accuracy'],
-          'lr': float(schedule(step - 1)),
-          'drop_path_prob': drop_path_prob,
-          'epoch_time_s': time.monotonic() - epoch_start,
-      }
-      logging.info('Epoch %d/%d: %s', epoch + 1, config.num_epochs,
-                   ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
-      checkpoint(parallel.unreplicate(r_state), step,
-                 {'epoch': epoch + 1, 'step_in_epoch': 0, **EpochMetrics().position()})
-      if writer:
-        writer.write(step, record)
-        plots.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
-  finally:
-    checkpointer.close()
-    if writer:
-      writer.close()
+  def evaluate(epoch: int, step: int, r_state: TrainState, state: TrainState) -> dict[str, Any]:
+    del state
+    test = loop.evaluate(p_eval, r_state, test_images, test_labels, batch_size, AXIS_NAME)
+    return {'test_loss': test['loss'], 'test_accuracy': test['accuracy'], 'lr': float(schedule(step - 1)),
+            'drop_path_prob': drop_path_prob(epoch)}
+
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(workdir / GENOTYPE_FILE, json.loads(genotypes.genotype_to_json(genotype)))
+  task = loop.Task(
+      state=state,
+      step=lambda r_state, batch, epoch: p_step(r_state, batch, np.float32(drop_path_prob(epoch))),
+      batches=epoch_batches, steps_per_epoch=steps_per_epoch, evaluate=evaluate,
+      after_epoch=lambda *_: curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png')),
+      interval_entries=lambda epoch: {'drop_path_prob': drop_path_prob(epoch)},
+      divergence_advice='Lower the learning_rate or change the seed.')
+  outcome = loop.train(task, config, workdir)
 
   results = {
-      'test_accuracy': test['accuracy'],
-      'test_loss': test['loss'],
+      'test_accuracy': outcome.record['test_accuracy'],
+      'test_loss': outcome.record['test_loss'],
       'params': num_params,
       'epochs': config.num_epochs,
-      'steps': step,
-      'wall_time_s': wall_time_before + time.monotonic() - run_start,
+      'steps': outcome.step,
+      'wall_time_s': outcome.wall_time_s,
       'dataset': ds.name,
       'genotype': json.loads(genotypes.genotype_to_json(genotype)),
   }
-  if is_main:
+  if jax.process_index() == 0:
     reporting.write_json(workdir / RESULTS_FILE, results)
-    logging.info('Test accuracy %.4f after %d epochs; results in %s.', test['accuracy'], config.num_epochs,
+    logging.info('Test accuracy %.4f after %d epochs; results in %s.', results['test_accuracy'], config.num_epochs,
                  workdir / RESULTS_FILE)
   return results

@@ -3,14 +3,15 @@
 One search step (the original `train_search.py`'s inner loop, `Architect.step` then the weight update) is
 
 1. **architecture step** on a training batch and a validation batch:
-   ``alpha <- Adam(alpha, h + 1e-3·alpha)``, with ``h`` the hypergradient of `darts_jax.hypergradient`: first
+   ``alpha <- Adam(alpha, h + 1e-3·alpha)``, with ``h`` the hypergradient of `darts_jax.bilevel.hypergradient`: first
    order, or second order through the one-step virtual update
    ``w' = w - eta·(mu·m + grad_w L_train(w, alpha) + lambda·w)`` with ``eta`` the current learning rate, ``m`` the
    SGD momentum buffer of the weight optimizer, ``mu = 0.9`` and ``lambda = 3e-4``;
 2. **weight step** on the *same* training batch with the updated alphas:
    ``w <- SGD_momentum(w, clip_5(grad_w L_train(w, alpha)) + 3e-4·w)``.
 
-(The constants are the paper's, the defaults of `arch_optimizer` and `weight_optimizer`.)
+(The constants are the paper's, the defaults of `arch_optimizer` and
+`training.optimizers.weight_optimizer`.)
 
 Batch normalisation uses batch statistics in every forward pass, as the original's `model.train()`. The losses of
 the architecture step (all hypergradient passes) read the running statistics but discard their updates; only the
@@ -33,55 +34,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from darts_jax import data
-from darts_jax.hypergradient import hypergradient
-from darts_jax.search_network import SearchNetwork, init_alphas
+from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.cnn.supernet import SearchNetwork, init_alphas
+from darts_jax.data.augment import Preprocess
 
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]  # (uint8 images (N, H, W, C), int32 labels (N,))
 Metrics = dict[str, jax.Array]
-Preprocess = Callable[[jax.Array | None, jax.Array], jax.Array]  # (rng, uint8 images) -> network inputs
 
 HYPERGRADIENT_METHODS = {
     'first_order': 'first_order',
     'second_order_fd': 'fd',
     'second_order_exact': 'exact',
 }
-"""Config name of each hypergradient variant -> the `method` of `darts_jax.hypergradient`."""
-
-
-def epoch_cosine_schedule(lr_max: float, lr_min: float, num_epochs: int, steps_per_epoch: int) -> optax.Schedule:
-  r"""Cosine annealing stepped once per epoch, as PyTorch's ``CosineAnnealingLR`` in the original.
-
-  .. math:: \eta(t) = \eta_{min} + \tfrac12 (\eta_{max} - \eta_{min}) (1 + \cos(\pi e / E)),
-     \quad e = \lfloor t / S \rfloor,
-
-  for step ``t``, ``S`` steps per epoch and ``E`` epochs: constant within an epoch, ``lr_max`` in the first and
-  ``lr_min + (lr_max - lr_min)(1 + cos(pi (E-1)/E))/2`` in the last.
-  """
-  if steps_per_epoch <= 0 or num_epochs <= 0:
-    raise ValueError(f'steps_per_epoch ({steps_per_epoch}) and num_epochs ({num_epochs}) must be positive.')
-
-  def schedule(count: jax.Array) -> jax.Array:
-    epoch = (jnp.asarray(count) // steps_per_epoch).astype(jnp.float32)
-    return lr_min + 0.5 * (lr_max - lr_min) * (1 + jnp.cos(jnp.pi * epoch / num_epochs))
-
-  return schedule
-
-
-def weight_optimizer(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9, weight_decay: float = 3e-4,
-                     grad_clip: float = 5.0) -> optax.GradientTransformation:
-  """The network weights' optimizer: the original's ``clip_grad_norm`` then ``SGD(momentum, weight_decay)``.
-
-  Raw gradients are clipped to global norm `grad_clip`, then ``weight_decay·w`` is added (coupled L2, as PyTorch's
-  SGD) and heavy-ball momentum applied. The momentum trace therefore equals PyTorch's ``momentum_buffer``, which the
-  second-order virtual step reads (`momentum_buffer`).
-  """
-  return optax.chain(
-      optax.clip_by_global_norm(grad_clip),
-      optax.add_decayed_weights(weight_decay),
-      optax.sgd(learning_rate, momentum=momentum),
-  )
+"""Config name of each hypergradient variant -> the `method` of `darts_jax.bilevel.hypergradient`."""
 
 
 def arch_optimizer(learning_rate: float = 3e-4, *, b1: float = 0.5, b2: float = 0.999,
@@ -91,7 +57,7 @@ def arch_optimizer(learning_rate: float = 3e-4, *, b1: float = 0.5, b2: float = 
 
 
 def momentum_buffer(weight_opt_state: optax.OptState) -> PyTree:
-  """The SGD momentum trace ``m`` inside a `weight_optimizer` state (PyTorch's ``momentum_buffer``)."""
+  """The SGD momentum trace ``m`` inside a `training.optimizers.weight_optimizer` state (PyTorch's ``momentum_buffer``)."""
   return optax.tree_utils.tree_get(weight_opt_state, 'trace')
 
 
@@ -130,7 +96,7 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
     rng: PRNG key; split into the weights', the alphas' and the augmentation keys.
     model: the supernet.
     image_shape: (H, W, C) of one input image.
-    weight_tx: e.g. `weight_optimizer`.
+    weight_tx: e.g. `training.optimizers.weight_optimizer`.
     arch_tx: e.g. `arch_optimizer`.
   """
 
@@ -151,44 +117,6 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
   return init(rng)
 
 
-def _example_keys(rng: jax.Array, batch_size: int, axis_name: str | None) -> jax.Array:
-  """One key per example, ``fold_in(rng, i)`` for its index ``i`` in the *global* batch.
-
-  Under ``pmap`` device d holds global examples ``[d·n, (d+1)·n)``, so augmentations do not depend on the number of
-  devices.
-  """
-  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
-  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(batch_size))
-
-
-def make_preprocess(mean: np.ndarray, std: np.ndarray, *, augment: bool = False, image_size: int = 0,
-                    axis_name: str | None = None) -> Preprocess:
-  """Builds ``preprocess(rng, uint8_images) -> float32 images``, run on device inside the steps.
-
-  In order: the CIFAR augmentation if `augment` (`data.random_crop_flip`: random crop with 4 padding and horizontal
-  flip, each example drawing from its own key, see `_example_keys`; ``rng`` is read only here), resizing to
-  `image_size` x `image_size` (bilinear, antialiased) if `image_size` > 0, and `data.normalize` with the dataset's
-  per-channel `mean` and `std` (in [0, 1] units).
-
-  Args:
-    mean: per-channel mean, shape (C,).
-    std: per-channel standard deviation, shape (C,).
-    augment: apply the augmentation.
-    image_size: side of the network's input; 0 keeps the dataset's size.
-    axis_name: the pmap axis the batch is sharded over, if any (makes augmentations device-count independent).
-  """
-  def preprocess(rng: jax.Array | None, images: jax.Array) -> jax.Array:
-    if augment:
-      keys = _example_keys(rng, images.shape[0], axis_name)
-      images = jax.vmap(lambda k, x: data.random_crop_flip(k, x[None])[0])(keys, images)
-    if image_size:
-      n, _, _, c = images.shape
-      images = jax.image.resize(images.astype(jnp.float32), (n, image_size, image_size, c), 'linear')
-    return data.normalize(images, mean, std)
-
-  return preprocess
-
-
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
@@ -206,7 +134,7 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
   Args:
     model: the supernet (any Linen module called as ``model(x, alphas, train)`` with a ``batch_stats`` collection);
       its ``axis_name`` is the pmap axis (None under plain jit).
-    schedule: learning rate of the weight optimizer as a function of the step (`epoch_cosine_schedule`); it is
+    schedule: learning rate of the weight optimizer as a function of the step (`training.optimizers.epoch_cosine_schedule`); it is
       also the virtual step's ``eta``.
     preprocess: `make_preprocess`'s function, applied to both batches with keys drawn from ``(state.rng, step)``.
       With CIFAR augmentation, validation batches are augmented too: the original draws them from the training

@@ -92,10 +92,11 @@ def parse_flags(argv: Sequence[str], *, config_flag: str = 'config'
   """absl flags parser that rejects unknown ``--config.<key>`` overrides.
 
   Use as ``app.run(main, flags_parser=parse_flags)``. Loads the config file
-  named by ``--config``, checks every override key against it, and on an
-  unknown key prints ``FATAL Flags parsing error: unknown config key
-  'model.foo'; valid keys: ...`` and exits with status 1, like absl does for
-  other flag errors. Then parses the flags as absl does by default.
+  named by ``--config``, checks every override key against it, and on a file
+  that cannot be loaded or an unknown key prints one line (``FATAL Flags
+  parsing error: unknown config key 'model.foo'; valid keys: ...``) and exits
+  with status 1, like absl does for other flag errors. Then parses the flags as
+  absl does by default.
 
   The config flag must be defined without a default and given on the command
   line: with a default, ml_collections applies the overrides when the flag is
@@ -112,18 +113,42 @@ def parse_flags(argv: Sequence[str], *, config_flag: str = 'config'
   # ml_collections expands --flagfile before looking for overrides; so do we.
   expanded = flag_values.read_flags_from_files(argv, force_gnu=False)
   path, keys = _config_arguments(expanded[1:], config_flag)
-  if path is not None and keys:
-    config = flag_values[config_flag].parser.parse(path)
-    # A file that cannot be loaded is reported by the regular parsing below.
-    if isinstance(config, ConfigDict):
+  if path is not None:
+    try:
       try:
-        check_keys(config, keys)
-      except ValueError as e:
-        sys.stderr.write(f'FATAL Flags parsing error: {e}\n'
-                         'Pass --helpshort or --helpfull to see help on '
-                         'flags.\n')
-        sys.exit(1)
+        config = flag_values[config_flag].parser.parse(path)
+      except Exception as e:  # pylint: disable=broad-except  # whatever the file's code raises
+        raise ValueError(_load_error(path, e)) from None
+      if not isinstance(config, ConfigDict):
+        raise ValueError(_load_error(path, getattr(config, '_error', None)))
+      check_keys(config, keys)
+    except ValueError as e:
+      sys.stderr.write(f'FATAL Flags parsing error: {e}\n'
+                       'Pass --helpshort or --helpfull to see help on '
+                       'flags.\n')
+      sys.exit(1)
   return app.parse_flags_with_usage(argv)
+
+
+def _load_error(path: str, error: BaseException | None) -> str:
+  """One line saying why the config file at `path` could not be loaded.
+
+  ml_collections reports a missing file with a placeholder whose error is
+  chained and multi-line; the innermost cause is what the user can act on.
+  """
+  while error is not None and error.__cause__ is not None:
+    error = error.__cause__
+  if isinstance(error, SyntaxError):
+    reason = f'syntax error at line {error.lineno}: {error.msg}'
+  elif isinstance(error, OSError) and error.strerror:
+    reason = error.strerror
+  elif error is not None:
+    # Wrapped errors put the cause on their last line (`Attempted ... [Errno 2] No such file`).
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+  else:
+    reason = 'it does not define get_config() returning a ConfigDict'
+  return f'cannot load the config file {path}: {reason}'
 
 
 def config_to_json(config: ConfigDict) -> str:

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from darts_jax.genotypes import Genotype, validate_genotype
-from darts_jax.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, avg_pool_3x3, depthwise_conv,
+from darts_jax.cnn.genotypes import Genotype, validate_genotype
+from darts_jax.cnn.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, avg_pool_3x3, depthwise_conv,
                            max_pool_3x3, torch_default_init)
 
 AUXILIARY = 'auxiliary_head'

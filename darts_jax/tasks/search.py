@@ -1,0 +1,152 @@
+"""The DARTS architecture search loop (the original `train_search.py`): data, pmapped steps, logs, checkpoints.
+
+`search(config, workdir)` runs the search described by an ml_collections config (see ``configs/search_*.py``) and
+writes to `workdir`:
+
+* ``config.json``: the configuration;
+* ``metrics.jsonl`` and ``tensorboard/``: every ``log_every_steps`` steps the interval means of the supernet's
+  training ``loss`` and ``accuracy``, ``grad_norm``, ``arch_grad_norm``, ``lr`` and ``images_per_s``; after every
+  epoch (records with an ``epoch`` key, 1 = after the first) the running means over the epoch's steps
+  ``train_loss``/``train_accuracy``, the supernet's ``valid_loss``/``valid_accuracy`` on the whole validation split,
+  the mean entropy of the softmaxed alphas ``alpha_entropy_normal``/``alpha_entropy_reduce``, ``lr`` and
+  ``epoch_time_s``;
+* ``genotypes.jsonl``: the genotype derived after every epoch;
+* at the end ``genotype.json`` (the final genotype), ``alphas.npz`` (``normal``, ``reduce``), the cell plots
+  ``normal.png``/``reduce.png`` (and their graphviz ``.dot`` sources) and ``curves.png``;
+* ``checkpoints/``: the `SearchState` and the position in the data after every epoch and every
+  ``checkpoint_every_minutes``.
+
+The loop is `training.loop.train`: running `search` again on the same workdir resumes from the latest checkpoint
+(refused if the configuration changed), and SIGTERM/SIGINT stop it after a checkpoint of the current step. Data
+order depends only on (seed, epoch) and augmentation only on (seed, step), so a resumed run computes exactly what an
+uninterrupted one does (bit for bit on CPU).
+
+Data parallelism: the steps are ``pmap``-ed over the local devices; each process of a multi-host run loads its own
+slice of every global batch. The search is the original's for any number of devices, with the global batch
+``config.batch_size``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from darts_jax import data
+from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, alpha_entropy, arch_optimizer,
+                                          create_search_state, make_eval_step, make_search_step)
+from darts_jax.cnn import genotypes, plots
+from darts_jax.cnn.supernet import SearchNetwork
+from darts_jax.training import curves, loop, optimizers, parallel, reporting
+from darts_jax.training.parallel import AXIS_NAME
+
+GENOTYPES_FILE = 'genotypes.jsonl'
+DIVERGENCE_ADVICE = 'Lower the learning rates (learning_rate, arch_learning_rate) or change the seed.'
+
+
+def _write_final_artifacts(workdir: Path, alphas: dict[str, np.ndarray], genotype: genotypes.Genotype) -> None:
+  reporting.write_json(workdir / 'genotype.json', json.loads(genotypes.genotype_to_json(genotype)))
+  np.savez(workdir / 'alphas.npz', normal=alphas['normal'], reduce=alphas['reduce'])
+  plots.plot_genotype(genotype, f'{workdir}{os.sep}')
+  curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
+
+
+def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
+                            steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, SearchState]:
+  model = SearchNetwork(
+      C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
+      steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
+      depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
+  schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
+                                              steps_per_epoch)
+  weight_tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+                                          grad_clip=config.grad_clip)
+  arch_tx = arch_optimizer(config.arch_learning_rate, weight_decay=config.arch_weight_decay)
+  return model, schedule, create_search_state(jax.random.key(config.seed), model, image_shape, weight_tx, arch_tx)
+
+
+def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> SearchState:
+  """Runs (or resumes) the DARTS search of `config` in `workdir` and writes its artifacts (module docstring).
+
+  Args:
+    config: a search config (``configs/search_cifar10.py``, ``configs/search_quick.py``).
+    workdir: the run directory; an existing one with checkpoints is resumed.
+
+  Returns:
+    The final search state, on the host.
+
+  Raises:
+    ValueError: for an invalid config (e.g. a batch size not divisible by the device count), or one that differs
+      from the workdir's (`loop.ConfigMismatchError`).
+    NotADirectoryError: `workdir` is a file.
+    data.DatasetNotFoundError: when the dataset is not found (the message says how to get it).
+    loop.NonFiniteLossError: when the search diverges; the checkpoints hold the last good state.
+    loop.Preempted: a signal stopped the search after a checkpoint.
+  """
+  workdir = loop.prepare_workdir(workdir, config)
+  batch_size = config.batch_size
+  parallel.check_batch_size(batch_size)
+  if config.hypergradient not in HYPERGRADIENT_METHODS:
+    raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
+                     f'{", ".join(HYPERGRADIENT_METHODS)}.')
+
+  ds = data.load_dataset(config.data.name, config.data.dir or None)
+  train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)
+  steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
+  logging.info('%s: %d training / %d validation images, %d steps of %d per epoch, %d devices.', ds.name,
+               len(train_images), len(valid_images), steps_per_epoch, batch_size, jax.device_count())
+  size = config.data.image_size
+  image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
+  model, schedule, state = _create_model_and_state(config, ds, image_shape, steps_per_epoch)
+
+  train_preprocess, eval_preprocess = (
+      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
+      for augment in (config.data.augment, False))
+  p_step = jax.pmap(make_search_step(
+      model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
+      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon), axis_name=AXIS_NAME, donate_argnums=(0,))
+  p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
+
+  def epoch_batches(epoch: int, start: int) -> Iterator[tuple[Any, Any]]:
+    """(train, validation) batches from two separately shuffled streams, sharded over the local devices."""
+    streams = [data.epoch_batches(images, labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
+                                  stream=stream, start_step=start, max_steps=steps_per_epoch,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
+               for stream, (images, labels) in enumerate([(train_images, train_labels),
+                                                          (valid_images, valid_labels)])]
+    return ((parallel.shard(train, AXIS_NAME), parallel.shard(val, AXIS_NAME)) for train, val in zip(*streams))
+
+  def derive(state: SearchState) -> genotypes.Genotype:
+    return genotypes.derive_genotype(state.alphas, steps=model.steps, multiplier=model.multiplier)
+
+  def evaluate(epoch: int, step: int, r_state: SearchState, state: SearchState) -> dict[str, Any]:
+    del epoch
+    valid = loop.evaluate(p_eval, r_state, valid_images, valid_labels, batch_size, AXIS_NAME)
+    entropy = alpha_entropy(state.alphas)
+    return {'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
+            'alpha_entropy_normal': entropy['normal'], 'alpha_entropy_reduce': entropy['reduce'],
+            'lr': float(schedule(step - 1))}
+
+  def after_epoch(epoch: int, step: int, state: SearchState, record: dict[str, Any]) -> None:
+    del record
+    genotype = derive(state)
+    logging.info('Genotype: %s', genotype)
+    reporting.append_jsonl(workdir / GENOTYPES_FILE, {
+        'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(genotype))})
+
+  task = loop.Task(state=state, step=lambda r_state, batch, epoch: p_step(r_state, *batch), batches=epoch_batches,
+                   steps_per_epoch=steps_per_epoch, evaluate=evaluate, after_epoch=after_epoch,
+                   logs=(GENOTYPES_FILE,), divergence_advice=DIVERGENCE_ADVICE)
+  state = loop.train(task, config, workdir).state
+  if jax.process_index() == 0:
+    genotype = derive(state)
+    _write_final_artifacts(workdir, state.alphas, genotype)
+    logging.info('Final genotype: %s', genotype)
+  return state

@@ -1,0 +1,48 @@
+"""What the command-line entry points share: process start-up, and one line and a non-zero exit for every error a
+user can act on (a traceback only with ``--verbosity=1``)."""
+from __future__ import annotations
+
+import logging as python_logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from darts_jax.training import loop, parallel
+
+USER_ERRORS = (OSError, ValueError, loop.NonFiniteLossError)
+"""What a bad input or a diverged run raises: missing, unreadable or misplaced files and directories (`OSError`:
+`FileNotFoundError` incl. `data.DatasetNotFoundError`, `NotADirectoryError`, `PermissionError`, ...), invalid config
+values, genotypes or checkpoints (`ValueError`, incl. `loop.ConfigMismatchError`), and divergence."""
+
+
+def _is_not_orbax_info(record: python_logging.LogRecord) -> bool:
+  # Orbax logs every stage of every save at INFO; keep the log to the run's own lines and any warnings.
+  return record.levelno >= python_logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def start(config: ml_collections.ConfigDict | None = None) -> None:
+  """Start-up of a training process: quieter orbax logs, multi-host connection (`parallel`), and the persistent
+  compilation cache of ``config.compilation_cache_dir``, so runs and resumes of the same program skip most of the
+  compile time."""
+  logging.get_absl_logger().addFilter(_is_not_orbax_info)
+  parallel.maybe_initialize_distributed()
+  if config is not None and config.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))
+
+
+def run(prog: str, fn: Callable[[], Any]) -> Any:
+  """Returns ``fn()``; exits with one line ``<prog>: error: ...`` and status 1 on a `USER_ERRORS` exception, and
+  with `loop.PREEMPTED_EXIT_CODE` when a signal stopped the run after a checkpoint."""
+  try:
+    return fn()
+  except loop.Preempted as e:
+    sys.stderr.write(f'{prog}: {e}\n')
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
+  except USER_ERRORS as e:
+    logging.debug('Traceback:', exc_info=True)
+    sys.exit(f'{prog}: error: {e}')

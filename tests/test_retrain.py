@@ -6,9 +6,12 @@ persistent compilation cache of tests/conftest.py.
 """
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -22,7 +25,6 @@ from darts_jax import data, evaluate
 from darts_jax.cnn import genotypes, networks
 from darts_jax.training import loop, parallel, reporting
 from darts_jax.tasks import retrain
-from darts_jax.bilevel import search_step
 from darts_jax.training.checkpointing import Checkpointer
 from darts_jax.cnn.genotypes import Genotype
 
@@ -211,6 +213,7 @@ def test_resuming_with_another_genotype_is_an_error(reference, tmp_path):
 def test_divergence_stops_with_the_step_and_keeps_the_checkpoints(reference, tmp_path):
   workdir = tmp_path / 'diverged'
   shutil.copytree(reference, workdir)
+  (workdir / 'config.json').unlink()  # resuming with another configuration is refused otherwise
   # A third epoch at a learning rate of ~1e30 overflows at its second step (step 6).
   with pytest.raises(loop.NonFiniteLossError, match='at step 6 .*last checkpoint is intact'):
     retrain.retrain(_config(workdir, num_epochs=3, learning_rate=4e30, checkpoint_every_minutes=0.0), workdir)
@@ -235,3 +238,81 @@ def test_evaluate_reproduces_the_final_test_metrics(reference):
 def test_evaluate_needs_a_retrain_workdir(tmp_path):
   with pytest.raises(FileNotFoundError, match='is not a retrain workdir'):
     evaluate.evaluate_workdir(tmp_path)
+
+
+def test_sigterm_mid_epoch_saves_exits_75_and_resumes_identically(reference, data_dir, tmp_path):
+  search_workdir = tmp_path / 'search'
+  _genotype_file(search_workdir, genotypes.genotype_to_json(SMALL))
+  workdir = tmp_path / 'preempted'
+  command = [sys.executable, 'run_retrain.py', '--config', 'configs/retrain_quick.py', '--workdir', str(workdir),
+             f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}',
+             f'--config.genotype={search_workdir}', f'--config.data.dir={data_dir}', *TINY]
+  process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), stderr=subprocess.PIPE,
+                             text=True)
+  checkpoints = workdir / 'checkpoints'
+  try:
+    while not (checkpoints.is_dir() and any(p.name == '1' for p in checkpoints.iterdir())):
+      assert process.poll() is None, process.stderr.read()
+      time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=300)[1]
+  finally:
+    process.kill()
+  assert process.returncode == 75, stderr
+  stopped = int(re.search(r'SIGTERM received: stopped after step (\d+) and saved a checkpoint', stderr).group(1))
+  assert stopped < 4 and str(stopped) in {p.name for p in checkpoints.iterdir()}
+  assert not (workdir / 'results.json').exists()
+  returncode, stderr = run_retrain(workdir, f'--config.genotype={search_workdir}', f'--config.data.dir={data_dir}',
+                                   *TINY)
+  assert returncode == 0, stderr
+  results, expected = (json.loads((w / 'results.json').read_text()) for w in (workdir, reference))
+  assert (results['test_loss'], results['test_accuracy']) == (expected['test_loss'], expected['test_accuracy'])
+  assert _epoch_records(workdir) == _epoch_records(reference)
+
+
+def test_cli_resuming_with_another_config_is_one_error_line(reference, tmp_path):
+  workdir = tmp_path / 'other'
+  shutil.copytree(reference, workdir)
+  config = json.loads((workdir / 'config.json').read_text())
+  returncode, stderr = run_retrain(workdir, f'--config.genotype={config["genotype"]}',
+                                   f'--config.data.dir={config["data"]["dir"]}', *TINY, '--config.num_epochs=3')
+  assert returncode == 1
+  assert stderr.strip().splitlines()[-1].startswith(
+      f'run_retrain.py: error: {workdir} holds a run with another configuration (num_epochs: 2 -> 3).')
+  assert 'Traceback' not in stderr
+
+
+@pytest.mark.parametrize('case', ['missing_config', 'workdir_is_a_file'])
+def test_cli_bad_paths_are_one_error_line(case, tmp_path):
+  (tmp_path / 'file').write_text('')
+  if case == 'missing_config':
+    returncode, stderr = run_retrain(tmp_path / 'run', '--config', str(tmp_path / 'nope.py'))
+    message = f'FATAL Flags parsing error: cannot load the config file {tmp_path}/nope.py: [Errno 2]'
+  else:
+    returncode, stderr = run_retrain(tmp_path / 'file', '--config.genotype=DARTS_V2')
+    message = f'run_retrain.py: error: --workdir {tmp_path}/file is a file, not a directory'
+  assert returncode == 1
+  assert message in stderr and 'Traceback' not in stderr
+
+
+def _evaluate_cli(*args):
+  process = subprocess.run([sys.executable, '-m', 'darts_jax.evaluate', *args], cwd=REPO, capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  return process.returncode, process.stderr
+
+
+def test_evaluate_cli_errors_are_one_line(reference, tmp_path):
+  search_like = tmp_path / 'search'
+  search_like.mkdir()
+  (search_like / 'config.json').write_text('{"seed": 0, "model": {"layers": 3}}')
+  (search_like / 'genotype.json').write_text(genotypes.genotype_to_json(SMALL))
+  damaged = tmp_path / 'damaged'
+  shutil.copytree(reference, damaged)
+  (damaged / 'config.json').write_text('{"seed": ')
+  for workdir, message in [(tmp_path / 'missing', 'config.json does not exist'),
+                           (search_like, 'is not a retrain workdir: its config.json has no genotype'),
+                           (damaged, 'config.json is not valid JSON')]:
+    returncode, stderr = _evaluate_cli('--workdir', str(workdir))
+    assert returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1].startswith('darts_jax.evaluate: error: ') and message in stderr
+    assert 'Traceback' not in stderr

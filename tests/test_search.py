@@ -365,6 +365,7 @@ def test_resume_after_interruption_mid_epoch_is_exact(reference_run, data_dir, t
 
 def test_divergence_stops_without_checkpointing_the_bad_state(data_dir, tmp_path):
   first = search.search(tiny_config(data_dir, num_epochs=1), tmp_path)  # checkpoint at step 6
+  (tmp_path / 'config.json').unlink()  # resuming with another configuration is refused otherwise
   with pytest.raises(loop.NonFiniteLossError, match=r'at step 7\b'):
     search.search(tiny_config(data_dir, num_epochs=2, learning_rate=float('inf')), tmp_path)
   with Checkpointer(tmp_path / 'checkpoints') as checkpointer:

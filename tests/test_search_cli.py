@@ -6,6 +6,8 @@ runs share a persistent compilation cache (tests/conftest.py), so only the first
 the supernet.
 """
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,3 +114,75 @@ def test_config_errors_exit_with_one_message(data_dir, tmp_path, override, messa
   returncode, log = run_search(tmp_path / 'run', data_dir, override)
   assert returncode == 1
   assert message in log and 'Traceback' not in log
+
+
+def _checkpoint_steps(workdir):
+  directory = workdir / 'checkpoints'
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def test_sigterm_mid_epoch_saves_exits_75_and_resumes_identically(reference, data_dir, tmp_path):
+  workdir = tmp_path / 'preempted'
+  # A checkpoint at every log step (every 2 steps) slows the run enough for the signal to land mid-run.
+  process = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9', wait=False)
+  try:
+    while not any(step >= 8 for step in _checkpoint_steps(workdir)):  # in epoch 2 (steps 7-12)
+      assert process.poll() is None, Path(str(workdir) + '.log').read_text()
+      time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 75
+  finally:
+    process.kill()
+  log = Path(str(workdir) + '.log').read_text()
+  stopped = int(re.search(r'run_search.py: SIGTERM received: stopped after step (\d+) and saved a checkpoint of it; '
+                          r'run the same command again to resume\.', log).group(1))
+  assert 8 <= stopped < 18 and _checkpoint_steps(workdir)[-1] == stopped
+  assert 'Traceback' not in log and not (workdir / 'alphas.npz').exists()
+  returncode, log = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9')
+  assert returncode == 0, log
+  assert f'Resuming from step {stopped} ' in log
+  resumed, uninterrupted = np.load(workdir / 'alphas.npz'), np.load(reference / 'alphas.npz')
+  for kind in ('normal', 'reduce'):
+    np.testing.assert_array_equal(resumed[kind], uninterrupted[kind])
+  assert _epoch_records(workdir) == _epoch_records(reference)
+
+
+def _snapshot(directory):
+  return sorted((str(p.relative_to(directory)), p.stat().st_mtime_ns) for p in directory.rglob('*'))
+
+
+def test_resuming_with_another_config_is_refused_in_one_line(reference, data_dir, tmp_path):
+  workdir = tmp_path / 'finished'
+  shutil.copytree(reference, workdir)
+  before = _snapshot(workdir)
+  returncode, log = run_search(workdir, data_dir, '--config.model.init_channels=8', '--config.log_every_steps=5')
+  assert returncode == 1
+  error, = [line for line in log.splitlines() if 'error' in line.lower()]
+  assert error.startswith(f'run_search.py: error: {workdir} holds a run with another configuration '
+                          '(model.init_channels: 2 -> 8). Resume it with its configuration')
+  assert 'Traceback' not in log and 'Event loop' not in log
+  assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize('case', ['missing_config', 'broken_config', 'workdir_is_a_file', 'workdir_not_creatable',
+                                  'missing_dataset'])
+def test_bad_inputs_exit_with_one_line(case, data_dir, tmp_path):
+  (tmp_path / 'file').write_text('')
+  (tmp_path / 'broken.py').write_text('def get_config(:\n')
+  args = {
+      'missing_config': (['--config', str(tmp_path / 'nope.py')], tmp_path / 'run',
+                         f'cannot load the config file {tmp_path}/nope.py: [Errno 2] No such file or directory'),
+      'broken_config': (['--config', str(tmp_path / 'broken.py')], tmp_path / 'run',
+                        f'cannot load the config file {tmp_path}/broken.py: syntax error at line 1'),
+      'workdir_is_a_file': ([], tmp_path / 'file', f'--workdir {tmp_path}/file is a file, not a directory'),
+      'workdir_not_creatable': ([], tmp_path / 'file' / 'run',
+                                f'cannot create the workdir {tmp_path}/file/run: Not a directory'),
+      'missing_dataset': (['--config.data.dir=' + str(tmp_path / 'no_data')], tmp_path / 'run',
+                          f'fashion_mnist not found. Looked in directories: {tmp_path}/no_data'),
+  }
+  extra, workdir, message = args[case]
+  returncode, log = run_search(workdir, data_dir, *extra)
+  assert returncode == 1
+  assert message in log and 'Traceback' not in log
+  lines = [line for line in log.splitlines() if not line.startswith(('I', 'W'))]  # absl INFO/WARNING lines
+  assert len(lines) <= 2, log  # the error, and for flag errors absl's "--helpshort" hint

@@ -91,35 +91,49 @@ def _flat_json(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 
 def prepare_workdir(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict,
                     resumable_keys: frozenset[str] = RESUMABLE_KEYS) -> Path:
-  """Checks that `workdir` can hold (or resume) the run of `config`; writes nothing.
+  """Checks that `workdir` can hold (or resume) the run of `config`, and creates it if needed.
+
+  Nothing else is written, and nothing at all when a check fails.
 
   Raises:
     NotADirectoryError: `workdir` exists and is not a directory.
     ConfigMismatchError: ``workdir/config.json`` differs from `config` in keys outside `resumable_keys`; the
       message lists each key with its old and new value.
     ValueError: ``config.json`` is unreadable.
+    OSError: the workdir cannot be created (e.g. `PermissionError`), with a message naming it.
   """
   workdir = Path(workdir).expanduser()
   if workdir.exists() and not workdir.is_dir():
     raise NotADirectoryError(f'--workdir {workdir} is a file, not a directory; pass a new or an existing run '
                              'directory.')
   path = workdir / CONFIG_FILE
-  if not path.is_file():
-    return workdir
+  if path.is_file():
+    _check_same_config(path, config, resumable_keys)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise type(e)(f'cannot create the workdir {workdir}: {e.strerror}') from None
+  return workdir
+
+
+def _check_same_config(path: Path, config: ml_collections.ConfigDict, resumable_keys: frozenset[str]) -> None:
+  workdir = path.parent
   try:
     old = _flat_json(json.loads(path.read_text()))
   except (OSError, ValueError) as e:
     raise ValueError(f'{path} cannot be read ({e}); restore it or use a new workdir.') from None
   new = _flat_json(json.loads(config_utils.config_to_json(config)))
-  missing = '(absent)'
   changed = sorted(k for k in old.keys() | new.keys()
-                   if k not in resumable_keys and old.get(k, missing) != new.get(k, missing))
+                   if k not in resumable_keys and (k not in old or k not in new or old[k] != new[k]))
+
+  def shown(flat: dict[str, Any], key: str) -> str:
+    return json.dumps(flat[key]) if key in flat else '(absent)'
+
   if changed:
-    diffs = '; '.join(f'{k}: {json.dumps(old.get(k, missing))} -> {json.dumps(new.get(k, missing))}' for k in changed)
+    diffs = '; '.join(f'{k}: {shown(old, k)} -> {shown(new, k)}' for k in changed)
     raise ConfigMismatchError(
         f'{workdir} holds a run with another configuration ({diffs}). Resume it with its configuration ({path}) '
         f'or use a new workdir; only {", ".join(sorted(resumable_keys))} may change on resume.')
-  return workdir
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -213,10 +213,11 @@ def test_resuming_with_another_genotype_is_an_error(reference, tmp_path):
 def test_divergence_stops_with_the_step_and_keeps_the_checkpoints(reference, tmp_path):
   workdir = tmp_path / 'diverged'
   shutil.copytree(reference, workdir)
+  diverging = _config(workdir, num_epochs=3, learning_rate=4e30, checkpoint_every_minutes=0.0)
   (workdir / 'config.json').unlink()  # resuming with another configuration is refused otherwise
   # A third epoch at a learning rate of ~1e30 overflows at its second step (step 6).
   with pytest.raises(loop.NonFiniteLossError, match='at step 6 .*last checkpoint is intact'):
-    retrain.retrain(_config(workdir, num_epochs=3, learning_rate=4e30, checkpoint_every_minutes=0.0), workdir)
+    retrain.retrain(diverging, workdir)
   checkpoints = workdir / 'checkpoints'
   assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [2, 3, 4]
   model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3, axis_name=parallel.AXIS_NAME)

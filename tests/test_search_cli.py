@@ -1,6 +1,6 @@
 """End-to-end tests of ``run_search.py`` on the real supernet, in subprocesses.
 
-One tiny search (a one-cell supernet on 8x8 synthetic Fashion-MNIST files, 3 epochs of 6 steps) is the reference.
+One tiny search (a one-cell supernet of two nodes on 8x8 synthetic Fashion-MNIST files, 3 epochs of 6 steps) is the reference.
 It is run again killed with SIGKILL and resumed, and on 4 host devices; the outputs must match the reference. The
 runs share a persistent compilation cache (tests/conftest.py), so only the first run and the 4-device run compile
 the supernet.
@@ -24,16 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 # hypergradient method is checked under data parallelism in test_search.py).
 TINY = ['--config.data.subset=0', '--config.data.image_size=0', '--config.batch_size=8', '--config.num_epochs=3',
         '--config.log_every_steps=2', '--config.checkpoint_every_minutes=0', '--config.model.init_channels=2',
-        '--config.model.layers=1', '--config.hypergradient=first_order', '--config.data.augment=true',
-        '--config.progress=false']
+        '--config.model.layers=1', '--config.model.steps=2', '--config.model.multiplier=2',
+        '--config.hypergradient=first_order', '--config.data.augment=true', '--config.progress=false']
 
 
-def run_search(workdir, data_dir, *overrides, devices=1, wait=True):
+def run_search(workdir, data_dir, *overrides, devices=1, wait=True, log=None):
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
   command = [sys.executable, 'run_search.py', '--config', 'configs/search_quick.py', '--workdir', str(workdir),
              f'--config.data.dir={data_dir}',
              f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}', *TINY, *overrides]
-  log = open(Path(str(workdir) + '.log'), 'a')
+  log = open(log or Path(str(workdir) + '.log'), 'a')
   process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
   if not wait:
     return process
@@ -181,7 +181,7 @@ def test_bad_inputs_exit_with_one_line(case, data_dir, tmp_path):
                           f'fashion_mnist not found. Looked in directories: {tmp_path}/no_data'),
   }
   extra, workdir, message = args[case]
-  returncode, log = run_search(workdir, data_dir, *extra)
+  returncode, log = run_search(workdir, data_dir, *extra, log=tmp_path / 'run.log')
   assert returncode == 1
   assert message in log and 'Traceback' not in log
   lines = [line for line in log.splitlines() if not line.startswith(('I', 'W'))]  # absl INFO/WARNING lines

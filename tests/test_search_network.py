@@ -110,7 +110,7 @@ def normal_cell():
   cell = SearchCell(channels=4, reduction=False, reduction_prev=False)
   s0 = jax.random.normal(jax.random.key(0), (2, 6, 6, 5))
   s1 = jax.random.normal(jax.random.key(1), (2, 6, 6, 6))
-  variables = cell.init(jax.random.key(2), s0, s1, jnp.zeros((14, 8)), False)
+  variables = jax.jit(cell.init, static_argnums=4)(jax.random.key(2), s0, s1, jnp.zeros((14, 8)), False)
 
   @jax.jit
   def run(logits):

@@ -10,9 +10,10 @@ from typing import Any
 
 import jax
 import ml_collections
-from absl import logging
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from darts_jax.training import loop, parallel
+from darts_jax.training import config_utils, loop, parallel
 
 USER_ERRORS = (OSError, ValueError, loop.NonFiniteLossError)
 """What a bad input or a diverged run raises: missing, unreadable or misplaced files and directories (`OSError`:
@@ -46,3 +47,22 @@ def run(prog: str, fn: Callable[[], Any]) -> Any:
   except USER_ERRORS as e:
     logging.debug('Traceback:', exc_info=True)
     sys.exit(f'{prog}: error: {e}')
+
+
+def main(prog: str, task: Callable[[ml_collections.ConfigDict, str], Any], example_config: str) -> None:
+  """The whole command line of a training task: ``prog --config FILE --workdir DIR [--config.KEY=VALUE ...]``.
+
+  Defines the flags, rejects unknown config keys and unloadable config files in one line
+  (`config_utils.parse_flags`), then runs ``task(config, workdir)`` under `start` and `run`.
+  """
+  config_flag = config_flags.DEFINE_config_file('config', None, f'Configuration file, e.g. {example_config}.')
+  workdir_flag = flags.DEFINE_string('workdir', None, 'Run directory; an existing one is resumed.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  def run_main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    start(config_flag.value)
+    run(prog, lambda: task(config_flag.value, workdir_flag.value))
+
+  app.run(run_main, flags_parser=config_utils.parse_flags)

@@ -7,13 +7,15 @@ Flags follow ``../shared/reference/torch_darts.py`` so both sides time the same 
 
 The step is the one `run_search.py` runs (`search_step.make_search_step`: architecture step, then weight step), jitted
 once; `compile_s` is its ahead-of-time compile, `median_step_s` the median over `--steps` timed steps after
-`--warmup` untimed ones. The last line printed is one JSON object. Imports only jax, flax, optax, numpy and the
+`--warmup` untimed ones; `temp_mb`/`argument_mb` are XLA's memory plan of the step and `max_rss_mb` the process's
+peak resident memory. The last line printed is one JSON object. Imports only jax, flax, optax, numpy and the
 darts_jax core, so it runs as is on an accelerator host.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 
 import jax
@@ -36,10 +38,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--image', type=int, default=32, help='image height and width')
   parser.add_argument('--channels', type=int, default=3, help='input channels')
   parser.add_argument('--classes', type=int, default=10)
+  parser.add_argument('--nodes', type=int, default=4, help="intermediate nodes per cell (the original's `steps`)")
   parser.add_argument('--mode', choices=list(search_step.HYPERGRADIENT_METHODS) + ['forward_backward'],
                       default='second_order_exact',
                       help="a search step's hypergradient, or 'forward_backward': one gradient of the supernet's "
                            'training loss w.r.t. weights and alphas')
+  parser.add_argument('--unroll-steps', type=int, default=3, help="virtual steps of '--mode unrolled'")
+  parser.add_argument('--implicit-iterations', type=int, default=5,
+                      help="CG iterations or Neumann terms of '--mode implicit_*'")
   parser.add_argument('--steps', type=int, default=5, help='timed steps')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='shift')
@@ -62,7 +68,8 @@ def _forward_backward_step(model: SearchNetwork, preprocess: data.Preprocess):
 
 def run(args: argparse.Namespace) -> dict:
   """Builds, compiles and times the search step; returns the measurements."""
-  model = SearchNetwork(args.C, args.classes, args.layers, depthwise_impl=args.depthwise_impl)
+  model = SearchNetwork(args.C, args.classes, args.layers, steps=args.nodes, multiplier=args.nodes,
+                        depthwise_impl=args.depthwise_impl)
   schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
   start = time.perf_counter()
   state = search_step.create_search_state(jax.random.key(args.seed), model, (args.image, args.image, args.channels),
@@ -74,7 +81,9 @@ def run(args: argparse.Namespace) -> dict:
   if args.mode == 'forward_backward':
     step = jax.jit(_forward_backward_step(model, preprocess), donate_argnums=0)
   else:
-    step = jax.jit(search_step.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode),
+    step = jax.jit(search_step.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode,
+                                                unroll_steps=args.unroll_steps,
+                                                implicit_iterations=args.implicit_iterations),
                    donate_argnums=0)
   rng = np.random.default_rng(args.seed)
   def batch():
@@ -104,9 +113,14 @@ def run(args: argparse.Namespace) -> dict:
       'compile_s': compile_s, 'init_s': init_s, 'finite': bool(metrics['finite']),
       'device': device.device_kind, 'jax': jax.__version__,
   }
+  analysis = compiled.memory_analysis()
+  if analysis is not None:  # XLA's plan for the step: buffers live during it, and its inputs
+    result['temp_mb'] = analysis.temp_size_in_bytes / 2**20
+    result['argument_mb'] = analysis.argument_size_in_bytes / 2**20
   memory = device.memory_stats() or {}
   if 'peak_bytes_in_use' in memory:
     result['peak_mem_gb'] = memory['peak_bytes_in_use'] / 2**30
+  result['max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
   return result
 
 

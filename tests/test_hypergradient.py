@@ -67,7 +67,7 @@ def test_quadratic_closed_form():
   unrolled = val['Q'].T @ w_prime + val['S'] @ alpha - ETA * train['B'].T @ v
   first_order = val['Q'].T @ w + val['S'] @ alpha
   expected = {'first_order': first_order, 'fd': unrolled, 'exact': unrolled}
-  for method in METHODS:
+  for method in expected:  # the other methods: tests/test_hypergradient_family.py
     got = hypergradient(
         _quadratic_train, _quadratic_val, w, alpha, train, val, eta=ETA,
         method=method, momentum_buffer=m, momentum=MOMENTUM,
@@ -246,8 +246,10 @@ def test_jit_matches_eager_with_traced_eta(method):
   eager = fn(w, alpha, train, val, ETA)
   jitted = jax.jit(fn)(w, alpha, train, val, jnp.asarray(ETA))
   # XLA may fuse and reorder float64 ops; 'fd' divides a difference by 2R,
-  # which amplifies that rounding by ~1/ε.
-  _assert_trees_close(jitted, eager, rtol=1e-9, atol=1e-12)
+  # which amplifies that rounding by ~1/ε, and undamped CG on this
+  # indefinite Hessian divides by small curvatures pᵀHp (measured 1.3e-9).
+  rtol = 1e-7 if method == 'implicit_cg' else 1e-9
+  _assert_trees_close(jitted, eager, rtol=rtol, atol=1e-12)
 
 
 def test_invalid_method():

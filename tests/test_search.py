@@ -116,13 +116,19 @@ def test_arch_optimizer_is_adam_with_decay_added_to_the_gradient():
 LR, ARCH_LR = 0.1, 0.3  # a large arch lr makes "weights step with the old alphas" clearly distinguishable
 
 
+# Small counts keep the compiled programs small; the hypergradient's own tests check the methods at any count.
+METHOD_OPTIONS = {'unrolled': dict(unroll_steps=2), 'implicit_cg': dict(implicit_iterations=2, implicit_damping=1.0),
+                  'implicit_neumann': dict(implicit_iterations=2, implicit_damping=1.0)}
+
+
 def _step_setup(method='second_order_exact', augment=False, axis_name=None, steps_per_epoch=100):
   model = TinySupernet(axis_name=axis_name)
   schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=steps_per_epoch)
   state = search_step.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
                                      search_step.arch_optimizer(ARCH_LR))
   preprocess = data.make_preprocess(MEAN, STD, augment=augment, axis_name=axis_name)
-  step = search_step.make_search_step(model, schedule, preprocess, hypergradient_method=method)
+  step = search_step.make_search_step(model, schedule, preprocess, hypergradient_method=method,
+                                      **METHOD_OPTIONS.get(method, {}))
   return model, schedule, state, step
 
 
@@ -144,7 +150,7 @@ def _reference_step(model, state, train, val, method, lr, alphas_for_weights='ne
   m = search_step.momentum_buffer(state.weight_opt_state)
   h = hypergradient(loss, loss, state.params, state.alphas, (x_train, train[1]), (x_val, val[1]), eta=lr,
                     method=search_step.HYPERGRADIENT_METHODS[method], momentum_buffer=m, momentum=0.9,
-                    weight_decay=3e-4)
+                    weight_decay=3e-4, **METHOD_OPTIONS.get(method, {}))
   arch_updates, _ = state.arch_tx.update(h, state.arch_opt_state, state.alphas)
   alphas = optax.apply_updates(state.alphas, arch_updates)
 

@@ -13,6 +13,14 @@ from darts_jax.cnn.supernet import MixedEdges, SearchCell, SearchNetwork, edge_i
 TOL = dict(rtol=1e-4, atol=1e-4)  # float32 through two BNs; a wrong weight or op is O(1) off
 
 
+def _random_variables(module, *args):
+  """Variables of `module` (called as ``module(*args, train=False)``) with standard-normal values, from shapes
+  alone: `module.init` would compile the module once more just to draw them."""
+  shapes = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0), *args)
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
+
+
 def _count(tree):
   return sum(x.size for x in jax.tree.leaves(tree))
 
@@ -97,8 +105,8 @@ def test_wide_mixed_edges_equal_separate_mixed_ops(stride):
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, 4))
   weights = jax.nn.softmax(jax.random.normal(jax.random.key(1), (3, 8)), axis=-1)
   module = MixedEdges(channels=4, num_edges=3, stride=stride)
-  variables = module.init(jax.random.key(2), x, weights, False)
-  out, _ = module.apply(variables, x, weights, True, mutable=['batch_stats'])
+  variables = _random_variables(module, x, weights)
+  out, _ = jax.jit(functools.partial(module.apply, train=True, mutable=['batch_stats']))(variables, x, weights)
   assert out.shape == (3, 3, 8 // stride, 8 // stride, 4)
   for edge in range(3):
     ref = _reference_mixed_op(variables['params'], x, weights[edge], edge, stride)
@@ -110,7 +118,7 @@ def normal_cell():
   cell = SearchCell(channels=4, reduction=False, reduction_prev=False)
   s0 = jax.random.normal(jax.random.key(0), (2, 6, 6, 5))
   s1 = jax.random.normal(jax.random.key(1), (2, 6, 6, 6))
-  variables = jax.jit(cell.init, static_argnums=4)(jax.random.key(2), s0, s1, jnp.zeros((14, 8)), False)
+  variables = _random_variables(cell, s0, s1, jnp.zeros((14, 8)))
 
   @jax.jit
   def run(logits):

@@ -1,4 +1,4 @@
-"""DARTS architecture gradient through a one-step unrolled inner SGD update.
+"""Architecture gradients of the bilevel problem: one-step (DARTS), k-step unrolled and implicit hypergradients.
 
 Generic over parameter pytrees and losses: nothing here knows about the DARTS
 supernet. Pure and jittable.
@@ -13,11 +13,17 @@ import jax.numpy as jnp
 PyTree = Any
 Loss = Callable[[PyTree, PyTree, Any], jax.Array]
 
-METHODS = ('first_order', 'fd', 'exact')
+METHODS = ('first_order', 'fd', 'exact', 'unrolled', 'implicit_cg',
+           'implicit_neumann')
 
 
 def _global_norm(tree: PyTree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def _axpy(a: jax.Array, x: PyTree, y: PyTree) -> PyTree:
+  """``a·x + y`` leaf by leaf."""
+  return jax.tree.map(lambda x_, y_: a * x_ + y_, x, y)
 
 
 def hypergradient(
@@ -34,14 +40,22 @@ def hypergradient(
     momentum: float | jax.Array = 0.9,
     weight_decay: float | jax.Array = 0.0,
     fd_epsilon: float = 0.01,
+    unroll_steps: int = 1,
+    per_step_batches: bool = False,
+    implicit_iterations: int = 10,
+    implicit_damping: float | jax.Array = 0.0,
     axis_name: Any = None,
 ) -> PyTree:
-  r"""Gradient of the validation loss w.r.t. ``alpha`` through one virtual step.
+  r"""Gradient of the validation loss w.r.t. ``alpha`` through the weights' dependence on it.
 
-  DARTS (Liu et al., 2019, Sec. 2.3) approximates the bilevel problem
-  :math:`\min_\alpha L_{val}(w^*(\alpha), \alpha)` by replacing :math:`w^*`
-  with one step of the weight optimiser (heavy-ball SGD with L2 decay, as in
-  PyTorch ``SGD`` and the reference ``architect.py``):
+  The bilevel problem is :math:`\min_\alpha L_{val}(w^*(\alpha), \alpha)` with
+  :math:`w^*(\alpha)` minimising :math:`L_{train}(\cdot, \alpha)` (plus the
+  coupled L2 term :math:`\frac\lambda2\lVert w\rVert^2` of the weight
+  optimiser). The methods differ in what stands in for :math:`w^*`.
+
+  **One virtual step** (DARTS, Liu et al., 2019, Sec. 2.3): one step of the
+  weight optimiser (heavy-ball SGD with L2 decay, as in PyTorch ``SGD`` and
+  the reference ``architect.py``):
 
   .. math::
 
@@ -49,8 +63,8 @@ def hypergradient(
 
   where :math:`m` is the momentum buffer (the trace kept by ``optax.trace``;
   zeros if ``None``), :math:`\mu` the momentum and :math:`\lambda` the weight
-  decay. No gradient clipping is applied to the virtual step. With
-  :math:`v = \nabla_{w'} L_{val}(w', \alpha)` the methods return
+  decay. No gradient clipping is applied to virtual steps. With
+  :math:`v = \nabla_{w'} L_{val}(w', \alpha)`:
 
   * ``'first_order'``: :math:`\nabla_\alpha L_{val}(w, \alpha)` (DARTS 1st
     order, i.e. :math:`\eta = 0`; no virtual step).
@@ -75,6 +89,59 @@ def hypergradient(
     :math:`v = 0` gives a zero mixed term). Its error is
     :math:`O(\epsilon^2)`; it is exact on quadratics.
 
+  **k virtual steps** (``'unrolled'``, truncated back-propagation; Betty's
+  DARTS example uses k = 3): :math:`k` = ``unroll_steps`` steps of the same
+  optimiser, the momentum buffer evolving with them,
+
+  .. math::
+
+    m_{i+1} = \mu m_i + \nabla_w L_{train}(w_i, \alpha; b_i) + \lambda w_i,
+    \qquad w_{i+1} = w_i - \eta\, m_{i+1},
+
+  from :math:`(w_0, m_0) = (w, m)`, and the exact
+  :math:`\frac{d}{d\alpha} L_{val}(w_k(\alpha), \alpha)` by reverse-mode
+  differentiation through the ``lax.scan`` of the steps. The training batch
+  :math:`b_i` is ``train_batch`` at every step, or its ``i``-th slice along
+  the leading axis with ``per_step_batches``. The scan body is wrapped in
+  ``jax.checkpoint``: the forward pass stores only the weight iterates
+  :math:`w_i`, :math:`i < k` (:math:`k` times the weights' memory; the
+  momentum iterates enter linearly, so the backward pass does not need
+  them), and the backward pass recomputes one step at a time, so only one
+  step's activations are alive at once. ``unroll_steps=1`` equals
+  ``'exact'``.
+
+  **Implicit** (the implicit function theorem at an inner optimum: iDARTS,
+  Zhang et al., 2021; hypertorch; TorchOpt's ``custom_root``): ``w`` itself is
+  treated as :math:`w^*(\alpha)`, where
+  :math:`\nabla_w L_{train} + \lambda w = 0`, hence
+  :math:`dw^*/d\alpha = -H^{-1} \nabla^2_{w, \alpha} L_{train}` and
+
+  .. math::
+
+    \nabla_\alpha L_{val}(w, \alpha) - \nabla^2_{\alpha, w} L_{train}\,
+    H^{-1} \nabla_w L_{val}(w, \alpha), \qquad
+    H = \nabla^2_{ww} L_{train}(w, \alpha) + \lambda I.
+
+  :math:`H^{-1}` is applied to :math:`u = \nabla_w L_{val}` approximately,
+  with Hessian-vector products by forward-over-reverse differentiation (the
+  training gradient is linearised once and its tangent reused):
+
+  * ``'implicit_cg'``: ``implicit_iterations`` conjugate-gradient iterations
+    on :math:`(H + \delta I) z = u` from :math:`z = 0` (Hestenes-Stiefel;
+    :math:`\delta` = ``implicit_damping`` makes an indefinite or
+    ill-conditioned :math:`H` tractable). On a positive definite :math:`H` of
+    dimension :math:`n`, :math:`n` iterations are exact.
+  * ``'implicit_neumann'``: the truncated Neumann series
+    :math:`z = \eta \sum_{i<K} (I - \eta (H + \delta I))^i u`,
+    :math:`K` = ``implicit_iterations``, with the inner learning rate
+    ``eta`` as the series' step (iDARTS). It converges to
+    :math:`(H + \delta I)^{-1} u` as :math:`K \to \infty` when
+    :math:`0 < \eta < 2 / \lambda_{max}`, the error shrinking like
+    :math:`\max_i |1 - \eta \lambda_i|^K`.
+
+  Momentum does not move an optimum, so the implicit methods ignore
+  ``momentum_buffer`` and ``momentum``.
+
   Cost in forward+backward (F+B) passes of the losses: ``'first_order'`` 1;
   ``'fd'`` 4 (the training gradient for the virtual step, the validation
   gradient at :math:`w'`, two :math:`\alpha`-gradients at :math:`w^\pm`);
@@ -86,23 +153,35 @@ def hypergradient(
   measured 0.55 (``'first_order'``), 3.0 (``'fd'``) and 2.7 (``'exact'``)
   times one training F+B. ``'exact'`` keeps the linearisation residuals of
   the training pass alive during the validation pass, so its peak memory is
-  higher than ``'fd'``'s (about 1.4x there).
+  higher than ``'fd'``'s (about 1.4x there). ``'unrolled'``: :math:`k`
+  training gradients forward, the validation gradient, and per step backward
+  a recomputed training gradient and its vector-Jacobian product (reverse
+  over reverse). Implicit: the validation gradient, the linearised training
+  gradient, and one tangent pass per iteration plus one for the mixed term.
+  docs/benchmarks.md has measured times.
 
   Args:
     train_loss: ``train_loss(w, alpha, batch) -> scalar``.
     val_loss: ``val_loss(w, alpha, batch) -> scalar``.
     w: weights (any pytree).
     alpha: architecture parameters (any pytree).
-    train_batch: batch passed to ``train_loss``.
+    train_batch: batch passed to ``train_loss`` (for ``'unrolled'`` with
+      ``per_step_batches``, ``unroll_steps`` batches stacked on a leading
+      axis).
     val_batch: batch passed to ``val_loss``.
-    eta: learning rate of the virtual step; may be a traced scalar (e.g. a
-      schedule value).
+    eta: learning rate of the virtual steps, and the Neumann series' step;
+      may be a traced scalar (e.g. a schedule value).
     method: one of :data:`METHODS`.
     momentum_buffer: momentum buffer :math:`m` of the weight optimiser, a
       pytree like ``w``; ``None`` means zeros.
     momentum: :math:`\mu`.
     weight_decay: :math:`\lambda` (coupled L2 decay, added to the gradient).
     fd_epsilon: :math:`\epsilon` for ``'fd'`` (DARTS uses 0.01).
+    unroll_steps: :math:`k` for ``'unrolled'``.
+    per_step_batches: for ``'unrolled'``: ``train_batch`` holds one batch
+      per step, stacked on a leading axis of length ``unroll_steps``.
+    implicit_iterations: conjugate-gradient iterations, or Neumann terms.
+    implicit_damping: :math:`\delta` added to the diagonal of :math:`H`.
     axis_name: for data parallelism where each device holds a shard of both
       batches and the losses are per-device means: every gradient is
       ``pmean``-ed over this axis, so the result equals the single-device
@@ -116,11 +195,17 @@ def hypergradient(
     The hypergradient, a pytree like ``alpha``.
 
   Raises:
-    ValueError: if ``method`` is not in :data:`METHODS`.
+    ValueError: if ``method`` is not in :data:`METHODS`, or a step or
+      iteration count is not positive.
   """
   if method not in METHODS:
     raise ValueError(
         f'Unknown hypergradient method {method!r}; expected one of {METHODS}.'
+    )
+  if unroll_steps < 1 or implicit_iterations < 1:
+    raise ValueError(
+        f'unroll_steps ({unroll_steps}) and implicit_iterations '
+        f'({implicit_iterations}) must be positive.'
     )
 
   def pmean(tree):
@@ -130,9 +215,35 @@ def hypergradient(
 
   if method == 'first_order':
     return pmean(jax.grad(val_loss, argnums=1)(w, alpha, val_batch))
+  if momentum_buffer is None:
+    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
+  if method == 'unrolled':
+    return _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch,
+                     eta=eta, momentum_buffer=momentum_buffer,
+                     momentum=momentum, weight_decay=weight_decay,
+                     steps=unroll_steps, per_step_batches=per_step_batches,
+                     pmean=pmean)
 
   def train_grads(w_):
     return jax.grad(train_loss, argnums=(0, 1))(w_, alpha, train_batch)
+
+  if method.startswith('implicit'):
+    u, grad_alpha = pmean(
+        jax.grad(val_loss, argnums=(0, 1))(w, alpha, val_batch))
+    # One linearisation serves every Hessian-vector product: its tangent maps
+    # z to (∇²_ww L_train z, ∇²_αw L_train z).
+    _, train_grads_jvp = jax.linearize(train_grads, w)
+
+    def hessian_vp(z):  # (H + δI) z
+      return _axpy(weight_decay + implicit_damping, z,
+                   pmean(train_grads_jvp(z)[0]))
+
+    if method == 'implicit_cg':
+      z = _conjugate_gradient(hessian_vp, u, implicit_iterations)
+    else:
+      z = _neumann(hessian_vp, u, eta, implicit_iterations)
+    mixed = pmean(train_grads_jvp(z)[1])
+    return jax.tree.map(lambda g, h: g - h, grad_alpha, mixed)
 
   if method == 'exact':
     # Linearising once shares the forward+backward pass between the virtual
@@ -143,8 +254,6 @@ def hypergradient(
     grad_w = jax.grad(train_loss)(w, alpha, train_batch)
   grad_w = pmean(grad_w)
 
-  if momentum_buffer is None:
-    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
   direction = jax.tree.map(
       lambda w_, g, m: momentum * m + g + weight_decay * w_,
       w, grad_w, momentum_buffer,
@@ -174,3 +283,64 @@ def hypergradient(
   mixed = pmean(mixed)
 
   return jax.tree.map(lambda g, h: g - eta * h, grad_alpha, mixed)
+
+
+def _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta,
+              momentum_buffer, momentum, weight_decay, steps,
+              per_step_batches, pmean):
+  """``'unrolled'``: reverse mode through ``steps`` checkpointed SGD steps."""
+
+  def objective(alpha_):
+    @jax.checkpoint  # store the iterates only; recompute a step's activations
+    def step(carry, batch):
+      w_, m = carry
+      if not per_step_batches:
+        batch = train_batch
+      g = pmean(jax.grad(train_loss)(w_, alpha_, batch))
+      m = jax.tree.map(lambda m_, g_, p: momentum * m_ + g_ + weight_decay * p,
+                       m, g, w_)
+      return (_axpy(-eta, m, w_), m), None
+
+    (w_k, _), _ = jax.lax.scan(
+        step, (w, momentum_buffer),
+        train_batch if per_step_batches else None, length=steps)
+    return val_loss(w_k, alpha_, val_batch)
+
+  return pmean(jax.grad(objective)(alpha))
+
+
+def _tree_dot(x: PyTree, y: PyTree) -> jax.Array:
+  return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+
+
+def _conjugate_gradient(matvec, b, iterations):
+  """``iterations`` conjugate-gradient steps on ``A z = b`` from ``z = 0`` for the linear map ``matvec = A``.
+
+  Once the residual is exactly zero the iterate is the solution and stays.
+  """
+
+  def iterate(_, carry):
+    z, r, p, rr = carry
+    ap = matvec(p)
+    curvature = _tree_dot(p, ap)
+    step = jnp.where(rr > 0, rr / jnp.where(rr > 0, curvature, 1.0), 0.0)
+    z, r = _axpy(step, p, z), _axpy(-step, ap, r)
+    rr_next = _tree_dot(r, r)
+    p = _axpy(jnp.where(rr > 0, rr_next / jnp.where(rr > 0, rr, 1.0), 0.0), p, r)
+    return z, r, p, rr_next
+
+  zeros = jax.tree.map(jnp.zeros_like, b)
+  z, *_ = jax.lax.fori_loop(0, iterations, iterate, (zeros, b, b, _tree_dot(b, b)))
+  return z
+
+
+def _neumann(matvec, u, eta, terms):
+  """``eta · Σ_{i<terms} (I − eta·A)^i u`` for the linear map ``matvec = A``."""
+
+  def add_term(_, carry):
+    power, total = carry  # power = (I − ηA)^i u
+    power = _axpy(-eta, matvec(power), power)
+    return power, jax.tree.map(jnp.add, total, power)
+
+  _, total = jax.lax.fori_loop(1, terms, add_term, (u, u))
+  return jax.tree.map(lambda x: eta * x, total)

@@ -6,7 +6,8 @@ One search step (the original `train_search.py`'s inner loop, `Architect.step` t
    ``alpha <- Adam(alpha, h + 1e-3·alpha)``, with ``h`` the hypergradient of `darts_jax.bilevel.hypergradient`: first
    order, or second order through the one-step virtual update
    ``w' = w - eta·(mu·m + grad_w L_train(w, alpha) + lambda·w)`` with ``eta`` the current learning rate, ``m`` the
-   SGD momentum buffer of the weight optimizer, ``mu = 0.9`` and ``lambda = 3e-4``;
+   SGD momentum buffer of the weight optimizer, ``mu = 0.9`` and ``lambda = 3e-4`` (or through k such steps, or
+   implicitly at the current weights: `HYPERGRADIENT_METHODS`);
 2. **weight step** on the *same* training batch with the updated alphas:
    ``w <- SGD_momentum(w, clip_5(grad_w L_train(w, alpha)) + 3e-4·w)``.
 
@@ -46,6 +47,9 @@ HYPERGRADIENT_METHODS = {
     'first_order': 'first_order',
     'second_order_fd': 'fd',
     'second_order_exact': 'exact',
+    'unrolled': 'unrolled',
+    'implicit_cg': 'implicit_cg',
+    'implicit_neumann': 'implicit_neumann',
 }
 """Config name of each hypergradient variant -> the `method` of `darts_jax.bilevel.hypergradient`."""
 
@@ -123,7 +127,9 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess: Preprocess, *,
                      hypergradient_method: str, momentum: float = 0.9, weight_decay: float = 3e-4,
-                     fd_epsilon: float = 0.01) -> Callable[[SearchState, Batch, Batch], tuple[SearchState, Metrics]]:
+                     fd_epsilon: float = 0.01, unroll_steps: int = 1, implicit_iterations: int = 10,
+                     implicit_damping: float = 0.0
+                     ) -> Callable[[SearchState, Batch, Batch], tuple[SearchState, Metrics]]:
   """Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)`` (see the module docstring).
 
   Batches are ``(uint8 images (N, H, W, C), int32 labels (N,))``, preprocessed inside the step. Jit it, or pmap it
@@ -143,6 +149,9 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     momentum: the weight optimizer's momentum (enters the virtual step).
     weight_decay: the weight optimizer's weight decay (enters the virtual step).
     fd_epsilon: for ``'second_order_fd'``: ``R = fd_epsilon / ||v||``.
+    unroll_steps: for ``'unrolled'``: the number of virtual steps, all on the step's training batch.
+    implicit_iterations: for ``'implicit_cg'`` / ``'implicit_neumann'``: CG iterations or Neumann terms.
+    implicit_damping: for the implicit methods: added to the diagonal of the training Hessian.
 
   Returns:
     The step function. ``metrics`` (equal on all devices) are the weight step's ``loss`` and ``accuracy``, the
@@ -177,7 +186,8 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     arch_grads = hypergradient(
         loss_fn, loss_fn, state.params, state.alphas, (train_images, train_batch[1]), (val_images, val_batch[1]),
         eta=lr, method=method, momentum_buffer=momentum_buffer(state.weight_opt_state), momentum=momentum,
-        weight_decay=weight_decay, fd_epsilon=fd_epsilon, axis_name=axis_name)
+        weight_decay=weight_decay, fd_epsilon=fd_epsilon, unroll_steps=unroll_steps,
+        implicit_iterations=implicit_iterations, implicit_damping=implicit_damping, axis_name=axis_name)
     arch_updates, arch_opt_state = state.arch_tx.update(arch_grads, state.arch_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, arch_updates)
 

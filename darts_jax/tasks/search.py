@@ -111,7 +111,9 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
       for augment in (config.data.augment, False))
   p_step = jax.pmap(make_search_step(
       model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
-      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon), axis_name=AXIS_NAME, donate_argnums=(0,))
+      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
+      implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping),
+      axis_name=AXIS_NAME, donate_argnums=(0,))
   p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
 
   def epoch_batches(epoch: int, start: int) -> Iterator[tuple[Any, Any]]:

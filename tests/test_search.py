@@ -337,6 +337,18 @@ def test_search_writes_the_run_artifacts(reference_run):
   assert epochs[0]['train_loss'] == pytest.approx(np.mean([r['loss'] for r in steps[:3]]))
 
 
+@pytest.mark.parametrize('method, options', [('unrolled', {'unroll_steps': 2}),
+                                             ('implicit_cg', {'implicit_iterations': 2, 'implicit_damping': 1.0}),
+                                             ('implicit_neumann', {'implicit_iterations': 2})])
+def test_search_runs_the_configured_hypergradient(data_dir, tmp_path, method, options):
+  state = search.search(tiny_config(data_dir, hypergradient=method, num_epochs=1, checkpoint_every_minutes=0.0,
+                                    **options), tmp_path)
+  assert json.loads((tmp_path / 'config.json').read_text())['hypergradient'] == method
+  assert int(state.step) == 6 and (tmp_path / 'genotype.json').is_file()
+  steps = [r for r in reporting.read_jsonl(tmp_path / 'metrics.jsonl') if 'epoch' not in r]
+  assert all(0 < r['arch_grad_norm'] < np.inf for r in steps)
+
+
 def test_same_seed_gives_the_same_search(reference_run, data_dir, tmp_path):
   workdir, state = reference_run
   again = search.search(tiny_config(data_dir), tmp_path)

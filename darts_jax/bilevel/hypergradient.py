@@ -164,7 +164,7 @@ def hypergradient(
   higher than ``'fd'``'s (about 1.4x there). ``'unrolled'``: :math:`k`
   training gradients forward, the validation gradient, and per step backward
   one tangent pass of the training gradient (about 2 F+B). Implicit: the validation gradient, the linearised training
-  gradient, and one tangent pass per iteration plus one for the mixed term.
+  gradient, and one tangent pass per iteration.
   docs/benchmarks.md has measured times.
 
   Args:
@@ -238,18 +238,18 @@ def hypergradient(
     u, grad_alpha = pmean(
         jax.grad(val_loss, argnums=(0, 1))(w, alpha, val_batch))
     # One linearisation serves every Hessian-vector product: its tangent maps
-    # z to (∇²_ww L_train z, ∇²_αw L_train z).
+    # z to (∇²_ww L_train z, ∇²_αw L_train z). The mixed term is linear in
+    # the solution, so the solvers accumulate it from the tangents they
+    # compute anyway: one compiled tangent pass, no extra one at the end.
     _, train_grads_jvp = jax.linearize(train_grads, w)
 
-    def hessian_vp(z):  # (H + δI) z
-      return _axpy(weight_decay + implicit_damping, z,
-                   pmean(train_grads_jvp(z)[0]))
+    def hessian_and_mixed(z):  # ((H + δI) z, ∇²_αw L_train z)
+      hessian_z, mixed_z = pmean(train_grads_jvp(z))
+      return _axpy(weight_decay + implicit_damping, z, hessian_z), mixed_z
 
-    if method == 'implicit_cg':
-      z = _conjugate_gradient(hessian_vp, u, implicit_iterations)
-    else:
-      z = _neumann(hessian_vp, u, eta, implicit_iterations)
-    mixed = pmean(train_grads_jvp(z)[1])
+    solve = (_conjugate_gradient if method == 'implicit_cg' else
+             lambda matvec, b, k: _neumann(matvec, b, eta, k))
+    mixed = solve(hessian_and_mixed, u, implicit_iterations)
     return jax.tree.map(lambda g, h: g - h, grad_alpha, mixed)
 
   if method == 'exact':
@@ -347,37 +347,38 @@ def _tree_dot(x: PyTree, y: PyTree) -> jax.Array:
   return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
 
 
-def _conjugate_gradient(matvec, b, iterations):
-  """``iterations`` conjugate-gradient steps on ``A z = b`` from ``z = 0`` for the linear map ``matvec = A``.
+def _conjugate_gradient(matvecs, b, iterations):
+  """``S z`` for ``z`` after ``iterations`` conjugate-gradient steps on ``A z = b`` from ``z = 0``.
 
-  The iterate is kept from the first step whose curvature ``pᵀAp`` is not positive on: the residual is zero (solved;
-  in float32 ``pᵀAp`` underflows there), or ``A`` is not positive definite along ``p`` (damping avoids that).
+  ``matvecs(x) = (A x, S x)`` for linear maps ``A`` and ``S``; ``S z`` accumulates as ``z`` does. The iterate is
+  kept from the first step whose curvature ``pᵀAp`` is not positive on: the residual is zero (solved; in float32
+  ``pᵀAp`` underflows there), or ``A`` is not positive definite along ``p`` (damping avoids that).
   """
-
   def iterate(_, carry):
-    z, r, p, rr = carry
-    ap = matvec(p)
+    side, r, p, rr = carry
+    ap, sp = matvecs(p)
     curvature = _tree_dot(p, ap)
     active = curvature > 0
     step = rr / jnp.where(active, curvature, 1.0)
-    z_next, r_next = _axpy(step, p, z), _axpy(-step, ap, r)
+    side_next, r_next = _axpy(step, sp, side), _axpy(-step, ap, r)
     rr_next = _tree_dot(r_next, r_next)
     p_next = _axpy(rr_next / jnp.where(active, rr, 1.0), p, r_next)
-    return jax.tree.map(lambda new, old: jnp.where(active, new, old), (z_next, r_next, p_next, rr_next),
-                        (z, r, p, rr))
+    return jax.tree.map(lambda new, old: jnp.where(active, new, old), (side_next, r_next, p_next, rr_next),
+                        (side, r, p, rr))
 
-  zeros = jax.tree.map(jnp.zeros_like, b)
-  z, *_ = jax.lax.fori_loop(0, iterations, iterate, (zeros, b, b, _tree_dot(b, b)))
-  return z
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: matvecs(b)[1]))  # S z for z = 0
+  side, *_ = jax.lax.fori_loop(0, iterations, iterate, (zeros, b, b, _tree_dot(b, b)))
+  return side
 
 
-def _neumann(matvec, u, eta, terms):
-  """``eta · Σ_{i<terms} (I − eta·A)^i u`` for the linear map ``matvec = A``."""
+def _neumann(matvecs, u, eta, terms):
+  """``S z`` for ``z = eta · Σ_{i<terms} (I − eta·A)^i u``, where ``matvecs(x) = (A x, S x)``."""
 
   def add_term(_, carry):
-    power, total = carry  # power = (I − ηA)^i u
-    power = _axpy(-eta, matvec(power), power)
-    return power, jax.tree.map(jnp.add, total, power)
+    power, side = carry  # power = (I − ηA)^i u; side = Σ_{j<i} S (I − ηA)^j u
+    a_power, s_power = matvecs(power)
+    return _axpy(-eta, a_power, power), jax.tree.map(jnp.add, side, s_power)
 
-  _, total = jax.lax.fori_loop(1, terms, add_term, (u, u))
-  return jax.tree.map(lambda x: eta * x, total)
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: matvecs(u)[1]))
+  _, side = jax.lax.fori_loop(0, terms, add_term, (u, zeros))
+  return jax.tree.map(lambda x: eta * x, side)

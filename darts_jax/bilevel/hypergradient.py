@@ -163,9 +163,9 @@ def hypergradient(
   the training pass alive during the validation pass, so its peak memory is
   higher than ``'fd'``'s (about 1.4x there). ``'unrolled'``: :math:`k`
   training gradients forward, the validation gradient, and per step backward
-  one tangent pass of the training gradient (about 2 F+B). Implicit: the validation gradient, the linearised training
-  gradient, and one tangent pass per iteration.
-  docs/benchmarks.md has measured times.
+  one tangent pass of the training gradient (about 2 F+B). Implicit: the
+  validation gradient, the linearised training gradient, and one tangent
+  pass per iteration. docs/benchmarks.md has measured times.
 
   Args:
     train_loss: ``train_loss(w, alpha, batch) -> scalar``.

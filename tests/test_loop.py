@@ -38,9 +38,10 @@ def toy_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def toy_task(config: ml_collections.ConfigDict, before_step=None) -> loop.Task:
+def toy_task(config: ml_collections.ConfigDict, before_step=None, on_evaluate=None) -> loop.Task:
   """SGD on ``0.5·mean((x·w − y)²)``; the batches of (epoch, index) depend only on the seed, as the real tasks'.
-  ``before_step(n)`` runs in the main thread before the n-th step of this run (the tests send signals from it)."""
+  ``before_step(n)`` runs in the main thread before the n-th step of this run, ``on_evaluate(epoch)`` in each
+  epoch's evaluation (the tests send signals from them)."""
   def step(state, batch):
     x, y = batch
     loss, grad = jax.value_and_grad(lambda w: 0.5 * jnp.mean((x @ w - y) ** 2))(state.w)
@@ -58,6 +59,8 @@ def toy_task(config: ml_collections.ConfigDict, before_step=None) -> loop.Task:
       yield parallel.shard((x, x @ TRUE_W), parallel.AXIS_NAME)
 
   def evaluate(epoch, step, r_state, state):
+    if on_evaluate is not None:
+      on_evaluate(epoch)
     return {'w_error': float(np.abs(state.w - TRUE_W).max())}
 
   calls = 0
@@ -74,9 +77,9 @@ def toy_task(config: ml_collections.ConfigDict, before_step=None) -> loop.Task:
                    steps_per_epoch=STEPS_PER_EPOCH, evaluate=evaluate)
 
 
-def run_toy(workdir, config=None, before_step=None) -> loop.Outcome:
+def run_toy(workdir, config=None, before_step=None, on_evaluate=None) -> loop.Outcome:
   config = config or toy_config()
-  return loop.train(toy_task(config, before_step), config, loop.prepare_workdir(workdir, config))
+  return loop.train(toy_task(config, before_step, on_evaluate), config, loop.prepare_workdir(workdir, config))
 
 
 def _records(workdir, *, epochs: bool):
@@ -131,6 +134,22 @@ def test_signal_at_the_last_step_of_an_epoch_resumes_into_its_evaluation(referen
   with pytest.raises(loop.Preempted, match='SIGINT received: stopped after step 5'):
     run_toy(tmp_path, before_step=sigint_during_the_last_step_of_epoch_1)
   assert not _records(tmp_path, epochs=True)  # stopped before the epoch's evaluation
+  resumed = run_toy(tmp_path)
+  np.testing.assert_array_equal(resumed.state.w, uninterrupted.state.w)
+  assert _records(tmp_path, epochs=True) == _records(reference_dir, epochs=True)
+
+
+def test_signal_during_an_evaluation_stops_at_the_epoch_checkpoint(reference, tmp_path):
+  reference_dir, uninterrupted = reference
+
+  def sigterm_in_the_second_evaluation(epoch):
+    if epoch == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(loop.Preempted, match='stopped after step 10'):
+    run_toy(tmp_path, on_evaluate=sigterm_in_the_second_evaluation)
+  assert [r['epoch'] for r in _records(tmp_path, epochs=True)] == [1, 2]  # the epoch finished and was logged
+  assert max(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()) == 10
   resumed = run_toy(tmp_path)
   np.testing.assert_array_equal(resumed.state.w, uninterrupted.state.w)
   assert _records(tmp_path, epochs=True) == _records(reference_dir, epochs=True)

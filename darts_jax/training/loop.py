@@ -373,7 +373,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
 
     def stop(host_state: PyTree, step: int, epoch: int, step_in_epoch: int, metrics: EpochMetrics) -> None:
       metrics.fetch(step)  # never checkpoint a diverged state
-      checkpoint(host_state, step, epoch, step_in_epoch, metrics)
+      checkpoint(host_state, step, epoch, step_in_epoch, metrics)  # a no-op if this step is saved already
       raise Preempted(step, signals.received or 'a signal to another process')
 
     r_state = parallel.replicate(state, parallel.AXIS_NAME)
@@ -427,8 +427,8 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
           writer.write(step, record)
           task.after_epoch(epoch, step, state, record)
         checkpoint(state, step, epoch + 1, 0, EpochMetrics())
-        if signals.requested():
-          raise Preempted(step, signals.received or 'a signal to another process')
+        if signals.requested():  # received during the evaluation: the epoch's checkpoint is the one to resume
+          stop(state, step, epoch + 1, 0, EpochMetrics())
     except Preempted as e:
       logging.warning('%s', e)
       raise

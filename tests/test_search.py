@@ -395,6 +395,9 @@ def test_divergence_stops_without_checkpointing_the_bad_state(data_dir, tmp_path
 def test_config_errors_are_reported_before_any_work(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"hypergradient 'second_order'.*first_order, second_order_fd"):
     search.search(tiny_config(data_dir, hypergradient='second_order'), tmp_path)
+  with pytest.raises(ValueError, match=r'unroll_steps \(0\) and implicit_iterations \(5\) must be positive'):
+    search.search(tiny_config(data_dir, hypergradient='unrolled', unroll_steps=0), tmp_path)
+  assert not (tmp_path / 'config.json').exists()
   with pytest.raises(ValueError, match='batch_size 4 exceeds the 3 examples'):
     search.search(tiny_config(data_dir, batch_size=4, **{'data.subset': 6}), tmp_path)
 

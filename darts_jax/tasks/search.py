@@ -96,6 +96,9 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   if config.hypergradient not in HYPERGRADIENT_METHODS:
     raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
                      f'{", ".join(HYPERGRADIENT_METHODS)}.')
+  if config.unroll_steps < 1 or config.implicit_iterations < 1:
+    raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
+                     'must be positive.')
 
   ds = data.load_dataset(config.data.name, config.data.dir or None)
   train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)

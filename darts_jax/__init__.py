@@ -19,8 +19,8 @@ import importlib
 from typing import Any
 
 from darts_jax.bilevel.hypergradient import hypergradient
-from darts_jax.cnn.genotypes import (DARTS, DARTS_V1, DARTS_V2, KNOWN_GENOTYPES, PRIMITIVES, AmoebaNet, Genotype, NASNet,
-                                     derive_genotype, genotype_from_json, genotype_to_json, parse_genotype)
+from darts_jax.cnn.genotypes import (DARTS, DARTS_V1, DARTS_V2, KNOWN_GENOTYPES, PRIMITIVES, AmoebaNet, Genotype,
+                                     NASNet, derive_genotype, genotype_from_json, genotype_to_json, parse_genotype)
 from darts_jax.cnn.networks import NetworkCIFAR, NetworkImageNet, count_params
 from darts_jax.cnn.supernet import SearchNetwork, init_alphas
 

@@ -26,6 +26,12 @@ def _axpy(a: jax.Array, x: PyTree, y: PyTree) -> PyTree:
   return jax.tree.map(lambda x_, y_: a * x_ + y_, x, y)
 
 
+def _sgd_direction(m: PyTree, g: PyTree, w: PyTree, momentum, weight_decay) -> PyTree:
+  """The weight optimiser's new momentum ``μm + g + λw`` (PyTorch SGD with coupled decay); the step is ``−η`` times
+  it."""
+  return jax.tree.map(lambda m_, g_, w_: momentum * m_ + g_ + weight_decay * w_, m, g, w)
+
+
 def hypergradient(
     train_loss: Loss,
     val_loss: Loss,
@@ -261,11 +267,8 @@ def hypergradient(
     grad_w = jax.grad(train_loss)(w, alpha, train_batch)
   grad_w = pmean(grad_w)
 
-  direction = jax.tree.map(
-      lambda w_, g, m: momentum * m + g + weight_decay * w_,
-      w, grad_w, momentum_buffer,
-  )
-  w_prime = jax.tree.map(lambda w_, d: w_ - eta * d, w, direction)
+  w_prime = _axpy(-eta, _sgd_direction(momentum_buffer, grad_w, w, momentum,
+                                      weight_decay), w)
 
   v, grad_alpha = pmean(
       jax.grad(val_loss, argnums=(0, 1))(w_prime, alpha, val_batch)
@@ -315,8 +318,7 @@ def _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta,
   def forward(carry, step_batch):
     w_, m = carry
     g = pmean(jax.grad(train_loss)(w_, alpha, batch_of(step_batch)))
-    m = jax.tree.map(lambda m_, g_, p: momentum * m_ + g_ + weight_decay * p,
-                     m, g, w_)
+    m = _sgd_direction(m, g, w_, momentum, weight_decay)
     return (_axpy(-eta, m, w_), m), w_
 
   batches = train_batch if per_step_batches else None

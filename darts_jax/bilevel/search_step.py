@@ -61,7 +61,8 @@ def arch_optimizer(learning_rate: float = 3e-4, *, b1: float = 0.5, b2: float = 
 
 
 def momentum_buffer(weight_opt_state: optax.OptState) -> PyTree:
-  """The SGD momentum trace ``m`` inside a `training.optimizers.weight_optimizer` state (PyTorch's ``momentum_buffer``)."""
+  """The SGD momentum trace ``m`` inside a `training.optimizers.weight_optimizer` state (PyTorch's
+  ``momentum_buffer``)."""
   return optax.tree_utils.tree_get(weight_opt_state, 'trace')
 
 
@@ -140,8 +141,8 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
   Args:
     model: the supernet (any Linen module called as ``model(x, alphas, train)`` with a ``batch_stats`` collection);
       its ``axis_name`` is the pmap axis (None under plain jit).
-    schedule: learning rate of the weight optimizer as a function of the step (`training.optimizers.epoch_cosine_schedule`); it is
-      also the virtual step's ``eta``.
+    schedule: learning rate of the weight optimizer as a function of the step
+      (`training.optimizers.epoch_cosine_schedule`); it is also the virtual step's ``eta``.
     preprocess: `make_preprocess`'s function, applied to both batches with keys drawn from ``(state.rng, step)``.
       With CIFAR augmentation, validation batches are augmented too: the original draws them from the training
       set with the training transform.

@@ -15,6 +15,7 @@ weights, the published genotypes, and (de)serialization with validation.
 import ast
 import collections
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -372,8 +373,30 @@ def genotype_to_json(genotype: Genotype) -> str:
   })
 
 
+def _flatten_nodes(ops: Any, name: str) -> Any:
+  """pt.darts's cells (one list of pairs per node) as the original's flat list
+  of pairs; anything else is returned as is, for `validate_genotype`."""
+  is_pair = lambda p: (isinstance(p, Sequence) and len(p) == 2
+                       and isinstance(p[0], str))
+  if (isinstance(ops, Sequence) and not isinstance(ops, (str, bytes)) and ops
+      and all(isinstance(node, Sequence) and not isinstance(node, (str, bytes))
+              and not is_pair(node) for node in ops)):
+    for i, node in enumerate(ops):
+      if len(node) != 2:
+        raise ValueError(
+            f'{name}[{i}] (node {i}) has {len(node)} (op, input) pairs; a '
+            'DARTS node has 2'
+        )
+    return [pair for node in ops for pair in node]
+  return ops
+
+
 def _genotype_from_fields(fields: Mapping[str, Any], source: str) -> Genotype:
-  """Builds and validates a genotype from a field-name -> value mapping."""
+  """Builds and validates a genotype from a field-name -> value mapping.
+
+  Cells may be flat lists of pairs (the original) or lists of per-node lists
+  of pairs (pt.darts).
+  """
   unknown = sorted(set(fields) - set(Genotype._fields))
   if unknown:
     raise ValueError(
@@ -383,6 +406,8 @@ def _genotype_from_fields(fields: Mapping[str, Any], source: str) -> Genotype:
   missing = [f for f in Genotype._fields if f not in fields]
   if missing:
     raise ValueError(f'missing field {missing[0]!r} in {source}')
+  fields = {k: _flatten_nodes(v, k) if k in _CELL_TYPES else v
+            for k, v in fields.items()}
   return validate_genotype(Genotype(**fields))
 
 
@@ -402,7 +427,30 @@ def genotype_from_json(text: str) -> Genotype:
         f'genotype JSON must be an object with fields '
         f'{", ".join(Genotype._fields)}, got {type(obj).__name__}'
     )
+  if _is_nni(obj):
+    return genotype_from_nni(obj)
   return _genotype_from_fields(obj, 'genotype JSON')
+
+
+def _is_nni(obj: Mapping[str, Any]) -> bool:
+  return any(isinstance(k, str) and '/' in k for k in obj)
+
+
+def _genotype_from_dict_text(text: str) -> Genotype:
+  """JSON (this project's or an NNI dict), else a Python dict literal as NNI
+  prints its architecture dicts (single quotes)."""
+  try:
+    json.loads(text)
+  except json.JSONDecodeError:
+    try:
+      obj = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+      return genotype_from_json(text)  # raises with the JSON error
+    if isinstance(obj, dict) and _is_nni(obj):
+      return genotype_from_nni(obj)
+    if isinstance(obj, dict):
+      return _genotype_from_fields(obj, 'genotype dict')
+  return genotype_from_json(text)
 
 
 def _literal(node: ast.expr, name: str) -> Any:
@@ -485,11 +533,13 @@ def genotype_from_repr(text: str) -> Genotype:
 
 
 def parse_genotype(text_or_name: str) -> Genotype:
-  """Parses a genotype given by name, as JSON or as a ``Genotype(...)`` repr.
+  """Parses a genotype given by name or as text in any `GENOTYPE_FORMATS`.
 
   Args:
     text_or_name: a key of ``KNOWN_GENOTYPES`` (e.g. ``'DARTS_V2'``), JSON
-      from ``genotype_to_json``, or a repr printed by the original code.
+      from ``genotype_to_json``, a ``Genotype(...)`` repr printed by the
+      original code or by pt.darts (pairs grouped per node), or an NNI
+      architecture dict (as JSON or as Python prints it).
 
   Returns:
     The validated, normalized ``Genotype``.
@@ -501,11 +551,12 @@ def parse_genotype(text_or_name: str) -> Genotype:
   if text in KNOWN_GENOTYPES:
     return validate_genotype(KNOWN_GENOTYPES[text])
   if text.startswith('{'):
-    return genotype_from_json(text)
+    return _genotype_from_dict_text(text)
   if text.isidentifier():
     raise ValueError(
         f'unknown genotype name {text!r}; known names: '
-        f'{", ".join(KNOWN_GENOTYPES)} (or pass JSON or a Genotype(...) repr)'
+        f'{", ".join(KNOWN_GENOTYPES)} (or pass JSON, a Genotype(...) repr or '
+        'an NNI architecture dict)'
     )
   try:
     return genotype_from_repr(text)
@@ -516,3 +567,143 @@ def parse_genotype(text_or_name: str) -> Genotype:
           f'{text[:80]!r}'
       ) from None
     raise
+
+
+# ---------------------------------------------------------------------------
+# Other tools' formats.
+
+GENOTYPE_FORMATS = ('original', 'json', 'nni', 'pt_darts')
+"""The formats `format_genotype` writes and `parse_genotype` reads."""
+
+_NNI_KEY = re.compile(r'(normal|reduce)/(op|input)_(\d+)_([01])$')
+
+
+def genotype_to_nni(genotype: Genotype) -> dict[str, str | int]:
+  """NNI's architecture dict of its DARTS space (``nni.nas.hub.pytorch.DARTS``).
+
+  Node ``i`` is numbered as a state, ``2 .. 1 + steps``; its two inputs ``j =
+  0, 1`` are ``'{cell}/op_{i}_{j}'`` (the op name) and ``'{cell}/input_{i}_{j}'``
+  (the state it reads: 0 = ``c_{k-2}``, 1 = ``c_{k-1}``, ``2 + n`` = node
+  ``n``, as in the original), normal cell first, as NNI prints it. NNI's cells
+  output all their nodes, so the concats must be ``2 .. 1 + steps``.
+
+  Raises:
+    ValueError: for an invalid genotype or one whose concat leaves out a node.
+  """
+  g = validate_genotype(genotype)
+  out = {}
+  for cell_type in _CELL_TYPES:
+    ops, concat = getattr(g, cell_type), getattr(g, f'{cell_type}_concat')
+    steps = len(ops) // 2
+    if sorted(concat) != list(range(2, 2 + steps)):
+      raise ValueError(
+          f"NNI's DARTS cells concatenate all their nodes; {cell_type}_concat="
+          f'{concat} leaves out some of 2..{steps + 1}'
+      )
+    for k, (op, index) in enumerate(ops):
+      node, j = 2 + k // 2, k % 2
+      out[f'{cell_type}/op_{node}_{j}'] = op
+      out[f'{cell_type}/input_{node}_{j}'] = index
+  return out
+
+
+def genotype_from_nni(arch: Mapping[str, Any]) -> Genotype:
+  """The genotype of an NNI architecture dict (`genotype_to_nni`'s format).
+
+  Input values may also be one-element lists (``[1]``), as some NNI versions
+  export them. The concats are all nodes (NNI's DARTS cells).
+
+  Raises:
+    ValueError: naming an unknown key, a missing op or input, or an invalid
+      op or input index.
+  """
+  if not isinstance(arch, Mapping):
+    raise ValueError(
+        f'an NNI architecture dict must be a mapping, got {type(arch).__name__}'
+    )
+  cells: dict[str, dict[tuple[int, int], dict[str, Any]]] = {
+      'normal': {}, 'reduce': {}
+  }
+  for key, value in arch.items():
+    match = _NNI_KEY.match(str(key))
+    if not match:
+      raise ValueError(
+          f"unknown key {key!r} in the NNI architecture dict; expected "
+          "'normal/op_I_J', 'normal/input_I_J', 'reduce/op_I_J' and "
+          "'reduce/input_I_J' with node I >= 2 and J = 0 or 1"
+      )
+    cell_type, kind, node, j = match.groups()
+    if kind == 'input' and isinstance(value, (list, tuple)) and len(value) == 1:
+      value = value[0]
+    cells[cell_type].setdefault((int(node), int(j)), {})[kind] = value
+  fields = {}
+  for cell_type, entries in cells.items():
+    nodes = sorted({node for node, _ in entries})
+    if nodes != list(range(2, 2 + len(nodes))) or not nodes:
+      raise ValueError(
+          f'the NNI architecture dict must number the {cell_type} nodes '
+          f'2, 3, ...; got {nodes}'
+      )
+    ops = []
+    for node in nodes:
+      for j in (0, 1):
+        entry = entries.get((node, j), {})
+        for kind in ('op', 'input'):
+          if kind not in entry:
+            raise ValueError(
+                f"the NNI architecture dict has no '{cell_type}/{kind}_"
+                f"{node}_{j}'"
+            )
+        ops.append((entry['op'], entry['input']))
+    fields[cell_type] = ops
+    fields[f'{cell_type}_concat'] = list(range(2, 2 + len(nodes)))
+  return validate_genotype(Genotype(**fields))
+
+
+def _concat_text(concat: Sequence[int]) -> str:
+  """``range(a, b)`` for a contiguous concat, as the original prints it."""
+  concat = list(concat)
+  if concat == list(range(concat[0], concat[0] + len(concat))):
+    return f'range({concat[0]}, {concat[0] + len(concat)})'
+  return repr(concat)
+
+
+def genotype_to_repr(genotype: Genotype) -> str:
+  """The original's ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat
+  =range(2, 6), ...)``: one flat list of pairs per cell, as its search logs."""
+  g = validate_genotype(genotype)
+  return (
+      f'Genotype(normal={g.normal!r}, '
+      f'normal_concat={_concat_text(g.normal_concat)}, reduce={g.reduce!r}, '
+      f'reduce_concat={_concat_text(g.reduce_concat)})'
+  )
+
+
+def genotype_to_pt_darts(genotype: Genotype) -> str:
+  """pt.darts's (khanrc/pt.darts) genotype text: the original's, with each
+  cell's pairs grouped per node, ``normal=[[('sep_conv_3x3', 0), ('dil_conv_5x5',
+  1)], ...]``. `parse_genotype` reads it."""
+  g = validate_genotype(genotype)
+  nodes = lambda ops: [ops[k:k + 2] for k in range(0, len(ops), 2)]
+  return (
+      f'Genotype(normal={nodes(g.normal)!r}, '
+      f'normal_concat={_concat_text(g.normal_concat)}, '
+      f'reduce={nodes(g.reduce)!r}, '
+      f'reduce_concat={_concat_text(g.reduce_concat)})'
+  )
+
+
+def format_genotype(genotype: Genotype, fmt: str) -> str:
+  """`genotype` as text in `fmt`, one of `GENOTYPE_FORMATS` (``'nni'``: the
+  architecture dict as Python prints it, as NNI shows it)."""
+  if fmt == 'original':
+    return genotype_to_repr(genotype)
+  if fmt == 'json':
+    return genotype_to_json(genotype)
+  if fmt == 'nni':
+    return repr(genotype_to_nni(genotype))
+  if fmt == 'pt_darts':
+    return genotype_to_pt_darts(genotype)
+  raise ValueError(
+      f'unknown genotype format {fmt!r}; known: {", ".join(GENOTYPE_FORMATS)}'
+  )

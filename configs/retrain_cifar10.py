@@ -14,7 +14,9 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.genotype = 'DARTS_V2'  # name | search workdir | genotype.json | JSON | Genotype(...) repr
+  config.genotype = 'DARTS_V2'  # name | search workdir | genotype.json | JSON | Genotype(...) | pt.darts | NNI dict
+  config.init_from = ''  # '' (from scratch) | the original's PyTorch checkpoint (.pt) | a retrain workdir: fine-tuning
+  config.freeze_epochs = 0  # with init_from: train only the classifiers (stem and cells frozen) for this many epochs
   config.seed = 0
   config.num_epochs = 600
   config.batch_size = 96  # global, over all devices
@@ -32,12 +34,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.layers = 20
   config.model.auxiliary = True  # auxiliary head after cell 2 * layers // 3 (needs 32x32 inputs)
   config.model.drop_path_prob = 0.2  # reached at the end; epoch e uses drop_path_prob * e / num_epochs
-  config.model.depthwise_impl = 'shift'  # shift | xla (see darts_jax.cnn.ops)
+  config.model.depthwise_impl = 'auto'  # auto (shift on CPU, xla elsewhere) | shift | xla (see darts_jax.cnn.ops)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'
   config.data.dir = ''  # '' looks in $DARTS_JAX_DATA, system directories, then tensorflow-datasets
   config.data.subset = 0  # > 0: train on the first `subset` training images only
+  config.data.classes = ''  # e.g. '6,7,8,9': only these classes, relabelled 0..3 ('' = all)
   config.data.augment = True  # random crop 32 (padding 4) + horizontal flip, on device
   config.data.image_size = 0  # > 0: resize images to image_size x image_size on device
   config.data.cutout = 16  # side of the cutout square (after normalisation); 0 disables

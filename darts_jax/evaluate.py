@@ -1,29 +1,45 @@
-"""Evaluating a retrained network's latest checkpoint on the test set.
+"""Test accuracy of a retrained network's latest checkpoint, or of a pretrained checkpoint of the original code.
 
     python -m darts_jax.evaluate --workdir runs/retrain_quick [--data_dir DIR]
+    python -m darts_jax.evaluate --pretrained cifar10_model.pt --genotype DARTS_V2 \
+        --config configs/retrain_cifar10.py [--data_dir DIR]
 
-Rebuilds the network from the workdir's ``config.json`` and ``genotype.json`` (written by `darts_jax.tasks.retrain`),
-restores the latest checkpoint and prints one JSON line: ``test_accuracy``, ``test_loss``, ``num_test``, ``step``,
-``epoch`` (epochs completed) and ``params``.
+With ``--workdir``, rebuilds the network from the workdir's ``config.json`` and ``genotype.json`` (written by
+`darts_jax.tasks.retrain`), restores the latest checkpoint and prints one JSON line: ``test_accuracy``,
+``test_loss``, ``num_test``, ``step``, ``epoch`` (epochs completed) and ``params``.
+
+With ``--pretrained``, converts the original's PyTorch checkpoint (`darts_jax.convert`; needs ``pip install
+'darts-jax[torch]'``) of the given genotype, its architecture read from the tensor shapes, and evaluates it on the
+test set of ``--config``'s dataset, normalised as the original (CIFAR-10's per-channel mean and std); it prints
+``test_accuracy``, ``test_top5``, ``test_loss``, ``num_test``, ``params`` and the architecture.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
+import flax.struct
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import optax
 from absl import app, flags
+from ml_collections import config_flags
 
-from darts_jax import data
+from darts_jax import convert, data
 from darts_jax.cnn.networks import count_params
+from darts_jax.data.augment import Preprocess
 from darts_jax.tasks import retrain
 from darts_jax.training import cli, loop, parallel
-from darts_jax.training.checkpointing import Checkpointer
 from darts_jax.training.parallel import AXIS_NAME
+
+
+def _batch_size(config: ml_collections.ConfigDict) -> int:
+  devices = jax.local_device_count()
+  return devices * math.ceil(config.batch_size / devices)
 
 
 def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = None) -> dict[str, Any]:
@@ -41,55 +57,109 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
     FileNotFoundError: when `workdir` has no ``config.json`` or no checkpoint, or the dataset is not found.
     ValueError: when `workdir` is not a retrain workdir or its files are damaged.
   """
-  workdir = Path(workdir)
-  config_path = workdir / loop.CONFIG_FILE
-  if not config_path.is_file():
-    raise FileNotFoundError(f'{config_path} does not exist: {workdir} is not a retrain workdir (run_retrain.py '
-                            'writes config.json, genotype.json and checkpoints/ there).')
-  try:
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  except ValueError as e:
-    raise ValueError(f'{config_path} is not valid JSON ({e}).') from None
-  if 'genotype' not in config or 'auxiliary' not in config.get('model', {}):
-    raise ValueError(f'{workdir} is not a retrain workdir: its config.json has no genotype (a search workdir? '
-                     'retrain its genotype with run_retrain.py --config.genotype=WORKDIR).')
-  genotype = retrain.load_genotype(str(workdir))
-  ds = data.load_dataset(config.data.name, data_dir or config.data.dir or None)
-  model = retrain.create_model(config, genotype, ds.num_classes)
-  tx, _ = retrain.create_optimizer(config, steps_per_epoch=1)  # only the optimizer state's structure matters
-
-  # The restore target needs shapes only, except for the PRNG key, whose implementation orbax reads from it.
-  rng = jax.random.key(config.seed)
-  size = config.data.image_size
-  image_shape = (size, size, ds.test_images.shape[-1]) if size else ds.test_images.shape[1:]
-  target = jax.eval_shape(lambda: retrain.create_train_state(rng, model, image_shape, tx))
-  with Checkpointer(workdir / loop.CHECKPOINT_DIR, read_only=True) as checkpointer:
-    restored = checkpointer.restore_latest(target.replace(rng=rng))
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir / "checkpoints"}: the retraining has not saved one yet.')
-  step, state, meta = restored
-
-  devices = jax.local_device_count()
-  batch_size = devices * math.ceil(config.batch_size / devices)
-  preprocess = data.make_preprocess(ds.mean, ds.std, image_size=size, axis_name=AXIS_NAME)
+  restored = retrain.restore_workdir(workdir)
+  config = restored.config
+  ds = retrain.load_data(config, data_dir)
+  model = restored.model.clone(axis_name=AXIS_NAME)
+  preprocess = data.make_preprocess(ds.mean, ds.std, image_size=config.data.image_size, axis_name=AXIS_NAME)
   p_eval = jax.pmap(retrain.make_eval_step(model, preprocess), axis_name=AXIS_NAME)
-  test = loop.evaluate(p_eval, parallel.replicate(state, AXIS_NAME), ds.test_images, ds.test_labels,
-                       batch_size, AXIS_NAME)
+  test = loop.evaluate(p_eval, parallel.replicate(restored.state, AXIS_NAME), ds.test_images, ds.test_labels,
+                       _batch_size(config), AXIS_NAME)
   return {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'num_test': len(ds.test_images),
-          'step': step, 'epoch': meta['epoch'], 'params': count_params(state.params)}
+          'step': restored.step, 'epoch': restored.epoch, 'params': count_params(restored.state.params)}
+
+
+class Weights(flax.struct.PyTreeNode):
+  """The variables an evaluation reads."""
+  params: Any
+  batch_stats: Any
+
+
+def _top_k_step(model: Any, preprocess: Preprocess) -> Any:
+  """``step(weights, (images, labels, mask)) -> sums`` of the loss and of top-1 and top-5 hits, psum'd."""
+
+  def step(weights: Weights, batch: tuple[jax.Array, jax.Array, jax.Array]) -> dict[str, jax.Array]:
+    images, labels, mask = batch
+    logits, _ = model.apply({'params': weights.params, 'batch_stats': weights.batch_stats},
+                            preprocess(None, images), train=False)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    sums = {'loss_sum': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
+            'correct': jnp.sum((top5[:, 0] == labels) * mask),
+            'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+            'count': jnp.sum(mask)}
+    return jax.lax.psum(sums, AXIS_NAME)
+
+  return step
+
+
+def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_collections.ConfigDict,
+                        data_dir: str | None = None) -> dict[str, Any]:
+  """Evaluates the original's PyTorch checkpoint at `path` of `genotype` on the test set of ``config.data``.
+
+  The architecture (C, layers, classes, auxiliary head) is read from the tensor shapes (`convert.infer_architecture`);
+  ``config`` gives the data (``data.name``, ``data.dir``, ``data.classes``, ``data.image_size``), ``batch_size`` and
+  ``model.depthwise_impl``.
+
+  Returns:
+    ``{'test_accuracy', 'test_top5', 'test_loss', 'num_test', 'params', 'network', 'C', 'layers', 'num_classes',
+    'auxiliary'}``.
+
+  Raises:
+    FileNotFoundError: no checkpoint or dataset. ImportError: PyTorch is not installed.
+    ValueError: the checkpoint does not fit the genotype or the dataset's number of classes.
+  """
+  state_dict = convert.load_torch_checkpoint(path)
+  arch = convert.infer_architecture(state_dict)
+  genotype = retrain.load_genotype(genotype)
+  if arch['network'] != 'cifar':
+    raise ValueError(f'{path} holds a NetworkImageNet: evaluating it needs ImageNet data, which this command does not '
+                     'read yet; convert it with darts_jax.convert.from_torch_state_dict and evaluate it in Python.')
+  ds = retrain.load_data(config, data_dir)
+  if ds.num_classes != arch['num_classes'] or ds.test_images.shape[-1] != arch['in_channels']:
+    raise ValueError(f'{path} classifies {arch["in_channels"]}-channel images into {arch["num_classes"]} classes; '
+                     f'{ds.name} has {ds.test_images.shape[-1]}-channel images of {ds.num_classes} classes (set '
+                     '--config.data.name and --config.data.classes to the data it was trained on).')
+  variables = convert.from_torch_state_dict(state_dict, genotype=genotype)
+  shape = {k: arch[k] for k in ('network', 'C', 'layers', 'num_classes', 'auxiliary')}
+  model = convert.network_for(genotype, **shape, depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
+  preprocess = data.make_preprocess(ds.mean, ds.std, image_size=config.data.image_size, axis_name=AXIS_NAME)
+  p_eval = jax.pmap(_top_k_step(model, preprocess), axis_name=AXIS_NAME)
+  weights = parallel.replicate(Weights(variables['params'], variables['batch_stats']), AXIS_NAME)
+  sums = [p_eval(weights, parallel.shard(batch, AXIS_NAME))
+          for batch in loop.eval_batches(ds.test_images, ds.test_labels, _batch_size(config), jax.process_index(),
+                                         jax.process_count())]
+  totals = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
+  return {'test_accuracy': totals['correct'] / totals['count'],
+          'test_top5': totals['correct_top5'] / totals['count'],
+          'test_loss': totals['loss_sum'] / totals['count'], 'num_test': len(ds.test_images),
+          'params': count_params(variables['params']), **shape}
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  if bool(f.workdir) == bool(f.pretrained):
+    raise app.UsageError('pass either --workdir DIR (a retrain run) or --pretrained PATH.pt (with --genotype and '
+                         '--config)')
+  if f.pretrained and f.config is None:
+    raise app.UsageError('--pretrained needs --config FILE for the data to test on, e.g. configs/retrain_cifar10.py')
   cli.start()
-  results = cli.run('darts_jax.evaluate', lambda: evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.data_dir))
+  if f.workdir:
+    results = cli.run('darts_jax.evaluate', lambda: evaluate_workdir(f.workdir, f.data_dir))
+  else:
+    results = cli.run('darts_jax.evaluate', lambda: evaluate_pretrained(f.pretrained, f.genotype, f.config,
+                                                                        f.data_dir))
   print(json.dumps(results))
 
 
 if __name__ == '__main__':
   # Defined here, not at import: importing the module (e.g. from run_retrain.py's process) must not claim flags.
   flags.DEFINE_string('workdir', None, 'Retrain run directory (written by run_retrain.py).')
-  flags.DEFINE_string('data_dir', None, "Dataset directory, if not the run's config.data.dir.")
-  flags.mark_flags_as_required(['workdir'])
+  flags.DEFINE_string('pretrained', None, "A PyTorch checkpoint of the original code (e.g. cifar10_model.pt).")
+  flags.DEFINE_string('genotype', 'DARTS_V2', 'With --pretrained: its genotype (a name, file, or text in any format '
+                                              'python -m darts_jax.genotypes reads).')
+  config_flags.DEFINE_config_file('config', None, 'With --pretrained: the data to test on (data.name, data.dir, '
+                                                  'data.classes, batch_size), e.g. configs/retrain_cifar10.py.')
+  flags.DEFINE_string('data_dir', None, "Dataset directory, if not the config's data.dir.")
   app.run(main)

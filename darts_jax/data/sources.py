@@ -296,6 +296,8 @@ class _Spec:
   how_to_get: str  # Completes "To get it: ".
   cifar_formats: tuple[_CifarFormat, ...] = ()  # Empty: IDX files.
   system_dirs: tuple[str, ...] = ()  # Searched when no data_dir is given.
+  image_shape: tuple[int, int, int] = (28, 28, 1)  # (H, W, C) of the images.
+  class_names: tuple[str, ...] = ()  # By label; empty: the labels' numbers.
 
 
 _INTO_DIR = ('into a directory and pass it as data_dir (--config.data.dir) '
@@ -313,19 +315,24 @@ DATASETS: dict[str, _Spec] = {
         num_classes=10, mean=(0.2860406,), std=(0.35302424,),
         subdirs=('fashion-mnist', 'fashion_mnist'),
         system_dirs=('/usr/share/datasets/fashion-mnist',),
+        class_names=('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                     'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'),
         how_to_get=('apt-get install dataset-fashion-mnist (Debian/Ubuntu); '
                     f'or download {_IDX_NAMES} from '
                     f'https://github.com/zalandoresearch/fashion-mnist '
                     f'{_INTO_DIR}; ' + _TFDS_HINT)),
     'mnist': _Spec(
         num_classes=10, mean=(0.13066048,), std=(0.30810780,),
-        subdirs=('mnist',),
+        subdirs=('mnist',), class_names=tuple('0123456789'),
         how_to_get=f'download the MNIST files {_IDX_NAMES} {_INTO_DIR}; '
                    + _TFDS_HINT),
     'cifar10': _Spec(
         num_classes=10, mean=(0.49139968, 0.48215827, 0.44653124),
         std=(0.24703233, 0.24348505, 0.26158768),
         subdirs=('cifar10', 'cifar-10'), cifar_formats=_CIFAR10_FORMATS,
+        image_shape=(32, 32, 3),
+        class_names=('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                     'frog', 'horse', 'ship', 'truck'),
         how_to_get=('download cifar-10-python.tar.gz from '
                     f'https://www.cs.toronto.edu/~kriz/cifar.html {_INTO_DIR}'
                     '; ' + _TFDS_HINT)),
@@ -333,6 +340,7 @@ DATASETS: dict[str, _Spec] = {
         num_classes=100, mean=(0.50707516, 0.48654887, 0.44091784),
         std=(0.26733429, 0.25643846, 0.27615047),
         subdirs=('cifar100', 'cifar-100'), cifar_formats=_CIFAR100_FORMATS,
+        image_shape=(32, 32, 3),
         how_to_get=('download cifar-100-python.tar.gz from '
                     f'https://www.cs.toronto.edu/~kriz/cifar.html {_INTO_DIR}'
                     '; ' + _TFDS_HINT)),
@@ -417,3 +425,42 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
       mean=np.asarray(spec.mean, np.float32),
       std=np.asarray(spec.std, np.float32),
   )
+
+
+def class_names(name: str) -> list[str]:
+  """The class names of dataset `name` by label (the labels' numbers where
+  the dataset names none)."""
+  spec = DATASETS[name]
+  return list(spec.class_names) or [str(i) for i in range(spec.num_classes)]
+
+
+def select_classes(ds: Dataset, classes: Sequence[int]) -> Dataset:
+  """The examples of `classes` only, relabelled by position: label
+  ``classes[i]`` becomes ``i``, so ``num_classes == len(classes)``.
+
+  A split of one dataset into tasks, e.g. pre-training on some classes and
+  fine-tuning on the others. Mean and std stay those of the full dataset.
+
+  Raises:
+    ValueError: for an empty or repeated selection or an unknown label.
+  """
+  classes = [int(c) for c in classes]
+  if not classes or len(set(classes)) != len(classes):
+    raise ValueError(f'classes must be distinct labels, got {classes}')
+  unknown = [c for c in classes if not 0 <= c < ds.num_classes]
+  if unknown:
+    raise ValueError(f'classes {unknown} are not labels of {ds.name} '
+                     f'(0..{ds.num_classes - 1})')
+  relabel = np.full(ds.num_classes, -1, np.int32)
+  relabel[classes] = np.arange(len(classes), dtype=np.int32)
+
+  def keep(images, labels):
+    mask = relabel[labels] >= 0
+    return images[mask], relabel[labels[mask]]
+
+  train_images, train_labels = keep(ds.train_images, ds.train_labels)
+  test_images, test_labels = keep(ds.test_images, ds.test_labels)
+  return dataclasses.replace(ds, train_images=train_images,
+                             train_labels=train_labels,
+                             test_images=test_images, test_labels=test_labels,
+                             num_classes=len(classes))

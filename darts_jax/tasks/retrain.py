@@ -24,6 +24,14 @@ It writes to `workdir`:
 * ``checkpoints/``: the `TrainState` and the position in the data after every epoch and every
   ``checkpoint_every_minutes``.
 
+**Fine-tuning.** With ``init_from`` (the original's PyTorch checkpoint, see `darts_jax.convert`, or a retrain
+workdir of this project) the weights and BN statistics start from that network's instead of PyTorch's
+initialisation; classifiers whose number of classes differs from the data's (the main and the auxiliary one) and an
+auxiliary head the source lacks are re-initialised, everything else must match in shape. With ``freeze_epochs`` =
+N > 0, only the classifiers and the auxiliary head train in the first N epochs (the stem and cells, the features,
+stay as loaded; their BN statistics still follow the new data). ``data.classes`` trains on some classes of a
+dataset only (relabelled 0, 1, ...), e.g. to pre-train on some classes and fine-tune on the others.
+
 The loop is `training.loop.train`: running `retrain` again on the same workdir resumes from the latest checkpoint
 (refused if the configuration or the genotype changed), and SIGTERM/SIGINT stop it after a checkpoint of the current
 step. Data order depends only on (seed, epoch) and every random draw (augmentation, cutout, drop path) only on
@@ -32,9 +40,10 @@ of devices, up to float rounding.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +57,10 @@ from absl import logging
 
 from darts_jax import data
 from darts_jax.cnn import genotypes
-from darts_jax.cnn.networks import NetworkCIFAR, count_params
+from darts_jax.cnn.networks import AUXILIARY, NetworkCIFAR, count_params
 from darts_jax.data.augment import Preprocess
 from darts_jax.training import curves, loop, optimizers, parallel, reporting
+from darts_jax.training.checkpointing import Checkpointer
 from darts_jax.training.parallel import AXIS_NAME
 
 PyTree = Any
@@ -115,14 +125,169 @@ def create_model(config: ml_collections.ConfigDict, genotype: genotypes.Genotype
                       axis_name=axis_name)
 
 
+TRAINED_WHEN_FROZEN = ('classifier', AUXILIARY)
+"""Top-level parameters that train while ``freeze_epochs`` holds the others (the stem and the cells)."""
+
+
+def _frozen(params: PyTree) -> PyTree:
+  return {name: jax.tree.map(lambda _, name=name: name not in TRAINED_WHEN_FROZEN, subtree)
+          for name, subtree in params.items()}
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer of `config` (`training.optimizers.weight_optimizer`) and its learning-rate schedule, cosine per epoch."""
+  """The optimizer of `config` (`training.optimizers.weight_optimizer`) and its learning-rate schedule, cosine per epoch.
+
+  With ``freeze_epochs`` = N > 0, the gradients and updates of the stem and cells are zeroed (an `optax.masked`
+  scale by 0) for the first ``N · steps_per_epoch`` steps: zeroing the gradients keeps them out of the global-norm
+  clipping and the momentum, zeroing the updates keeps weight decay from moving frozen weights.
+  """
   schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
                                               steps_per_epoch)
   tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
                                    grad_clip=config.grad_clip)
+  frozen_steps = config.get('freeze_epochs', 0) * steps_per_epoch
+  if frozen_steps:
+    freeze = lambda: optax.masked(optax.scale_by_schedule(lambda count: (count >= frozen_steps).astype(jnp.float32)),
+                                  _frozen)
+    tx = optax.chain(freeze(), tx, freeze())
   return tx, schedule
+
+
+def dataset_classes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The labels of ``config.data.classes`` (``'6,7,8,9'``); empty for all classes."""
+  spec = str(config.data.get('classes', '') or '').strip()
+  try:
+    return tuple(int(c) for c in spec.split(',')) if spec else ()
+  except ValueError:
+    raise ValueError(f"data.classes must be comma-separated labels such as '0,1,2', got {spec!r}") from None
+
+
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> data.Dataset:
+  """The dataset of ``config.data`` (from `data_dir` if given), restricted to ``data.classes`` if set."""
+  ds = data.load_dataset(config.data.name, data_dir or config.data.dir or None)
+  classes = dataset_classes(config)
+  return data.select_classes(ds, classes) if classes else ds
+
+
+def class_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The names of the classes the network of `config` predicts, by output index."""
+  names = data.class_names(config.data.name)
+  return [names[c] for c in dataset_classes(config)] or names
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(H, W, C) of the network's input: the dataset's images, resized to ``data.image_size`` if set."""
+  h, w, c = data.DATASETS[config.data.name].image_shape
+  size = config.data.image_size
+  return (size, size, c) if size else (h, w, c)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A retrain workdir's run: its config, genotype, network (without an axis name) and latest checkpoint."""
+  config: ml_collections.ConfigDict
+  genotype: genotypes.Genotype
+  model: NetworkCIFAR
+  state: TrainState
+  step: int
+  epoch: int
+
+
+def restore_workdir(workdir: str | os.PathLike[str]) -> Restored:
+  """The latest checkpoint of the retrain run in `workdir`, with what it takes to use it (no data is read).
+
+  Raises:
+    FileNotFoundError: when `workdir` has no ``config.json`` or no checkpoint.
+    ValueError: when `workdir` is not a retrain workdir or its files are damaged.
+  """
+  workdir = Path(workdir)
+  config_path = workdir / loop.CONFIG_FILE
+  if not config_path.is_file():
+    raise FileNotFoundError(f'{config_path} does not exist: {workdir} is not a retrain workdir (run_retrain.py '
+                            'writes config.json, genotype.json and checkpoints/ there).')
+  try:
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  except ValueError as e:
+    raise ValueError(f'{config_path} is not valid JSON ({e}).') from None
+  if 'genotype' not in config or 'auxiliary' not in config.get('model', {}):
+    raise ValueError(f'{workdir} is not a retrain workdir: its config.json has no genotype (a search workdir? '
+                     'retrain its genotype with run_retrain.py --config.genotype=WORKDIR).')
+  genotype = load_genotype(str(workdir))
+  num_classes = len(dataset_classes(config)) or data.DATASETS[config.data.name].num_classes
+  model = create_model(config, genotype, num_classes, axis_name=None)
+  tx, _ = create_optimizer(config, steps_per_epoch=1)  # only the optimizer state's structure matters
+  # The restore target needs shapes only, except for the PRNG key, whose implementation orbax reads from it.
+  rng = jax.random.key(config.seed)
+  target = jax.eval_shape(lambda: create_train_state(rng, model, image_shape(config), tx))
+  with Checkpointer(workdir / loop.CHECKPOINT_DIR, read_only=True) as checkpointer:
+    restored = checkpointer.restore_latest(target.replace(rng=rng))
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir / loop.CHECKPOINT_DIR}: the retraining has not saved one yet.')
+  step, state, meta = restored
+  return Restored(config, genotype, model, state, step, meta['epoch'])
+
+
+def _merge_pretrained(fresh: Mapping[str, PyTree], loaded: Mapping[str, PyTree], source: str) -> dict[str, PyTree]:
+  """`loaded` where it fits `fresh`: classifiers of another number of classes and parts `loaded` lacks (an auxiliary
+  head) keep their fresh initialisation, parts `fresh` lacks are dropped; any other difference is an error."""
+  merged, kept, mismatched = {}, [], []
+  for name, subtree in fresh.items():
+    if name not in loaded:
+      merged[name] = subtree
+      kept.append(name)
+      continue
+    fresh_leaves = jax.tree_util.tree_flatten_with_path(subtree)[0]
+    loaded_leaves = dict(jax.tree_util.tree_flatten_with_path(loaded[name])[0])
+    new_classes = name == 'classifier' or (name == AUXILIARY and
+                                          loaded[name]['classifier']['bias'].shape != subtree['classifier']['bias'].shape)
+    leaves = []
+    for path, leaf in fresh_leaves:
+      other = loaded_leaves.get(path)
+      if new_classes and jax.tree_util.keystr(path).startswith("['classifier']") and (
+          other is None or other.shape != leaf.shape):
+        leaves.append(leaf)
+        kept.append(name + jax.tree_util.keystr(path))
+      elif other is None or other.shape != leaf.shape:
+        mismatched.append(f'{name}{jax.tree_util.keystr(path)} '
+                          f'{None if other is None else tuple(other.shape)} (expected {tuple(leaf.shape)})')
+      else:
+        leaves.append(jnp.asarray(other, leaf.dtype))
+    if not mismatched:
+      merged[name] = jax.tree.unflatten(jax.tree.structure(subtree), leaves)
+  if mismatched:
+    shown = ', '.join(mismatched[:6]) + (f' (and {len(mismatched) - 6} more)' if len(mismatched) > 6 else '')
+    raise ValueError(f'init_from={source} does not fit this network (genotype, model.init_channels, model.layers and '
+                     f'the image channels must be those of the source): {shown}')
+  if kept:
+    logging.info('init_from=%s: kept the fresh initialisation of %s.', source, ', '.join(kept))
+  return merged
+
+
+def load_initial_weights(spec: str, config: ml_collections.ConfigDict, genotype: genotypes.Genotype,
+                         params: PyTree, batch_stats: PyTree) -> tuple[PyTree, PyTree]:
+  """``(params, batch_stats)`` of the network of `config` started from `spec` (``config.init_from``): the
+  original's PyTorch checkpoint (a file; converted by `darts_jax.convert` with this config's genotype, C and
+  layers) or a retrain workdir (a directory; its latest checkpoint). `params` and `batch_stats` are the fresh ones,
+  kept where the source has no counterpart (see the module docstring).
+
+  Raises:
+    FileNotFoundError: `spec` does not exist. ImportError: a ``.pt`` file without PyTorch installed.
+    ValueError: the source does not fit this network (naming the tensors and their shapes).
+  """
+  path = Path(spec).expanduser()
+  if path.is_dir():
+    source = restore_workdir(path).state
+    loaded = {'params': source.params, 'batch_stats': source.batch_stats}
+  elif path.is_file():
+    from darts_jax import convert  # the library layer of the conversion; it imports torch only to read the file
+    loaded = convert.from_torch_state_dict(convert.load_torch_checkpoint(path), genotype=genotype,
+                                           C=config.model.init_channels, layers=config.model.layers, network='cifar')
+  else:
+    raise FileNotFoundError(f'init_from={spec} does not exist: pass a PyTorch checkpoint (.pt) of the original code '
+                            'or a retrain workdir.')
+  return (_merge_pretrained(params, loaded['params'], spec),
+          _merge_pretrained(batch_stats, loaded['batch_stats'], spec))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -256,6 +421,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'model.drop_path_prob must be in [0, 1), got {config.model.drop_path_prob}.')
   if config.num_epochs <= 0:
     raise ValueError(f'num_epochs must be positive, got {config.num_epochs}.')
+  if not 0 <= config.get('freeze_epochs', 0) <= config.num_epochs:
+    raise ValueError(f'freeze_epochs must be in [0, num_epochs={config.num_epochs}], got {config.freeze_epochs}.')
+  if config.get('freeze_epochs', 0) and not config.get('init_from'):
+    raise ValueError('freeze_epochs needs init_from: freezing freshly initialised cells trains a random-feature model.')
 
 
 def _check_same_genotype(workdir: Path, genotype: genotypes.Genotype) -> None:
@@ -291,7 +460,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   genotype = load_genotype(config.genotype)
   _check_same_genotype(workdir, genotype)
 
-  ds = data.load_dataset(config.data.name, config.data.dir or None)
+  ds = load_data(config)
   train_images, train_labels = ds.train_images, ds.train_labels
   if not 0 <= config.data.subset <= len(train_images):
     raise ValueError(f'data.subset={config.data.subset} must be in [0, {len(train_images)}] (the {ds.name} training '
@@ -307,8 +476,11 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   model = create_model(config, genotype, ds.num_classes)
   tx, schedule = create_optimizer(config, steps_per_epoch)
   size = config.data.image_size
-  image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
-  state = create_train_state(jax.random.key(config.seed), model, image_shape, tx)
+  input_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
+  state = create_train_state(jax.random.key(config.seed), model, input_shape, tx)
+  if config.get('init_from'):  # on resume the checkpoint replaces it, as any initial state
+    params, batch_stats = load_initial_weights(config.init_from, config, genotype, state.params, state.batch_stats)
+    state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
   num_params = count_params(state.params)
   logging.info('Genotype %s: %d parameters (%.3f MB) without the auxiliary head.', genotype, num_params,
                num_params / 1e6)

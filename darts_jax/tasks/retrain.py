@@ -229,30 +229,27 @@ def restore_workdir(workdir: str | os.PathLike[str]) -> Restored:
 
 
 def _merge_pretrained(fresh: Mapping[str, PyTree], loaded: Mapping[str, PyTree], source: str) -> dict[str, PyTree]:
-  """`loaded` where it fits `fresh`: classifiers of another number of classes and parts `loaded` lacks (an auxiliary
-  head) keep their fresh initialisation, parts `fresh` lacks are dropped; any other difference is an error."""
+  """`loaded` where it fits `fresh`: classifiers of another number of classes and an auxiliary head `loaded` lacks
+  keep their fresh initialisation, parts `fresh` lacks are dropped; any other difference is an error."""
   merged, kept, mismatched = {}, [], []
   for name, subtree in fresh.items():
     if name not in loaded:
+      if name != AUXILIARY:
+        mismatched.append(f'{name} (missing)')
       merged[name] = subtree
       kept.append(name)
       continue
-    fresh_leaves = jax.tree_util.tree_flatten_with_path(subtree)[0]
     loaded_leaves = dict(jax.tree_util.tree_flatten_with_path(loaded[name])[0])
-    new_classes = name == 'classifier' or (name == AUXILIARY and
-                                          loaded[name]['classifier']['bias'].shape != subtree['classifier']['bias'].shape)
     leaves = []
-    for path, leaf in fresh_leaves:
-      other = loaded_leaves.get(path)
-      if new_classes and jax.tree_util.keystr(path).startswith("['classifier']") and (
-          other is None or other.shape != leaf.shape):
-        leaves.append(leaf)
-        kept.append(name + jax.tree_util.keystr(path))
-      elif other is None or other.shape != leaf.shape:
-        mismatched.append(f'{name}{jax.tree_util.keystr(path)} '
-                          f'{None if other is None else tuple(other.shape)} (expected {tuple(leaf.shape)})')
-      else:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(subtree)[0]:
+      where, other = name + jax.tree_util.keystr(path), loaded_leaves.get(path)
+      if other is not None and other.shape == leaf.shape:
         leaves.append(jnp.asarray(other, leaf.dtype))
+      elif other is not None and (name == 'classifier' or where.startswith(f"{AUXILIARY}['classifier']")):
+        leaves.append(leaf)  # another number of classes
+        kept.append(where)
+      else:
+        mismatched.append(f'{where} {None if other is None else tuple(other.shape)} (expected {tuple(leaf.shape)})')
     if not mismatched:
       merged[name] = jax.tree.unflatten(jax.tree.structure(subtree), leaves)
   if mismatched:

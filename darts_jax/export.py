@@ -1,0 +1,122 @@
+"""A portable inference artifact of a retrained network: serialized `jax.export` with the weights inside.
+
+    python -m darts_jax.export --workdir runs/retrain_quick [--output DIR]
+
+writes ``DIR/model.jax_export`` (default ``DIR = WORKDIR/export``), the serialized `jax.export.Exported` of
+
+    logits = f(images)        images: uint8 (N, H, W, C), pixel values 0..255;  logits: float32 (N, num_classes)
+
+for any batch size N (a symbolic dimension): the eval-mode network (BN with running statistics, no drop path, no
+auxiliary head) of the workdir's latest checkpoint, its weights as constants, with the training's input
+preprocessing (resize to ``data.image_size`` if set, normalisation by the dataset's mean and std) inside. It is
+lowered for CPU and CUDA. Beside it, ``model.json`` holds the input spec (``input_shape`` with ``null`` for N,
+``input_dtype``, ``layout``), ``class_names`` by output index, ``num_classes``, ``dataset``, the ``genotype``,
+``step``, ``platforms`` and the jax version that wrote it.
+
+`load(path)` returns the callable back in any process with jax installed, without this package's model code (it
+needs only ``jax``): ``load('runs/x/export')(images)`` or ``load('.../model.jax_export')``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from jax import export as jax_export
+
+from darts_jax import data
+from darts_jax.cnn import genotypes
+from darts_jax.tasks import retrain
+from darts_jax.training import cli
+
+ARTIFACT = 'model.jax_export'
+SPEC = 'model.json'
+PLATFORMS = ('cpu', 'cuda')
+
+
+def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
+                   platforms: tuple[str, ...] = PLATFORMS) -> Path:
+  """Exports the latest checkpoint of the retrain run in `workdir` to `output` (default ``workdir/export``).
+
+  Returns:
+    The output directory, holding ``model.jax_export`` and ``model.json``.
+
+  Raises:
+    FileNotFoundError, ValueError: as `retrain.restore_workdir` (not a retrain workdir, no checkpoint).
+  """
+  restored = retrain.restore_workdir(workdir)
+  config = restored.config
+  spec = data.DATASETS[config.data.name]
+  h, w, c = spec.image_shape
+  preprocess = data.make_preprocess(np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32),
+                                    image_size=config.data.image_size)
+  variables = {'params': restored.state.params, 'batch_stats': restored.state.batch_stats}
+  model = restored.model
+
+  def infer(images: jax.Array) -> jax.Array:
+    return model.apply(variables, preprocess(None, images), train=False)[0]
+
+  batch = jax_export.symbolic_shape('N')[0]
+  exported = jax_export.export(jax.jit(infer), platforms=platforms)(jax.ShapeDtypeStruct((batch, h, w, c), jnp.uint8))
+  output = Path(output) if output else Path(workdir) / 'export'
+  output.mkdir(parents=True, exist_ok=True)
+  (output / ARTIFACT).write_bytes(exported.serialize())
+  names = retrain.class_names(config)
+  (output / SPEC).write_text(json.dumps({
+      'input_shape': [None, h, w, c], 'input_dtype': 'uint8', 'layout': 'NHWC, pixel values 0..255',
+      'output': f'float32 logits (N, {len(names)})', 'class_names': names, 'num_classes': len(names),
+      'dataset': config.data.name, 'genotype': json.loads(genotypes.genotype_to_json(restored.genotype)), 'step': restored.step,
+      'platforms': list(platforms), 'jax_version': jax.__version__}, indent=1) + '\n')
+  return output
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+  """An exported network: ``served(images) -> logits`` (a jax array), and its ``spec`` (the content of
+  ``model.json``, empty when loading a bare artifact)."""
+  exported: jax_export.Exported
+  spec: dict[str, Any]
+
+  def __call__(self, images: Any) -> jax.Array:
+    return self.exported.call(jnp.asarray(images))
+
+
+def load(path: str | os.PathLike[str]) -> Served:
+  """The network exported to `path` (the export directory or its ``model.jax_export``) as a callable.
+
+  Raises:
+    FileNotFoundError: nothing exported there. ValueError: the file is not a serialized `jax.export` artifact.
+  """
+  path = Path(path)
+  artifact = path / ARTIFACT if path.is_dir() else path
+  if not artifact.is_file():
+    raise FileNotFoundError(f'{artifact} does not exist: export a retrain workdir with python -m darts_jax.export '
+                            '--workdir DIR first.')
+  try:
+    exported = jax_export.deserialize(bytearray(artifact.read_bytes()))
+  except Exception as e:  # flatbuffers raises assorted errors on a file that is not an artifact
+    raise ValueError(f'{artifact} is not a serialized jax.export artifact ({type(e).__name__}).') from None
+  spec_path = artifact.with_name(SPEC)
+  spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+  return Served(exported, spec)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli.start()
+  output = cli.run('darts_jax.export', lambda: export_workdir(flags.FLAGS.workdir, flags.FLAGS.output))
+  print(output)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'Retrain run directory (written by run_retrain.py).')
+  flags.DEFINE_string('output', None, 'Output directory (default: WORKDIR/export).')
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)

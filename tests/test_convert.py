@@ -168,6 +168,7 @@ def test_reading_a_checkpoint_without_torch_says_how_to_install_it(cifar, monkey
 
 
 def test_the_package_never_imports_torch():
+  # Nor through a dependency at import time (tensorboardX imports torch when it can; it is imported by a run only).
   code = ('import sys; import darts_jax, darts_jax.convert, darts_jax.export, darts_jax.evaluate, darts_jax.genotypes, '
           'darts_jax.tasks.retrain; assert "torch" not in sys.modules, "torch imported"')
   subprocess.run([sys.executable, '-c', code], check=True, timeout=300)

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import tqdm
-from tensorboardX import SummaryWriter
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -144,6 +143,8 @@ class MetricsWriter:
     truncate_jsonl(self.path, resume_step)
     self._tb = None
     if tensorboard:
+      # Imported here: tensorboardX imports torch when it is installed (seconds), which only a run needs to pay.
+      from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(
           logdir=str(workdir / TENSORBOARD_DIR),
           purge_step=None if resume_step is None else resume_step + 1)

@@ -10,7 +10,10 @@ The package is grouped by concept (docs/architecture.md has the map):
   pmap helpers, optimizers, configs, CLI start-up;
 * `darts_jax.tasks`: the training tasks on that loop: `search` (behind ``run_search.py``) and `retrain` (behind
   ``run_retrain.py``);
-* entry points: ``python -m darts_jax.evaluate``, ``python -m darts_jax.bench``.
+* interoperability: `darts_jax.convert` (the original's PyTorch checkpoints), `darts_jax.genotypes` (NNI, pt.darts
+  and original genotype formats), `darts_jax.export` (a portable inference artifact);
+* entry points: ``python -m darts_jax.evaluate``, ``python -m darts_jax.genotypes``, ``python -m darts_jax.export``,
+  ``python -m darts_jax.bench``.
 
 This module exports the research API. It imports only jax, flax, optax and numpy; the plotting functions
 (graphviz, matplotlib) are imported on first use.

@@ -55,7 +55,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from darts_jax import data
+from darts_jax import convert, data
 from darts_jax.cnn import genotypes
 from darts_jax.cnn.networks import AUXILIARY, NetworkCIFAR, count_params
 from darts_jax.data.augment import Preprocess
@@ -277,7 +277,6 @@ def load_initial_weights(spec: str, config: ml_collections.ConfigDict, genotype:
     source = restore_workdir(path).state
     loaded = {'params': source.params, 'batch_stats': source.batch_stats}
   elif path.is_file():
-    from darts_jax import convert  # the library layer of the conversion; it imports torch only to read the file
     loaded = convert.from_torch_state_dict(convert.load_torch_checkpoint(path), genotype=genotype,
                                            C=config.model.init_channels, layers=config.model.layers, network='cifar')
   else:

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from darts_jax import convert, data
 from darts_jax.cnn.networks import count_params
+from darts_jax.data import imagenet
 from darts_jax.data.augment import Preprocess
 from darts_jax.tasks import retrain
 from darts_jax.training import cli, loop, parallel
@@ -92,46 +93,67 @@ def _top_k_step(model: Any, preprocess: Preprocess) -> Any:
   return step
 
 
+def _padded(batches: Any, batch_size: int) -> Any:
+  """Streamed (images, labels) batches as `loop.eval_batches` gives them: padded to `batch_size`, with a mask."""
+  for images, labels in batches:
+    pad = batch_size - len(images)
+    mask = np.concatenate([np.ones(len(images), np.float32), np.zeros(pad, np.float32)])
+    yield (np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]),
+           np.concatenate([labels, np.zeros(pad, labels.dtype)]), mask)
+
+
 def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_collections.ConfigDict,
                         data_dir: str | None = None) -> dict[str, Any]:
-  """Evaluates the original's PyTorch checkpoint at `path` of `genotype` on the test set of ``config.data``.
+  """Evaluates the original's PyTorch checkpoint at `path` of `genotype` on held-out data.
 
-  The architecture (C, layers, classes, auxiliary head) is read from the tensor shapes (`convert.infer_architecture`);
-  ``config`` gives the data (``data.name``, ``data.dir``, ``data.classes``, ``data.image_size``), ``batch_size`` and
-  ``model.depthwise_impl``.
+  The architecture (network, C, layers, classes, auxiliary head) is read from the tensor shapes
+  (`convert.infer_architecture`). A ``NetworkCIFAR`` is tested on the test set of ``config.data`` (``data.name``,
+  ``data.dir`` or `data_dir`, ``data.classes``, ``data.image_size``), normalised with the dataset's mean and std; a
+  ``NetworkImageNet`` on the ImageNet validation images in `data_dir` (or ``config.data.dir``): an ImageFolder
+  directory or tfds' prepared ``imagenet2012``, prepared as the original (`data.imagenet`; one process).
+  ``config`` also gives ``batch_size`` and ``model.depthwise_impl``.
 
   Returns:
-    ``{'test_accuracy', 'test_top5', 'test_loss', 'num_test', 'params', 'network', 'C', 'layers', 'num_classes',
-    'auxiliary'}``.
+    ``{'test_accuracy' (top-1), 'test_top5', 'test_loss', 'num_test', 'params', 'network', 'C', 'layers',
+    'num_classes', 'auxiliary'}``.
 
   Raises:
-    FileNotFoundError: no checkpoint or dataset. ImportError: PyTorch is not installed.
-    ValueError: the checkpoint does not fit the genotype or the dataset's number of classes.
+    FileNotFoundError: no checkpoint or data. ImportError: PyTorch is not installed.
+    ValueError: the checkpoint does not fit the genotype or the data's classes or channels.
   """
   state_dict = convert.load_torch_checkpoint(path)
   arch = convert.infer_architecture(state_dict)
   genotype = retrain.load_genotype(genotype)
-  if arch['network'] != 'cifar':
-    raise ValueError(f'{path} holds a NetworkImageNet: evaluating it needs ImageNet data, which this command does not '
-                     'read yet; convert it with darts_jax.convert.from_torch_state_dict and evaluate it in Python.')
-  ds = retrain.load_data(config, data_dir)
-  if ds.num_classes != arch['num_classes'] or ds.test_images.shape[-1] != arch['in_channels']:
+  batch_size = _batch_size(config)
+  if arch['network'] == 'imagenet':
+    source = data_dir or config.data.dir
+    if not source:
+      raise ValueError(f'{path} holds a NetworkImageNet: pass the ImageNet validation images with --data_dir (an '
+                       'ImageFolder directory such as val/, or a tfds data directory with imagenet2012 prepared).')
+    num_test, num_classes, batches = imagenet.eval_batches(source, batch_size)
+    batches, channels, size = _padded(batches, batch_size), 3, 0
+    mean, std, name = imagenet.MEAN, imagenet.STD, 'ImageNet'
+  else:
+    ds = retrain.load_data(config, data_dir)
+    num_test, num_classes, channels = len(ds.test_images), ds.num_classes, ds.test_images.shape[-1]
+    size = config.data.image_size
+    batches = loop.eval_batches(ds.test_images, ds.test_labels, batch_size, jax.process_index(), jax.process_count())
+    mean, std, name = ds.mean, ds.std, ds.name
+  if num_classes != arch['num_classes'] or channels != arch['in_channels']:
     raise ValueError(f'{path} classifies {arch["in_channels"]}-channel images into {arch["num_classes"]} classes; '
-                     f'{ds.name} has {ds.test_images.shape[-1]}-channel images of {ds.num_classes} classes (set '
-                     '--config.data.name and --config.data.classes to the data it was trained on).')
+                     f'{name} has {channels}-channel images of {num_classes} classes (set --config.data.name and '
+                     '--config.data.classes to the data it was trained on).')
   variables = convert.from_torch_state_dict(state_dict, genotype=genotype)
   shape = {k: arch[k] for k in ('network', 'C', 'layers', 'num_classes', 'auxiliary')}
   model = convert.network_for(genotype, **shape, depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
-  preprocess = data.make_preprocess(ds.mean, ds.std, image_size=config.data.image_size, axis_name=AXIS_NAME)
-  p_eval = jax.pmap(_top_k_step(model, preprocess), axis_name=AXIS_NAME)
+  p_eval = jax.pmap(_top_k_step(model, data.make_preprocess(mean, std, image_size=size, axis_name=AXIS_NAME)),
+                    axis_name=AXIS_NAME)
   weights = parallel.replicate(Weights(variables['params'], variables['batch_stats']), AXIS_NAME)
-  sums = [p_eval(weights, parallel.shard(batch, AXIS_NAME))
-          for batch in loop.eval_batches(ds.test_images, ds.test_labels, _batch_size(config), jax.process_index(),
-                                         jax.process_count())]
+  sums = [p_eval(weights, parallel.shard(batch, AXIS_NAME)) for batch in batches]
   totals = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
   return {'test_accuracy': totals['correct'] / totals['count'],
           'test_top5': totals['correct_top5'] / totals['count'],
-          'test_loss': totals['loss_sum'] / totals['count'], 'num_test': len(ds.test_images),
+          'test_loss': totals['loss_sum'] / totals['count'], 'num_test': num_test,
           'params': count_params(variables['params']), **shape}
 
 

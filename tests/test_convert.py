@@ -7,12 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 torch = pytest.importorskip('torch', reason="the conversion tests need PyTorch: pip install -e '.[torch]'")
 
 import torch_darts  # noqa: E402  (needs torch)
-from darts_jax import convert  # noqa: E402
-from darts_jax.cnn import networks  # noqa: E402
+from configs import retrain_cifar10  # noqa: E402
+from darts_jax import convert, evaluate  # noqa: E402
+from darts_jax.cnn import genotypes, networks  # noqa: E402
+from darts_jax.data import imagenet  # noqa: E402
 from darts_jax.cnn.genotypes import Genotype  # noqa: E402
 from darts_jax.cnn.supernet import SearchNetwork  # noqa: E402
 
@@ -115,6 +118,33 @@ def test_imagenet_checkpoint_of_data_parallel_converts_with_matching_logits(tmp_
   # 224x224: the auxiliary head reads the 7x7 map after the second reduction.
   x = np.random.default_rng(1).normal(size=(2, 3, 224, 224)).astype(np.float32)
   _compare(torch_net, net, variables, x, train=True)
+
+
+def test_pretrained_imagenet_checkpoint_evaluates_on_an_image_folder(tmp_path):
+  """evaluate --pretrained on an ImageFolder directory: top-1 equals the PyTorch network's on the same images, each
+  resized (shorter side 256), centre-cropped to 224 and normalised as the original's test_imagenet.py."""
+  torch.manual_seed(3)
+  torch_net = torch_darts.randomize_(torch_darts.NetworkImageNet(8, 3, 4, False, SMALL), seed=3).eval()
+  torch.save({'state_dict': {f'module.{k}': v for k, v in torch_net.state_dict().items()}}, tmp_path / 'model.pt')
+  rng = np.random.default_rng(3)
+  crops, labels = [], []
+  for label, name in enumerate(['n01', 'n02', 'n03']):
+    (tmp_path / 'val' / name).mkdir(parents=True)
+    for i, size in enumerate([(300, 260), (256, 320)]):  # landscape and portrait
+      image = Image.fromarray(rng.integers(0, 256, size[::-1] + (3,), np.uint8))
+      image.save(tmp_path / 'val' / name / f'{i}.png')
+      crops.append(imagenet.center_crop(image))
+      labels.append(label)
+  assert crops[0].shape == (224, 224, 3)
+  x = (np.stack(crops) / 255.0 - imagenet.MEAN) / imagenet.STD
+  with torch.no_grad():
+    logits, _ = torch_net(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32)))
+  config = retrain_cifar10.get_config()
+  config.batch_size = 4  # two batches, the second padded
+  results = evaluate.evaluate_pretrained(tmp_path / 'model.pt', genotypes.genotype_to_json(SMALL), config, str(tmp_path / 'val'))
+  assert (results['network'], results['num_classes'], results['num_test']) == ('imagenet', 3, 6)
+  assert results['test_accuracy'] == np.mean(logits.numpy().argmax(-1) == np.array(labels))
+  assert results['test_top5'] == 1.0
 
 
 def test_search_network_and_alphas_convert_and_continue_identically():

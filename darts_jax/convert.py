@@ -399,7 +399,8 @@ def infer_architecture(state_dict: StateDict) -> dict[str, Any]:
   cells = {int(m.group(1)) for k in state_dict if (m := re.match(r'cells\.(\d+)\.', k))}
   if 'classifier.weight' not in state_dict or not cells:
     raise ValueError('not a DARTS network state dict: it has no classifier.weight or no cells.*')
-  return dict(network=network, C=int(C), layers=max(cells) + 1, num_classes=int(state_dict['classifier.weight'].shape[0]),
+  return dict(network=network, C=int(C), layers=max(cells) + 1,
+              num_classes=int(state_dict['classifier.weight'].shape[0]),
               auxiliary=any(k.startswith('auxiliary_head.') for k in state_dict), in_channels=int(stem.shape[1]))
 
 
@@ -413,11 +414,11 @@ def network_for(genotype: Genotype | str, *, C: int, num_classes: int, layers: i
   return cls(_genotype(genotype), C=C, num_classes=num_classes, layers=layers, auxiliary=auxiliary, **kwargs)
 
 
-def _abstract_variables(net: Any, in_channels: int, network: str, *args: Any) -> Variables:
+def _abstract_variables(net: Any, in_channels: int, network: str) -> Variables:
   # Shapes only (no compilation); CIFAR's auxiliary head needs 32x32 inputs, ImageNet's 224x224.
   size = 32 if network == 'cifar' else 224
   x = jnp.zeros((1, size, size, in_channels))
-  return jax.eval_shape(lambda: net.init(jax.random.key(0), x, *args, train=False))
+  return jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))
 
 
 def _describe(network: str, C: int, num_classes: int, layers: int, auxiliary: bool) -> str:
@@ -478,14 +479,16 @@ def search_from_torch_state_dict(state_dict: StateDict, *, alphas: Mapping[str, 
   """`SearchNetwork` variables and alphas from the original's search network (``model_search.Network``).
 
   C, layers and num_classes are read from the shapes (build the module as ``SearchNetwork(C, num_classes, layers,
-  steps, multiplier)``, the original's ``Network`` arguments); alphas come from `alphas` (``{'normal', 'reduce'}``) or the state dict's ``alphas_normal`` and
-  ``alphas_reduce`` entries, else None. The stacked BN statistics of a node's pools are the mean over its edges.
+  steps, multiplier)``, the original's ``Network`` arguments); alphas come from `alphas` (``{'normal', 'reduce'}``)
+  or the state dict's ``alphas_normal`` and ``alphas_reduce`` entries, else None. The stacked BN statistics of a
+  node's pools are the mean over its edges.
 
   Returns:
     ``({'params', 'batch_stats'}, {'normal': (E, 8), 'reduce': (E, 8)} or None)``.
   """
   state_dict = dict(unwrap_state_dict(state_dict))
-  found_alphas = {kind: state_dict.pop(f'alphas_{kind}') for kind in ('normal', 'reduce') if f'alphas_{kind}' in state_dict}
+  found_alphas = {kind: state_dict.pop(f'alphas_{kind}') for kind in ('normal', 'reduce')
+                  if f'alphas_{kind}' in state_dict}
   if alphas is None and found_alphas:
     if len(found_alphas) != 2:
       raise ValueError('the state dict has only one of alphas_normal and alphas_reduce')

@@ -71,8 +71,8 @@ def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[st
   (output / SPEC).write_text(json.dumps({
       'input_shape': [None, h, w, c], 'input_dtype': 'uint8', 'layout': 'NHWC, pixel values 0..255',
       'output': f'float32 logits (N, {len(names)})', 'class_names': names, 'num_classes': len(names),
-      'dataset': config.data.name, 'genotype': json.loads(genotypes.genotype_to_json(restored.genotype)), 'step': restored.step,
-      'platforms': list(platforms), 'jax_version': jax.__version__}, indent=1) + '\n')
+      'dataset': config.data.name, 'genotype': json.loads(genotypes.genotype_to_json(restored.genotype)),
+      'step': restored.step, 'platforms': list(platforms), 'jax_version': jax.__version__}, indent=1) + '\n')
   return output
 
 

@@ -154,14 +154,23 @@ def test_init_from_a_workdir_keeps_all_but_a_new_classifier(pretrained, data_dir
     retrain.load_initial_weights(str(workdir), deeper, SMALL, deeper_state.params, deeper_state.batch_stats)
 
 
-def test_cli_bad_pretrained_input_is_one_error_line(tmp_path):
-  (tmp_path / 'notes.pt').write_text('not a checkpoint')
+def test_cli_bad_pretrained_input_is_one_error_line_and_the_package_never_imports_torch(tmp_path):
+  # A `torch` that fails on import: the CLI's whole import graph (convert, retrain, data, training; tensorboardX, which
+  # imports torch when it can, only once a run writes events) must get by without it.
+  (tmp_path / 'fake').mkdir()
+  (tmp_path / 'fake' / 'torch.py').write_text('raise RuntimeError("torch imported")')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([str(tmp_path / 'fake'), str(REPO)]))
   process = subprocess.run([sys.executable, '-m', 'darts_jax.evaluate', '--config', 'configs/retrain_quick.py',
-                            '--pretrained', str(tmp_path / 'notes.pt')], cwd=REPO, capture_output=True, text=True,
-                           timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+                            '--pretrained', str(tmp_path / 'missing.pt')], cwd=REPO, capture_output=True, text=True,
+                           timeout=300, env=env)
   assert process.returncode == 1, process.stderr
   assert process.stderr.strip().splitlines()[-1].startswith(
-      f'darts_jax.evaluate: error: {tmp_path}/notes.pt is not a readable PyTorch checkpoint')
+      f'darts_jax.evaluate: error: {tmp_path}/missing.pt does not exist (expected a PyTorch checkpoint')
   assert 'Traceback' not in process.stderr
-  with pytest.raises(FileNotFoundError, match=f'{tmp_path}/missing.pt does not exist'):
-    convert.load_torch_checkpoint(tmp_path / 'missing.pt')
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
+  pytest.importorskip('torch')
+  (tmp_path / 'notes.pt').write_text('not a checkpoint')
+  with pytest.raises(ValueError, match=f'{tmp_path}/notes.pt is not a readable PyTorch checkpoint'):
+    convert.load_torch_checkpoint(tmp_path / 'notes.pt')

@@ -10,6 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# Tiny networks: one thread is faster than PyTorch's pool, which oversubscribes the cores XLA and the other test worker
+# are using.
+torch.set_num_threads(1)
+
 PRIMITIVES = ['none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5',
               'dil_conv_3x3', 'dil_conv_5x5']
 

@@ -9,9 +9,10 @@ With ``--workdir``, rebuilds the network from the workdir's ``config.json`` and 
 ``test_loss``, ``num_test``, ``step``, ``epoch`` (epochs completed) and ``params``.
 
 With ``--pretrained``, converts the original's PyTorch checkpoint (`darts_jax.convert`; needs ``pip install
-'darts-jax[torch]'``) of the given genotype, its architecture read from the tensor shapes, and evaluates it on the
-test set of ``--config``'s dataset, normalised as the original (CIFAR-10's per-channel mean and std); it prints
-``test_accuracy``, ``test_top5``, ``test_loss``, ``num_test``, ``params`` and the architecture.
+'darts-jax[torch]'``) of the given genotype, its architecture read from the tensor shapes, and evaluates it as the
+original's ``test.py`` / ``test_imagenet.py`` do: a CIFAR network on the test set of ``--config``'s dataset, an
+ImageNet network on the validation images in ``--data_dir`` (`data.imagenet`); it prints ``test_accuracy`` (top-1),
+``test_top5``, ``test_loss``, ``num_test``, ``params`` and the architecture.
 """
 from __future__ import annotations
 

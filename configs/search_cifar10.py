@@ -39,7 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.steps = 4
   config.model.multiplier = 4
   config.model.stem_multiplier = 3
-  config.model.depthwise_impl = 'shift'  # shift | xla (see darts_jax.cnn.ops)
+  config.model.depthwise_impl = 'auto'  # auto (shift on CPU, xla elsewhere) | shift | xla (see darts_jax.cnn.ops)
+  config.model.dtype = 'float32'  # float32 | bfloat16: activations and convolutions (parameters stay float32)
+  config.model.remat = False  # recompute each cell's elementwise work in the backward pass: less memory
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'

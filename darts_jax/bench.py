@@ -7,7 +7,8 @@ Flags follow ``../shared/reference/torch_darts.py`` so both sides time the same 
 
 The step is the one `run_search.py` runs (`search_step.make_search_step`: architecture step, then weight step), jitted
 once; `compile_s` is its ahead-of-time compile, `median_step_s` the median over `--steps` timed steps after
-`--warmup` untimed ones; `temp_mb`/`argument_mb` are XLA's memory plan of the step and `max_rss_mb` the process's
+`--warmup` untimed ones; `fusions` counts the compiled step's fused kernels (on CPU, compile time is about
+proportional to it); `temp_mb`/`argument_mb` are XLA's memory plan of the step and `max_rss_mb` the process's
 peak resident memory. The last line printed is one JSON object. Imports only jax, flax, optax, numpy and the
 darts_jax core, so it runs as is on an accelerator host.
 """
@@ -25,8 +26,8 @@ import optax
 
 from darts_jax import data
 from darts_jax.bilevel import search_step
-from darts_jax.cnn.ops import DEPTHWISE_IMPLS
-from darts_jax.cnn.supernet import SearchNetwork
+from darts_jax.cnn.ops import DEPTHWISE_IMPLS, resolve_depthwise_impl
+from darts_jax.cnn.supernet import DTYPES, SearchNetwork
 from darts_jax.training import optimizers
 
 
@@ -48,7 +49,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="CG iterations or Neumann terms of '--mode implicit_*'")
   parser.add_argument('--steps', type=int, default=5, help='timed steps')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
-  parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='shift')
+  parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='auto')
+  parser.add_argument('--dtype', choices=DTYPES, default='float32', help='activations and convolutions')
+  parser.add_argument('--remat', action='store_true', help="rematerialise each cell's elementwise work")
   parser.add_argument('--seed', type=int, default=0)
   return parser.parse_args(argv)
 
@@ -69,7 +72,7 @@ def _forward_backward_step(model: SearchNetwork, preprocess: data.Preprocess):
 def run(args: argparse.Namespace) -> dict:
   """Builds, compiles and times the search step; returns the measurements."""
   model = SearchNetwork(args.C, args.classes, args.layers, steps=args.nodes, multiplier=args.nodes,
-                        depthwise_impl=args.depthwise_impl)
+                        depthwise_impl=args.depthwise_impl, dtype=args.dtype, remat=args.remat)
   schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
   start = time.perf_counter()
   state = search_step.create_search_state(jax.random.key(args.seed), model, (args.image, args.image, args.channels),
@@ -107,12 +110,16 @@ def run(args: argparse.Namespace) -> dict:
   median = times[len(times) // 2]
   device = jax.devices()[0]
   result = {
-      'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': args.depthwise_impl,
+      'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': resolve_depthwise_impl(args.depthwise_impl),
+      'dtype': args.dtype, 'remat': args.remat,
       'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
       'median_step_s': median, 'min_step_s': times[0], 'images_per_s': args.batch / median,
       'compile_s': compile_s, 'init_s': init_s, 'finite': bool(metrics['finite']),
       'device': device.device_kind, 'jax': jax.__version__,
   }
+  # Fused kernels in the compiled step (loop bodies included): on CPU each is code-generated separately, so their
+  # number drives compile time.
+  result['fusions'] = compiled.as_text().count(' fusion(')
   analysis = compiled.memory_analysis()
   if analysis is not None:  # XLA's plan for the step: buffers live during it, and its inputs
     result['temp_mb'] = analysis.temp_size_in_bytes / 2**20

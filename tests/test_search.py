@@ -43,13 +43,16 @@ class TinySupernet(nn.Module):
   stem_multiplier: int = 3
   depthwise_impl: str = 'shift'
   axis_name: str | None = None
+  dtype: str = 'float32'  # of the hidden layer, as SearchNetwork's activations
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, alphas, train=True):
-    x = x.reshape(x.shape[0], -1)
-    h = jnp.tanh(BatchNorm(axis_name=self.axis_name)(nn.Dense(self.C)(x), train))
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)
+    h = jnp.tanh(BatchNorm(axis_name=self.axis_name)(nn.Dense(self.C, dtype=self.dtype)(x), train))
     mix = (jax.nn.softmax(alphas['normal'], -1) + jax.nn.softmax(alphas['reduce'], -1) ** 2).sum(0)  # (8,)
-    return nn.Dense(self.num_classes)((h[:, :, None] * mix).reshape(x.shape[0], -1))
+    features = (h[:, :, None] * mix.astype(self.dtype)).reshape(x.shape[0], -1).astype(jnp.float32)
+    return nn.Dense(self.num_classes)(features)
 
 
 def _images(rng, n, size=8):
@@ -349,6 +352,17 @@ def test_search_runs_the_configured_hypergradient(data_dir, tmp_path, method, op
   assert all(0 < r['arch_grad_norm'] < np.inf for r in steps)
 
 
+def test_bfloat16_search_runs_with_float32_state(data_dir, tmp_path):
+  state = search.search(tiny_config(data_dir, num_epochs=1, checkpoint_every_minutes=0.0,
+                                    **{'model.dtype': 'bfloat16'}), tmp_path)
+  # Parameters, alphas, BN statistics and optimizer states stay float32; only activations are bfloat16.
+  leaves = jax.tree.leaves((state.params, state.alphas, state.batch_stats, state.weight_opt_state,
+                            state.arch_opt_state))
+  assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)} == {np.dtype(np.float32)}
+  steps = [r for r in reporting.read_jsonl(tmp_path / 'metrics.jsonl') if 'epoch' not in r]
+  assert int(state.step) == 6 and all(0 < r['arch_grad_norm'] < np.inf for r in steps)
+
+
 def test_same_seed_gives_the_same_search(reference_run, data_dir, tmp_path):
   workdir, state = reference_run
   again = search.search(tiny_config(data_dir), tmp_path)
@@ -397,6 +411,10 @@ def test_config_errors_are_reported_before_any_work(data_dir, tmp_path):
     search.search(tiny_config(data_dir, hypergradient='second_order'), tmp_path)
   with pytest.raises(ValueError, match=r'unroll_steps \(0\) and implicit_iterations \(5\) must be positive'):
     search.search(tiny_config(data_dir, hypergradient='unrolled', unroll_steps=0), tmp_path)
+  with pytest.raises(ValueError, match=r"model.dtype 'float16'; expected one of float32, bfloat16"):
+    search.search(tiny_config(data_dir, **{'model.dtype': 'float16'}), tmp_path)
+  with pytest.raises(ValueError, match=r"model.depthwise_impl 'cudnn'; expected one of auto, shift, xla"):
+    search.search(tiny_config(data_dir, **{'model.depthwise_impl': 'cudnn'}), tmp_path)
   assert not (tmp_path / 'config.json').exists()
   with pytest.raises(ValueError, match='batch_size 4 exceeds the 3 examples'):
     search.search(tiny_config(data_dir, batch_size=4, **{'data.subset': 6}), tmp_path)

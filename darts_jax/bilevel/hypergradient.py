@@ -32,6 +32,34 @@ def _sgd_direction(m: PyTree, g: PyTree, w: PyTree, momentum, weight_decay) -> P
   return jax.tree.map(lambda m_, g_, w_: momentum * m_ + g_ + weight_decay * w_, m, g, w)
 
 
+def virtual_step(w: PyTree, grad_w: PyTree, momentum_buffer: PyTree, *,
+                 eta, momentum, weight_decay) -> PyTree:
+  """The one-step unrolled weights ``w' = w − η(μm + g + λw)``."""
+  return _axpy(-eta, _sgd_direction(momentum_buffer, grad_w, w, momentum,
+                                    weight_decay), w)
+
+
+def fd_mixed_term(train_loss: Loss, w: PyTree, alpha: PyTree,
+                  train_batch: Any, v: PyTree, fd_epsilon) -> PyTree:
+  r"""The paper's central difference for :math:`\nabla^2_{\alpha w} L_{train}\, v`.
+
+  :math:`(\nabla_\alpha L_{train}(w^+) - \nabla_\alpha L_{train}(w^-)) / 2R`
+  with :math:`w^\pm = w \pm R v`, :math:`R = \epsilon / \lVert v \rVert_2`
+  (per device: the caller averages it over devices).
+  """
+  norm = _global_norm(v)
+  # v == 0 gives w± = w and a zero mixed term for any finite R.
+  r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)
+  # Both points of the stencil through one loop body: the α-gradient is
+  # compiled once instead of twice.
+  stencil = jax.tree.map(lambda w_, v_: jnp.stack([w_ + r * v_, w_ - r * v_]),
+                         w, v)
+  plus_minus = jax.lax.map(
+      lambda w_: jax.grad(train_loss, argnums=1)(w_, alpha, train_batch),
+      stencil)
+  return jax.tree.map(lambda g: (g[0] - g[1]) / (2 * r), plus_minus)
+
+
 def hypergradient(
     train_loss: Loss,
     val_loss: Loss,
@@ -267,8 +295,8 @@ def hypergradient(
     grad_w = jax.grad(train_loss)(w, alpha, train_batch)
   grad_w = pmean(grad_w)
 
-  w_prime = _axpy(-eta, _sgd_direction(momentum_buffer, grad_w, w, momentum,
-                                      weight_decay), w)
+  w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta,
+                         momentum=momentum, weight_decay=weight_decay)
 
   v, grad_alpha = pmean(
       jax.grad(val_loss, argnums=(0, 1))(w_prime, alpha, val_batch)
@@ -277,19 +305,8 @@ def hypergradient(
   if method == 'exact':
     mixed = train_grads_jvp(v)[1]
   else:
-    norm = _global_norm(v)
-    # v == 0 gives w± = w and a zero mixed term for any finite R.
-    r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)
-    # Both points of the stencil through one loop body: the α-gradient is
-    # compiled once instead of twice.
-    stencil = jax.tree.map(
-        lambda w_, v_: jnp.stack([w_ + r * v_, w_ - r * v_]), w, v
-    )
-    plus_minus = jax.lax.map(
-        lambda w_: jax.grad(train_loss, argnums=1)(w_, alpha, train_batch),
-        stencil,
-    )
-    mixed = jax.tree.map(lambda g: (g[0] - g[1]) / (2 * r), plus_minus)
+    mixed = fd_mixed_term(train_loss, w, alpha, train_batch, v,
+                          fd_epsilon)
   mixed = pmean(mixed)
 
   return jax.tree.map(lambda g, h: g - eta * h, grad_alpha, mixed)

@@ -34,8 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
-from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.bilevel.hypergradient import fd_mixed_term, hypergradient, virtual_step
+from darts_jax.cnn import ops
 from darts_jax.cnn.supernet import SearchNetwork, init_alphas
 from darts_jax.data.augment import Preprocess
 
@@ -109,9 +111,9 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
   def init(rng):
     params_key, alphas_key, augment_key = jax.random.split(rng, 3)
     alphas = init_alphas(alphas_key, steps=model.steps)
-    # Weights are drawn with an 'rbg' key seeded from `params_key`: threefry unrolls its hash once per parameter
-    # tensor, which makes the init compile ~4x slower on CPU (29 s vs 8 s for a one-cell supernet).
-    params_key = jax.random.key(jax.random.bits(params_key, (), jnp.uint32), impl='rbg')
+    # Weights are drawn with `ops.INIT_PRNG`: one fused kernel per parameter tensor to compile (a 5-cell supernet's
+    # init compiles ~5x faster than with an 'rbg' key, ~25x faster than with threefry).
+    params_key = ops.init_key(params_key)
     variables = model.init(params_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), alphas, train=False)
     params = variables['params']
     return SearchState(
@@ -174,31 +176,40 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
 
   def search_step(state: SearchState, train_batch: Batch, val_batch: Batch) -> tuple[SearchState, Metrics]:
     train_key, val_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    train_images = preprocess(train_key, train_batch[0])
-    val_images = preprocess(val_key, val_batch[0])
+    train = (preprocess(train_key, train_batch[0]), train_batch[1])
+    val = (preprocess(val_key, val_batch[0]), val_batch[1])
     lr = schedule(state.step)
+    m = momentum_buffer(state.weight_opt_state)
 
-    # Architecture step. The BN-statistics updates of these passes are discarded (see the module docstring).
+    # The BN-statistics updates of the architecture step's passes are discarded (see the module docstring).
     def loss_fn(params, alphas, batch):
-      images, labels = batch
-      logits, _ = forward(params, state.batch_stats, alphas, images)
-      return _cross_entropy(logits, labels)
+      return loss_and_aux(params, alphas, batch)[0]
 
-    arch_grads = hypergradient(
-        loss_fn, loss_fn, state.params, state.alphas, (train_images, train_batch[1]), (val_images, val_batch[1]),
-        eta=lr, method=method, momentum_buffer=momentum_buffer(state.weight_opt_state), momentum=momentum,
-        weight_decay=weight_decay, fd_epsilon=fd_epsilon, unroll_steps=unroll_steps,
-        implicit_iterations=implicit_iterations, implicit_damping=implicit_damping, axis_name=axis_name)
-    arch_updates, arch_opt_state = state.arch_tx.update(arch_grads, state.arch_opt_state, state.alphas)
-    alphas = optax.apply_updates(state.alphas, arch_updates)
+    def loss_and_aux(params, alphas, batch):
+      logits, updates = forward(params, state.batch_stats, alphas, batch[0])
+      return _cross_entropy(logits, batch[1]), (logits, updates['batch_stats'])
 
-    # Weight step with the updated alphas; it also advances the BN running statistics.
-    def weight_loss(params):
-      logits, updates = forward(params, state.batch_stats, alphas, train_images)
-      return _cross_entropy(logits, train_batch[1]), (logits, updates['batch_stats'])
+    def gradient_pass(params, alphas, batch):
+      (loss, aux), grads = jax.value_and_grad(loss_and_aux, argnums=(0, 1), has_aux=True)(params, alphas, batch)
+      return pmean(grads), (loss, aux)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(weight_loss, has_aux=True)(state.params)
-    grads = pmean(grads)
+    def arch_step(arch_grads):
+      arch_updates, arch_opt_state = state.arch_tx.update(arch_grads, state.arch_opt_state, state.alphas)
+      return optax.apply_updates(state.alphas, arch_updates), arch_opt_state
+
+    if method in _CHAINED_METHODS:
+      arch_grads, (alphas, arch_opt_state), ((grads, _), (loss, (logits, batch_stats))) = _chained_step(
+          method, gradient_pass, loss_fn, arch_step, state.params, state.alphas, train, val, lr=lr, momentum=momentum,
+          momentum_buffer=m, weight_decay=weight_decay, fd_epsilon=fd_epsilon, pmean=pmean)
+    else:
+      arch_grads = hypergradient(
+          loss_fn, loss_fn, state.params, state.alphas, train, val, eta=lr, method=method, momentum_buffer=m,
+          momentum=momentum, weight_decay=weight_decay, unroll_steps=unroll_steps,
+          implicit_iterations=implicit_iterations, implicit_damping=implicit_damping, axis_name=axis_name)
+      alphas, arch_opt_state = arch_step(arch_grads)
+      # Weight step with the updated alphas; it also advances the BN running statistics.
+      (grads, _), (loss, (logits, batch_stats)) = gradient_pass(state.params, alphas, train)
+
     updates, weight_opt_state = state.weight_tx.update(grads, state.weight_opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
@@ -215,6 +226,89 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     return new_state, metrics
 
   return search_step
+
+
+# The methods whose passes run as one chain of the same compiled gradient (`_chained_step`).
+_CHAINED_METHODS = ('first_order', 'fd', 'exact')
+
+
+def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, train, val, *, lr, momentum,
+                  momentum_buffer, weight_decay, fd_epsilon, pmean):
+  """The architecture step and the weight step's gradient, with every full gradient pass of the supernet
+  (``gradient_pass(params, alphas, batch) -> ((g_w, g_alpha), aux)``) taken by ONE compiled copy of it.
+
+  XLA compiles every call site of a function separately, and on CPU code generation dominates compile time, so a
+  step that calls the supernet gradient 3 times compiles it 3 times. Here the passes are the iterations of a loop
+  whose body is the gradient; between passes, a ``lax.switch`` branch (compiled once) turns the last pass's output
+  into the next pass's inputs:
+
+  * ``'first_order'``: ``(w, α, val)`` → Adam on ``g_α`` → ``(w, α', train)``;
+  * ``'fd'``: ``(w, α, train)`` → ``w'`` → ``(w', α, val)`` → the central difference, Adam → ``(w, α', train)``;
+  * ``'exact'``: ``(w', α, val)`` → the tangent of the training gradient, linearised at ``w`` before the loop (its
+    primal gives ``w'``), Adam → ``(w, α', train)``.
+
+  The same arithmetic as `darts_jax.bilevel.hypergradient` followed by the weight step's gradient (the search-step
+  tests compare them); a pass that needs only one of ``g_w``, ``g_α`` computes both, which costs little: the
+  α-gradient is a few small contractions, and the one pass that needs no ``g_w`` (first order's validation pass)
+  pays its weight gradient once per step.
+
+  Returns ``(arch_grads, (alphas', arch_opt_state'), last pass output)``.
+  """
+  def update_alphas(arch_grads):
+    return arch_grads, arch_step(arch_grads)
+
+  def zeros(tree_shape):
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree_shape)
+
+  if method == 'first_order':
+    def arch(carry, out):
+      del carry
+      result = update_alphas(out[0][1])
+      return result, (params, result[1][0], train)
+
+    first_inputs, stages = (params, alphas, val), [arch]
+  elif method == 'fd':
+    def virtual(carry, out):
+      w_prime = virtual_step(params, out[0][0], momentum_buffer, eta=lr, momentum=momentum, weight_decay=weight_decay)
+      return carry, (w_prime, alphas, val)
+
+    def arch(carry, out):
+      (v, grad_alpha), _ = out
+      mixed = pmean(fd_mixed_term(loss_fn, params, alphas, train, v, fd_epsilon))
+      result = update_alphas(jax.tree.map(lambda g, h: g - lr * h, grad_alpha, mixed))
+      return result, (params, result[1][0], train)
+
+    first_inputs, stages = (params, alphas, train), [virtual, arch]
+  else:
+    # Linearising the training gradient shares its primal (for w') with the tangent (the mixed term).
+    (grad_w, _), train_grads_jvp = jax.linearize(
+        lambda w: jax.grad(loss_fn, argnums=(0, 1))(w, alphas, train), params)
+    w_prime = virtual_step(params, pmean(grad_w), momentum_buffer, eta=lr, momentum=momentum,
+                           weight_decay=weight_decay)
+
+    def arch(carry, out):
+      (v, grad_alpha), _ = out
+      mixed = pmean(train_grads_jvp(v)[1])
+      result = update_alphas(jax.tree.map(lambda g, h: g - lr * h, grad_alpha, mixed))
+      return result, (params, result[1][0], train)
+
+    first_inputs, stages = (w_prime, alphas, val), [arch]
+
+  def last(carry, out):
+    del out
+    return carry, (params, carry[1][0], train)  # unused: the loop ends
+
+
+  def body(i, loop_state):
+    carry, inputs, _ = loop_state
+    out = gradient_pass(*inputs)
+    carry, inputs = lax.switch(i, stages + [last], carry, out)
+    return carry, inputs, out
+
+  arch_result, _, out = lax.fori_loop(
+      0, len(stages) + 1, body,
+      (zeros(jax.eval_shape(update_alphas, alphas)), first_inputs, zeros(jax.eval_shape(gradient_pass, *first_inputs))))
+  return arch_result[0], arch_result[1], out
 
 
 def make_eval_step(model: SearchNetwork, preprocess: Preprocess

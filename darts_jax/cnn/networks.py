@@ -118,7 +118,7 @@ class _ReLUDepthwisePointwise(nn.Module):
   stride: int
   padding: int
   dilation: int = 1
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
 
   @nn.compact
@@ -136,7 +136,7 @@ class SepConv(nn.Module):
   features: int
   kernel_size: int
   stride: int
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
 
   @nn.compact
@@ -152,7 +152,7 @@ class DilConv(nn.Module):
   features: int
   kernel_size: int
   stride: int
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
 
   @nn.compact
@@ -178,7 +178,7 @@ class Conv7x1x1x7(nn.Module):
     return BatchNorm(affine=True, axis_name=self.axis_name)(x, train)
 
 
-def make_op(name: str, channels: int, stride: int, depthwise_impl: DepthwiseImpl = 'shift',
+def make_op(name: str, channels: int, stride: int, depthwise_impl: DepthwiseImpl = 'auto',
             axis_name: str | None = None, module_name: str | None = None) -> nn.Module:
   """The module of primitive ``name`` (one of `genotypes.EVAL_PRIMITIVES`), as the original's ``OPS[name]``."""
   conv_kw = dict(depthwise_impl=depthwise_impl, axis_name=axis_name, name=module_name)
@@ -219,7 +219,7 @@ class Cell(nn.Module):
   channels: int
   reduction: bool
   reduction_prev: bool
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
 
   @nn.compact
@@ -313,7 +313,7 @@ class CellStack(nn.Module):
   """
   specs: tuple[CellSpec, ...]
   tap: int
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
   scan: bool = True
 
@@ -408,7 +408,7 @@ class NetworkCIFAR(nn.Module):
   num_classes: int
   layers: int
   auxiliary: bool = False
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
   scan: bool = True
   stem_multiplier: int = 3
@@ -447,7 +447,7 @@ class NetworkImageNet(nn.Module):
   num_classes: int
   layers: int
   auxiliary: bool = False
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
   scan: bool = True
 

@@ -10,7 +10,11 @@ Depthwise convolutions have two formulations (`DEPTHWISE_IMPLS`), chosen by meas
 * ``'shift'``: k² shifted multiply-adds. XLA fuses them into one loop; on CPU this is ~8x faster than XLA's grouped
   convolution (forward+backward of a 5x5 depthwise conv at batch 16, 28², 16 channels: 6.3 ms vs 48 ms). It is a
   JAX primitive (`depthwise_p`) whose derivatives are written in the same shifted-window form (see there).
-* ``'xla'``: ``lax.conv_general_dilated`` with ``feature_group_count``, which cuDNN may prefer on GPU.
+* ``'xla'``: ``lax.conv_general_dilated`` with ``feature_group_count``: cuDNN's depthwise kernels on GPU.
+* ``'auto'`` (the default): ``'shift'`` on CPU, ``'xla'`` elsewhere (`resolve_depthwise_impl`; docs/benchmarks.md).
+
+Activations may be bfloat16 (`SearchNetwork`'s ``dtype``): parameters stay float32 and are cast where they are
+used, BN statistics and the depthwise kernel gradient's reductions are float32.
 
 Initialisation follows PyTorch's defaults (uniform in ±1/sqrt(fan_in)), so runs start like the original's.
 """
@@ -21,17 +25,75 @@ from typing import Literal
 
 import flax.linen as nn
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 from jax import core, lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-DepthwiseImpl = Literal['shift', 'xla']
-DEPTHWISE_IMPLS = ('shift', 'xla')
+DepthwiseImpl = Literal['auto', 'shift', 'xla']
+DEPTHWISE_IMPLS = ('auto', 'shift', 'xla')
+# What 'auto' picks per backend (`jax.default_backend()`): the measurements behind it are in docs/benchmarks.md.
+AUTO_DEPTHWISE_IMPL = {'cpu': 'shift'}
+AUTO_DEPTHWISE_IMPL_ELSEWHERE = 'xla'
+
+
+def resolve_depthwise_impl(impl: DepthwiseImpl) -> str:
+  """``impl``, with ``'auto'`` replaced by the formulation measured fastest on the default backend."""
+  if impl == 'auto':
+    return AUTO_DEPTHWISE_IMPL.get(jax.default_backend(), AUTO_DEPTHWISE_IMPL_ELSEWHERE)
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'unknown depthwise impl {impl!r}; choose one of {DEPTHWISE_IMPLS}')
+  return impl
 
 # PyTorch's default conv/linear init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def _fmix32(x: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def _hash_fold_in(key: jax.Array, data) -> jax.Array:
+  data = jnp.asarray(data).astype(jnp.uint32)
+  return jnp.stack([_fmix32(key[0] ^ _fmix32(data + jnp.uint32(0x632BE5AB))),
+                    _fmix32(key[1] + data * jnp.uint32(0x9E3779B9))])
+
+
+def _hash_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.Array:
+  size = int(np.prod(shape, dtype=np.int64))
+  words = 2 * size if bit_width == 64 else size
+  bits = _fmix32(_fmix32(lax.iota(jnp.uint32, words) * jnp.uint32(0x9E3779B9) + key[0]) ^ key[1])
+  if bit_width == 64:
+    high, low = bits.reshape(2, size).astype(jnp.uint64)
+    return ((high << 32) | low).reshape(shape)
+  return bits.astype(jnp.dtype(f'uint{bit_width}')).reshape(shape)
+
+
+# Weight initialisation draws one tensor per parameter, and XLA:CPU code-generates a kernel for each draw and each
+# key derivation: with threefry's 20 unrolled rounds or rbg's separate bit-generator calls, initialising the
+# supernet compiles for tens of seconds. This counter-based hash (two rounds of `_fmix32` over counter and key) is a
+# few integer ops that fuse into the kernel converting bits to floats: one kernel per parameter. It has no
+# cryptographic strength and needs none to draw initial weights; everything else uses JAX's default PRNG.
+INIT_PRNG = jax.extend.random.define_prng_impl(
+    key_shape=(2,),
+    seed=lambda seed: _hash_fold_in(jnp.zeros(2, jnp.uint32), seed),
+    split=lambda key, shape: jax.vmap(lambda i: _hash_fold_in(key, i))(
+        lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64)))).reshape(tuple(shape) + (2,)),
+    random_bits=_hash_bits,
+    fold_in=_hash_fold_in,
+    name='darts_jax_init_hash')
+
+
+def init_key(key: jax.Array) -> jax.Array:
+  """A key of `INIT_PRNG` seeded from a JAX key, for ``module.init``."""
+  return jax.random.key(jax.random.bits(key, (), jnp.uint32), impl=INIT_PRNG)
 
 
 def _depthwise_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
@@ -161,14 +223,16 @@ def _depthwise_kernel_transpose(ct, x, kernel, *, stride, dilation, padding):
   x_padded = _spatial_pad(x, padding)
   span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
   reduce_axes = tuple(range(1, ct.ndim - 1))
+  # Sums over N·H·W products: float32 even for bfloat16 activations, whose 8-bit mantissa would lose the sum.
+  accumulate = jnp.promote_types(ct.dtype, jnp.float32)
 
   def row_gradient(i, dk):
     band = lax.dynamic_slice_in_dim(x_padded, i * dilation, span_h, axis=-3)[..., ::stride, :, :]
-    row = jnp.stack([jnp.sum(band[..., j * dilation:j * dilation + span_w:stride, :] * ct, reduce_axes)
-                     for j in range(k)], axis=1)
+    row = jnp.stack([jnp.sum(band[..., j * dilation:j * dilation + span_w:stride, :] * ct, reduce_axes,
+                             dtype=accumulate) for j in range(k)], axis=1)
     return lax.dynamic_update_slice(dk, row[:, None], (0, i, 0, 0))
 
-  return lax.fori_loop(0, k, row_gradient, jnp.zeros(kernel.aval.shape, ct.dtype))
+  return lax.fori_loop(0, k, row_gradient, jnp.zeros(kernel.aval.shape, accumulate)).astype(kernel.aval.dtype)
 
 
 ad.defbilinear(depthwise_p, _depthwise_input_transpose, _depthwise_kernel_transpose)
@@ -194,14 +258,14 @@ batching.primitive_batchers[depthwise_p] = _depthwise_batch
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 1, padding: int = 0,
-                   impl: DepthwiseImpl = 'shift') -> jax.Array:
+                   impl: DepthwiseImpl = 'auto') -> jax.Array:
   """Depthwise convolution of B maps with B kernels.
 
   Args:
     x: (B, N, H, W, C) or (1, N, H, W, C) to share one input among all B kernels.
     kernel: (B, k, k, C).
     stride, dilation, padding: as in ``torch.nn.Conv2d`` (zero padding on both sides).
-    impl: ``'shift'`` or ``'xla'`` (see the module docstring).
+    impl: ``'auto'``, ``'shift'`` or ``'xla'`` (see the module docstring).
 
   Returns:
     (B, N, H', W', C) with H' = (H + 2p - d(k-1) - 1) // s + 1.
@@ -210,32 +274,31 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation
   _, n, h, w, c = x.shape
   out_h = conv_output_size(h, k, stride, padding, dilation)
   out_w = conv_output_size(w, k, stride, padding, dilation)
+  impl = resolve_depthwise_impl(impl)
   if impl == 'shift':
     return depthwise_p.bind(x, kernel, stride=stride, dilation=dilation, padding=padding)
-  if impl == 'xla':
-    shared = x.shape[0] == 1
-    # Grouped conv wants maps in channels: (N, H, W, C*B) with channel index c*B + b (B outputs per input channel)
-    # when the input is shared, else (N, H, W, B*C) with one group per (map, channel).
-    if shared:
-      lhs = x[0]
-      rhs = jnp.transpose(kernel, (1, 2, 3, 0)).reshape(k, k, 1, c * num_maps)
-      groups = c
-    else:
-      lhs = jnp.transpose(x, (1, 2, 3, 0, 4)).reshape(n, h, w, num_maps * c)
-      rhs = jnp.transpose(kernel, (1, 2, 0, 3)).reshape(k, k, 1, num_maps * c)
-      groups = num_maps * c
-    out = lax.conv_general_dilated(lhs, rhs, (stride, stride), [(padding, padding)] * 2,
-                                   rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                   feature_group_count=groups)
-    if shared:
-      return jnp.transpose(out.reshape(n, out_h, out_w, c, num_maps), (4, 0, 1, 2, 3))
-    return jnp.transpose(out.reshape(n, out_h, out_w, num_maps, c), (3, 0, 1, 2, 4))
-  raise ValueError(f'unknown depthwise impl {impl!r}; choose one of {DEPTHWISE_IMPLS}')
+  shared = x.shape[0] == 1
+  # Grouped conv wants maps in channels: (N, H, W, C*B) with channel index c*B + b (B outputs per input channel)
+  # when the input is shared, else (N, H, W, B*C) with one group per (map, channel).
+  if shared:
+    lhs = x[0]
+    rhs = jnp.transpose(kernel, (1, 2, 3, 0)).reshape(k, k, 1, c * num_maps)
+    groups = c
+  else:
+    lhs = jnp.transpose(x, (1, 2, 3, 0, 4)).reshape(n, h, w, num_maps * c)
+    rhs = jnp.transpose(kernel, (1, 2, 0, 3)).reshape(k, k, 1, num_maps * c)
+    groups = num_maps * c
+  out = lax.conv_general_dilated(lhs, rhs, (stride, stride), [(padding, padding)] * 2,
+                                 rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                 feature_group_count=groups)
+  if shared:
+    return jnp.transpose(out.reshape(n, out_h, out_w, c, num_maps), (4, 0, 1, 2, 3))
+  return jnp.transpose(out.reshape(n, out_h, out_w, num_maps, c), (3, 0, 1, 2, 4))
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """1x1 convolution of B maps with B kernels: x (B or 1, N, H, W, C_in), kernel (B, C_in, C_out)."""
-  return jnp.einsum('bnhwc,bco->bnhwo', jnp.broadcast_to(x, (kernel.shape[0],) + x.shape[1:]), kernel)
+  return jnp.einsum('bnhwc,bco->bnhwo', jnp.broadcast_to(x, (kernel.shape[0],) + x.shape[1:]), kernel.astype(x.dtype))
 
 
 def _pool_windows(x: jax.Array, stride: int, pad_value: float) -> list[jax.Array]:
@@ -363,8 +426,8 @@ def factorized_reduce(x: jax.Array, kernel1: jax.Array, kernel2: jax.Array) -> j
                      'reduction, so the image size must be divisible by 2 per reduction cell (by 4 for the usual '
                      'two, e.g. 28 or 32).')
   x = jax.nn.relu(x)
-  even = jnp.einsum('nhwc,bco->bnhwo', x[:, ::2, ::2], kernel1)
-  odd = jnp.einsum('nhwc,bco->bnhwo', x[:, 1::2, 1::2], kernel2)
+  even = jnp.einsum('nhwc,bco->bnhwo', x[:, ::2, ::2], kernel1.astype(x.dtype))
+  odd = jnp.einsum('nhwc,bco->bnhwo', x[:, 1::2, 1::2], kernel2.astype(x.dtype))
   return jnp.concatenate([even, odd], axis=-1)
 
 
@@ -374,7 +437,8 @@ class BatchNorm(nn.Module):
   Training normalises with the biased batch variance and updates running statistics with momentum 0.1 and the
   *unbiased* variance, as ``torch.nn.BatchNorm2d`` does, so evaluation behaves like the original. With `axis_name`
   the statistics are averaged over that mapped axis (BN over the global batch under ``pmap``). Affine-free by
-  default: DARTS cells have no learnable scale/shift during search.
+  default: DARTS cells have no learnable scale/shift during search. Statistics and normalisation are computed in
+  float32 whatever the input's dtype; the output has the input's dtype.
   """
   feature_axes: tuple[int, ...] = (-1,)
   affine: bool = False
@@ -390,6 +454,7 @@ class BatchNorm(nn.Module):
     broadcast_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, stat_shape, jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, stat_shape, jnp.float32)
+    dtype, x = x.dtype, x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if train:
       mean = jnp.mean(x, reduce_axes)
       mean_sq = jnp.mean(jnp.square(x), reduce_axes)
@@ -409,7 +474,7 @@ class BatchNorm(nn.Module):
       scale = self.param('scale', nn.initializers.ones, stat_shape, jnp.float32)
       bias = self.param('bias', nn.initializers.zeros, stat_shape, jnp.float32)
       y = y * scale.reshape(broadcast_shape) + bias.reshape(broadcast_shape)
-    return y
+    return y.astype(dtype)
 
 
 class ReLUConvBN(nn.Module):
@@ -426,10 +491,10 @@ class ReLUConvBN(nn.Module):
     x = jax.nn.relu(x)
     if self.kernel_size == 1 and self.stride == 1:
       kernel = self.param('kernel', _pointwise_init, (x.shape[-1], self.features))
-      x = x @ kernel
+      x = x @ kernel.astype(x.dtype)
     else:
       x = nn.Conv(self.features, (self.kernel_size,) * 2, self.stride, [(self.padding, self.padding)] * 2,
-                  use_bias=False, kernel_init=torch_default_init)(x)
+                  use_bias=False, kernel_init=torch_default_init, dtype=x.dtype)(x)
     return BatchNorm(affine=self.affine, axis_name=self.axis_name)(x, train)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from darts_jax.cnn.genotypes import PRIMITIVES
 from darts_jax.cnn.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, _depthwise_init, _pointwise_init,
@@ -63,20 +64,22 @@ class MixedEdges(nn.Module):
   channels: int
   num_edges: int
   stride: int
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
 
   def _bn(self, x: jax.Array, train: bool, name: str) -> jax.Array:
     # One BN over stacked (op/edge, channel) features == a separate affine-free BN per op and edge.
     return BatchNorm(feature_axes=(0, -1), axis_name=self.axis_name, name=name)(x, train)
 
-  def _stacked(self, name: str, init, shape: tuple[int, ...]) -> jax.Array:
-    return self.param(name, init, (self.num_edges,) + shape)
-
   @nn.compact
   def __call__(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
     c, s, n_edges = self.channels, self.stride, self.num_edges
-    conv = lambda inp, kernel, **kw: depthwise_conv(inp, kernel, impl=self.depthwise_impl, **kw)
+    weights = weights.astype(x.dtype)
+    # float32 parameters, used in the activations' dtype (their gradients come back in float32 through the cast).
+    stacked = lambda name, init, shape: self.param(name, init, (n_edges,) + shape).astype(x.dtype)
+    # Named for `SearchNetwork.remat`'s policy, which keeps convolution outputs.
+    conv = lambda inp, kernel, **kw: checkpoint_name(depthwise_conv(inp, kernel, impl=self.depthwise_impl, **kw),
+                                                     'depthwise_conv')
 
     # Pools: parameter-free, so one computation (and one BN) serves every edge.
     pooled = self._bn(jnp.stack([max_pool_3x3(x, s), avg_pool_3x3(x, s)]), train, 'pool_bn')
@@ -84,25 +87,25 @@ class MixedEdges(nn.Module):
       skip = x[None]
     else:
       half = (c, c // 2)
-      skip = self._bn(factorized_reduce(x, self._stacked('skip_conv1', _pointwise_init, half),
-                                        self._stacked('skip_conv2', _pointwise_init, half)), train, 'skip_bn')
+      skip = self._bn(factorized_reduce(x, stacked('skip_conv1', _pointwise_init, half),
+                                        stacked('skip_conv2', _pointwise_init, half)), train, 'skip_bn')
 
     # First ReLU → depthwise → pointwise → BN of all four conv ops, on the shared input.
     relu_x = jax.nn.relu(x)[None]
     stage1 = jnp.concatenate([
-        conv(relu_x, self._stacked(f'{op}_depthwise1', _depthwise_init, (k, k, c)), stride=s, dilation=d, padding=p)
+        conv(relu_x, stacked(f'{op}_depthwise1', _depthwise_init, (k, k, c)), stride=s, dilation=d, padding=p)
         for op, (k, d, p) in _CONV_OPS.items()])
-    pointwise1 = jnp.concatenate([self._stacked(f'{op}_pointwise1', _pointwise_init, (c, c)) for op in _CONV_OPS])
+    pointwise1 = jnp.concatenate([stacked(f'{op}_pointwise1', _pointwise_init, (c, c)) for op in _CONV_OPS])
     stage1 = self._bn(pointwise_conv(stage1, pointwise1), train, 'stage1_bn')
 
     # Second ReLU → depthwise (stride 1) → pointwise → BN of the two separable convs.
     # Splits, not slices: the transpose of a split is one concatenation, that of each slice a full-size pad.
     sep_stage1, dil_out = jnp.split(stage1, [len(_SEP_OPS) * n_edges])
     stage2 = jnp.concatenate([
-        conv(relu_in, self._stacked(f'{op}_depthwise2', _depthwise_init, (_CONV_OPS[op][0],) * 2 + (c,)),
+        conv(relu_in, stacked(f'{op}_depthwise2', _depthwise_init, (_CONV_OPS[op][0],) * 2 + (c,)),
              padding=_CONV_OPS[op][2])
         for op, relu_in in zip(_SEP_OPS, jnp.split(jax.nn.relu(sep_stage1), len(_SEP_OPS)))])
-    pointwise2 = jnp.concatenate([self._stacked(f'{op}_pointwise2', _pointwise_init, (c, c)) for op in _SEP_OPS])
+    pointwise2 = jnp.concatenate([stacked(f'{op}_pointwise2', _pointwise_init, (c, c)) for op in _SEP_OPS])
     stage2 = self._bn(pointwise_conv(stage2, pointwise2), train, 'stage2_bn')
 
     conv_out = jnp.concatenate([stage2, dil_out])
@@ -129,7 +132,7 @@ class SearchCell(nn.Module):
   reduction_prev: bool
   steps: int = 4
   multiplier: int = 4
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
 
   @nn.compact
@@ -157,6 +160,13 @@ class SearchCell(nn.Module):
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
 
+DTYPES = ('float32', 'bfloat16')
+# What a rematerialised cell keeps for the backward pass: the outputs of matmuls (pointwise convs, the mixing) and
+# of depthwise convolutions, the expensive ops; everything elementwise is recomputed.
+REMAT_POLICY = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names('depthwise_conv'))
+
+
 def _torch_bias_init(fan_in: int):
   bound = 1.0 / fan_in ** 0.5
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -176,6 +186,12 @@ class SearchNetwork(nn.Module):
 
   ``alphas`` is ``{'normal': (14, 8), 'reduce': (14, 8)}`` (see `init_alphas`). `depthwise_impl` picks the depthwise
   formulation (`ops.DEPTHWISE_IMPLS`); `axis_name` makes BN use global-batch statistics under ``pmap``.
+
+  ``dtype='bfloat16'`` computes activations and convolutions in bfloat16 (tensor cores on GPU); parameters, alphas,
+  BN statistics, the logits and everything downstream of them (losses, gradients, the hypergradient) stay float32.
+  ``remat=True`` rematerialises each cell in the backward pass, keeping only the outputs of its matrix
+  multiplications and depthwise convolutions (`REMAT_POLICY`): less memory for the linearised training gradient of
+  the exact hypergradient, at the price of recomputing the elementwise work (ReLU, BN, pools, sums).
   """
   C: int
   num_classes: int
@@ -183,14 +199,19 @@ class SearchNetwork(nn.Module):
   steps: int = 4
   multiplier: int = 4
   stem_multiplier: int = 3
-  depthwise_impl: DepthwiseImpl = 'shift'
+  depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
+  dtype: str = 'float32'
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, alphas: dict[str, jax.Array], train: bool = True) -> jax.Array:
+    if self.dtype not in DTYPES:
+      raise ValueError(f'unknown dtype {self.dtype!r}; choose one of {DTYPES}')
     stem_channels = self.stem_multiplier * self.C
     x = nn.Conv(stem_channels, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, kernel_init=torch_default_init,
-                name='stem_conv')(x)
+                dtype=self.dtype, name='stem_conv')(x.astype(self.dtype))
+    cell_type = nn.remat(SearchCell, static_argnums=(4,), policy=REMAT_POLICY) if self.remat else SearchCell
     s0 = s1 = BatchNorm(affine=True, axis_name=self.axis_name, name='stem_bn')(x, train)
     weights = {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
     channels, reduction_prev = self.C, False
@@ -198,10 +219,10 @@ class SearchNetwork(nn.Module):
       reduction = i in (self.layers // 3, 2 * self.layers // 3)
       if reduction:
         channels *= 2
-      cell = SearchCell(channels, reduction, reduction_prev, self.steps, self.multiplier, self.depthwise_impl,
+      cell = cell_type(channels, reduction, reduction_prev, self.steps, self.multiplier, self.depthwise_impl,
                         self.axis_name, name=f'cell_{i}')
       s0, s1 = s1, cell(s0, s1, weights['reduce' if reduction else 'normal'], train)
       reduction_prev = reduction
-    features = jnp.mean(s1, axis=(1, 2))
+    features = jnp.mean(s1.astype(jnp.float32), axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=torch_default_init,
                     bias_init=_torch_bias_init(features.shape[-1]), name='classifier')(features)

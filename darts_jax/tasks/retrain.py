@@ -56,7 +56,7 @@ import optax
 from absl import logging
 
 from darts_jax import convert, data
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import genotypes, ops
 from darts_jax.cnn.networks import AUXILIARY, NetworkCIFAR, count_params
 from darts_jax.data.augment import Preprocess
 from darts_jax.training import curves, loop, optimizers, parallel, reporting
@@ -320,8 +320,7 @@ def create_train_state(rng: jax.Array, model: NetworkCIFAR, image_shape: tuple[i
     tx: e.g. `training.optimizers.weight_optimizer`.
   """
   params_key, step_key = jax.random.split(rng)
-  # An 'rbg' key: jitted, threefry unrolls its hash once per parameter tensor and compiles much slower.
-  params_key = jax.random.key(jax.random.bits(params_key, (), jnp.uint32), impl='rbg')
+  params_key = ops.init_key(params_key)  # compiles fast: one fused kernel per parameter tensor
   variables = jax.jit(model.init, static_argnames='train')(
       params_key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
   params = variables['params']

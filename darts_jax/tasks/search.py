@@ -43,7 +43,8 @@ from darts_jax import data
 from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, alpha_entropy, arch_optimizer,
                                           create_search_state, make_eval_step, make_search_step)
 from darts_jax.cnn import genotypes, plots
-from darts_jax.cnn.supernet import SearchNetwork
+from darts_jax.cnn.ops import DEPTHWISE_IMPLS
+from darts_jax.cnn.supernet import DTYPES, SearchNetwork
 from darts_jax.training import curves, loop, optimizers, parallel, reporting
 from darts_jax.training.parallel import AXIS_NAME
 
@@ -63,7 +64,8 @@ def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset,
   model = SearchNetwork(
       C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
       steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
-      depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
+      depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME, dtype=config.model.dtype,
+      remat=config.model.remat)
   schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
                                               steps_per_epoch)
   weight_tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
@@ -96,6 +98,11 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   if config.hypergradient not in HYPERGRADIENT_METHODS:
     raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
                      f'{", ".join(HYPERGRADIENT_METHODS)}.')
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f'Unknown model.dtype {config.model.dtype!r}; expected one of {", ".join(DTYPES)}.')
+  if config.model.depthwise_impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
+                     f'{", ".join(DEPTHWISE_IMPLS)}.')
   if config.unroll_steps < 1 or config.implicit_iterations < 1:
     raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
                      'must be positive.')

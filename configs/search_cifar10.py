@@ -50,6 +50,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.augment = True  # random crop 32 (padding 4) + horizontal flip, on device
   config.data.image_size = 0  # > 0: resize images to image_size x image_size on device
 
+  # Diagnostics of the search's dynamics (darts_jax.dynamics), logged every epoch.
+  config.diagnostics = ml_collections.ConfigDict()
+  config.diagnostics.hessian_batches = 4  # fixed validation batches of the Hessian eigenvalue
+  config.diagnostics.hessian_iterations = 10  # Lanczos steps (Hessian-vector products per batch); 0: no eigenvalue
+  # Early stopping (darts_jax.dynamics.early_stopping); off: the paper runs all epochs.
+  config.early_stopping = ml_collections.ConfigDict()
+  config.early_stopping.rule = 'none'  # none | darts_es | darts_plus | stability
+  config.early_stopping.window = 5  # darts_es: epochs per mean (R-DARTS: 5); the kept architecture is this many back
+  config.early_stopping.factor = 1.3  # darts_es: stop when the recent mean eigenvalue exceeds factor x the earlier
+  config.early_stopping.start_epoch = 10  # darts_es: first epoch that may stop
+  config.early_stopping.max_skip = 2  # darts_plus: stop at this many skip_connect ops in the normal cell
+  config.early_stopping.patience = 10  # stability: stop after this many epochs without a change of architecture
+
   config.log_every_steps = 50
   config.checkpoint_every_minutes = 10.0  # 0: only at the end of every epoch
   config.keep_checkpoints = 3

@@ -129,7 +129,7 @@ def test_curves_draw_each_available_split_per_epoch(tmp_path):
       {'epoch': 2, 'train_loss': 0.5},  # a resumed run re-logs epoch 2
   ]
   _write_jsonl(tmp_path / 'm.jsonl', records)
-  fig = curves._curves_figure(curves._read_epoch_records(tmp_path / 'm.jsonl'))
+  fig = curves._curves_figure(curves.read_epoch_records(tmp_path / 'm.jsonl'))
   loss_ax, acc_ax = fig.axes[:2]
   lines = {line.get_label(): line for line in loss_ax.get_lines()}
   assert set(lines) == {'train', 'test'}

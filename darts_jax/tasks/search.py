@@ -8,11 +8,20 @@ writes to `workdir`:
   training ``loss`` and ``accuracy``, ``grad_norm``, ``arch_grad_norm``, ``lr`` and ``images_per_s``; after every
   epoch (records with an ``epoch`` key, 1 = after the first) the running means over the epoch's steps
   ``train_loss``/``train_accuracy``, the supernet's ``valid_loss``/``valid_accuracy`` on the whole validation split,
-  the mean entropy of the softmaxed alphas ``alpha_entropy_normal``/``alpha_entropy_reduce``, ``lr`` and
-  ``epoch_time_s``;
-* ``genotypes.jsonl``: the genotype derived after every epoch;
+  the diagnostics of the search's dynamics (`darts_jax.dynamics.diagnostics`; per cell type ``_normal``/``_reduce``):
+  ``alpha_entropy_*`` (mean entropy of the softmaxed alphas), ``alpha_max_weight_*`` (mean largest softmax weight
+  per edge), ``stability_*`` (fraction of the genotype's choices unchanged since the previous epoch),
+  ``unchanged_epochs``, ``skip_connect_normal``, and with ``diagnostics.hessian_iterations > 0``
+  ``hessian_eigenvalue`` (dominant eigenvalue of ``∇²_α L_val`` on ``diagnostics.hessian_batches`` fixed
+  validation batches, `darts_jax.dynamics.hessian`) and ``alpha_grad_norm`` (``‖∇_α L_val‖`` on the same batches);
+  then ``lr`` and ``epoch_time_s``;
+* ``genotypes.jsonl`` and ``alphas.jsonl``: the genotype derived and the alphas after every epoch;
 * at the end ``genotype.json`` (the final genotype), ``alphas.npz`` (``normal``, ``reduce``), the cell plots
-  ``normal.png``/``reduce.png`` (and their graphviz ``.dot`` sources) and ``curves.png``;
+  ``normal.png``/``reduce.png`` (and their graphviz ``.dot`` sources), ``curves.png`` and the plots of the
+  dynamics ``convergence.png``, ``alphas.png`` and ``alphas_evolution.png`` (`darts_jax.dynamics.plots`);
+* after an early stop (``early_stopping.rule``, `darts_jax.dynamics.early_stopping`) ``early_stop.json`` (rule,
+  reason, the epoch of the stop and the epoch whose architecture is kept); the final artifacts then describe the
+  kept architecture;
 * ``checkpoints/``: the `SearchState` and the position in the data after every epoch and every
   ``checkpoint_every_minutes``.
 
@@ -45,10 +54,14 @@ from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, a
 from darts_jax.cnn import genotypes, plots
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
+from darts_jax.dynamics import diagnostics, early_stopping, hessian, run_files
+from darts_jax.dynamics import plots as dynamics_plots
 from darts_jax.training import curves, loop, optimizers, parallel, reporting
 from darts_jax.training.parallel import AXIS_NAME
 
 GENOTYPES_FILE = 'genotypes.jsonl'
+ALPHAS_FILE = run_files.ALPHAS_FILE
+EARLY_STOP_FILE = run_files.EARLY_STOP_FILE
 DIVERGENCE_ADVICE = 'Lower the learning rates (learning_rate, arch_learning_rate) or change the seed.'
 
 
@@ -57,6 +70,33 @@ def _write_final_artifacts(workdir: Path, alphas: dict[str, np.ndarray], genotyp
   np.savez(workdir / 'alphas.npz', normal=alphas['normal'], reduce=alphas['reduce'])
   plots.plot_genotype(genotype, f'{workdir}{os.sep}')
   curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
+  dynamics_plots.plot_search(workdir)
+
+
+def _check_dynamics_config(config: ml_collections.ConfigDict) -> None:
+  rule = config.early_stopping.rule
+  if rule not in early_stopping.RULES:
+    raise ValueError(f'Unknown early_stopping.rule {rule!r}; expected one of {", ".join(early_stopping.RULES)}.')
+  if config.diagnostics.hessian_iterations < 0 or config.diagnostics.hessian_batches < 1:
+    raise ValueError(f'diagnostics.hessian_iterations ({config.diagnostics.hessian_iterations}) must be >= 0 and '
+                     f'diagnostics.hessian_batches ({config.diagnostics.hessian_batches}) positive.')
+  if config.early_stopping.window < 1:
+    raise ValueError(f'early_stopping.window ({config.early_stopping.window}) must be positive.')
+  if rule == 'darts_es' and not config.diagnostics.hessian_iterations:
+    raise ValueError('early_stopping.rule darts_es needs the Hessian eigenvalue: set diagnostics.hessian_iterations '
+                     '> 0.')
+
+
+def _fixed_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, count: int) -> tuple[np.ndarray, ...]:
+  """This process's slices of the first `count` full global batches of (images, labels), stacked with the example
+  index first (the layout of `hessian.make_hessian_step`)."""
+  full = [(x, y) for x, y, mask in loop.eval_batches(images, labels, batch_size, jax.process_index(),
+                                                      jax.process_count()) if mask.all()][:count]
+  return tuple(np.stack(arrays, axis=1) for arrays in zip(*full))
+
+
+def _host_alphas(alphas: Any) -> dict[str, np.ndarray]:
+  return {kind: np.asarray(a, np.float32) for kind, a in jax.device_get(alphas).items()}
 
 
 def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
@@ -106,6 +146,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   if config.unroll_steps < 1 or config.implicit_iterations < 1:
     raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
                      'must be positive.')
+  _check_dynamics_config(config)
 
   ds = data.load_dataset(config.data.name, config.data.dir or None)
   train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)
@@ -125,6 +166,11 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
       implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping),
       axis_name=AXIS_NAME, donate_argnums=(0,))
   p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
+  hessian_iterations = config.diagnostics.hessian_iterations
+  if hessian_iterations:
+    p_hessian = jax.pmap(hessian.make_hessian_step(model, eval_preprocess, hessian_iterations), axis_name=AXIS_NAME)
+    hessian_batches = parallel.shard(
+        _fixed_batches(valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 
   def epoch_batches(epoch: int, start: int) -> Iterator[tuple[Any, Any]]:
     """(train, validation) batches from two separately shuffled streams, sharded over the local devices."""
@@ -135,30 +181,58 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
                                                           (valid_images, valid_labels)])]
     return ((parallel.shard(train, AXIS_NAME), parallel.shard(val, AXIS_NAME)) for train, val in zip(*streams))
 
-  def derive(state: SearchState) -> genotypes.Genotype:
-    return genotypes.derive_genotype(state.alphas, steps=model.steps, multiplier=model.multiplier)
+  def derive(alphas: dict[str, np.ndarray]) -> genotypes.Genotype:
+    return genotypes.derive_genotype(alphas, steps=model.steps, multiplier=model.multiplier)
+
+  # The genotypes from epoch 0 (the initial alphas) on, for the stability diagnostics. A resumed run reads the
+  # epochs before its first evaluation from the alphas log: only records of earlier steps, which the run that
+  # wrote them had checkpointed past.
+  initial_alphas = _host_alphas(state.alphas)
+  history: list[genotypes.Genotype] = []
 
   def evaluate(epoch: int, step: int, r_state: SearchState, state: SearchState) -> dict[str, Any]:
     del epoch
     valid = loop.evaluate(p_eval, r_state, valid_images, valid_labels, batch_size, AXIS_NAME)
-    entropy = alpha_entropy(state.alphas)
-    return {'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
-            'alpha_entropy_normal': entropy['normal'], 'alpha_entropy_reduce': entropy['reduce'],
-            'lr': float(schedule(step - 1))}
+    if not history:
+      history.extend(derive(alphas) for alphas in [initial_alphas] + [
+          r['alphas'] for r in run_files.read_alphas_log(workdir) if r['step'] < step])
+    history.append(derive(_host_alphas(state.alphas)))
+    entries = {'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
+               **diagnostics.epoch_diagnostics(state.alphas, history)}
+    if hessian_iterations:
+      entries.update({k: float(np.asarray(v)[0]) for k, v in jax.device_get(p_hessian(r_state, hessian_batches)).items()})
+    return {**entries, 'lr': float(schedule(step - 1))}
 
   def after_epoch(epoch: int, step: int, state: SearchState, record: dict[str, Any]) -> None:
     del record
-    genotype = derive(state)
+    genotype = derive(_host_alphas(state.alphas))
     logging.info('Genotype: %s', genotype)
     reporting.append_jsonl(workdir / GENOTYPES_FILE, {
         'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(genotype))})
+    reporting.append_jsonl(workdir / ALPHAS_FILE, {
+        'step': step, 'epoch': epoch + 1, **{k: v.tolist() for k, v in _host_alphas(state.alphas).items()}})
+
+  def should_stop(epoch: int, step: int, state: SearchState, record: dict[str, Any]) -> str | None:
+    del epoch, step, state, record
+    return early_stopping.stop_reason(curves.read_epoch_records(workdir / reporting.METRICS_FILE),
+                                      **config.early_stopping)
 
   task = loop.Task(state=state, step=lambda r_state, batch, epoch: p_step(r_state, *batch), batches=epoch_batches,
                    steps_per_epoch=steps_per_epoch, evaluate=evaluate, after_epoch=after_epoch,
-                   logs=(GENOTYPES_FILE,), divergence_advice=DIVERGENCE_ADVICE)
-  state = loop.train(task, config, workdir).state
+                   should_stop=should_stop, logs=(GENOTYPES_FILE, ALPHAS_FILE), divergence_advice=DIVERGENCE_ADVICE)
+  outcome = loop.train(task, config, workdir)
   if jax.process_index() == 0:
-    genotype = derive(state)
-    _write_final_artifacts(workdir, state.alphas, genotype)
+    alphas = _host_alphas(outcome.state.alphas)
+    if outcome.stop_reason is not None:
+      stop_epoch = outcome.record['epoch']
+      kept = early_stopping.kept_epoch(config.early_stopping.rule, stop_epoch, config.early_stopping.window)
+      alphas = next(r['alphas'] for r in run_files.read_alphas_log(workdir) if r['epoch'] == kept)
+      logging.info('Stopped early after epoch %d (%s); keeping the architecture of epoch %d.', stop_epoch,
+                   outcome.stop_reason, kept)
+      reporting.write_json(workdir / EARLY_STOP_FILE, {
+          'rule': config.early_stopping.rule, 'reason': outcome.stop_reason, 'stop_epoch': stop_epoch,
+          'step': outcome.step, 'kept_epoch': kept})
+    genotype = derive(alphas)
+    _write_final_artifacts(workdir, alphas, genotype)
     logging.info('Final genotype: %s', genotype)
-  return state
+  return outcome.state

@@ -10,7 +10,7 @@ from matplotlib.ticker import MaxNLocator
 _SPLITS = ('train', 'valid', 'test')
 
 
-def _read_epoch_records(path: str) -> list[dict]:
+def read_epoch_records(path: str | os.PathLike[str]) -> list[dict]:
   """Epoch records of a metrics.jsonl, one per epoch (the last wins), sorted."""
   by_epoch = {}
   with open(path) as f:
@@ -68,7 +68,7 @@ def plot_curves(metrics_jsonl_path: str, out_path: str) -> str:
     FileNotFoundError: if the metrics file does not exist.
     ValueError: if a line is not JSON or no record has an ``epoch`` key.
   """
-  records = _read_epoch_records(metrics_jsonl_path)
+  records = read_epoch_records(metrics_jsonl_path)
   if not records:
     raise ValueError(
         f'{metrics_jsonl_path} has no epoch records (JSON lines with an '

@@ -11,6 +11,7 @@ task:
   ``metrics.jsonl``/TensorBoard, and the task's own JSONL logs truncated on resume;
 * checkpoints after every epoch and every ``checkpoint_every_minutes`` (at a log step, once its metrics are known to
   be finite), all processes agreeing;
+* early stopping: the task's `should_stop` may end the run after an epoch (`Outcome.stop_reason`);
 * divergence (`NonFiniteLossError`, the last checkpoint left intact) and preemption: on SIGTERM or SIGINT the current
   step finishes, a checkpoint of it is saved, and `Preempted` is raised (the CLIs exit with `PREEMPTED_EXIT_CODE`);
   a second signal exits at once.
@@ -305,6 +306,9 @@ class Task:
       being the host copy.
     after_epoch: ``after_epoch(epoch, step, state, record)`` writes the task's per-epoch artifacts; process 0 only,
       after the record is logged.
+    should_stop: ``should_stop(epoch, step, state, record) -> reason or None``, early stopping: a reason ends the
+      run after this epoch, on every process. Process 0 only, after `after_epoch`; the reason is saved with the
+      epoch's checkpoint, so running the run again does not train on.
     interval_entries: ``interval_entries(epoch) -> entries`` added to every interval record.
     logs: the task's own JSONL files in the workdir (records with a ``step``); on resume the records after the
       restored checkpoint are dropped, as from ``metrics.jsonl``.
@@ -316,6 +320,7 @@ class Task:
   steps_per_epoch: int
   evaluate: Callable[[int, int, PyTree, PyTree], dict[str, Any]]
   after_epoch: Callable[[int, int, PyTree, dict[str, Any]], None] = lambda epoch, step, state, record: None
+  should_stop: Callable[[int, int, PyTree, dict[str, Any]], str | None] = lambda epoch, step, state, record: None
   interval_entries: Callable[[int], dict[str, Any]] = lambda epoch: {}
   logs: tuple[str, ...] = ()
   divergence_advice: str = 'Lower the learning rate or change the seed.'
@@ -323,12 +328,14 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-  """The end of `train`: the final host `state`, its `step`, the last epoch `record` (None if no epoch ran) and
-  `wall_time_s`, the time spent training over all resumes."""
+  """The end of `train`: the final host `state`, its `step`, the last epoch `record` (None if no epoch ran),
+  `wall_time_s`, the time spent training over all resumes, and `stop_reason`, the reason the task's `should_stop`
+  gave to stop early (None: all epochs ran)."""
   state: PyTree
   step: int
   record: dict[str, Any] | None
   wall_time_s: float
+  stop_reason: str | None = None
 
 
 def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> Outcome:
@@ -348,14 +355,15 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
   with Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=config.keep_checkpoints,
                     save_interval_minutes=config.checkpoint_every_minutes or None) as checkpointer, \
        PreemptionSignals() as signals:
-    position = {'epoch': 0, 'step_in_epoch': 0, 'wall_time_s': 0.0, 'record': None, **EpochMetrics().position()}
+    position = {'epoch': 0, 'step_in_epoch': 0, 'wall_time_s': 0.0, 'record': None, 'stop_reason': None,
+                **EpochMetrics().position()}
     state, last_saved = task.state, 0
     if (restored := checkpointer.restore_latest(state)) is not None:
       last_saved, state, meta = restored
       position.update(meta)
       logging.info('Resuming from step %d (epoch %d, step %d of the epoch).', last_saved, position['epoch'],
                    position['step_in_epoch'])
-    wall_time_before, record = position['wall_time_s'], position['record']
+    wall_time_before, record, stop_reason = position['wall_time_s'], position['record'], position['stop_reason']
 
     writer = None
     if is_main:
@@ -367,7 +375,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
 
     def checkpoint(host_state: PyTree, step: int, epoch: int, step_in_epoch: int, metrics: EpochMetrics) -> None:
       meta = {'epoch': epoch, 'step_in_epoch': step_in_epoch, **metrics.position(), 'record': record,
-              'wall_time_s': wall_time_before + time.monotonic() - run_start}
+              'stop_reason': stop_reason, 'wall_time_s': wall_time_before + time.monotonic() - run_start}
       if checkpointer.save(step, jax.device_get(host_state), meta):
         logging.info('Saved checkpoint of step %d.', step)
 
@@ -379,7 +387,8 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
     r_state = parallel.replicate(state, parallel.AXIS_NAME)
     step = int(state.step)
     try:
-      for epoch in range(position['epoch'], config.num_epochs):
+      epochs = range(position['epoch'], config.num_epochs) if stop_reason is None else ()  # stopped early: stays so
+      for epoch in epochs:
         resumed = epoch == position['epoch']
         start = position['step_in_epoch'] if resumed else 0
         sums = {k: position[k] for k in EpochMetrics().position()} if resumed else {}
@@ -423,10 +432,18 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
                   'epoch_time_s': time.monotonic() - epoch_start}
         logging.info('Epoch %d/%d: %s', epoch + 1, config.num_epochs,
                      ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
+        reason = None
         if writer:
           writer.write(step, record)
           task.after_epoch(epoch, step, state, record)
+          reason = task.should_stop(epoch, step, state, record)
+        if agree(reason is not None):
+          # Only process 0 knows the reason; its checkpoint metadata is the one saved.
+          stop_reason = reason or 'stopped early by process 0'
+          logging.info('Stopping after epoch %d: %s', epoch + 1, stop_reason)
         checkpoint(state, step, epoch + 1, 0, EpochMetrics())
+        if stop_reason is not None:
+          break
         if signals.requested():  # received during the evaluation: the epoch's checkpoint is the one to resume
           stop(state, step, epoch + 1, 0, EpochMetrics())
     except Preempted as e:
@@ -436,4 +453,4 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
       if writer:
         writer.close()
   return Outcome(state=parallel.unreplicate(r_state), step=step, record=record,
-                 wall_time_s=wall_time_before + time.monotonic() - run_start)
+                 wall_time_s=wall_time_before + time.monotonic() - run_start, stop_reason=stop_reason)

@@ -1,0 +1,142 @@
+"""Plots of a search's dynamics, from its workdir (`run_files`), with matplotlib's Agg canvas (no pyplot state):
+
+* ``convergence.png``: per epoch, the alpha entropy of both cells, the validation accuracy, the stability of the
+  derived cells, and the dominant Hessian eigenvalue; an early stop is marked;
+* ``alphas.png``: the softmax weights of the final alphas as two heatmaps, edges × ops, edges labelled by
+  (node, input);
+* ``alphas_evolution.png``: the same weights at up to `EVOLUTION_PANELS` epochs, one column per epoch.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from darts_jax.cnn.genotypes import PRIMITIVES, num_edges
+from darts_jax.dynamics import run_files
+from darts_jax.dynamics.diagnostics import CELL_TYPES, edge_labels, softmax_weights
+
+EVOLUTION_PANELS = 8
+
+
+def _steps(num_rows: int) -> int:
+  steps = 1
+  while num_edges(steps) < num_rows:
+    steps += 1
+  if num_edges(steps) != num_rows:
+    raise ValueError(f'{num_rows} alpha rows are not the edges of a cell (2, 5, 9, 14, ...)')
+  return steps
+
+
+def _figure(width: float, height: float) -> Figure:
+  fig = Figure(figsize=(width, height), layout='constrained')
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+  points = [(r['epoch'], r[key]) for r in records if r.get(key) is not None]
+  return (list(a) for a in zip(*points)) if points else ([], [])
+
+
+def convergence_figure(records: Sequence[dict[str, Any]], early_stop: dict[str, Any] | None = None) -> Figure:
+  """Four panels over epochs: alpha entropy (normal, reduce; ``log 8`` dotted), supernet accuracy (train, valid),
+  stability (normal, reduce), Hessian eigenvalue."""
+  fig = _figure(11, 7)
+  panels = [('alpha entropy (nats)', [(f'alpha_entropy_{k}', k) for k in CELL_TYPES]),
+            ('supernet accuracy', [('train_accuracy', 'train'), ('valid_accuracy', 'valid')]),
+            ('stability (choices kept from the previous epoch)', [(f'stability_{k}', k) for k in CELL_TYPES]),
+            ('dominant eigenvalue of the Hessian of L_val w.r.t. alpha', [('hessian_eigenvalue', None)])]
+  for ax, (title, lines) in zip(fig.subplots(2, 2).flat, panels):
+    for key, label in lines:
+      epochs, values = _series(records, key)
+      if epochs:
+        ax.plot(epochs, values, marker='o', markersize=3, label=label)
+    if title.startswith('alpha entropy'):
+      ax.axhline(np.log(len(PRIMITIVES)), color='gray', linestyle=':', label='uniform')
+    if early_stop is not None:
+      ax.axvline(early_stop['stop_epoch'], color='red', linestyle='--', label='early stop')
+      if early_stop['kept_epoch'] != early_stop['stop_epoch']:
+        ax.axvline(early_stop['kept_epoch'], color='green', linestyle='--', label='kept')
+    if not ax.get_lines():
+      ax.text(0.5, 0.5, 'not computed', ha='center', va='center', transform=ax.transAxes, color='gray')
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel('epoch')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if any(line.get_label() and not line.get_label().startswith('_') for line in ax.get_lines()):
+      ax.legend(fontsize=8)
+  return fig
+
+
+def _heatmap(ax: Any, weights: np.ndarray, title: str, *, vmax: float, labels: bool = True) -> Any:
+  image = ax.imshow(weights, cmap='viridis', vmin=0.0, vmax=vmax, aspect='auto')
+  ax.set_title(title, fontsize=9)
+  if labels:
+    ax.set_xticks(range(weights.shape[1]), PRIMITIVES[:weights.shape[1]], rotation=60, ha='right', fontsize=8)
+    ax.set_yticks(range(weights.shape[0]), edge_labels(_steps(weights.shape[0])), fontsize=8)
+    ax.set_ylabel('edge (node, input)')
+  else:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  return image
+
+
+def alphas_figure(alphas: dict[str, np.ndarray], description: str = 'final') -> Figure:
+  """The softmax weights of `alphas`, one heatmap (edges × ops) per cell type, each weight written in its cell."""
+  weights = softmax_weights(alphas)
+  vmax = max(float(w.max()) for w in weights.values())
+  fig = _figure(11, 6)
+  for ax, kind in zip(fig.subplots(1, 2), CELL_TYPES):
+    image = _heatmap(ax, weights[kind], f'{kind} cell: softmax(alpha), {description}', vmax=vmax)
+    for (row, col), w in np.ndenumerate(weights[kind]):
+      ax.text(col, row, f'{w:.2f}', ha='center', va='center', fontsize=6,
+              color='black' if w > 0.6 * vmax else 'white')
+  fig.colorbar(image, ax=fig.axes, shrink=0.8, label='weight')
+  return fig
+
+
+def evolution_figure(log: Sequence[dict[str, Any]], panels: int = EVOLUTION_PANELS) -> Figure:
+  """Heatmaps of the softmax weights at up to `panels` evenly spaced epochs of an alphas log (first and last
+  included), normal cell above, reduction cell below, one colour scale."""
+  shown = [log[i] for i in sorted({round(i) for i in np.linspace(0, len(log) - 1, min(panels, len(log)))})]
+  weights = [softmax_weights(r['alphas']) for r in shown]
+  vmax = max(float(w[kind].max()) for w in weights for kind in CELL_TYPES)
+  fig = _figure(1.6 * len(shown) + 1.5, 5.5)
+  axes = np.asarray(fig.subplots(2, len(shown), squeeze=False))
+  for col, (record, w) in enumerate(zip(shown, weights)):
+    for row, kind in enumerate(CELL_TYPES):
+      image = _heatmap(axes[row, col], w[kind], f'{kind}, epoch {record["epoch"]}', vmax=vmax, labels=False)
+  axes[0, 0].set_ylabel('edges (node, input)')
+  axes[1, 0].set_xlabel('ops (' + ', '.join(PRIMITIVES) + ')', loc='left', fontsize=7)
+  fig.colorbar(image, ax=fig.axes, shrink=0.8, label='softmax weight')
+  return fig
+
+
+def plot_search(workdir: str | os.PathLike[str]) -> list[str]:
+  """Writes ``convergence.png``, ``alphas.png`` and ``alphas_evolution.png`` of a search workdir (finished or
+  running) into it, and returns their paths.
+
+  Raises:
+    NotADirectoryError, ValueError: `workdir` is not a search workdir, or it has not finished an epoch.
+  """
+  workdir = run_files.check_search_workdir(workdir)
+  records = run_files.read_epoch_records(workdir)
+  if not records:
+    raise ValueError(f'{workdir} has no epoch records yet; has the run finished an epoch?')
+  alphas, description = run_files.final_alphas(workdir)
+  figures = {'convergence.png': convergence_figure(records, run_files.read_early_stop(workdir)),
+             'alphas.png': alphas_figure(alphas, description)}
+  if log := run_files.read_alphas_log(workdir):
+    figures['alphas_evolution.png'] = evolution_figure(log)
+  written = []
+  for name, fig in figures.items():
+    fig.savefig(Path(workdir) / name, dpi=90)
+    written.append(str(Path(workdir) / name))
+  return written

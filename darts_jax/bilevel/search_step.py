@@ -228,8 +228,10 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
   return search_step
 
 
-# The methods whose passes run as one chain of the same compiled gradient (`_chained_step`).
-_CHAINED_METHODS = ('first_order', 'fd', 'exact')
+# The methods whose passes run as one chain of the same compiled gradient (`_chained_step`). First order is not one:
+# its validation pass needs only the α-gradient, and computing the weight gradient there too (as the shared pass
+# does) cost 39% more CPU time per step for 17% fewer kernels to compile (docs/benchmarks.md).
+_CHAINED_METHODS = ('fd', 'exact')
 
 
 def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, train, val, *, lr, momentum,
@@ -242,15 +244,13 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   whose body is the gradient; between passes, a ``lax.switch`` branch (compiled once) turns the last pass's output
   into the next pass's inputs:
 
-  * ``'first_order'``: ``(w, α, val)`` → Adam on ``g_α`` → ``(w, α', train)``;
   * ``'fd'``: ``(w, α, train)`` → ``w'`` → ``(w', α, val)`` → the central difference, Adam → ``(w, α', train)``;
   * ``'exact'``: ``(w', α, val)`` → the tangent of the training gradient, linearised at ``w`` before the loop (its
     primal gives ``w'``), Adam → ``(w, α', train)``.
 
   The same arithmetic as `darts_jax.bilevel.hypergradient` followed by the weight step's gradient (the search-step
-  tests compare them); a pass that needs only one of ``g_w``, ``g_α`` computes both, which costs little: the
-  α-gradient is a few small contractions, and the one pass that needs no ``g_w`` (first order's validation pass)
-  pays its weight gradient once per step.
+  tests compare them). fd's first pass needs only ``g_w`` and computes ``g_α`` too, which costs little: the
+  α-gradient is a few small contractions.
 
   Returns ``(arch_grads, (alphas', arch_opt_state'), last pass output)``.
   """
@@ -260,14 +260,7 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   def zeros(tree_shape):
     return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree_shape)
 
-  if method == 'first_order':
-    def arch(carry, out):
-      del carry
-      result = update_alphas(out[0][1])
-      return result, (params, result[1][0], train)
-
-    first_inputs, stages = (params, alphas, val), [arch]
-  elif method == 'fd':
+  if method == 'fd':
     def virtual(carry, out):
       w_prime = virtual_step(params, out[0][0], momentum_buffer, eta=lr, momentum=momentum, weight_decay=weight_decay)
       return carry, (w_prime, alphas, val)

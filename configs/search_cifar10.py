@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Alphas (the original's Adam).
   config.arch_learning_rate = 3e-4
   config.arch_weight_decay = 1e-3
+  config.arch_warmup_epochs = 0  # epochs before the alphas start to move (0: the paper)
 
   config.model = ml_collections.ConfigDict()
   config.model.init_channels = 16

@@ -5,6 +5,8 @@ The package is grouped by concept (docs/architecture.md has the map):
 * `darts_jax.cnn`: the CNN search space: primitives (`ops`), the supernet (`supernet`), the retraining networks
   (`networks`), genotypes and cell diagrams (`genotypes`, `plots`);
 * `darts_jax.bilevel`: the bilevel core: the generic `hypergradient` and the DARTS search step on the supernet;
+* `darts_jax.dynamics`: the search's dynamics: diagnostics (`darts_jax.diagnostics`, e.g.
+  `dominant_hessian_eigenvalue`), early-stopping rules, plots of a run and comparisons of runs;
 * `darts_jax.data`: datasets, batching and on-device augmentation;
 * `darts_jax.training`: the one training loop (`loop`) and its infrastructure: checkpoints, metrics, curves,
   pmap helpers, optimizers, configs, CLI start-up;
@@ -13,7 +15,7 @@ The package is grouped by concept (docs/architecture.md has the map):
 * interoperability: `darts_jax.convert` (the original's PyTorch checkpoints), `darts_jax.genotypes` (NNI, pt.darts
   and original genotype formats), `darts_jax.export` (a portable inference artifact);
 * entry points: ``python -m darts_jax.evaluate``, ``python -m darts_jax.genotypes``, ``python -m darts_jax.export``,
-  ``python -m darts_jax.bench``.
+  ``python -m darts_jax.plots``, ``python -m darts_jax.compare``, ``python -m darts_jax.bench``.
 
 This module exports the research API. It imports only jax, flax, optax and numpy; the plotting functions
 (graphviz, matplotlib) are imported on first use.
@@ -26,13 +28,16 @@ from darts_jax.cnn.genotypes import (DARTS, DARTS_V1, DARTS_V2, KNOWN_GENOTYPES,
                                      NASNet, derive_genotype, genotype_from_json, genotype_to_json, parse_genotype)
 from darts_jax.cnn.networks import NetworkCIFAR, NetworkImageNet, count_params
 from darts_jax.cnn.supernet import SearchNetwork, init_alphas
+from darts_jax.dynamics.hessian import dominant_hessian_eigenvalue
 
 __version__ = '0.1.0'
 __all__ = ['AmoebaNet', 'DARTS', 'DARTS_V1', 'DARTS_V2', 'Genotype', 'KNOWN_GENOTYPES', 'NASNet', 'NetworkCIFAR',
-           'NetworkImageNet', 'PRIMITIVES', 'SearchNetwork', 'count_params', 'derive_genotype', 'genotype_from_json',
-           'genotype_to_json', 'hypergradient', 'init_alphas', 'parse_genotype', 'plot_curves', 'plot_genotype']
+           'NetworkImageNet', 'PRIMITIVES', 'SearchNetwork', 'count_params', 'derive_genotype',
+           'dominant_hessian_eigenvalue', 'genotype_from_json', 'genotype_to_json', 'hypergradient', 'init_alphas',
+           'parse_genotype', 'plot_curves', 'plot_genotype', 'plot_search']
 
-_LAZY = {'plot_genotype': 'darts_jax.cnn.plots', 'plot_curves': 'darts_jax.training.curves'}
+_LAZY = {'plot_genotype': 'darts_jax.cnn.plots', 'plot_curves': 'darts_jax.training.curves',
+         'plot_search': 'darts_jax.dynamics.plots'}
 
 
 def __getattr__(name: str) -> Any:

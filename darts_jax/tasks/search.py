@@ -110,7 +110,13 @@ def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset,
                                               steps_per_epoch)
   weight_tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
                                           grad_clip=config.grad_clip)
-  arch_tx = arch_optimizer(config.arch_learning_rate, weight_decay=config.arch_weight_decay)
+  # The alphas stay fixed for the first arch_warmup_epochs while the weights train (DARTS+, PC-DARTS): the
+  # architecture gradient of untrained weights favours the parameter-free ops. A zero learning rate, not a skipped
+  # step: one program for the whole run.
+  arch_lr = config.arch_learning_rate if not config.arch_warmup_epochs else optax.join_schedules(
+      [optax.constant_schedule(0.0), optax.constant_schedule(config.arch_learning_rate)],
+      [config.arch_warmup_epochs * steps_per_epoch])
+  arch_tx = arch_optimizer(arch_lr, weight_decay=config.arch_weight_decay)
   return model, schedule, create_search_state(jax.random.key(config.seed), model, image_shape, weight_tx, arch_tx)
 
 
@@ -200,7 +206,8 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     entries = {'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
                **diagnostics.epoch_diagnostics(state.alphas, history)}
     if hessian_iterations:
-      entries.update({k: float(np.asarray(v)[0]) for k, v in jax.device_get(p_hessian(r_state, hessian_batches)).items()})
+      values = jax.device_get(p_hessian(r_state, hessian_batches))  # equal on every device: device 0's
+      entries.update({k: float(np.asarray(v)[0]) for k, v in values.items()})
     return {**entries, 'lr': float(schedule(step - 1))}
 
   def after_epoch(epoch: int, step: int, state: SearchState, record: dict[str, Any]) -> None:

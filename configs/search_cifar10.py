@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.diagnostics = ml_collections.ConfigDict()
   config.diagnostics.hessian_batches = 4  # fixed validation batches of the Hessian eigenvalue
   config.diagnostics.hessian_iterations = 10  # Lanczos steps (Hessian-vector products per batch); 0: no eigenvalue
+  config.diagnostics.hessian_method = 'exact'  # Hessian-vector products: exact (forward over reverse) | fd
   # Early stopping (darts_jax.dynamics.early_stopping); off: the paper runs all epochs.
   config.early_stopping = ml_collections.ConfigDict()
   config.early_stopping.rule = 'none'  # none | darts_es | darts_plus | stability

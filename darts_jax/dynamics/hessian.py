@@ -4,7 +4,8 @@ R-DARTS observed that the largest eigenvalue of ``∇²_α L_val`` grows while a
 settle into a sharp region, and discretising them (rounding every edge to one op) then costs much validation
 accuracy. The alphas are a few hundred numbers, but their Hessian passes through the whole network, so it is never
 formed: Lanczos iterations need only Hessian-vector products, computed forward over reverse (the tangent of
-``jax.grad``, linearised once, then applied per iteration).
+``jax.grad``, linearised once, then applied per iteration) or, where compile time matters more than the last digits,
+by a central difference of gradients (`HVP_METHODS`).
 """
 from __future__ import annotations
 
@@ -21,10 +22,15 @@ from darts_jax.bilevel.search_step import SearchState
 from darts_jax.data.augment import Preprocess
 
 PyTree = Any
+HVP_METHODS = ('exact', 'fd')
+"""How Hessian-vector products are computed: ``'exact'``, forward over reverse (the tangent of the gradient: a
+program about twice the gradient's, which on XLA:CPU takes about as long again to compile as the gradient); ``'fd'``,
+``(∇f(α + εv) − ∇f(α − εv)) / 2ε`` with both gradients from one compiled copy (``lax.map``), accurate to ``O(ε²)``
+plus float32 rounding divided by ``2ε``."""
 
 
-def _lanczos_dominant(matvec: Callable[[jax.Array], jax.Array], size: int, num_iterations: int,
-                      rng: jax.Array) -> jax.Array:
+def _lanczos_dominant(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], size: int, num_iterations: int,
+                      rng: jax.Array) -> tuple[jax.Array, Any]:
   r"""The Ritz value of largest magnitude after `num_iterations` Lanczos steps on a symmetric ``size × size``
   operator.
 
@@ -35,45 +41,65 @@ def _lanczos_dominant(matvec: Callable[[jax.Array], jax.Array], size: int, num_i
   twice (cheap: ``size`` is small), so float32 rounding does not bring back converged directions. At ``k = size``
   the eigenvalues of ``T`` are those of ``H``. A residual of exactly zero (an invariant subspace) leaves the next
   vectors 0, which only adds zero eigenvalues to ``T``.
+
+  ``matvec(v) -> (Hv, aux)``; the `aux` of the first product is returned with the Ritz value.
   """
   k = min(num_iterations, size)
   v0 = jax.random.normal(rng, (size,), jnp.float32)
   basis = jnp.zeros((k + 1, size), jnp.float32).at[0].set(v0 / jnp.linalg.norm(v0))
 
   def body(j, carry):
-    basis, diagonal, off_diagonal = carry
-    w = matvec(basis[j])
+    basis, diagonal, off_diagonal, first_aux = carry
+    w, aux = matvec(basis[j])
+    first_aux = jax.tree.map(lambda first, new: jnp.where(j == 0, new, first), first_aux, aux)
     diagonal = diagonal.at[j].set(jnp.vdot(basis[j], w))
     for _ in range(2):  # classical Gram-Schmidt, repeated: orthogonal to float32 precision
       w = w - basis.T @ (basis @ w)
     norm = jnp.linalg.norm(w)
     off_diagonal = off_diagonal.at[j].set(norm)
     basis = basis.at[j + 1].set(jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), 0.0))
-    return basis, diagonal, off_diagonal
+    return basis, diagonal, off_diagonal, first_aux
 
-  _, diagonal, off_diagonal = lax.fori_loop(0, k, body, (basis, jnp.zeros(k), jnp.zeros(k)))
+  aux_shape = jax.eval_shape(matvec, basis[0])[1]
+  _, diagonal, off_diagonal, first_aux = lax.fori_loop(
+      0, k, body, (basis, jnp.zeros(k), jnp.zeros(k), jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape)))
   tridiagonal = jnp.diag(diagonal) + jnp.diag(off_diagonal[:-1], 1) + jnp.diag(off_diagonal[:-1], -1)
   eigenvalues = jnp.linalg.eigvalsh(tridiagonal)
-  return eigenvalues[jnp.argmax(jnp.abs(eigenvalues))]
+  return eigenvalues[jnp.argmax(jnp.abs(eigenvalues))], first_aux
 
 
 def hessian_eigenvalue_and_gradient(loss_fn: Callable[[PyTree], jax.Array], alphas: PyTree, *,
                                     num_iterations: int = 20, rng: jax.Array | None = None,
-                                    axis_name: str | None = None) -> tuple[jax.Array, PyTree]:
-  """`dominant_hessian_eigenvalue` and the gradient ``∇ loss_fn(alphas)``, which its linearisation computes anyway."""
+                                    axis_name: str | None = None, method: str = 'exact',
+                                    fd_epsilon: float = 1e-2) -> tuple[jax.Array, PyTree]:
+  """`dominant_hessian_eigenvalue` and the gradient ``∇ loss_fn(alphas)``, which its Hessian-vector products compute
+  anyway (with ``'fd'``: the mean of the first central difference's two gradients, exact up to ``O(ε²)``)."""
   if num_iterations < 1:
     raise ValueError(f'num_iterations must be positive, got {num_iterations}.')
+  if method not in HVP_METHODS:
+    raise ValueError(f'Unknown Hessian-vector product method {method!r}; expected one of {", ".join(HVP_METHODS)}.')
   rng = jax.random.key(0) if rng is None else rng
   pmean = (lambda tree: tree) if axis_name is None else (lambda tree: lax.pmean(tree, axis_name))
   flat, unravel = ravel_pytree(alphas)
-  # One forward and backward pass; the Lanczos loop then applies only their tangent (∇² loss · v).
-  gradient, hvp = jax.linearize(lambda x: pmean(ravel_pytree(jax.grad(loss_fn)(unravel(x)))[0]), flat)
-  eigenvalue = _lanczos_dominant(hvp, flat.size, num_iterations, rng)
-  return eigenvalue, unravel(gradient)
+
+  def gradient(x):
+    return pmean(ravel_pytree(jax.grad(loss_fn)(unravel(x)))[0])
+
+  if method == 'exact':
+    # One forward and backward pass; the Lanczos loop then applies only their tangent (∇² loss · v).
+    grad, hvp = jax.linearize(gradient, flat)
+    matvec = lambda v: (hvp(v), grad)  # noqa: E731
+  else:
+    def matvec(v):  # v has norm 1 (a Lanczos vector)
+      plus, minus = lax.map(gradient, jnp.stack([flat + fd_epsilon * v, flat - fd_epsilon * v]))
+      return (plus - minus) / (2 * fd_epsilon), (plus + minus) / 2
+  eigenvalue, grad = _lanczos_dominant(matvec, flat.size, num_iterations, rng)
+  return eigenvalue, unravel(grad)
 
 
 def dominant_hessian_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], alphas: PyTree, *, num_iterations: int = 20,
-                                rng: jax.Array | None = None, axis_name: str | None = None) -> jax.Array:
+                                rng: jax.Array | None = None, axis_name: str | None = None, method: str = 'exact',
+                                fd_epsilon: float = 1e-2) -> jax.Array:
   r"""The eigenvalue of largest magnitude of the Hessian :math:`\nabla^2 f(\alpha)` of ``f = loss_fn``.
 
   Computed by `num_iterations` Lanczos steps over Hessian-vector products
@@ -90,15 +116,17 @@ def dominant_hessian_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], alphas: 
     num_iterations: Lanczos steps (Hessian-vector products); capped at the number of parameters.
     rng: PRNG key of the random start vector; ``jax.random.key(0)`` by default.
     axis_name: the pmap axis over which gradients and Hessian-vector products are averaged; None outside pmap.
+    method: how Hessian-vector products are computed, ``'exact'`` or ``'fd'`` (`HVP_METHODS`).
+    fd_epsilon: for ``'fd'``: the step ``ε`` along the unit Lanczos vector.
 
   Returns:
     A float32 scalar, with its sign (negative when the loss curves down most strongly).
   """
   return hessian_eigenvalue_and_gradient(loss_fn, alphas, num_iterations=num_iterations, rng=rng,
-                                         axis_name=axis_name)[0]
+                                         axis_name=axis_name, method=method, fd_epsilon=fd_epsilon)[0]
 
 
-def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int
+def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int, method: str = 'exact'
                       ) -> Callable[[SearchState, tuple[jax.Array, jax.Array]], dict[str, jax.Array]]:
   """Builds ``hessian_step(state, (images, labels)) -> {'hessian_eigenvalue', 'alpha_grad_norm'}`` for the supernet.
 
@@ -107,7 +135,7 @@ def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int
   `parallel.shard` splits examples, not batches, over devices), BN in training mode with batch statistics, as in
   the architecture step (the running statistics are neither read nor updated). Only the alphas are differentiated,
   so no weight gradient is computed. ``alpha_grad_norm`` is ``‖∇_α L_val‖``. Jit it, or pmap it with
-  ``axis_name=model.axis_name``; the start vector is drawn from ``(state.rng, state.step)``, so a resumed run
+  ``axis_name=model.axis_name``. `method` computes the Hessian-vector products (`HVP_METHODS`); the start vector is drawn from ``(state.rng, state.step)``, so a resumed run
   computes the same value.
   """
   def loss_fn(params, batch_stats, alphas, images, labels):
@@ -123,7 +151,8 @@ def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int
   def hessian_step(state: SearchState, batches: tuple[jax.Array, jax.Array]) -> dict[str, jax.Array]:
     eigenvalue, gradient = hessian_eigenvalue_and_gradient(
         lambda alphas: loss_fn(state.params, state.batch_stats, alphas, *batches), state.alphas,
-        num_iterations=num_iterations, rng=jax.random.fold_in(state.rng, state.step), axis_name=model.axis_name)
+        num_iterations=num_iterations, rng=jax.random.fold_in(state.rng, state.step), axis_name=model.axis_name,
+        method=method)
     return {'hessian_eigenvalue': eigenvalue, 'alpha_grad_norm': optax.tree.norm(gradient)}
 
   return hessian_step

@@ -108,13 +108,14 @@ def evolution_figure(log: Sequence[dict[str, Any]], panels: int = EVOLUTION_PANE
   shown = [log[i] for i in sorted({round(i) for i in np.linspace(0, len(log) - 1, min(panels, len(log)))})]
   weights = [softmax_weights(r['alphas']) for r in shown]
   vmax = max(float(w[kind].max()) for w in weights for kind in CELL_TYPES)
-  fig = _figure(1.6 * len(shown) + 1.5, 5.5)
+  fig = _figure(max(1.3 * len(shown) + 1.5, 6.0), 5.5)
   axes = np.asarray(fig.subplots(2, len(shown), squeeze=False))
   for col, (record, w) in enumerate(zip(shown, weights)):
     for row, kind in enumerate(CELL_TYPES):
-      image = _heatmap(axes[row, col], w[kind], f'{kind}, epoch {record["epoch"]}', vmax=vmax, labels=False)
-  axes[0, 0].set_ylabel('edges (node, input)')
-  axes[1, 0].set_xlabel('ops (' + ', '.join(PRIMITIVES) + ')', loc='left', fontsize=7)
+      image = _heatmap(axes[row, col], w[kind], f'epoch {record["epoch"]}', vmax=vmax, labels=False)
+  for row, kind in enumerate(CELL_TYPES):
+    axes[row, 0].set_ylabel(f'{kind}: edges (node, input)', fontsize=8)
+  fig.supxlabel('ops: ' + ', '.join(PRIMITIVES[:4]) + ',\n' + ', '.join(PRIMITIVES[4:]), fontsize=7)
   fig.colorbar(image, ax=fig.axes, shrink=0.8, label='softmax weight')
   return fig
 

@@ -49,8 +49,8 @@ import optax
 from absl import logging
 
 from darts_jax import data
-from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, alpha_entropy, arch_optimizer,
-                                          create_search_state, make_eval_step, make_search_step)
+from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, arch_optimizer, create_search_state,
+                                          make_eval_step, make_search_step)
 from darts_jax.cnn import genotypes, plots
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
@@ -80,6 +80,9 @@ def _check_dynamics_config(config: ml_collections.ConfigDict) -> None:
   if config.diagnostics.hessian_iterations < 0 or config.diagnostics.hessian_batches < 1:
     raise ValueError(f'diagnostics.hessian_iterations ({config.diagnostics.hessian_iterations}) must be >= 0 and '
                      f'diagnostics.hessian_batches ({config.diagnostics.hessian_batches}) positive.')
+  if config.diagnostics.hessian_method not in hessian.HVP_METHODS:
+    raise ValueError(f'Unknown diagnostics.hessian_method {config.diagnostics.hessian_method!r}; expected one of '
+                     f'{", ".join(hessian.HVP_METHODS)}.')
   if config.early_stopping.window < 1:
     raise ValueError(f'early_stopping.window ({config.early_stopping.window}) must be positive.')
   if rule == 'darts_es' and not config.diagnostics.hessian_iterations:
@@ -174,7 +177,8 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
   hessian_iterations = config.diagnostics.hessian_iterations
   if hessian_iterations:
-    p_hessian = jax.pmap(hessian.make_hessian_step(model, eval_preprocess, hessian_iterations), axis_name=AXIS_NAME)
+    p_hessian = jax.pmap(hessian.make_hessian_step(model, eval_preprocess, hessian_iterations,
+                                                   config.diagnostics.hessian_method), axis_name=AXIS_NAME)
     hessian_batches = parallel.shard(
         _fixed_batches(valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 

@@ -208,7 +208,8 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
           implicit_iterations=implicit_iterations, implicit_damping=implicit_damping, axis_name=axis_name)
       alphas, arch_opt_state = arch_step(arch_grads)
       # Weight step with the updated alphas; it also advances the BN running statistics.
-      (grads, _), (loss, (logits, batch_stats)) = gradient_pass(state.params, alphas, train)
+      (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params, alphas, train)
+      grads = pmean(grads)
 
     updates, weight_opt_state = state.weight_tx.update(grads, state.weight_opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

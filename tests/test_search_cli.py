@@ -21,11 +21,14 @@ from darts_jax.training import reporting
 
 REPO = Path(__file__).resolve().parents[1]
 # First order compiles in half the time of second order; the step's other paths are the same (and every
-# hypergradient method is checked under data parallelism in test_search.py).
+# hypergradient method is checked under data parallelism in test_search.py). The paper's architecture optimizer:
+# the quick config's Adam at 0.1 would turn float32 rounding differences between device counts into steps of 0.1.
+# No Hessian eigenvalue: another supernet program to compile (test_search_dynamics.py runs it on a tiny network).
 TINY = ['--config.data.subset=0', '--config.data.image_size=0', '--config.batch_size=8', '--config.num_epochs=3',
         '--config.log_every_steps=2', '--config.checkpoint_every_minutes=0', '--config.model.init_channels=2',
         '--config.model.layers=1', '--config.model.steps=2', '--config.model.multiplier=2',
-        '--config.hypergradient=first_order', '--config.data.augment=true', '--config.progress=false']
+        '--config.hypergradient=first_order', '--config.arch_learning_rate=3e-4', '--config.arch_weight_decay=1e-3',
+        '--config.diagnostics.hessian_iterations=0', '--config.data.augment=true', '--config.progress=false']
 
 
 def run_search(workdir, data_dir, *overrides, devices=1, wait=True, log=None):

@@ -393,6 +393,7 @@ def test_resume_after_interruption_mid_epoch_is_exact(reference_run, data_dir, t
   jax.tree.map(np.testing.assert_array_equal, resumed.params, state.params)
   assert _epoch_records(tmp_path) == _epoch_records(workdir)  # logged step 10 dropped and logged again
   assert (tmp_path / 'genotypes.jsonl').read_text() == (workdir / 'genotypes.jsonl').read_text()
+  assert (tmp_path / 'alphas.jsonl').read_text() == (workdir / 'alphas.jsonl').read_text()
 
 
 def test_divergence_stops_without_checkpointing_the_bad_state(data_dir, tmp_path):

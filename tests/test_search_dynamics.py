@@ -7,9 +7,10 @@ import pytest
 from test_search import TinySupernet, tiny_config
 
 from darts_jax import compare as compare_cli
+from darts_jax import diagnostics
 from darts_jax import plots as plots_cli
 from darts_jax.cnn import genotypes
-from darts_jax.dynamics import early_stopping, run_files
+from darts_jax.dynamics import compare, early_stopping, run_files
 from darts_jax.tasks import search
 from darts_jax.training import reporting
 
@@ -60,8 +61,10 @@ def test_every_epoch_logs_the_diagnostics_and_the_alphas(runs):
   logged = [genotypes.genotype_from_json(json.dumps(r['genotype']))
             for r in reporting.read_jsonl(root / 'full' / 'genotypes.jsonl')]
   for i in range(1, 3):
-    same = logged[i - 1] == logged[i]
-    assert (records[i]['stability_normal'] == records[i]['stability_reduce'] == 1.0) == same or not same
+    stability = diagnostics.genotype_stability(logged[i - 1], logged[i])
+    assert [records[i]['stability_normal'], records[i]['stability_reduce']] == [stability['normal'],
+                                                                                stability['reduce']]
+    assert (records[i]['unchanged_epochs'] > 0) == diagnostics.same_architecture(logged[i - 1], logged[i])
   log = run_files.read_alphas_log(root / 'full')
   assert [r['epoch'] for r in log] == [1, 2, 3]
   np.testing.assert_array_equal(log[-1]['alphas']['normal'], full.alphas['normal'])  # float32 through JSON exactly
@@ -112,16 +115,11 @@ def test_compare_cli_prints_one_row_per_run_and_writes_the_overlay(runs, capsys,
   root, _, _, _ = runs
   compare_cli.main([str(root / 'full'), str(root / 'stopped'), '--out', str(tmp_path / 'overlay.png')])
   header, full, stopped, overlay = capsys.readouterr().out.splitlines()
-  assert header.split() == list(compare_cli_columns())
+  assert header.split() == list(compare.COLUMNS)
   assert full.split()[:3] == ['full', 'first_order', 'lr_a=0.05'] and '3/3' in full
   assert 'es=darts_es' in stopped and '2/3' in stopped and 'darts_es@2->1' in stopped
   assert overlay == f'overlay: {tmp_path / "overlay.png"}'
   assert (tmp_path / 'overlay.png').read_bytes().startswith(b'\x89PNG')
-
-
-def compare_cli_columns():
-  from darts_jax.dynamics import compare
-  return compare.COLUMNS
 
 
 @pytest.mark.parametrize('make, message', [

@@ -65,8 +65,8 @@ def genotype_stability(previous: Genotype, current: Genotype) -> dict[str, float
 
 def same_architecture(a: Genotype, b: Genotype) -> bool:
   """Whether two genotypes describe the same cells (each node's two choices compared as a set)."""
-  return all(s == 1.0 for s in genotype_stability(a, b).values()) and a.normal_concat == b.normal_concat \
-      and a.reduce_concat == b.reduce_concat
+  same_concat = a.normal_concat == b.normal_concat and a.reduce_concat == b.reduce_concat
+  return same_concat and all(s == 1.0 for s in genotype_stability(a, b).values())
 
 
 def unchanged_epochs(genotypes: Sequence[Genotype]) -> int:

@@ -41,8 +41,9 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+  """(epochs, values) of the records that hold `key`."""
   points = [(r['epoch'], r[key]) for r in records if r.get(key) is not None]
-  return (list(a) for a in zip(*points)) if points else ([], [])
+  return [e for e, _ in points], [v for _, v in points]
 
 
 def convergence_figure(records: Sequence[dict[str, Any]], early_stop: dict[str, Any] | None = None) -> Figure:

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from test_search import TinySupernet, tiny_config
+from test_search import tiny_config, tiny_supernet  # noqa: F401 (an autouse fixture: these runs use TinySupernet)
 
 from darts_jax import compare as compare_cli
 from darts_jax import diagnostics
@@ -23,13 +23,6 @@ def dynamics_config(data_dir, **overrides):
   # First order and a large arch learning rate: a cheap step whose genotypes move.
   return tiny_config(data_dir, hypergradient='first_order', arch_learning_rate=0.05, checkpoint_every_minutes=0.0,
                      **{'diagnostics.hessian_batches': 2, 'diagnostics.hessian_iterations': 4, **overrides})
-
-
-@pytest.fixture(scope='module', autouse=True)
-def tiny_supernet():
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(search, 'SearchNetwork', TinySupernet)
-    yield
 
 
 @pytest.fixture(scope='module')

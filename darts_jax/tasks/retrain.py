@@ -19,8 +19,8 @@ It writes to `workdir`:
   epoch's steps), ``test_loss``/``test_accuracy`` (whole test set, BN with running statistics), ``lr``,
   ``drop_path_prob`` and ``epoch_time_s``;
 * ``curves.png`` (updated every epoch) and, at the end, ``results.json``: ``test_accuracy``, ``test_loss``,
-  ``params`` (without the auxiliary head, like the original's count), ``macs`` (multiply-adds of one image, `darts_jax.cnn.cost`), ``epochs``, ``steps``, ``wall_time_s`` (over
-  all resumes), ``dataset``, ``genotype``;
+  ``params`` (without the auxiliary head, like the original's count), ``macs`` (multiply-adds of one image,
+  `darts_jax.cnn.cost`), ``epochs``, ``steps``, ``wall_time_s`` (over all resumes), ``dataset``, ``genotype``;
 * ``checkpoints/``: the `TrainState` and the position in the data after every epoch and every
   ``checkpoint_every_minutes``.
 

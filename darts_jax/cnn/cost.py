@@ -353,7 +353,7 @@ def expected_cost(weights: Mapping[str, jax.Array], arch_cost: ArchitectureCost)
   """
   total = jnp.asarray(arch_cost.fixed, jnp.float32)
   for kind, table in arch_cost.tables.items():
-    total = total + jnp.sum(weights[kind] * jnp.asarray(table * arch_cost.keep[:, None], weights[kind].dtype))
+    total = total + jnp.sum(weights[kind] * jnp.asarray((table * arch_cost.keep[:, None]).astype(np.float32)))
   return total
 
 

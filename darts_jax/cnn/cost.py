@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from darts_jax.cnn.genotypes import EVAL_PRIMITIVES, PRIMITIVES, Genotype, validate_genotype
+from darts_jax.cnn.ops import conv_output_size
 
 NETWORKS = ('cifar', 'imagenet')
 METRICS = ('params', 'macs', 'latency')
@@ -50,7 +51,7 @@ FIXED_UNITS = (STEM_CIFAR, STEM_IMAGENET, PREPROCESS, PREPROCESS_REDUCE, CLASSIF
                AUXILIARY_IMAGENET)
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class Unit:
   """One op of a network at its shape: ``op`` (a name of `EVAL_PRIMITIVES` or `FIXED_UNITS`) reading an input of
   ``height × width × in_channels`` with ``stride``, writing ``out_channels``; ``affine``: whether its BNs have a
@@ -78,10 +79,6 @@ class Cost:
 
   def __add__(self, other: Cost) -> Cost:
     return Cost(self.params + other.params, self.macs + other.macs)
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
-  return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _taps_in_image(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:

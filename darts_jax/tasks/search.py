@@ -108,9 +108,9 @@ def _check_cost_config(config: ml_collections.ConfigDict) -> None:
   if c.weight < 0 or (c.weight > 0 and not c.target > 0):
     raise ValueError(f'cost.weight ({c.weight}) must be >= 0, and with a cost term cost.target ({c.target}) positive '
                      f'(in the metric\'s unit: {c.metric}).')
-  if c.eval_init_channels < 1 or c.eval_layers < 3:
-    raise ValueError(f'cost.eval_init_channels ({c.eval_init_channels}) must be positive and cost.eval_layers '
-                     f'({c.eval_layers}) at least 3.')
+  if c.eval_init_channels < 1 or c.eval_layers < 1:
+    raise ValueError(f'cost.eval_init_channels ({c.eval_init_channels}) and cost.eval_layers ({c.eval_layers}) must '
+                     'be positive.')
 
 
 def _genotype_cost(genotype: genotypes.Genotype, config: ml_collections.ConfigDict, num_classes: int,

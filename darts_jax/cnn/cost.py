@@ -338,7 +338,7 @@ def architecture_cost(unit_value: Callable[[Unit], float], *, C: int, layers: in
   return ArchitectureCost(tables, keep, float(fixed))
 
 
-def expected_cost(weights: Mapping[str, jax.Array], arch_cost: ArchitectureCost) -> jax.Array:
+def expected_cost(weights: Mapping[str, Any], arch_cost: ArchitectureCost) -> Any:
   r"""The expected cost of the derived network under the mixing weights ``w`` (per cell type, (E, K), e.g.
   ``softmax(alphas)``):
 
@@ -346,11 +346,12 @@ def expected_cost(weights: Mapping[str, jax.Array], arch_cost: ArchitectureCost)
      \text{cost}_{\text{type}}(e, k)
 
   Each edge's op is drawn from its weights and each node keeps each input with probability 2/(its inputs).
-  Differentiable in ``w``; ``'none'`` costs nothing.
+  Differentiable in ``w``; ``'none'`` costs nothing. JAX arrays in, a JAX scalar out; NumPy in, NumPy out (on the
+  host, nothing to compile).
   """
-  total = jnp.asarray(arch_cost.fixed, jnp.float32)
+  total = arch_cost.fixed
   for kind, table in arch_cost.tables.items():
-    total = total + jnp.sum(weights[kind] * jnp.asarray((table * arch_cost.keep[:, None]).astype(np.float32)))
+    total = total + (weights[kind] * (table * arch_cost.keep[:, None]).astype(np.float32)).sum()
   return total
 
 

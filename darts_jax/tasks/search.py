@@ -289,7 +289,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     entries.update({f'genotype_{k}{suffix}': costs[net][k] for net, suffix in (('search', ''), ('eval', '_eval'))
                     for k in ('params', 'macs')})
     if arch_cost is not None:  # the cost term's E[cost] under the current alphas (also without the term)
-      weights = {k: jax.nn.softmax(np.asarray(a, np.float64), -1) for k, a in _host_alphas(state.alphas).items()}
+      weights = diagnostics.softmax_weights(_host_alphas(state.alphas))
       entries[f'expected_{config.cost.metric}'] = float(cost.expected_cost(weights, arch_cost))
     if hessian_iterations:
       values = jax.device_get(p_hessian(r_state, hessian_batches))  # equal on every device: device 0's

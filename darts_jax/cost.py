@@ -2,7 +2,7 @@
 
     python -m darts_jax.cost --genotype DARTS_V2 [--network cifar|imagenet] [--C 36] [--layers 20]
         [--num_classes 10] [--image_size 32] [--in_channels 3] [--auxiliary] [--latency [--repeats 20]
-        [--latency_cache DIR]] [--json]
+        [--latency_cache DIR] [--depthwise_impl auto|shift|xla]] [--json]
 
 ``--genotype`` takes what ``run_retrain.py --config.genotype`` takes: a known name, a search or retrain workdir, a
 genotype.json file, or the genotype as JSON, ``Genotype(...)`` text or NNI dict. Defaults per network: CIFAR
@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from darts_jax.cnn import cost
+from darts_jax.cnn.ops import DEPTHWISE_IMPLS
 from darts_jax.tasks.retrain import load_genotype
 from darts_jax.training import cli
 
@@ -43,10 +44,12 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                             'params': total.params, 'macs': total.macs}
   if args.latency:
     from darts_jax.cnn import latency  # jax's compile and timing only when asked for
-    table = latency.LatencyTable(args.latency_cache or None, repeats=args.repeats)
+    table = latency.LatencyTable(args.latency_cache or None, repeats=args.repeats,
+                                 depthwise_impl=args.depthwise_impl)
     estimate = latency.estimate_latency(cost.network_units(genotype, **network), table)
     table.save()
-    measured = latency.measure_network_latency(genotype, repeats=args.repeats, **network)
+    measured = latency.measure_network_latency(genotype, repeats=args.repeats, depthwise_impl=args.depthwise_impl,
+                                               **network)
     result.update(latency_ms={'estimate': estimate, 'measured': measured}, latency_error=estimate / measured - 1,
                   latency_table=str(table.path), latency_units_measured=table.measured)
   return result
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--auxiliary', action='store_true', help='count the auxiliary head too')
   parser.add_argument('--latency', action='store_true', help='measure the latency on this machine')
   parser.add_argument('--repeats', type=int, default=20, help='timed calls per measurement (median)')
+  parser.add_argument('--depthwise_impl', choices=DEPTHWISE_IMPLS, default='auto',
+                      help='depthwise convolutions (darts_jax.cnn.ops): auto (shift on CPU, xla elsewhere)')
   parser.add_argument('--latency_cache', default='', help='directory of the latency tables (default '
                                                           '$DARTS_JAX_CACHE/latency or ~/.cache/darts_jax/latency)')
   parser.add_argument('--json', action='store_true', help='print one JSON object')

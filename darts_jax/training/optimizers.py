@@ -26,6 +26,25 @@ def epoch_cosine_schedule(lr_max: float, lr_min: float, num_epochs: int, steps_p
   return schedule
 
 
+def epoch_step_schedule(lr_init: float, gamma: float, decay_epochs: int, steps_per_epoch: int) -> optax.Schedule:
+  r"""Step decay once every `decay_epochs` epochs, as PyTorch's ``StepLR(period, gamma)`` in the original's
+  ``train_imagenet.py`` (0.1, ×0.97 every epoch).
+
+  .. math:: \eta(t) = \eta_0 \, \gamma^{\lfloor e / P \rfloor}, \quad e = \lfloor t / S \rfloor,
+
+  for step ``t``, ``S`` steps per epoch and period ``P``: ``lr_init`` in the first epoch, ``lr_init · gamma`` after
+  the first decay.
+  """
+  if steps_per_epoch <= 0 or decay_epochs <= 0:
+    raise ValueError(f'steps_per_epoch ({steps_per_epoch}) and decay_epochs ({decay_epochs}) must be positive.')
+
+  def schedule(count: jax.Array) -> jax.Array:
+    decays = (jnp.asarray(count) // (steps_per_epoch * decay_epochs)).astype(jnp.float32)
+    return lr_init * jnp.power(jnp.float32(gamma), decays)
+
+  return schedule
+
+
 def weight_optimizer(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9, weight_decay: float = 3e-4,
                      grad_clip: float = 5.0) -> optax.GradientTransformation:
   """The network weights' optimizer: the original's ``clip_grad_norm`` then ``SGD(momentum, weight_decay)``.

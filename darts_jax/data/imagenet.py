@@ -79,7 +79,8 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator, s
     w = int(round(math.sqrt(target_area * aspect)))
     h = int(round(math.sqrt(target_area / aspect)))
     if 0 < w <= width and 0 < h <= height:
-      return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+      top = int(rng.integers(0, height - h + 1))
+      return int(rng.integers(0, width - w + 1)), top, w, h
   if width / height < ratio[0]:
     w, h = width, int(round(width / ratio[0]))
   elif width / height > ratio[1]:
@@ -89,7 +90,7 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator, s
   return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _adjust_hue(image: Image.Image, hue: float) -> Image.Image:
+def adjust_hue(image: Image.Image, hue: float) -> Image.Image:
   """torchvision's ``adjust_hue`` on PIL: the H channel of HSV shifted by ``hue`` turns (mod 1, in 1/255 steps)."""
   h, s, v = image.convert('HSV').split()
   shifted = np.asarray(h, np.uint8) + np.uint8(int(hue * 255) % 256)  # uint8 arithmetic wraps around
@@ -105,7 +106,7 @@ def color_jitter(image: Image.Image, rng: np.random.Generator, brightness: float
   adjust = (lambda im: ImageEnhance.Brightness(im).enhance(factors[0]),
             lambda im: ImageEnhance.Contrast(im).enhance(factors[1]),
             lambda im: ImageEnhance.Color(im).enhance(factors[2]),
-            lambda im: _adjust_hue(im, shift))
+            lambda im: adjust_hue(im, shift))
   for i in rng.permutation(4):
     image = adjust[i](image)
   return image
@@ -116,7 +117,8 @@ def train_crop(image: Image.Image, rng: np.random.Generator, size: int = CROP) -
   with probability 1/2, colour jitter; uint8 (size, size, 3)."""
   image = image.convert('RGB')
   left, top, w, h = random_resized_crop_box(*image.size, rng)
-  image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+  # Crop, then resize (torchvision's resized_crop): PIL's resize with a box would filter across the crop's edges.
+  image = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
   if rng.random() < 0.5:
     image = image.transpose(Image.FLIP_LEFT_RIGHT)
   return np.asarray(color_jitter(image, rng), np.uint8)

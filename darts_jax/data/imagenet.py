@@ -358,6 +358,8 @@ class TrainBatches:
 
   def __call__(self, epoch: int, start: int) -> Iterator[Batch]:
     position = epoch * self.steps_per_epoch + start
+    if start >= self.steps_per_epoch:  # resumed after the epoch's last step: nothing to read
+      return
     if self._iterator is None or position != self._next:
       self.close()
       self._iterator, self._next = _iterate(self.dataset[position:], self.workers, self.threads), position

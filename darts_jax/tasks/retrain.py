@@ -10,6 +10,12 @@ and evaluates it on the test set after every epoch, with the paper's recipe (``c
   step, so the ramp never recompiles);
 * augmentation on device: random crop (padding 4) and horizontal flip, normalisation, then cutout.
 
+With ``data.name='imagenet'`` (``configs/retrain_imagenet.py``, the original ``train_imagenet.py``) it trains
+`networks.NetworkImageNet` on JPEGs read by `data.imagenet` (grain; random-resized crop, flip and colour jitter on
+the host, normalisation on the device), with a step-decayed learning rate (``lr_schedule='step'``), label smoothing,
+and top-1 and top-5 accuracy on the validation images (``test_accuracy``, ``test_top5``). `open_data` is the one
+place where the kind of dataset is chosen.
+
 It writes to `workdir`:
 
 * ``config.json`` and ``genotype.json`` (the genotype trained);
@@ -129,7 +135,7 @@ def is_imagenet(config: ml_collections.ConfigDict) -> bool:
 
 
 def create_model(config: ml_collections.ConfigDict, genotype: genotypes.Genotype, num_classes: int,
-                 axis_name: str | None = AXIS_NAME) -> NetworkCIFAR | NetworkImageNet:
+                 axis_name: str | None = AXIS_NAME) -> Network:
   """The network of ``config.model`` for `genotype` (`NetworkImageNet` on ImageNet, else `NetworkCIFAR`), with BN
   over the pmapped `axis_name`."""
   network = NetworkImageNet if is_imagenet(config) else NetworkCIFAR

@@ -153,8 +153,9 @@ class EvalTransform(grain.transforms.Map):
 # Sources.
 
 
-def image_folder(directory: str | os.PathLike[str]) -> tuple[list[Path], np.ndarray, list[str]]:
-  """``(paths, labels, class_names)`` of an ImageFolder directory (classes = sorted sub-directories).
+def image_folder(directory: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, list[str]]:
+  """``(paths, labels, class_names)`` of an ImageFolder directory (classes = sorted sub-directories; paths relative
+  to `directory`, sorted within each class; strings, not `Path` s: ImageNet has 1.28M).
 
   Raises:
     DatasetNotFoundError: no such directory. ValueError: no class sub-directories, or one without images.
@@ -168,8 +169,8 @@ def image_folder(directory: str | os.PathLike[str]) -> tuple[list[Path], np.ndar
     raise ValueError(f'{root} has no class sub-directories (ImageFolder layout: {root}/CLASS/IMAGE.JPEG).')
   paths, labels, empty = [], [], []
   for label, name in enumerate(classes):
-    files = sorted(Path(d) / f for d, _, names in os.walk(root / name) for f in names
-                   if f.lower().endswith(_EXTENSIONS))
+    files = sorted(os.path.join(os.path.relpath(d, root), f) for d, _, names in os.walk(root / name)
+                   for f in names if f.lower().endswith(_EXTENSIONS))
     if not files:
       empty.append(name)
     paths += files
@@ -190,7 +191,7 @@ class ImageFolderSource(Sequence):
   def __init__(self, directory: str | os.PathLike[str]):
     paths, self.labels, self.class_names = image_folder(directory)
     self.root = Path(directory).expanduser()
-    self._relative = np.array([str(p.relative_to(self.root)).encode() for p in paths])
+    self._relative = np.array([p.encode() for p in paths])
 
   def __len__(self) -> int:
     return len(self._relative)

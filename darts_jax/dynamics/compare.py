@@ -147,7 +147,12 @@ def summarize_retrain(workdir: str | os.PathLike[str]) -> dict[str, Any]:
   if macs is None:
     config = run_files.read_config(workdir)
     genotype = genotypes.parse_genotype(json.dumps(results['genotype']))
-    macs = genotype_cost(genotype, config).macs
+    if config['data']['name'] == 'imagenet':  # NetworkImageNet (configs/retrain_imagenet.py)
+      macs = cost.network_cost(genotype, network='imagenet', C=config['model']['init_channels'],
+                               layers=config['model']['layers'], num_classes=config['data']['num_classes'],
+                               image_size=config['data']['image_size']).macs
+    else:
+      macs = genotype_cost(genotype, config).macs
   return {'run': workdir.name, 'accuracy': results['test_accuracy'], 'params': results['params'], 'macs': macs}
 
 

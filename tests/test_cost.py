@@ -140,6 +140,14 @@ def test_latency_table_is_measured_once_cached_and_used_by_the_cli(tmp_path, cap
   again = latency.LatencyTable(tmp_path, repeats=1)
   assert latency.estimate_latency(units, again) == estimate and again.measured == 0
 
+  # The cost term in ms: every primitive on every edge of the one (reduction) cell, beyond the dispatch.
+  arch = latency.architecture_latency(again, C=4, layers=1, image_size=8, in_channels=1)
+  cell = cost.cell_shapes(4, 1, (12, 12), (8, 8))[0]
+  beyond = lambda unit: max(0.0, again.lookup(unit) - again.dispatch_ms)
+  assert arch.tables['reduce'][0, PRIMITIVES.index('sep_conv_5x5')] == beyond(cost.edge_unit('sep_conv_5x5', cell, 0))
+  assert arch.tables['reduce'][4, PRIMITIVES.index('sep_conv_5x5')] == beyond(cost.edge_unit('sep_conv_5x5', cell, 2))
+  assert not arch.tables['normal'].any() and arch.fixed > again.dispatch_ms
+
   # The CLI reads the same table, measures only the whole network.
   genotype_json = json.dumps(SMALL._asdict())
   cost_cli.main(['--genotype', genotype_json, '--C', '4', '--layers', '1', '--image_size', '8', '--in_channels', '1',

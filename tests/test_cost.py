@@ -140,13 +140,6 @@ def test_latency_table_is_measured_once_cached_and_used_by_the_cli(tmp_path, cap
   again = latency.LatencyTable(tmp_path, repeats=1)
   assert latency.estimate_latency(units, again) == estimate and again.measured == 0
 
-  # The cost term in ms: every primitive on every edge of the one (reduction) cell, beyond the dispatch.
-  arch = latency.architecture_latency(again, C=4, layers=1, image_size=8, in_channels=1)
-  cell = cost.cell_shapes(4, 1, (12, 12), (8, 8))[0]
-  beyond = lambda unit: max(0.0, again.lookup(unit) - again.dispatch_ms)
-  assert arch.tables['reduce'][0, PRIMITIVES.index('sep_conv_5x5')] == beyond(cost.edge_unit('sep_conv_5x5', cell, 0))
-  assert arch.tables['reduce'][4, PRIMITIVES.index('sep_conv_5x5')] == beyond(cost.edge_unit('sep_conv_5x5', cell, 2))
-  assert not arch.tables['normal'].any() and arch.fixed > again.dispatch_ms
 
   # The CLI reads the same table, measures only the whole network.
   genotype_json = json.dumps(SMALL._asdict())
@@ -158,6 +151,34 @@ def test_latency_table_is_measured_once_cached_and_used_by_the_cli(tmp_path, cap
   assert result['latency_ms']['estimate'] == pytest.approx(estimate) and result['latency_units_measured'] == 0
   assert result['latency_ms']['measured'] > 0
   assert result['latency_error'] == pytest.approx(estimate / result['latency_ms']['measured'] - 1)
+
+
+class _FakeTable:
+  """A `LatencyTable`'s interface with made-up times: a unit's is its key's length in µs."""
+  dispatch_ms = 0.02
+
+  def lookup(self, unit):
+    return len(unit.key) / 1000
+
+
+def test_latency_cost_term_counts_each_choice_beyond_the_dispatch_and_one_dispatch_in_fixed():
+  table = _FakeTable()
+  arch = latency.architecture_latency(table, C=4, layers=1, image_size=8, in_channels=1)  # one reduction cell
+  cell = cost.cell_shapes(4, 1, (12, 12), (8, 8))[0]
+  for edge, source in ((0, 0), (4, 2)):  # node 0's first input (stride 2), node 1's input from node 0 (stride 1)
+    unit = cost.edge_unit('sep_conv_5x5', cell, source)
+    assert arch.tables['reduce'][edge, PRIMITIVES.index('sep_conv_5x5')] == pytest.approx(table.lookup(unit) - 0.02)
+  assert not arch.tables['normal'].any()
+  # Every node on both cell inputs by dil_conv_3x3: the expected latency of that choice (each input edge kept) is
+  # estimate_latency of the genotype's network.
+  op = 'dil_conv_3x3'
+  genotype = Genotype(normal=[(op, 0), (op, 1)] * 4, normal_concat=[2, 3, 4, 5], reduce=[(op, 0), (op, 1)] * 4,
+                      reduce_concat=[2, 3, 4, 5])
+  on_inputs = np.array([[float(source < 2)] for node in range(4) for source in range(2 + node)])
+  weights = {k: on_inputs * np.eye(8)[[PRIMITIVES.index(op)] * 14] for k in ('normal', 'reduce')}
+  chosen = float(cost.expected_cost(weights, cost.ArchitectureCost(arch.tables, np.ones(14), arch.fixed)))
+  units = cost.network_units(genotype, C=4, layers=1, image_size=8, in_channels=1)
+  assert chosen == pytest.approx(latency.estimate_latency(units, table), rel=1e-6)
 
 
 def test_cost_cli_prints_the_papers_network_and_refuses_bad_input(capsys):

@@ -78,12 +78,12 @@ def summarize(workdir: str | os.PathLike[str], *, entropy_threshold: float = 1.8
 def _cell(key: str, value: Any) -> str:
   if value is None:
     return '-'
-  if key in ('val_acc', 'best_val_acc'):
+  if key in ('val_acc', 'best_val_acc', 'accuracy'):
     return f'{100 * value:.1f}%'
   if key == 'params':
     return f'{value / 1e6:.3f}M'
   if key == 'macs':
-    return f'{value / 1e6:.1f}M'
+    return f'{value / 1e6:.1f}M' if value >= 1e6 else f'{value / 1e3:.1f}K'
   if key == 'pareto':
     return '*' if value else ''
   if isinstance(value, float):

@@ -14,8 +14,8 @@ same list gives the parameter count (`unit_cost`), the multiply-adds, and the la
 * depthwise (G = C_in = C_out) and pointwise (k = 1) convolutions, the two 1×1 stride-2 convolutions of a factorized
   reduction, the stem convolutions and the 1×7/7×1 pair of ``conv_7x1_1x7`` are all convolutions as above;
 * a dense layer from n to m features: ``n·m``;
-* **not counted**: batch normalisation, ReLU, pooling (max and average), additions (node sums, residual-free
-  identities), the supernet's mixing of op outputs by their weights, concatenation, global average pooling, biases.
+* **not counted**: batch normalisation, ReLU, pooling (max and average), additions (node sums), identities,
+  the supernet's mixing of op outputs by their weights, concatenation, global average pooling, biases.
 
 **Parameters** are counted like `networks.count_params` (the original's ``count_parameters_in_MB``): weights, the BN
 scale and bias where BN is affine (every BN of an evaluation network; only the stem's in the supernet), the

@@ -31,9 +31,10 @@ MEAN, STD = np.array([0.3], np.float32), np.array([0.4], np.float32)
 
 
 class TinySupernet(nn.Module):
-  """Dense -> BN -> tanh, each hidden unit scaled by every op's total softmax weight, -> Dense.
+  """Dense -> BN -> tanh, each hidden unit scaled by every op's total mixing weight, -> Dense.
 
-  Has `SearchNetwork`'s constructor fields, so `search.search` can build it from a config.
+  Has `SearchNetwork`'s constructor fields, so `search.search` can build it from a config; as it, it mixes by
+  ``softmax(alphas)`` or (``mixing='weights'``) takes the mixing weights.
   """
   C: int = 4
   num_classes: int = 10
@@ -45,12 +46,14 @@ class TinySupernet(nn.Module):
   axis_name: str | None = None
   dtype: str = 'float32'  # of the hidden layer, as SearchNetwork's activations
   remat: bool = False
+  mixing: str = 'softmax'
 
   @nn.compact
   def __call__(self, x, alphas, train=True):
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
     h = jnp.tanh(BatchNorm(axis_name=self.axis_name)(nn.Dense(self.C, dtype=self.dtype)(x), train))
-    mix = (jax.nn.softmax(alphas['normal'], -1) + jax.nn.softmax(alphas['reduce'], -1) ** 2).sum(0)  # (8,)
+    weights = alphas if self.mixing == 'weights' else jax.tree.map(lambda a: jax.nn.softmax(a, -1), alphas)
+    mix = (weights['normal'] + weights['reduce'] ** 2).sum(0)  # (8,)
     features = (h[:, :, None] * mix.astype(self.dtype)).reshape(x.shape[0], -1).astype(jnp.float32)
     return nn.Dense(self.num_classes)(features)
 

@@ -169,8 +169,12 @@ def _progress(step, transition_steps: int) -> jax.Array:
 
 
 def linear_schedule(init: float, end: float, transition_steps: int) -> Schedule:
-  r""":math:`\mathrm{init} + (\mathrm{end} - \mathrm{init}) \min(t / T, 1)`."""
-  return lambda step: init + (end - init) * _progress(step, transition_steps)
+  r""":math:`\mathrm{init} + (\mathrm{end} - \mathrm{init}) \min(t / T, 1)` (exactly ``end`` from step T on)."""
+  def schedule(step):
+    progress = _progress(step, transition_steps)
+    return init * (1 - progress) + end * progress
+
+  return schedule
 
 
 def exponential_schedule(init: float, end: float, transition_steps: int) -> Schedule:

@@ -80,24 +80,19 @@ def test_hard_gumbel_is_one_hot_forward_with_the_soft_samples_gradient():
 
 def test_gumbel_argmax_samples_the_softmax_and_dirichlet_samples_its_mean():
   alphas = np.array([0.5, -0.5, 1.0], np.float32)
-  c = np.array([1.0, -2.0, 0.5], np.float32)
 
   @jax.jit
   def run(alphas):
     keys = jax.random.split(KEY, 20000)
     hard = jax.vmap(lambda k: relaxations.gumbel_softmax(k, alphas, hard=True))(keys)
     samples = jax.vmap(lambda k: relaxations.dirichlet(k, alphas))(keys)
-    sampled_grads = jax.vmap(jax.grad(lambda a, k: relaxations.dirichlet(k, a) @ c), in_axes=(None, 0))(alphas, keys)
-    return (hard.mean(0), samples.sum(-1), samples.mean(0), relaxations.dirichlet_mean(alphas),
-            sampled_grads.mean(0), jax.grad(lambda a: relaxations.dirichlet_mean(a) @ c)(alphas))
+    return hard.mean(0), samples.sum(-1), samples.mean(0), relaxations.dirichlet_mean(alphas)
 
-  frequencies, sums, sample_mean, mean, sampled_grad, mean_grad = run(alphas)
+  frequencies, sums, sample_mean, mean = run(alphas)
   # 20000 draws: the standard error of a frequency or a mean of weights is below 0.0036; 4 of them.
   np.testing.assert_allclose(frequencies, jax.nn.softmax(alphas), atol=0.015)
   np.testing.assert_allclose(sums, 1.0, rtol=1e-5)
   np.testing.assert_allclose(sample_mean, mean, atol=0.015)
-  # Reparameterised: the mean of the samples' gradients is the gradient of the mean, for a linear loss.
-  np.testing.assert_allclose(sampled_grad, mean_grad, atol=0.02)
 
 
 def test_concentrations_noise_and_deterministic_weights():
@@ -105,8 +100,7 @@ def test_concentrations_noise_and_deterministic_weights():
 
   @jax.jit
   def run(alphas):
-    out = {name: (r.probabilities(alphas, 3), r.deterministic(alphas, 3), r.sample(KEY, alphas, 3),
-                  r.sample(jax.random.key(8), alphas, 3)) for name, r in RELAXATIONS.items()}
+    out = {name: (r.probabilities(alphas, 3), r.deterministic(alphas, 3)) for name, r in RELAXATIONS.items()}
     expected = {'softmax_tau': relaxations.softmax(alphas, 0.5), 'gumbel_soft': relaxations.softmax(alphas, 0.7),
                 'gumbel_hard': relaxations.softmax(alphas, 0.7), 'gaussian': relaxations.softmax(alphas),
                 'sigmoid': relaxations.sigmoid(alphas, 2.0), 'dirichlet_elu': relaxations.dirichlet_mean(alphas),
@@ -119,12 +113,10 @@ def test_concentrations_noise_and_deterministic_weights():
   np.testing.assert_allclose(softplus, np.log1p(np.exp([-1.0, 0.0, 2.0])), rtol=1e-6)
   _close(noiseless, softmax, rtol=1e-6)
   for name, relaxation in RELAXATIONS.items():
-    probabilities, deterministic, sample, other_sample = out[name]
+    probabilities, deterministic = out[name]
     _close(probabilities, expected[name], rtol=1e-6)
     hard = {k: np.eye(4, dtype=np.float32)[np.argmax(v, -1)] for k, v in expected[name].items()}
     _close(deterministic, hard if relaxation.hard else expected[name], rtol=1e-6)
-    if relaxation.stochastic and not relaxation.hard:  # another key, another sample
-      assert not np.allclose(sample['normal'], other_sample['normal']), name
   with pytest.raises(ValueError, match='needs a PRNG key'):
     RELAXATIONS['gumbel_soft'].sample(None, ALPHAS)
   with pytest.raises(ValueError, match="Unknown relaxation 'gumbel'"):
@@ -212,29 +204,25 @@ def x64():
 
 
 def _problem():
-  """A small two-layer mixed network: edges of 'normal' mix 4 ops on the input, 'reduce' on the hidden layer."""
   rng = np.random.default_rng(0)
   f = lambda *shape: jnp.asarray(rng.standard_normal(shape))
-  w = {'ops1': f(4, 5, 3), 'ops2': f(4, 3, 3), 'out': f(3, 2)}
-  batch = lambda n: (f(n, 5), jnp.asarray(rng.integers(0, 2, n)))
   alphas = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), ALPHAS)
-  return w, alphas, batch(6), batch(6), jax.tree.map(lambda x: 0.1 * x, w)
+  return f(5, 4), alphas, f(6, 5), f(6, 5), f(5, 4)
 
 
 def _loss(relaxation, key):
-  def loss(w, alphas, batch):
-    weights = relaxation.sample(key, alphas, 4)
-    x, y = batch
-    ops1 = jnp.tanh(jnp.einsum('nd,kdh->knh', x, w['ops1']))  # (ops, N, hidden)
-    h = sum(jnp.einsum('k,knh->nh', weights['normal'][e], ops1) for e in range(2))
-    ops2 = jnp.tanh(jnp.einsum('nd,kdh->knh', h, w['ops2']))
-    logits = jnp.einsum('k,knh->nh', weights['reduce'][0], ops2) @ w['out']
-    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
+  """Each op k computes tanh(x w_k); each edge mixes them with its row of weights; a cross-entropy over edges
+  (target: edge 0) makes the loss nonlinear in the weights and the alphas together."""
+  def loss(w, alphas, x):
+    weights = jnp.concatenate(jax.tree.leaves(relaxation.sample(key, alphas, 4)))  # (edges, ops)
+    edges = jnp.tanh(x @ w) @ weights.T
+    return jnp.mean(jax.nn.logsumexp(edges, axis=-1) - edges[:, 0])
   return loss
 
 
 @pytest.mark.usefixtures('x64')
-@pytest.mark.parametrize('name', list(RELAXATIONS))
+# One Dirichlet concentration: the other differs only in a function of the alphas, checked above.
+@pytest.mark.parametrize('name', [name for name in RELAXATIONS if name != 'dirichlet_softplus'])
 def test_exact_hypergradient_is_autodiff_through_the_unrolled_step_with_the_same_sample(name):
   w, alphas, train, val, m = _problem()
   loss = _loss(RELAXATIONS[name], KEY)

@@ -56,8 +56,8 @@ import optax
 from absl import logging
 
 from darts_jax import data
-from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, arch_optimizer, create_search_state,
-                                          make_eval_step, make_search_step)
+from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, WeightPerturbation, arch_optimizer,
+                                          create_search_state, make_eval_step, make_search_step)
 from darts_jax.cnn import genotypes, plots
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
@@ -125,23 +125,26 @@ def _check_relaxation_config(config: ml_collections.ConfigDict) -> None:
                      f'({reg.random_smoothing_start}) must be >= 0.')
 
 
-def _make_relaxation(config: ml_collections.ConfigDict, steps_per_epoch: int) -> relaxations.Relaxation:
-  relax = config.relaxation
+def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int
+                     ) -> tuple[relaxations.Relaxation, regularizers.Penalty | None, WeightPerturbation | None]:
+  """What ``config.relaxation`` and ``config.regularizer`` add to the search step: the relaxation, the architecture
+  penalty (None without regularisers) and SDARTS-RS's perturbation of the weight step's weights (None when off).
+  Schedules run per epoch over ``config.num_epochs`` epochs of `steps_per_epoch` steps."""
+  relax, reg = config.relaxation, config.regularizer
   # A constant temperature stays a number: the default then equals `Relaxation()`, DARTS's softmax.
   temperature = relax.temperature if relax.temperature_schedule == 'constant' else relaxations.make_schedule(
       relax.temperature_schedule, relax.temperature, relax.final_temperature, config.num_epochs, steps_per_epoch)
-  return relaxations.Relaxation(name=relax.name, temperature=temperature, hard=relax.hard,
-                                noise_scale=relax.noise_scale, concentration=relax.concentration)
-
-
-def _make_weight_perturbation(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """SDARTS-RS's random smoothing of the weight step's mixing weights, ε linear per epoch; None when off."""
-  reg = config.regularizer
-  if not reg.random_smoothing:
-    return None
-  epsilon = relaxations.make_schedule('linear', reg.random_smoothing_start, reg.random_smoothing, config.num_epochs,
-                                      steps_per_epoch)
-  return lambda key, weights, step: relaxations.uniform_perturbation(key, weights, epsilon(step))
+  relaxation = relaxations.Relaxation(name=relax.name, temperature=temperature, hard=relax.hard,
+                                      noise_scale=relax.noise_scale, concentration=relax.concentration)
+  penalty = regularizers.sum_penalties(regularizers.make_penalties(
+      {name: reg[name] for name in regularizers.REGULARIZERS}, relaxation, reg.schedule, num_epochs=config.num_epochs,
+      steps_per_epoch=steps_per_epoch))
+  perturbation = None
+  if reg.random_smoothing:
+    epsilon = relaxations.make_schedule('linear', reg.random_smoothing_start, reg.random_smoothing, config.num_epochs,
+                                        steps_per_epoch)
+    perturbation = lambda key, weights, step: relaxations.uniform_perturbation(key, weights, epsilon(step))  # noqa: E731
+  return relaxation, penalty, perturbation
 
 
 def _fixed_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, count: int) -> tuple[np.ndarray, ...]:
@@ -221,10 +224,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   size = config.data.image_size
   image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
   model, schedule, state = _create_model_and_state(config, ds, image_shape, steps_per_epoch)
-  relaxation = _make_relaxation(config, steps_per_epoch)
-  arch_penalty = regularizers.sum_penalties(regularizers.make_penalties(
-      {name: config.regularizer[name] for name in regularizers.REGULARIZERS}, relaxation, config.regularizer.schedule,
-      num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch))
+  relaxation, arch_penalty, weight_perturbation = relaxation_terms(config, steps_per_epoch)
 
   train_preprocess, eval_preprocess = (
       data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
@@ -233,8 +233,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
       model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
       weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
       implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping,
-      relaxation=relaxation, arch_penalty=arch_penalty,
-      weight_perturbation=_make_weight_perturbation(config, steps_per_epoch)),
+      relaxation=relaxation, arch_penalty=arch_penalty, weight_perturbation=weight_perturbation),
       axis_name=AXIS_NAME, donate_argnums=(0,))
   p_eval = jax.pmap(make_eval_step(model, eval_preprocess, relaxation.deterministic), axis_name=AXIS_NAME)
   hessian_iterations = config.diagnostics.hessian_iterations

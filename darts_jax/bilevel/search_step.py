@@ -300,8 +300,9 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
     primal gives ``w'``), Adam → ``(w, α', train)``.
 
   The same arithmetic as `darts_jax.bilevel.hypergradient` followed by the weight step's gradient (the search-step
-  tests compare them). ``gradient_pass`` takes a fourth argument, true for the weight step's pass. fd's first pass needs only ``g_w`` and computes ``g_α`` too, which costs little: the
-  α-gradient is a few small contractions.
+  tests compare them). fd's first pass needs only ``g_w`` and computes ``g_α`` too, which costs little: the
+  α-gradient is a few small contractions. ``gradient_pass`` takes a fourth argument, true for the weight step's
+  pass (SDARTS-RS perturbs only that one).
 
   Returns ``(arch_grads, (alphas', arch_opt_state'), last pass output)``.
   """

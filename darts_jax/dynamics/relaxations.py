@@ -147,7 +147,7 @@ def uniform_perturbation(rng: jax.Array, weights: PyTree, epsilon: float | jax.A
   i.i.d., each row renormalised to sum 1 (a row clipped to all zeros keeps its largest weight, as SDARTS's code)."""
   def perturb(key, w):
     noisy = jnp.clip(w + jax.random.uniform(key, w.shape, w.dtype, -epsilon, epsilon), 0.0, 1.0)
-    noisy = jnp.where(jnp.sum(noisy, axis=-1, keepdims=True) > 0, noisy, _straight_through_one_hot(w))
+    noisy = jnp.where(jnp.sum(noisy, axis=-1, keepdims=True) > 0, noisy, one_hot_argmax(w))
     return noisy / jnp.sum(noisy, axis=-1, keepdims=True)
 
   return _map_with_keys(perturb, rng, weights)

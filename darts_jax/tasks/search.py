@@ -139,11 +139,14 @@ def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int
   penalty = regularizers.sum_penalties(regularizers.make_penalties(
       {name: reg[name] for name in regularizers.REGULARIZERS}, relaxation, reg.schedule, num_epochs=config.num_epochs,
       steps_per_epoch=steps_per_epoch))
-  perturbation = None
-  if reg.random_smoothing:
-    epsilon = relaxations.make_schedule('linear', reg.random_smoothing_start, reg.random_smoothing, config.num_epochs,
-                                        steps_per_epoch)
-    perturbation = lambda key, weights, step: relaxations.uniform_perturbation(key, weights, epsilon(step))  # noqa: E731
+  if not reg.random_smoothing:
+    return relaxation, penalty, None
+  epsilon = relaxations.make_schedule('linear', reg.random_smoothing_start, reg.random_smoothing, config.num_epochs,
+                                      steps_per_epoch)
+
+  def perturbation(key, weights, step):
+    return relaxations.uniform_perturbation(key, weights, epsilon(step))
+
   return relaxation, penalty, perturbation
 
 

@@ -5,6 +5,7 @@ import importlib
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -14,7 +15,7 @@ from test_search import (LR, MEAN, STD, TinySupernet, _batches, _epoch_records, 
 from configs import search_cifar10
 from darts_jax import data, relaxations
 from darts_jax.bilevel import search_step
-from darts_jax.bilevel.hypergradient import virtual_step
+from darts_jax.bilevel.hypergradient import hypergradient
 from darts_jax.tasks import search
 from darts_jax.training import optimizers, reporting
 from darts_jax.training.checkpointing import Checkpointer
@@ -41,11 +42,10 @@ def variant_config(name, data_dir, **overrides):
 
 
 def test_step_uses_one_sample_for_every_pass_the_penalty_and_the_perturbed_weight_step():
-  """Hard Gumbel sampling, all three regularisers and SDARTS-RS's perturbation at once, through the exact
-  hypergradient (its passes chained in one loop): the architecture step is the gradient of the penalised one-step
-  objective with the step's sample (SGD at 1, so the alphas move by it), and the weight step trains on the perturbed
-  sample of the new alphas. (Every method threads the same loss functions: test_search checks each against
-  `hypergradient`.)"""
+  """Hard Gumbel sampling, all three regularisers and SDARTS-RS's perturbation at once: the architecture step is the
+  gradient of the penalised validation loss with the step's sample (first order; SGD at 1, so the alphas move by
+  it), and the weight step trains on the perturbed sample of the new alphas. The second-order methods run the same
+  loss functions (test_search checks each against `hypergradient`; the next test the perturbation's pass)."""
   model = TinySupernet(mixing='weights')
   schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=100)
   relaxation = relaxations.Relaxation('gumbel_softmax', temperature=0.7, hard=True)
@@ -56,7 +56,7 @@ def test_step_uses_one_sample_for_every_pass_the_penalty_and_the_perturbed_weigh
                                           optax.sgd(1.0))
   state = state.replace(alphas=jax.tree.map(lambda a: a * 1000, state.alphas))  # O(1) alphas: a non-uniform softmax
   preprocess = data.make_preprocess(MEAN, STD)
-  step = jax.jit(search_step.make_search_step(model, schedule, preprocess, hypergradient_method='second_order_exact',
+  step = jax.jit(search_step.make_search_step(model, schedule, preprocess, hypergradient_method='first_order',
                                               relaxation=relaxation, arch_penalty=penalty, weight_perturbation=perturb))
   (train, val), = _batches(1)
 
@@ -73,26 +73,50 @@ def test_step_uses_one_sample_for_every_pass_the_penalty_and_the_perturbed_weigh
       return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
     def objective(alphas):
-      w_prime = virtual_step(state.params, jax.grad(loss)(state.params, alphas, x_train),
-                             search_step.momentum_buffer(state.weight_opt_state), eta=LR, momentum=0.9,
-                             weight_decay=3e-4)
-      return loss(w_prime, alphas, x_val) + penalty(alphas, relaxation.sample(sample_key, alphas, 0), 0)
+      return loss(state.params, alphas, x_val) + penalty(alphas, relaxation.sample(sample_key, alphas, 0), 0)
 
     alphas = jax.tree.map(lambda a, h: a - h, state.alphas, jax.grad(objective)(state.alphas))
-    updates, _ = state.weight_tx.update(jax.grad(loss)(state.params, alphas, x_train, True), state.weight_opt_state,
-                                        state.params)
-    return (alphas, optax.apply_updates(state.params, updates),
-            penalty(state.alphas, relaxation.sample(sample_key, state.alphas, 0), 0))
+    params = [optax.apply_updates(state.params, state.weight_tx.update(
+        jax.grad(loss)(state.params, alphas, x_train, perturbed), state.weight_opt_state, state.params)[0])
+              for perturbed in (True, False)]
+    return alphas, params, penalty(state.alphas, relaxation.sample(sample_key, state.alphas, 0), 0)
 
   new_state, metrics = step(state, train, val)
-  alphas, params, penalty_value = reference(state)
+  alphas, (params, unperturbed), penalty_value = reference(state)
   # float32 arithmetic in another order (jit fuses differently): ~1e-6 relative, as test_search's step test. A sample
   # drawn per pass, a penalty left out or a perturbation in the wrong pass changes the result at O(1e-2).
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)  # noqa: E731
   jax.tree.map(close, new_state.alphas, alphas)
   jax.tree.map(close, new_state.params, params)
+  assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(unperturbed))) > 1e-4
   assert bool(metrics['finite'])
   np.testing.assert_allclose(metrics['arch_penalty'], penalty_value, rtol=1e-6)
+
+
+@pytest.mark.parametrize('method', ['fd', 'exact'])
+def test_chained_passes_flag_only_the_weight_steps_pass(method):
+  """In `_chained_step` every pass is one gradient function; its fourth argument (SDARTS-RS perturbs the weights when
+  it is true) must be true in the last pass, the weight step's, only. A quadratic stands in for the supernet: its
+  gradient jumps by 100 under the flag, so a flagged architecture pass would change the hypergradient."""
+  w, alphas, batch = jnp.array([0.5, -1.0, 2.0]), jnp.array([0.3, -0.2]), jnp.array([1.0, 2.0, -1.0])
+
+  def loss_fn(w, alphas, batch, flagged=False):
+    return jnp.sum(batch * w) * jnp.sum(alphas ** 2) + jnp.sum(w ** 2) * alphas[0] + 100.0 * flagged * jnp.sum(w)
+
+  def gradient_pass(w, alphas, batch, weight_step=False):
+    loss, grads = jax.value_and_grad(loss_fn, argnums=(0, 1))(w, alphas, batch, weight_step)
+    return grads, (loss, jnp.asarray(weight_step, jnp.float32))
+
+  kwargs = dict(lr=0.1, momentum=0.9, momentum_buffer=jnp.zeros(3), weight_decay=0.0)
+  arch_grads, _, (weight_grads, (_, flagged)) = jax.jit(lambda: search_step._chained_step(
+      method, gradient_pass, loss_fn, lambda h: (alphas - h, None), w, alphas, batch, 2 * batch, fd_epsilon=1e-3,
+      pmean=lambda tree: tree, **kwargs))()
+  expected = hypergradient(loss_fn, loss_fn, w, alphas, batch, 2 * batch, eta=0.1, method=method, fd_epsilon=1e-3,
+                           momentum_buffer=kwargs['momentum_buffer'], momentum=0.9)
+  # float32; the central difference of a quadratic is exact up to rounding divided by 2R.
+  np.testing.assert_allclose(arch_grads, expected, rtol=1e-4, atol=1e-4)
+  assert float(flagged) == 1.0
+  np.testing.assert_allclose(weight_grads[0], jax.grad(loss_fn)(w, alphas - arch_grads, batch, True), rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------

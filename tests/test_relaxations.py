@@ -206,7 +206,9 @@ def x64():
 def _problem():
   rng = np.random.default_rng(0)
   f = lambda *shape: jnp.asarray(rng.standard_normal(shape))
-  alphas = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), ALPHAS)
+  # One array of edges: every leaf of a pytree is sampled by its own call (tested above), which here would only
+  # repeat the program (the Dirichlet's gamma sampler and its gradient compile slowly).
+  alphas = jnp.asarray(np.concatenate(list(ALPHAS.values())), jnp.float64)
   return f(5, 4), alphas, f(6, 5), f(6, 5), f(5, 4)
 
 
@@ -214,7 +216,7 @@ def _loss(relaxation, key):
   """Each op k computes tanh(x w_k); each edge mixes them with its row of weights; a cross-entropy over edges
   (target: edge 0) makes the loss nonlinear in the weights and the alphas together."""
   def loss(w, alphas, x):
-    weights = jnp.concatenate(jax.tree.leaves(relaxation.sample(key, alphas, 4)))  # (edges, ops)
+    weights = relaxation.sample(key, alphas, 4)  # (edges, ops)
     edges = jnp.tanh(x @ w) @ weights.T
     return jnp.mean(jax.nn.logsumexp(edges, axis=-1) - edges[:, 0])
   return loss

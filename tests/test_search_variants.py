@@ -16,6 +16,7 @@ from configs import search_cifar10
 from darts_jax import data, relaxations
 from darts_jax.bilevel import search_step
 from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.cnn import genotypes
 from darts_jax.tasks import search
 from darts_jax.training import optimizers, reporting
 from darts_jax.training.checkpointing import Checkpointer
@@ -163,8 +164,8 @@ def test_gdas_search_runs_end_to_end(gdas_run):
   assert int(state.step) == 12 and (workdir / 'genotype.json').is_file()
   # The genotype ranks the noise-free softmax(α/τ) at the final τ.
   weights = relaxations.softmax(state.alphas, 0.1)
-  assert search.genotypes.derive_genotype(jax.device_get(weights), from_weights=True) == \
-      search.genotypes.genotype_from_json((workdir / 'genotype.json').read_text())
+  assert genotypes.derive_genotype(jax.device_get(weights), from_weights=True) == \
+      genotypes.genotype_from_json((workdir / 'genotype.json').read_text())
 
 
 def test_resume_with_a_stochastic_relaxation_is_exact(gdas_run, data_dir, tmp_path, monkeypatch, caplog):

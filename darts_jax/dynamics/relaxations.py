@@ -39,7 +39,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 PyTree = Any
 Schedule = Callable[[jax.Array | int], jax.Array]

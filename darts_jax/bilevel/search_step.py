@@ -174,8 +174,11 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     relaxation: None: the model mixes the alphas itself (its softmax). Otherwise an object whose
       ``sample(key, alphas, step)`` gives the mixing weights (`darts_jax.relaxations.Relaxation`), and the model
       takes those weights in place of the alphas (``SearchNetwork(mixing='weights')``).
-    arch_penalty: ``P(alphas, weights, step)`` added to the validation loss, ``weights`` the step's sample (needs a
-      `relaxation`).
+    arch_penalty: ``P(alphas, weights, step)`` added to the validation loss besides the cross-entropy, ``weights``
+      the step's sample (the alphas themselves without a `relaxation`): the regularisers
+      (`darts_jax.dynamics.regularizers`), the expected cost (`darts_jax.cnn.cost.make_cost_penalty`). It depends
+      on the alphas only, so every method's hypergradient of ``L_val + P`` is its hypergradient of ``L_val`` plus
+      ``∇_α P``.
     weight_perturbation: ``(key, weights, step) -> weights`` applied to the weight step's mixing weights only
       (needs a `relaxation`).
 
@@ -189,8 +192,8 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     raise ValueError(f'Unknown hypergradient {hypergradient_method!r}; expected one of '
                      f'{", ".join(HYPERGRADIENT_METHODS)}.')
   method = HYPERGRADIENT_METHODS[hypergradient_method]
-  if relaxation is None and (arch_penalty is not None or weight_perturbation is not None):
-    raise ValueError('An architecture penalty or a weight perturbation needs a relaxation (the mixing weights).')
+  if relaxation is None and weight_perturbation is not None:
+    raise ValueError('A weight perturbation needs a relaxation (the mixing weights).')
   axis_name = model.axis_name
 
   def forward(params, batch_stats, alphas, images):

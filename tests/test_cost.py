@@ -251,8 +251,9 @@ def test_cost_term_enters_the_architecture_step_and_lowers_the_expected_cost():
   preprocess = data.make_preprocess(MEAN, STD, augment=False)
   runs = {}
   for name, arch_penalty in (('plain', None), ('cost', penalty)):
-    step = jax.jit(search_step.make_search_step(model, schedule, preprocess, hypergradient_method='first_order',
-                                                arch_penalty=arch_penalty))
+    step = jax.jit(search_step.make_search_step(
+        model, schedule, preprocess, hypergradient_method='first_order',
+        arch_penalty=arch_penalty and (lambda alphas, weights, step, term=arch_penalty: term(alphas))))
     states = [state]
     for train, val in _batches(3):
       states.append(step(states[-1], train, val)[0])
@@ -281,7 +282,7 @@ def test_search_adds_the_configured_cost_term(data_dir, tmp_path, monkeypatch):
   arch = cost.architecture_cost(lambda u: cost.unit_cost(u).macs, C=4, layers=3, image_size=16, in_channels=1)
   alphas = {k: np.zeros((14, 8), np.float32) for k in ('normal', 'reduce')}
   expected = float(cost.expected_cost({k: np.full((14, 8), 1 / 8) for k in alphas}, arch))
-  assert float(captured['arch_penalty'](alphas)) == pytest.approx(3.0 * max(0.0, expected / 1e5 - 1), rel=1e-6)
+  assert float(captured['arch_penalty'](alphas, None, 0)) == pytest.approx(3.0 * max(0.0, expected / 1e5 - 1), rel=1e-6)
   assert json.loads((tmp_path / 'cost_model.json').read_text())['fixed'] == arch.fixed
   with pytest.raises(ValueError, match='cost.target'):
     search.search(tiny_config(data_dir, **{'cost.weight': 1.0}), tmp_path / 'no_target')

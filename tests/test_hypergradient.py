@@ -332,3 +332,32 @@ def test_axis_name_data_parallel_matches_global_batch():
                           timeout=300)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == 'ok'
+
+
+def test_exact_with_clipped_virtual_step_equals_autodiff():
+  """The RNN search's virtual step, ``w' = w − η(c·g + λw)`` with the clip coefficient ``c`` a constant."""
+  w, alpha, train, val = _nonlinear_problem()
+  grad_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(jax.grad(_loss)(w, alpha, train)))))
+  max_norm = 0.3 * grad_norm  # c ≈ 0.3: the clip is active
+
+  def unrolled(alpha):
+    grad_w = jax.grad(_loss)(w, alpha, train)
+    c = jax.lax.stop_gradient(jnp.minimum(1.0, max_norm / (optax_norm(grad_w) + 1e-6)))
+    w_prime = jax.tree.map(lambda p, g: p - ETA * (c * g + WEIGHT_DECAY * p), w, grad_w)
+    return _loss(w_prime, alpha, val)
+
+  def optax_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+
+  got = hypergradient(_loss, _loss, w, alpha, train, val, eta=ETA, momentum=0.0, weight_decay=WEIGHT_DECAY,
+                      grad_clip=max_norm)
+  # Exact derivatives of one function in a different order: float64 rounding only.
+  _assert_trees_close(got, jax.grad(unrolled)(alpha), rtol=1e-10)
+  unclipped = hypergradient(_loss, _loss, w, alpha, train, val, eta=ETA, momentum=0.0, weight_decay=WEIGHT_DECAY)
+  assert _max_abs_diff(got, unclipped) > 1e-3  # the clip changed the result
+  # fd is the same up to its O(ε²) difference error.
+  fd = hypergradient(_loss, _loss, w, alpha, train, val, eta=ETA, method='fd', momentum=0.0,
+                     weight_decay=WEIGHT_DECAY, grad_clip=max_norm, fd_epsilon=1e-4)
+  _assert_trees_close(fd, got, rtol=1e-6, atol=1e-9)
+  with pytest.raises(ValueError, match='grad_clip'):
+    hypergradient(_loss, _loss, w, alpha, train, val, eta=ETA, method='unrolled', grad_clip=1.0)

@@ -261,3 +261,32 @@ def sequence_losses(log_probs: jax.Array, targets: jax.Array, raw: jax.Array, dr
     diffs = jnp.square(raw[:, 1:] - raw[:, :-1]) * pairs
     loss += tar * jnp.sum(diffs) / (batch * jnp.maximum(length - 1, 1) * raw.shape[-1])
   return mean_nll, loss
+
+
+def split_log_likelihood(apply_fn, inputs: jax.Array, targets: jax.Array, lengths: jax.Array, nhid: int
+                         ) -> dict[str, jax.Array]:
+  """Sums over a split read in chunks, the hidden state carried from chunk to chunk (the original's ``evaluate``).
+
+  Args:
+    apply_fn: ``apply_fn(tokens, hidden, length) -> (log_probs, h_T, ...)``, the model in evaluation mode.
+    inputs, targets: int32 ``(chunks, batch, bptt)`` (`darts_jax.data.text.eval_chunks`).
+    lengths: the chunks' real lengths ``(chunks,)``.
+    nhid: hidden units.
+
+  Returns:
+    ``nll_sum``, ``correct`` (next-word argmax hits) and ``count`` (predicted tokens) over the whole split: one
+    scan, one compiled program whatever the split's length.
+  """
+  batch, bptt = inputs.shape[1:]
+
+  def chunk(hidden, xs):
+    tokens, target, length = xs
+    log_probs, hidden, *_ = apply_fn(tokens, hidden, length)
+    valid = (jnp.arange(bptt) < length)[None, :]
+    nll = -jnp.take_along_axis(log_probs, target[..., None], axis=-1)[..., 0]
+    hits = jnp.argmax(log_probs, -1) == target
+    return hidden, jnp.stack([jnp.sum(nll * valid), jnp.sum(hits * valid), jnp.sum(valid) * batch])
+
+  _, sums = jax.lax.scan(chunk, jnp.zeros((batch, nhid), jnp.float32), (inputs, targets, lengths))
+  nll_sum, correct, count = jnp.sum(sums, 0)
+  return {'nll_sum': nll_sum, 'correct': correct, 'count': count}

@@ -217,7 +217,10 @@ def test_retrain_model_matches_reference(tiny):
 
 def test_padding_past_length_changes_nothing(tiny):
   """A batch padded past `length` gives the unpadded batch's hidden state, BN statistics and losses."""
-  tokens, hidden, alphas, search, variables = tiny
+  tokens, hidden, *_ = tiny
+  search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=1)
+  alphas = jnp.ones((1, 5))
+  variables = jax.jit(lambda key: search.init(key, tokens, hidden, alphas, train=False))(jax.random.key(3))
   key = {'dropout': jax.random.key(5)}
   padded = jnp.concatenate([tokens, tokens[:, :2]], 1)
   apply = jax.jit(lambda tokens, length: search.apply(variables, tokens, hidden, alphas, train=True, length=length,
@@ -227,8 +230,9 @@ def test_padding_past_length_changes_nothing(tiny):
   np.testing.assert_allclose(long[1], short[1], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), long_stats, short_stats)
   targets = jnp.roll(tokens, -1, 1)
-  short_losses = rnn.sequence_losses(short[0], targets, short[2], short[3], tar=1e-3, ar=1e-2)
-  long_losses = rnn.sequence_losses(long[0], jnp.concatenate([targets, targets[:, :2]], 1), long[2], long[3],
-                                    length=TIME, tar=1e-3, ar=1e-2)
+  losses = jax.jit(lambda outputs, targets, length: rnn.sequence_losses(outputs[0], targets, outputs[2], outputs[3],
+                                                                        length, tar=1e-3, ar=1e-2))
+  short_losses = losses(short, targets, TIME)
+  long_losses = losses(long, jnp.concatenate([targets, targets[:, :2]], 1), TIME)
   np.testing.assert_allclose(long_losses, short_losses, rtol=1e-6)
   assert not np.allclose(short_stats['batch_stats']['bn']['mean'], 0)  # training updates the running statistics

@@ -112,6 +112,14 @@ def load_genotype(spec: str) -> genotypes.Genotype:
   return genotypes.parse_genotype(path.read_text())
 
 
+def asgd_average(average: jax.Array, iterate: jax.Array, k: jax.Array) -> jax.Array:
+  """PyTorch ASGD's (``t0=0, lambd=0``) running mean after its `k`-th step: ``ax + mu·(w − ax)`` with
+  ``mu = 1 / max(1, k − 1)``, so ``ax`` is the `k`-th iterate for ``k <= 2`` and then the mean of iterates
+  ``2..k`` (PyTorch updates ``mu`` after using it)."""
+  mu = 1.0 / jnp.maximum(1, k - 1).astype(jnp.float32)
+  return average + mu * (iterate - average)
+
+
 def make_train_step(model: RNNModel, *, learning_rate: float, bptt: int, grad_clip: float, weight_decay: float,
                     tar: float, ar: float, axis_name: Any = AXIS_NAME) -> Callable[..., tuple[RNNTrainState, Metrics]]:
   """``step(state, (tokens, targets, length, first)) -> (state, metrics)``: one (averaged) SGD step, pmappable."""
@@ -135,10 +143,8 @@ def make_train_step(model: RNNModel, *, learning_rate: float, bptt: int, grad_cl
     (_, (nll, log_probs, hidden)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = pmean(grads)
     params = sgd_step(state.params, grads, lr, grad_clip=grad_clip, weight_decay=weight_decay)
-    # ASGD's running mean: ax <- ax + mu·(w − ax), mu = 1 / max(1, k − 1) at the k-th step since the switch.
     averaged_steps = state.averaged_steps + state.averaging.astype(jnp.int32)
-    mu = 1.0 / jnp.maximum(1, averaged_steps - 1).astype(jnp.float32)
-    avg_params = jax.tree.map(lambda avg, w: jnp.where(state.averaging, avg + mu * (w - avg), avg),
+    avg_params = jax.tree.map(lambda avg, w: jnp.where(state.averaging, asgd_average(avg, w, averaged_steps), avg),
                               state.avg_params, params)
     metrics = pmean({'loss': nll, 'accuracy': masked_accuracy(log_probs, targets, length)})
     metrics.update(grad_norm=optax.tree.norm(grads), lr=lr, seq_len=length.astype(jnp.float32))

@@ -12,11 +12,11 @@ from typing import Any
 from darts_jax.rnn.genotypes import (DARTS, DARTS_V1, DARTS_V2, ENAS, KNOWN_GENOTYPES, PRIMITIVES, Genotype,
                                      derive_genotype, genotype_from_json, genotype_from_repr, genotype_to_json,
                                      genotype_to_repr, parse_genotype)
-from darts_jax.rnn.model import (RNNModel, RNNModelSearch, count_params, init_alphas, sequence_losses,
-                                  split_log_likelihood)
+from darts_jax.rnn.model import (RNNModel, RNNModelSearch, count_params, evaluate_split, init_alphas,
+                                  sequence_losses, split_log_likelihood)
 
 __all__ = ['DARTS', 'DARTS_V1', 'DARTS_V2', 'ENAS', 'Genotype', 'KNOWN_GENOTYPES', 'PRIMITIVES', 'RNNModel',
-           'RNNModelSearch', 'count_params', 'derive_genotype', 'genotype_from_json', 'genotype_from_repr',
+           'RNNModelSearch', 'count_params', 'derive_genotype', 'evaluate_split', 'genotype_from_json', 'genotype_from_repr',
            'genotype_to_json', 'genotype_to_repr', 'init_alphas', 'parse_genotype', 'plot_genotype',
            'sequence_losses', 'split_log_likelihood']
 

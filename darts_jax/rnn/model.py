@@ -30,6 +30,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from darts_jax.rnn import genotypes
 from darts_jax.rnn.genotypes import PRIMITIVES, Genotype
@@ -263,19 +264,24 @@ def sequence_losses(log_probs: jax.Array, targets: jax.Array, raw: jax.Array, dr
   return mean_nll, loss
 
 
-def split_log_likelihood(apply_fn, inputs: jax.Array, targets: jax.Array, lengths: jax.Array, nhid: int
-                         ) -> dict[str, jax.Array]:
-  """Sums over a split read in chunks, the hidden state carried from chunk to chunk (the original's ``evaluate``).
+EVAL_BLOCK = 32
+"""Chunks per evaluation program: a split is read in blocks of this many chunks, the last padded with empty ones,
+so every split of a batch size shares one compiled program."""
+
+
+def split_log_likelihood(apply_fn, inputs: jax.Array, targets: jax.Array, lengths: jax.Array, hidden: jax.Array
+                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Sums over chunks of a split, the hidden state carried from chunk to chunk (the original's ``evaluate``).
 
   Args:
     apply_fn: ``apply_fn(tokens, hidden, length) -> (log_probs, h_T, ...)``, the model in evaluation mode.
     inputs, targets: int32 ``(chunks, batch, bptt)`` (`darts_jax.data.text.eval_chunks`).
-    lengths: the chunks' real lengths ``(chunks,)``.
-    nhid: hidden units.
+    lengths: the chunks' real lengths ``(chunks,)``; a chunk of length 0 changes nothing (padding).
+    hidden: ``(batch, nhid)``, the state before the first chunk.
 
   Returns:
-    ``nll_sum``, ``correct`` (next-word argmax hits) and ``count`` (predicted tokens) over the whole split: one
-    scan, one compiled program whatever the split's length.
+    The hidden state after the last chunk, and ``nll_sum``, ``correct`` (next-word argmax hits) and ``count``
+    (predicted tokens) over the chunks.
   """
   batch, bptt = inputs.shape[1:]
 
@@ -287,6 +293,24 @@ def split_log_likelihood(apply_fn, inputs: jax.Array, targets: jax.Array, length
     hits = jnp.argmax(log_probs, -1) == target
     return hidden, jnp.stack([jnp.sum(nll * valid), jnp.sum(hits * valid), jnp.sum(valid) * batch])
 
-  _, sums = jax.lax.scan(chunk, jnp.zeros((batch, nhid), jnp.float32), (inputs, targets, lengths))
+  hidden, sums = jax.lax.scan(chunk, hidden, (inputs, targets, lengths))
   nll_sum, correct, count = jnp.sum(sums, 0)
-  return {'nll_sum': nll_sum, 'correct': correct, 'count': count}
+  return hidden, {'nll_sum': nll_sum, 'correct': correct, 'count': count}
+
+
+def evaluate_split(evaluate_block, chunks: tuple, nhid: int) -> tuple[float, float]:
+  """``(mean NLL, next-word accuracy)`` of a split: `evaluate_block(inputs, targets, lengths, hidden) -> (hidden,
+  sums)` (a jitted `split_log_likelihood`) over blocks of `EVAL_BLOCK` chunks, the last padded with empty chunks."""
+  inputs, targets, lengths = chunks
+  pad = -len(lengths) % EVAL_BLOCK
+  inputs, targets = (np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in (inputs, targets))
+  lengths = np.concatenate([lengths, np.zeros(pad, lengths.dtype)])
+  hidden = jnp.zeros((inputs.shape[1], nhid), jnp.float32)
+  totals = []
+  for start in range(0, len(lengths), EVAL_BLOCK):
+    block = slice(start, start + EVAL_BLOCK)
+    hidden, sums = evaluate_block(inputs[block], targets[block], lengths[block], hidden)
+    totals.append(sums)
+  totals = jax.device_get(totals)
+  nll, correct, count = (float(sum(np.float64(t[k]) for t in totals)) for k in ('nll_sum', 'correct', 'count'))
+  return nll / count, correct / count

@@ -42,7 +42,7 @@ from absl import logging
 from darts_jax.bilevel.rnn_search_step import (device_rows, gather_rows, masked_accuracy, sgd_step, step_key)
 from darts_jax.data import text
 from darts_jax.rnn import genotypes, plots
-from darts_jax.rnn.model import RNNModel, count_params, sequence_losses, split_log_likelihood
+from darts_jax.rnn.model import RNNModel, count_params, evaluate_split, sequence_losses, split_log_likelihood
 from darts_jax.tasks.rnn_search import check_lm_config, epoch_lengths, perplexity, shard_lm_batch
 from darts_jax.training import curves, loop, parallel, reporting
 from darts_jax.training.parallel import AXIS_NAME
@@ -228,14 +228,13 @@ def rnn_retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[st
                                     ar=config.ar), axis_name=AXIS_NAME, donate_argnums=(0,))
 
   @jax.jit
-  def evaluate_split(params, inputs, targets, chunk_lengths):
+  def evaluate_block(params, inputs, targets, chunk_lengths, hidden):
     apply = lambda tokens, hidden, length: model.apply({'params': params}, tokens, hidden, train=False,
                                                        length=length)
-    return split_log_likelihood(apply, inputs, targets, chunk_lengths, m.nhid)
+    return split_log_likelihood(apply, inputs, targets, chunk_lengths, hidden)
 
   def split_loss(params, chunks) -> tuple[float, float]:
-    sums = jax.device_get(evaluate_split(params, *chunks))
-    return float(sums['nll_sum'] / sums['count']), float(sums['correct'] / sums['count'])
+    return evaluate_split(lambda *block: evaluate_block(params, *block), chunks, m.nhid)
 
   def batches(epoch: int, start: int) -> Iterator[Any]:
     return map(shard_lm_batch, text.lm_batches(train_streams, lengths(epoch), max_length=max_length, start_step=start,

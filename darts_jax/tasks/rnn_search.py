@@ -38,7 +38,7 @@ from darts_jax.bilevel.rnn_search_step import HYPERGRADIENT_METHODS, RNNSearchSt
 from darts_jax.bilevel.search_step import arch_optimizer
 from darts_jax.data import text
 from darts_jax.rnn import genotypes, plots
-from darts_jax.rnn.model import RNNModelSearch, split_log_likelihood
+from darts_jax.rnn.model import RNNModelSearch, evaluate_split, split_log_likelihood
 from darts_jax.training import curves, loop, parallel, reporting
 from darts_jax.training.parallel import AXIS_NAME
 
@@ -132,10 +132,10 @@ def rnn_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str
       ar=config.ar), axis_name=AXIS_NAME, donate_argnums=(0,))
 
   @jax.jit
-  def evaluate_split(params, batch_stats, alphas, inputs, targets, chunk_lengths):
+  def evaluate_block(params, batch_stats, alphas, inputs, targets, chunk_lengths, hidden):
     apply = lambda tokens, hidden, length: model.apply({'params': params, 'batch_stats': batch_stats}, tokens,
                                                        hidden, alphas, train=False, length=length)
-    return split_log_likelihood(apply, inputs, targets, chunk_lengths, m.nhid)
+    return split_log_likelihood(apply, inputs, targets, chunk_lengths, hidden)
 
   def batches(epoch: int, start: int) -> Iterator[Any]:
     epoch_lengths_ = lengths(epoch)
@@ -156,11 +156,11 @@ def rnn_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str
     if len(history) == 1 and (workdir / ALPHAS_FILE).is_file():  # resumed: the genotypes of the epochs before
       history.extend(genotypes.derive_genotype(np.asarray(r['alphas']), m.steps)
                      for r in reporting.read_jsonl(workdir / ALPHAS_FILE) if r['step'] < step)
-    sums = jax.device_get(evaluate_split(state.params, state.batch_stats, state.alphas, *valid_chunks))
-    valid_loss = float(sums['nll_sum'] / sums['count'])
+    valid_loss, valid_accuracy = evaluate_split(
+        lambda *block: evaluate_block(state.params, state.batch_stats, state.alphas, *block), valid_chunks, m.nhid)
     history.append(genotypes.derive_genotype(host_alphas(state), m.steps))
-    return {'valid_loss': valid_loss, 'valid_ppl': perplexity(valid_loss),
-            'valid_accuracy': float(sums['correct'] / sums['count']), **_alpha_diagnostics(host_alphas(state), history)}
+    return {'valid_loss': valid_loss, 'valid_ppl': perplexity(valid_loss), 'valid_accuracy': valid_accuracy,
+            **_alpha_diagnostics(host_alphas(state), history)}
 
   def after_epoch(epoch: int, step: int, state: RNNSearchState, record: dict[str, Any]) -> None:
     del record

@@ -172,10 +172,9 @@ def _reference_outputs(params, tokens, hidden, cell):
   return logits - np.log(np.exp(logits).sum(-1, keepdims=True)), h
 
 
-def test_search_model_matches_reference(tiny):
-  tokens, hidden, alphas, search, variables = tiny
+def _search_cell(alphas, bn):
+  """The original search cell (``DARTSCellSearch.cell``) without dropout, `bn` its ``self.bn``."""
   probs = np.asarray(jax.nn.softmax(alphas), np.float64)
-  bn = lambda s: s / np.sqrt(1 + 1e-5)  # initial running statistics: mean 0, variance 1
 
   def cell(s0, Ws):
     states, offset = [bn(s0)], 0
@@ -189,11 +188,44 @@ def test_search_model_matches_reference(tiny):
       offset += i + 1
     return np.mean(states[-8:], 0)
 
+  return cell
+
+
+def test_search_model_matches_reference(tiny):
+  tokens, hidden, alphas, search, variables = tiny
+  cell = _search_cell(alphas, lambda s: s / np.sqrt(1 + 1e-5))  # initial running statistics: mean 0, variance 1
+
   log_probs, h_last, *_ = jax.jit(lambda: search.apply(variables, tokens, hidden, alphas, train=False))()
   ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, cell)
   # float32 through 5 steps of 9 normalised states: agreement to ~1e-5.
   np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
   np.testing.assert_allclose(h_last, ref_h, atol=1e-4)
+
+
+def test_search_model_in_training_matches_reference(tiny):
+  """Training mode as PyTorch's ``BatchNorm1d(affine=False).train()``: every call (s0 and each node, at every time
+  step) normalised by its own batch's mean and biased variance; the one set of running statistics updated at every
+  call with momentum 0.1 and the unbiased variance."""
+  tokens, hidden, alphas, _, variables = tiny
+  search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS, dropout=0.0, dropouth=0.0, dropoutx=0.0,
+                              dropouti=0.0, dropoute=0.0)
+  running = {'mean': np.zeros(NHID), 'var': np.ones(NHID)}
+
+  def bn(s):
+    mean, var = s.mean(0), s.var(0)
+    running['mean'] = 0.9 * running['mean'] + 0.1 * mean
+    running['var'] = 0.9 * running['var'] + 0.1 * var * BATCH / (BATCH - 1)
+    return (s - mean) / np.sqrt(var + 1e-5)
+
+  (log_probs, h_last, *_), updates = jax.jit(lambda: search.apply(
+      variables, tokens, hidden, alphas, train=True, rngs={'dropout': jax.random.key(0)},
+      mutable=['batch_stats']))()
+  ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, _search_cell(alphas, bn))
+  # float32, states normalised over a batch of 2 (|s| <= 1): agreement to ~1e-5.
+  np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
+  np.testing.assert_allclose(h_last, ref_h, atol=1e-4)
+  for key in ('mean', 'var'):
+    np.testing.assert_allclose(updates['batch_stats']['bn'][key], running[key], atol=1e-4)
 
 
 def test_retrain_model_matches_reference(tiny):

@@ -306,7 +306,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
       mnasnet_alpha=config.cost.mnasnet_alpha, mnasnet_beta=config.cost.mnasnet_beta)
   # One penalty of the validation loss: the regularisers and the expected cost (a function of the alphas).
   arch_penalty = regularizers.sum_penalties(([arch_penalty] if arch_penalty else []) + (
-      [lambda alphas, weights, step: cost_term(alphas)] if cost_term else []))
+      [lambda alphas, weights, step: cost_term(weights)] if cost_term else []))
 
   train_preprocess, eval_preprocess = (
       data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,25 @@ def _check_dynamics_config(config: ml_collections.ConfigDict) -> None:
                      '> 0.')
 
 
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for an invalid search config, before any work."""
+  parallel.check_batch_size(config.batch_size)
+  if config.hypergradient not in HYPERGRADIENT_METHODS:
+    raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
+                     f'{", ".join(HYPERGRADIENT_METHODS)}.')
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f'Unknown model.dtype {config.model.dtype!r}; expected one of {", ".join(DTYPES)}.')
+  if config.model.depthwise_impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
+                     f'{", ".join(DEPTHWISE_IMPLS)}.')
+  if config.unroll_steps < 1 or config.implicit_iterations < 1:
+    raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
+                     'must be positive.')
+  if config.get('num_seeds', 1) < 1:
+    raise ValueError(f'num_seeds must be positive, got {config.num_seeds}.')
+  _check_dynamics_config(config)
+
+
 def _fixed_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, count: int) -> tuple[np.ndarray, ...]:
   """This process's slices of the first `count` full global batches of (images, labels), stacked with the example
   index first (the layout of `hessian.make_hessian_step`)."""
@@ -123,6 +142,24 @@ def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset,
   return model, schedule, create_search_state(jax.random.key(config.seed), model, image_shape, weight_tx, arch_tx)
 
 
+def _make_steps(config: ml_collections.ConfigDict, model: SearchNetwork, schedule: optax.Schedule,
+                ds: data.Dataset) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any] | None]:
+  """The search step, the evaluation step and the Hessian step (None without ``diagnostics.hessian_iterations``)
+  of `config`, before ``pmap``: `search` runs them as they are, `search_seeds` vmapped over seeds."""
+  train_preprocess, eval_preprocess = (
+      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=config.data.image_size, axis_name=AXIS_NAME)
+      for augment in (config.data.augment, False))
+  search_step = make_search_step(
+      model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
+      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
+      implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping)
+  hessian_step = None
+  if config.diagnostics.hessian_iterations:
+    hessian_step = hessian.make_hessian_step(model, eval_preprocess, config.diagnostics.hessian_iterations,
+                                             config.diagnostics.hessian_method)
+  return search_step, make_eval_step(model, eval_preprocess), hessian_step
+
+
 def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> SearchState:
   """Runs (or resumes) the DARTS search of `config` in `workdir` and writes its artifacts (module docstring).
 
@@ -141,22 +178,12 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     loop.NonFiniteLossError: when the search diverges; the checkpoints hold the last good state.
     loop.Preempted: a signal stopped the search after a checkpoint.
   """
+  if config.get('num_seeds', 1) != 1:
+    from darts_jax.tasks import search_seeds  # pylint: disable=import-outside-toplevel  (it builds on this module)
+    return search_seeds.search_seeds(config, workdir)
   workdir = loop.prepare_workdir(workdir, config)
+  _check_config(config)
   batch_size = config.batch_size
-  parallel.check_batch_size(batch_size)
-  if config.hypergradient not in HYPERGRADIENT_METHODS:
-    raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
-                     f'{", ".join(HYPERGRADIENT_METHODS)}.')
-  if config.model.dtype not in DTYPES:
-    raise ValueError(f'Unknown model.dtype {config.model.dtype!r}; expected one of {", ".join(DTYPES)}.')
-  if config.model.depthwise_impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
-                     f'{", ".join(DEPTHWISE_IMPLS)}.')
-  if config.unroll_steps < 1 or config.implicit_iterations < 1:
-    raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
-                     'must be positive.')
-  _check_dynamics_config(config)
-
   ds = data.load_dataset(config.data.name, config.data.dir or None)
   train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)
   steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
@@ -166,19 +193,12 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
   model, schedule, state = _create_model_and_state(config, ds, image_shape, steps_per_epoch)
 
-  train_preprocess, eval_preprocess = (
-      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
-      for augment in (config.data.augment, False))
-  p_step = jax.pmap(make_search_step(
-      model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
-      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
-      implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping),
-      axis_name=AXIS_NAME, donate_argnums=(0,))
-  p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
+  search_step, eval_step, hessian_step = _make_steps(config, model, schedule, ds)
+  p_step = jax.pmap(search_step, axis_name=AXIS_NAME, donate_argnums=(0,))
+  p_eval = jax.pmap(eval_step, axis_name=AXIS_NAME)
   hessian_iterations = config.diagnostics.hessian_iterations
   if hessian_iterations:
-    p_hessian = jax.pmap(hessian.make_hessian_step(model, eval_preprocess, hessian_iterations,
-                                                   config.diagnostics.hessian_method), axis_name=AXIS_NAME)
+    p_hessian = jax.pmap(hessian_step, axis_name=AXIS_NAME)
     hessian_batches = parallel.shard(
         _fixed_batches(valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 

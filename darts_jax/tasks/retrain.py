@@ -1,7 +1,8 @@
 """Training a genotype from scratch (the original `train.py`): state, pmapped steps, and the `retrain` loop.
 
 `retrain(config, workdir)` trains `networks.NetworkCIFAR` built from ``config.genotype`` on the whole training set
-and evaluates it on the test set after every epoch, with the paper's recipe (``configs/retrain_cifar10.py``):
+and evaluates it on the test set after every epoch (with ``evaluate_on='search_valid'``, for model selection, it
+trains on the search split's training half and evaluates on its validation half: ``valid_*`` replaces ``test_*``), with the paper's recipe (``configs/retrain_cifar10.py``):
 
 * SGD, momentum 0.9, weight decay 3e-4 (coupled, as PyTorch), gradients clipped to global norm 5, learning rate
   cosine-annealed per epoch from 0.025 towards 0 (`training.optimizers.epoch_cosine_schedule`, the same optimizer as search);
@@ -418,6 +419,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'num_epochs must be positive, got {config.num_epochs}.')
   if not 0 <= config.get('freeze_epochs', 0) <= config.num_epochs:
     raise ValueError(f'freeze_epochs must be in [0, num_epochs={config.num_epochs}], got {config.freeze_epochs}.')
+  if config.get('evaluate_on', 'test') not in ('test', 'search_valid'):
+    raise ValueError(f"evaluate_on must be 'test' or 'search_valid', got {config.evaluate_on!r}.")
   if config.get('freeze_epochs', 0) and not config.get('init_from'):
     raise ValueError('freeze_epochs needs init_from: freezing freshly initialised cells trains a random-feature model.')
 
@@ -460,9 +463,14 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   if not 0 <= config.data.subset <= len(train_images):
     raise ValueError(f'data.subset={config.data.subset} must be in [0, {len(train_images)}] (the {ds.name} training '
                      'set size); 0 means all.')
-  if config.data.subset:
-    train_images, train_labels = train_images[:config.data.subset], train_labels[:config.data.subset]
-  test_images, test_labels = ds.test_images, ds.test_labels
+  selection = config.get('evaluate_on', 'test') == 'search_valid'
+  if selection:  # model selection: the search split's halves, never the test set
+    train_images, train_labels, test_images, test_labels = data.search_split(ds, config.data.subset)
+  else:
+    if config.data.subset:
+      train_images, train_labels = train_images[:config.data.subset], train_labels[:config.data.subset]
+    test_images, test_labels = ds.test_images, ds.test_labels
+  split = 'valid' if selection else 'test'
   batch_size = config.batch_size
   steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
   logging.info('%s: %d training / %d test images, %d steps of %d per epoch, %d devices.', ds.name,
@@ -501,7 +509,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   def evaluate(epoch: int, step: int, r_state: TrainState, state: TrainState) -> dict[str, Any]:
     del state
     test = loop.evaluate(p_eval, r_state, test_images, test_labels, batch_size, AXIS_NAME)
-    return {'test_loss': test['loss'], 'test_accuracy': test['accuracy'], 'lr': float(schedule(step - 1)),
+    return {f'{split}_loss': test['loss'], f'{split}_accuracy': test['accuracy'], 'lr': float(schedule(step - 1)),
             'drop_path_prob': drop_path_prob(epoch)}
 
   if jax.process_index() == 0:
@@ -517,8 +525,8 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   outcome = loop.train(task, config, workdir)
 
   results = {
-      'test_accuracy': outcome.record['test_accuracy'],
-      'test_loss': outcome.record['test_loss'],
+      f'{split}_accuracy': outcome.record[f'{split}_accuracy'],
+      f'{split}_loss': outcome.record[f'{split}_loss'],
       'params': num_params,
       'epochs': config.num_epochs,
       'steps': outcome.step,
@@ -528,6 +536,6 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   }
   if jax.process_index() == 0:
     reporting.write_json(workdir / RESULTS_FILE, results)
-    logging.info('Test accuracy %.4f after %d epochs; results in %s.', results['test_accuracy'], config.num_epochs,
+    logging.info('%s accuracy %.4f after %d epochs; results in %s.', split, results[f'{split}_accuracy'], config.num_epochs,
                  workdir / RESULTS_FILE)
   return results

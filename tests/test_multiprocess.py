@@ -5,7 +5,7 @@ The processes are started as the README's multi-host template starts them (``JAX
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; `training.parallel.maybe_initialize_distributed`). The run must equal a
 1-process run with the same global batch, and resume correctly after both processes are killed mid-epoch. The global
 batch is split over 4 devices instead of 1, which changes the order of float32 sums (the batch statistics and the
-mean gradients): agreement to rtol 1e-4 after 12 steps, not bit for bit.
+mean gradients): agreement to rtol 1e-4 after 6 steps, not bit for bit.
 """
 import json
 import os
@@ -37,7 +37,7 @@ def _run_two_processes(workdir, data_dir, kill_after_step=None):
   """Starts the 2 processes, waits for both; returns their (returncode, stderr)."""
   port = _free_port()
   flags = [f'--config.{key}={value}' for key, value in OVERRIDES.items()] + [
-      f'--config.data.dir={data_dir}', '--config.data.subset=0', '--config.batch_size=8', '--config.num_epochs=2',
+      f'--config.data.dir={data_dir}', '--config.data.subset=0', '--config.batch_size=8', '--config.num_epochs=1',
       '--config.log_every_steps=2', '--config.checkpoint_every_minutes=1e-9', '--config.progress=False']
   processes = []
   try:
@@ -62,7 +62,7 @@ def _run_two_processes(workdir, data_dir, kill_after_step=None):
 def reference(tmp_path_factory, data_dir):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(search, 'SearchNetwork', TinySupernet)
-    config = tiny_config(data_dir, num_epochs=2, checkpoint_every_minutes=0.0, **OVERRIDES)
+    config = tiny_config(data_dir, num_epochs=1, checkpoint_every_minutes=0.0, **OVERRIDES)
     workdir = tmp_path_factory.mktemp('one_process')
     return workdir, search.search(config, workdir)
 
@@ -87,7 +87,7 @@ def test_two_processes_equal_one_and_resume_after_both_are_killed(reference, dat
   for kind in ('normal', 'reduce'):
     np.testing.assert_allclose(alphas[kind], ref_state.alphas[kind], rtol=1e-4, atol=1e-6)
   ours, theirs = _epoch_records(workdir), _epoch_records(ref_dir)
-  assert [r['step'] for r in ours] == [r['step'] for r in theirs] == [6, 12]
+  assert [r['step'] for r in ours] == [r['step'] for r in theirs] == [6]
   for a, b in zip(ours, theirs):
     for key in ('train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy'):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)

@@ -92,3 +92,37 @@ def test_bad_configs_stop_before_any_run(stand_ins, tmp_path):
   with pytest.raises(ValueError, match=r'another configuration \(repeats: 3 -> 4\)'):
     protocol.protocol(_config(repeats=4), tmp_path / 'b')
   assert stand_ins.calls.count(('search', 3)) == 1
+
+
+def test_selection_retraining_trains_and_scores_on_the_search_split_only(data_dir, tmp_path, monkeypatch):
+  """`retrain` with ``evaluate_on='search_valid'``: batches from the search split's training half, evaluation on its
+  validation half (the loop is replaced: only where the data goes is checked)."""
+  from configs import retrain_quick
+  from darts_jax import data
+  from darts_jax.training import loop
+  from test_retrain import SMALL
+
+  seen = {}
+
+  def evaluate(p_eval, r_state, images, labels, batch_size, axis_name):
+    seen['evaluated'] = images
+    return {'loss': 1.0, 'accuracy': 0.5}
+
+  def train(task, config, workdir):
+    seen['trained'] = np.concatenate([np.asarray(images).reshape((-1,) + images.shape[-3:])
+                                      for images, _ in task.batches(0, 0)])
+    record = {'epoch': 1, **task.evaluate(0, 1, None, task.state)}
+    return loop.Outcome(state=task.state, step=1, record=record, wall_time_s=1.0)
+
+  monkeypatch.setattr(loop, 'evaluate', evaluate)
+  monkeypatch.setattr(loop, 'train', train)
+  config = retrain_quick.get_config()
+  config.update({'genotype': genotypes.genotype_to_json(SMALL), 'evaluate_on': 'search_valid', 'batch_size': 16,
+                 'num_epochs': 1, 'progress': False})
+  config.data.update({'dir': str(data_dir), 'subset': 0, 'cutout': 0})
+  config.model.update({'init_channels': 2, 'layers': 3})
+  results = retrain.retrain(config, tmp_path)
+  train_half, _, valid_half, _ = data.search_split(data.load_dataset('fashion_mnist', str(data_dir)))
+  assert results['valid_accuracy'] == 0.5 and 'test_accuracy' not in results
+  np.testing.assert_array_equal(seen['evaluated'], valid_half)
+  assert len(seen['trained']) == 48 and all((train_half == image).all(axis=(1, 2, 3)).any() for image in seen['trained'])

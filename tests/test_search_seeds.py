@@ -91,3 +91,24 @@ def test_resume_of_several_seeds_is_exact(two_seeds, data_dir, tmp_path, monkeyp
     for name in ('metrics.jsonl', 'alphas.jsonl', 'genotypes.jsonl'):
       ours, theirs = (reporting.read_jsonl(d / f'seed_{s}' / name) for d in (tmp_path, workdir))
       assert _without_times(ours) == _without_times(theirs), name
+
+
+def test_a_seed_stops_early_at_its_first_epoch_the_rule_fires():
+  rules = {'rule': 'stability', 'window': 5, 'factor': 1.3, 'start_epoch': 10, 'max_skip': 2, 'patience': 2}
+  records = [{'step': 3 * e, 'epoch': e, 'unchanged_epochs': u} for e, u in zip(range(1, 6), [0, 1, 2, 3, 0])]
+  records.insert(0, {'step': 2, 'loss': 1.0})  # interval records are ignored
+  assert search_seeds._stop(records, rules) == (3, 'stability: the architecture has not changed for 2 epochs '
+                                                   '(patience 2)')
+  assert search_seeds._stop(records[:3], rules) is None
+
+
+def test_seed_records_take_the_seeds_entries_and_weigh_interval_means_by_their_steps():
+  records = [{'step': 2, 'loss': 0.0, 'seed_1/loss': 1.0, 'seed_1/accuracy': 0.5, 'images_per_s': 9.0},
+             {'step': 3, 'loss': 0.0, 'seed_1/loss': 4.0, 'seed_1/accuracy': 0.2, 'images_per_s': 8.0},
+             {'step': 3, 'epoch': 1, 'seed_1/valid_accuracy': 0.7, 'valid_accuracy': 0.1, 'epoch_time_s': 5.0}]
+  ours = search_seeds._seed_records(records, 1, steps_per_epoch=3, last_step=None)
+  assert ours[:2] == [{'step': 2, 'loss': 1.0, 'accuracy': 0.5, 'images_per_s': 9.0},
+                      {'step': 3, 'loss': 4.0, 'accuracy': 0.2, 'images_per_s': 8.0}]
+  assert ours[2] == pytest.approx({'step': 3, 'epoch': 1, 'train_loss': 2.0, 'train_accuracy': 0.4,
+                                   'valid_accuracy': 0.7, 'epoch_time_s': 5.0})
+  assert search_seeds._seed_records(records, 1, steps_per_epoch=3, last_step=2) == ours[:1]

@@ -473,8 +473,8 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   split = 'valid' if selection else 'test'
   batch_size = config.batch_size
   steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
-  logging.info('%s: %d training / %d test images, %d steps of %d per epoch, %d devices.', ds.name,
-               len(train_images), len(test_images), steps_per_epoch, batch_size, jax.device_count())
+  logging.info('%s: %d training / %d %s images, %d steps of %d per epoch, %d devices.', ds.name,
+               len(train_images), len(test_images), split, steps_per_epoch, batch_size, jax.device_count())
 
   model = create_model(config, genotype, ds.num_classes)
   tx, schedule = create_optimizer(config, steps_per_epoch)

@@ -33,6 +33,9 @@ uninterrupted one does (bit for bit on CPU).
 Data parallelism: the steps are ``pmap``-ed over the local devices; each process of a multi-host run loads its own
 slice of every global batch. The search is the original's for any number of devices, with the global batch
 ``config.batch_size``.
+
+Several seeds: with ``config.num_seeds = k > 1`` `search` runs k searches (seeds ``seed .. seed + k - 1``) as one
+step vmapped over the seeds, each seed's artifacts in ``workdir/seed_<s>/`` (`darts_jax.tasks.search_seeds`).
 """
 from __future__ import annotations
 

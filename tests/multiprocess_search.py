@@ -2,7 +2,7 @@
 
 With ``$KILL_AFTER_STEP`` set, each process kills itself with SIGKILL right after the checkpoint of that step is
 saved (saving is collective, so every process has it): both processes die at a known point, as a cluster job
-killed without warning.
+killed without warning. The plots are not drawn.
 """
 import os
 import signal
@@ -13,6 +13,8 @@ from darts_jax.training.checkpointing import Checkpointer
 from test_search import TinySupernet
 
 search.SearchNetwork = TinySupernet
+# The plots (seconds of matplotlib and graphviz) are not what this test is about; genotype.json and alphas.npz are.
+search.plots.plot_genotype = search.curves.plot_curves = search.dynamics_plots.plot_search = lambda *args: None
 
 if os.environ.get('KILL_AFTER_STEP'):
   _kill_step, _save = int(os.environ['KILL_AFTER_STEP']), Checkpointer.save

@@ -5,7 +5,6 @@ single run's (batched dot products and reductions may be fused and ordered diffe
 rounding grown over a few steps, not bit for bit: rtol 1e-4 (observed differences ~1e-6).
 """
 import json
-import logging
 
 import jax
 import numpy as np
@@ -33,65 +32,57 @@ def _config(data_dir, **overrides):
 
 @pytest.fixture(scope='module')
 def two_seeds(tmp_path_factory, data_dir):
+  """A 2-seed run interrupted mid-epoch (after the checkpoint of step 2 and the records of step 4), then resumed."""
   workdir = tmp_path_factory.mktemp('two_seeds')
-  return workdir, search.search(_config(data_dir, num_seeds=2), workdir)
+  config = _config(data_dir, num_seeds=2, checkpoint_every_minutes=1e-9)  # a checkpoint at every log step
+  save = Checkpointer.save
+
+  def interrupted_save(self, step, *args, **kwargs):
+    if step == 4:
+      raise KeyboardInterrupt
+    return save(self, step, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(Checkpointer, 'save', interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+      search.search(config, workdir)
+  assert [r['step'] for r in reporting.read_jsonl(workdir / 'metrics.jsonl')] == [2, 4]
+  return workdir, search.search(config, workdir)
 
 
 def _without_times(records):
   return [{k: v for k, v in r.items() if k not in ('epoch_time_s', 'images_per_s')} for r in records]
 
 
-def test_each_seed_is_the_single_run_with_that_seed(two_seeds, data_dir, tmp_path):
+def test_each_seed_is_the_single_run_with_that_seed_through_a_resume(two_seeds, data_dir, tmp_path):
   workdir, state = two_seeds
   assert state.step.shape == (2,)
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['num_seeds'] == 2 and [r['seed'] for r in summary['runs']] == [2, 3]
+  assert not np.allclose(state.alphas['normal'][0], state.alphas['normal'][1])  # the seeds differ
   # Seed 1 (config seed 3): its data order, augmentation key and initialisation are offset by one from the
   # config's seed; seed 0's are the config's.
-  for s in (1,):
-    single_dir = tmp_path / 'single'
-    single = search.search(_config(data_dir, seed=2 + s), single_dir)
-    seed_dir = workdir / f'seed_{s}'
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-6),
-                 search_seeds.seed_state(state, s).alphas, single.alphas)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-6),
-                 search_seeds.seed_state(state, s).params, single.params)
-    # The seed's directory holds what the single run writes, with the same records.
-    expected = sorted(p.name for p in single_dir.iterdir() if p.name not in ('checkpoints', 'tensorboard'))
-    assert sorted(p.name for p in seed_dir.iterdir()) == expected
-    assert json.loads((seed_dir / 'config.json').read_text()) == json.loads((single_dir / 'config.json').read_text())
-    ours, theirs = (_without_times(reporting.read_jsonl(d / 'metrics.jsonl')) for d in (seed_dir, single_dir))
-    assert [sorted(r) for r in ours] == [sorted(r) for r in theirs]
-    for a, b in zip(ours, theirs):
-      np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(a)], rtol=RTOL, atol=1e-6)
-    assert (seed_dir / 'genotype.json').read_text() == (single_dir / 'genotype.json').read_text()
-    assert summary['runs'][s]['genotype'] == json.loads((single_dir / 'genotype.json').read_text())
-  assert not np.allclose(state.alphas['normal'][0], state.alphas['normal'][1])  # the seeds differ
-
-
-def test_resume_of_several_seeds_is_exact(two_seeds, data_dir, tmp_path, monkeypatch, caplog):
-  workdir, state = two_seeds
-  save = Checkpointer.save
-
-  def interrupted_save(self, step, *args, **kwargs):
-    if step == 4:  # the latest checkpoint is step 2, mid epoch
-      raise KeyboardInterrupt
-    return save(self, step, *args, **kwargs)
-
-  config = _config(data_dir, num_seeds=2, checkpoint_every_minutes=1e-9)  # a checkpoint at every log step
-  monkeypatch.setattr(search, '_write_final_artifacts', lambda *args: None)  # the test above checks them
-  monkeypatch.setattr(Checkpointer, 'save', interrupted_save)
-  with pytest.raises(KeyboardInterrupt):
-    search.search(config, tmp_path)
-  monkeypatch.setattr(Checkpointer, 'save', save)
-  with caplog.at_level(logging.INFO):
-    resumed = search.search(config, tmp_path)
-  assert 'Resuming from step 2 (epoch 0, step 2 of the epoch)' in caplog.text
-  jax.tree.map(np.testing.assert_array_equal, resumed.alphas, state.alphas)
-  for s in range(2):
-    for name in ('metrics.jsonl', 'alphas.jsonl', 'genotypes.jsonl'):
-      ours, theirs = (reporting.read_jsonl(d / f'seed_{s}' / name) for d in (tmp_path, workdir))
-      assert _without_times(ours) == _without_times(theirs), name
+  single_dir = tmp_path / 'single'
+  single = search.search(_config(data_dir, seed=3, checkpoint_every_minutes=1e-9), single_dir)
+  seed_dir = workdir / 'seed_1'
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-6),
+               search_seeds.seed_state(state, 1).alphas, single.alphas)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-6),
+               search_seeds.seed_state(state, 1).params, single.params)
+  # The seed's directory holds what the single run writes, with the same records: those logged after the
+  # interruption's checkpoint were dropped on resume and logged again, once.
+  expected = sorted(p.name for p in single_dir.iterdir() if p.name not in ('checkpoints', 'tensorboard'))
+  assert sorted(p.name for p in seed_dir.iterdir()) == expected
+  assert json.loads((seed_dir / 'config.json').read_text()) == json.loads((single_dir / 'config.json').read_text())
+  for name in ('metrics.jsonl', 'alphas.jsonl', 'genotypes.jsonl'):
+    ours, theirs = (_without_times(reporting.read_jsonl(d / name)) for d in (seed_dir, single_dir))
+    assert [sorted(r) for r in ours] == [sorted(r) for r in theirs], name
+    assert [r['step'] for r in ours] == [r['step'] for r in theirs], name
+  ours, theirs = (_without_times(reporting.read_jsonl(d / 'metrics.jsonl')) for d in (seed_dir, single_dir))
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(a)], rtol=RTOL, atol=1e-6)
+  assert (seed_dir / 'genotype.json').read_text() == (single_dir / 'genotype.json').read_text()
+  assert summary['runs'][1]['genotype'] == json.loads((single_dir / 'genotype.json').read_text())
 
 
 def test_a_seed_stops_early_at_its_first_epoch_the_rule_fires():

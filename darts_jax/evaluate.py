@@ -23,17 +23,13 @@ from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 from absl import app, flags
 from ml_collections import config_flags
 
 from darts_jax import convert, data
 from darts_jax.cnn.networks import count_params
 from darts_jax.data import imagenet
-from darts_jax.data.augment import Preprocess
 from darts_jax.tasks import retrain
 from darts_jax.training import cli, loop, parallel
 from darts_jax.training.parallel import AXIS_NAME
@@ -53,7 +49,8 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
       `data.load_dataset`).
 
   Returns:
-    ``{'test_accuracy', 'test_loss', 'num_test', 'step', 'epoch', 'params'}``.
+    ``{'test_accuracy', 'test_loss', 'num_test', 'step', 'epoch', 'params'}``, and ``test_top5`` (top-5 accuracy) for
+    an ImageNet run (on the validation images).
 
   Raises:
     FileNotFoundError: when `workdir` has no ``config.json`` or no checkpoint, or the dataset is not found.
@@ -61,13 +58,13 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
   """
   restored = retrain.restore_workdir(workdir)
   config = restored.config
-  ds = retrain.load_data(config, data_dir)
+  inputs = retrain.open_data(config, data_dir, train=False)
   model = restored.model.clone(axis_name=AXIS_NAME)
-  preprocess = data.make_preprocess(ds.mean, ds.std, image_size=config.data.image_size, axis_name=AXIS_NAME)
-  p_eval = jax.pmap(retrain.make_eval_step(model, preprocess), axis_name=AXIS_NAME)
-  test = loop.evaluate(p_eval, parallel.replicate(restored.state, AXIS_NAME), ds.test_images, ds.test_labels,
-                       _batch_size(config), AXIS_NAME)
-  return {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'num_test': len(ds.test_images),
+  p_eval = jax.pmap(retrain.make_eval_step(model, inputs.eval_preprocess, top5=inputs.top5), axis_name=AXIS_NAME)
+  test = loop.evaluate_batches(p_eval, parallel.replicate(restored.state, AXIS_NAME),
+                               inputs.test_batches(_batch_size(config)), AXIS_NAME)
+  top5 = {'test_top5': test['top5']} if inputs.top5 else {}
+  return {'test_accuracy': test['accuracy'], **top5, 'test_loss': test['loss'], 'num_test': inputs.num_test,
           'step': restored.step, 'epoch': restored.epoch, 'params': count_params(restored.state.params)}
 
 
@@ -75,32 +72,6 @@ class Weights(flax.struct.PyTreeNode):
   """The variables an evaluation reads."""
   params: Any
   batch_stats: Any
-
-
-def _top_k_step(model: Any, preprocess: Preprocess) -> Any:
-  """``step(weights, (images, labels, mask)) -> sums`` of the loss and of top-1 and top-5 hits, psum'd."""
-
-  def step(weights: Weights, batch: tuple[jax.Array, jax.Array, jax.Array]) -> dict[str, jax.Array]:
-    images, labels, mask = batch
-    logits, _ = model.apply({'params': weights.params, 'batch_stats': weights.batch_stats},
-                            preprocess(None, images), train=False)
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    sums = {'loss_sum': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
-            'correct': jnp.sum((top5[:, 0] == labels) * mask),
-            'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-            'count': jnp.sum(mask)}
-    return jax.lax.psum(sums, AXIS_NAME)
-
-  return step
-
-
-def _padded(batches: Any, batch_size: int) -> Any:
-  """Streamed (images, labels) batches as `loop.eval_batches` gives them: padded to `batch_size`, with a mask."""
-  for images, labels in batches:
-    pad = batch_size - len(images)
-    mask = np.concatenate([np.ones(len(images), np.float32), np.zeros(pad, np.float32)])
-    yield (np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]),
-           np.concatenate([labels, np.zeros(pad, labels.dtype)]), mask)
 
 
 def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_collections.ConfigDict,
@@ -131,8 +102,9 @@ def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_
     if not source:
       raise ValueError(f'{path} holds a NetworkImageNet: pass the ImageNet validation images with --data_dir (an '
                        'ImageFolder directory such as val/, or a tfds data directory with imagenet2012 prepared).')
-    num_test, num_classes, batches = imagenet.eval_batches(source, batch_size)
-    batches, channels, size = _padded(batches, batch_size), 3, 0
+    val = imagenet.validation_source(source)
+    num_test, num_classes = len(val), len(val.class_names)
+    batches, channels, size = imagenet.eval_batches(val, batch_size), 3, 0
     mean, std, name = imagenet.MEAN, imagenet.STD, 'ImageNet'
   else:
     ds = retrain.load_data(config, data_dir)
@@ -147,15 +119,12 @@ def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_
   variables = convert.from_torch_state_dict(state_dict, genotype=genotype)
   shape = {k: arch[k] for k in ('network', 'C', 'layers', 'num_classes', 'auxiliary')}
   model = convert.network_for(genotype, **shape, depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
-  p_eval = jax.pmap(_top_k_step(model, data.make_preprocess(mean, std, image_size=size, axis_name=AXIS_NAME)),
-                    axis_name=AXIS_NAME)
+  preprocess = data.make_preprocess(mean, std, image_size=size, axis_name=AXIS_NAME)
+  p_eval = jax.pmap(retrain.make_eval_step(model, preprocess, top5=True), axis_name=AXIS_NAME)
   weights = parallel.replicate(Weights(variables['params'], variables['batch_stats']), AXIS_NAME)
-  sums = [p_eval(weights, parallel.shard(batch, AXIS_NAME)) for batch in batches]
-  totals = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
-  return {'test_accuracy': totals['correct'] / totals['count'],
-          'test_top5': totals['correct_top5'] / totals['count'],
-          'test_loss': totals['loss_sum'] / totals['count'], 'num_test': num_test,
-          'params': count_params(variables['params']), **shape}
+  test = loop.evaluate_batches(p_eval, weights, batches, AXIS_NAME)
+  return {'test_accuracy': test['accuracy'], 'test_top5': test['top5'], 'test_loss': test['loss'],
+          'num_test': num_test, 'params': count_params(variables['params']), **shape}
 
 
 def main(argv):

@@ -8,7 +8,8 @@ writes ``DIR/model.jax_export`` (default ``DIR = WORKDIR/export``), the serializ
 
 for any batch size N (a symbolic dimension): the eval-mode network (BN with running statistics, no drop path, no
 auxiliary head) of the workdir's latest checkpoint, its weights as constants, with the training's input
-preprocessing (resize to ``data.image_size`` if set, normalisation by the dataset's mean and std) inside. It is
+preprocessing (resize to ``data.image_size`` if set, normalisation by the dataset's mean and std) inside; an
+ImageNet network takes the evaluation crops (``data.image_size``, e.g. 224x224, `data.imagenet.center_crop`). It is
 lowered for CPU and CUDA. Beside it, ``model.json`` holds the input spec (``input_shape`` with ``null`` for N,
 ``input_dtype``, ``layout``), ``class_names`` by output index, ``num_classes``, ``dataset``, the ``genotype``,
 ``step``, ``platforms`` and the jax version that wrote it.
@@ -32,6 +33,7 @@ from jax import export as jax_export
 
 from darts_jax import data
 from darts_jax.cnn import genotypes
+from darts_jax.data import imagenet
 from darts_jax.tasks import retrain
 from darts_jax.training import cli
 
@@ -52,10 +54,14 @@ def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[st
   """
   restored = retrain.restore_workdir(workdir)
   config = restored.config
-  spec = data.DATASETS[config.data.name]
-  h, w, c = spec.image_shape
-  preprocess = data.make_preprocess(np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32),
-                                    image_size=config.data.image_size)
+  if retrain.is_imagenet(config):  # inputs are the evaluation crops (resize 256, centre crop 224)
+    h, w, c = retrain.image_shape(config)
+    preprocess = data.make_preprocess(imagenet.MEAN, imagenet.STD)
+  else:
+    spec = data.DATASETS[config.data.name]
+    h, w, c = spec.image_shape
+    preprocess = data.make_preprocess(np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32),
+                                      image_size=config.data.image_size)
   variables = {'params': restored.state.params, 'batch_stats': restored.state.batch_stats}
   model = restored.model
 

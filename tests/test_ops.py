@@ -47,11 +47,11 @@ def test_depthwise_derivatives_match_grouped_conv(k, dilation, padding, stride, 
   ours = lambda x, w: jnp.sum(jnp.sin(ops.depthwise_conv(x, w, stride=stride, dilation=dilation, padding=padding)))
   ref = lambda x, w: jnp.sum(jnp.sin(_reference_depthwise(jnp.broadcast_to(x, (2,) + x.shape[1:]), w, stride,
                                                           dilation, padding)))
-  for got, want in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(ref, (0, 1))(x, kernel)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   directions = (jax.random.normal(jax.random.key(2), x.shape), jax.random.normal(jax.random.key(3), kernel.shape))
   second = lambda f: jax.jvp(jax.grad(f, (0, 1)), (x, kernel), directions)[1]
-  for got, want in zip(second(ours), second(ref)):
+  # One program for all of it: eagerly, every primitive would compile on its own (twice the time).
+  got, want = jax.jit(lambda: [(jax.grad(f, (0, 1))(x, kernel), second(f)) for f in (ours, ref)])()
+  for got, want in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -88,12 +88,18 @@ def test_pool_derivatives_match_reduce_window(stride, size):
               / lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, window, strides, pads)),
   }
   direction = jax.random.normal(jax.random.key(1), x.shape)
-  for ours, ref in pools.values():
-    loss = lambda pool: lambda x: jnp.sum(jnp.sin(3 * pool(x)) * pool(x))
-    np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x), **TOL)
-    np.testing.assert_allclose(jax.vmap(jax.grad(loss(ours)))(x[:, None])[:, 0], jax.grad(loss(ref))(x), **TOL)
-    second = lambda pool: jax.jvp(jax.grad(loss(pool)), (x,), (direction,))[1]
-    np.testing.assert_allclose(second(ours), second(ref), rtol=1e-4, atol=1e-4)
+  loss = lambda pool: lambda x: jnp.sum(jnp.sin(3 * pool(x)) * pool(x))
+  second = lambda pool: jax.jvp(jax.grad(loss(pool)), (x,), (direction,))[1]
+
+  @jax.jit  # one program: eagerly, every primitive would compile on its own (twice the time)
+  def derivatives():
+    return {name: (jax.grad(loss(ours))(x), jax.vmap(jax.grad(loss(ours)))(x[:, None])[:, 0], second(ours),
+                   jax.grad(loss(ref))(x), second(ref)) for name, (ours, ref) in pools.items()}
+
+  for grad, vmapped_grad, second_ours, grad_ref, second_ref in derivatives().values():
+    np.testing.assert_allclose(grad, grad_ref, **TOL)
+    np.testing.assert_allclose(vmapped_grad, grad_ref, **TOL)
+    np.testing.assert_allclose(second_ours, second_ref, rtol=1e-4, atol=1e-4)
 
 
 def test_avg_pool_excludes_padding():

@@ -104,8 +104,8 @@ def test_selection_retraining_trains_and_scores_on_the_search_split_only(data_di
 
   seen = {}
 
-  def evaluate(p_eval, r_state, images, labels, batch_size, axis_name):
-    seen['evaluated'] = images
+  def evaluate_batches(p_eval, r_state, batches, axis_name):
+    seen['evaluated'] = np.concatenate([images[mask > 0] for images, _, mask in batches])
     return {'loss': 1.0, 'accuracy': 0.5}
 
   def train(task, config, workdir):
@@ -114,7 +114,7 @@ def test_selection_retraining_trains_and_scores_on_the_search_split_only(data_di
     record = {'epoch': 1, **task.evaluate(0, 1, None, task.state)}
     return loop.Outcome(state=task.state, step=1, record=record, wall_time_s=1.0)
 
-  monkeypatch.setattr(loop, 'evaluate', evaluate)
+  monkeypatch.setattr(loop, 'evaluate_batches', evaluate_batches)
   monkeypatch.setattr(loop, 'train', train)
   config = retrain_quick.get_config()
   config.update({'genotype': genotypes.genotype_to_json(SMALL), 'evaluate_on': 'search_valid', 'batch_size': 16,

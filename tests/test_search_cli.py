@@ -66,29 +66,6 @@ def test_search_writes_genotype_alphas_plots_and_curves(reference):
   assert sorted(p.name for p in (reference / 'checkpoints').iterdir()) == ['12', '18', '6']
 
 
-def test_resume_after_sigkill_gives_identical_alphas(reference, data_dir, tmp_path):
-  workdir = tmp_path / 'killed'
-  # A checkpoint at every log step (every 2 steps): the kill lands mid-epoch, possibly mid-save.
-  process = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9', wait=False)
-  checkpoints = workdir / 'checkpoints'
-  try:
-    while not (checkpoints.is_dir() and any(p.name.isdigit() and int(p.name) >= 8 for p in checkpoints.iterdir())):
-      assert process.poll() is None, Path(str(workdir) + '.log').read_text()
-      time.sleep(0.01)
-  finally:
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-  assert not (workdir / 'alphas.npz').exists()  # killed before the end
-  returncode, log = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9')
-  assert returncode == 0, log
-  assert 'Resuming from step' in log
-  resumed, uninterrupted = np.load(workdir / 'alphas.npz'), np.load(reference / 'alphas.npz')
-  for kind in ('normal', 'reduce'):
-    np.testing.assert_array_equal(resumed[kind], uninterrupted[kind])
-  assert (workdir / 'genotype.json').read_text() == (reference / 'genotype.json').read_text()
-  assert _epoch_records(workdir) == _epoch_records(reference)
-
-
 def test_four_devices_match_one_device(reference, data_dir, tmp_path):
   returncode, log = run_search(tmp_path / 'pmap', data_dir, devices=4)
   assert returncode == 0, log
@@ -124,14 +101,20 @@ def _checkpoint_steps(workdir):
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
-def test_sigterm_mid_epoch_saves_exits_75_and_resumes_identically(reference, data_dir, tmp_path):
+def _wait_for_checkpoint(process, workdir, step):
+  while not any(s >= step for s in _checkpoint_steps(workdir)):
+    assert process.poll() is None, Path(str(workdir) + '.log').read_text()
+    time.sleep(0.01)
+
+
+def test_sigterm_then_sigkill_mid_epoch_resume_identically(reference, data_dir, tmp_path):
+  """Preempted (SIGTERM: save, exit 75), resumed, killed (SIGKILL, possibly mid-save), resumed: the run ends as the
+  uninterrupted reference. One run takes both interruptions, so the supernet is started three times, not four."""
   workdir = tmp_path / 'preempted'
-  # A checkpoint at every log step (every 2 steps) slows the run enough for the signal to land mid-run.
+  # A checkpoint at every log step (every 2 steps) slows the run enough for the signals to land mid-run.
   process = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9', wait=False)
   try:
-    while not any(step >= 8 for step in _checkpoint_steps(workdir)):  # in epoch 2 (steps 7-12)
-      assert process.poll() is None, Path(str(workdir) + '.log').read_text()
-      time.sleep(0.01)
+    _wait_for_checkpoint(process, workdir, 8)  # in epoch 2 (steps 7-12)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) == 75
   finally:
@@ -141,12 +124,25 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resumes_identically(reference, dat
                           r'run the same command again to resume\.', log).group(1))
   assert 8 <= stopped < 18 and _checkpoint_steps(workdir)[-1] == stopped
   assert 'Traceback' not in log and not (workdir / 'alphas.npz').exists()
+
+  process = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9', wait=False)
+  try:
+    _wait_for_checkpoint(process, workdir, stopped + 2)
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  log = Path(str(workdir) + '.log').read_text()
+  assert f'Resuming from step {stopped} ' in log
+  killed_after = _checkpoint_steps(workdir)[-1]
+  assert not (workdir / 'alphas.npz').exists() or killed_after == 18  # killed before the end, unless it won the race
+
   returncode, log = run_search(workdir, data_dir, '--config.checkpoint_every_minutes=1e-9')
   assert returncode == 0, log
-  assert f'Resuming from step {stopped} ' in log
+  assert log.count('Resuming from step') == 2
   resumed, uninterrupted = np.load(workdir / 'alphas.npz'), np.load(reference / 'alphas.npz')
   for kind in ('normal', 'reduce'):
     np.testing.assert_array_equal(resumed[kind], uninterrupted[kind])
+  assert (workdir / 'genotype.json').read_text() == (reference / 'genotype.json').read_text()
   assert _epoch_records(workdir) == _epoch_records(reference)
 
 

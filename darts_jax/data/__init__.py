@@ -3,6 +3,9 @@
 1. `sources` (host, numpy): `load_dataset` reads the official files into uint8 NHWC images and int32 labels.
 2. `batching` (host, numpy): the search split, deterministic resumable epochs of global batches, prefetching.
 3. `augment` (device, jax): augmentation, cutout and normalisation inside the jitted steps.
+
+ImageNet, too large for host memory, is `imagenet`: JPEGs decoded and augmented on the host by a grain pipeline,
+normalised on the device.
 """
 from darts_jax.data.augment import (Preprocess, cutout, example_keys, make_cutout, make_preprocess, normalize,
                                     random_crop_flip)

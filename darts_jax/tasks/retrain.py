@@ -1,8 +1,9 @@
 """Training a genotype from scratch (the original `train.py`): state, pmapped steps, and the `retrain` loop.
 
 `retrain(config, workdir)` trains `networks.NetworkCIFAR` built from ``config.genotype`` on the whole training set
-and evaluates it on the test set after every epoch (with ``evaluate_on='search_valid'``, for model selection, it
-trains on the search split's training half and evaluates on its validation half: ``valid_*`` replaces ``test_*``), with the paper's recipe (``configs/retrain_cifar10.py``):
+and evaluates it on the test set after every epoch, with the paper's recipe (``configs/retrain_cifar10.py``; with
+``evaluate_on='search_valid'``, for model selection, it trains on the search split's training half and evaluates on
+its validation half, ``valid_*`` replacing ``test_*``):
 
 * SGD, momentum 0.9, weight decay 3e-4 (coupled, as PyTorch), gradients clipped to global norm 5, learning rate
   cosine-annealed per epoch from 0.025 towards 0 (`training.optimizers.epoch_cosine_schedule`, the same optimizer as search);
@@ -10,6 +11,12 @@ trains on the search split's training half and evaluates on its validation half:
 * drop path with probability ``drop_path_prob · e / E`` in epoch ``e = 0 .. E-1`` (an argument of the compiled
   step, so the ramp never recompiles);
 * augmentation on device: random crop (padding 4) and horizontal flip, normalisation, then cutout.
+
+With ``data.name='imagenet'`` (``configs/retrain_imagenet.py``, the original ``train_imagenet.py``) it trains
+`networks.NetworkImageNet` on JPEGs read by `data.imagenet` (grain; random-resized crop, flip and colour jitter on
+the host, normalisation on the device), with a step-decayed learning rate (``lr_schedule='step'``), label smoothing,
+and top-1 and top-5 accuracy on the validation images (``test_accuracy``, ``test_top5``). `open_data` is the one
+place where the kind of dataset is chosen.
 
 It writes to `workdir`:
 
@@ -58,7 +65,8 @@ from absl import logging
 
 from darts_jax import convert, data
 from darts_jax.cnn import genotypes, ops
-from darts_jax.cnn.networks import AUXILIARY, NetworkCIFAR, count_params
+from darts_jax.cnn.networks import AUXILIARY, NetworkCIFAR, NetworkImageNet, count_params
+from darts_jax.data import imagenet
 from darts_jax.data.augment import Preprocess
 from darts_jax.training import curves, loop, optimizers, parallel, reporting
 from darts_jax.training.checkpointing import Checkpointer
@@ -68,8 +76,13 @@ PyTree = Any
 Batch = tuple[jax.Array, jax.Array]  # (uint8 images (N, H, W, C), int32 labels (N,))
 EvalBatch = tuple[jax.Array, jax.Array, jax.Array]  # (images, labels, float mask: 1 for real examples)
 Metrics = dict[str, jax.Array]
+Network = NetworkCIFAR | NetworkImageNet
 
 GENOTYPE_FILE = 'genotype.json'
+RESUMABLE_KEYS = frozenset({'genotype', 'data.workers', 'data.threads'})
+"""Keys besides `loop.RESUMABLE_KEYS` that may change on resume: the genotype is compared as parsed, and the input
+pipeline's parallelism does not change its batches."""
+IMAGENET = 'imagenet'  # data.name of ImageNet (data.imagenet); every other name is a dataset of data.load_dataset
 RESULTS_FILE = 'results.json'
 
 
@@ -118,12 +131,18 @@ def _existing_path(text: str) -> Path | None:
     return None
 
 
+def is_imagenet(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` trains on ImageNet (`NetworkImageNet`, JPEGs through `data.imagenet`)."""
+  return config.data.name == IMAGENET
+
+
 def create_model(config: ml_collections.ConfigDict, genotype: genotypes.Genotype, num_classes: int,
-                 axis_name: str | None = AXIS_NAME) -> NetworkCIFAR:
-  """The `NetworkCIFAR` of ``config.model`` for `genotype`, with BN over the pmapped `axis_name`."""
-  return NetworkCIFAR(genotype, C=config.model.init_channels, num_classes=num_classes, layers=config.model.layers,
-                      auxiliary=config.model.auxiliary, depthwise_impl=config.model.depthwise_impl,
-                      axis_name=axis_name)
+                 axis_name: str | None = AXIS_NAME) -> Network:
+  """The network of ``config.model`` for `genotype` (`NetworkImageNet` on ImageNet, else `NetworkCIFAR`), with BN
+  over the pmapped `axis_name`."""
+  network = NetworkImageNet if is_imagenet(config) else NetworkCIFAR
+  return network(genotype, C=config.model.init_channels, num_classes=num_classes, layers=config.model.layers,
+                 auxiliary=config.model.auxiliary, depthwise_impl=config.model.depthwise_impl, axis_name=axis_name)
 
 
 TRAINED_WHEN_FROZEN = ('classifier', AUXILIARY)
@@ -137,14 +156,22 @@ def _frozen(params: PyTree) -> PyTree:
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer of `config` (`training.optimizers.weight_optimizer`) and its learning-rate schedule, cosine per epoch.
+  """The optimizer of `config` (`training.optimizers.weight_optimizer`) and its learning-rate schedule: cosine per
+  epoch, or with ``lr_schedule='step'`` decayed by ``lr_decay`` every ``lr_decay_epochs`` epochs (ImageNet).
 
   With ``freeze_epochs`` = N > 0, the gradients and updates of the stem and cells are zeroed (an `optax.masked`
   scale by 0) for the first ``N · steps_per_epoch`` steps: zeroing the gradients keeps them out of the global-norm
   clipping and the momentum, zeroing the updates keeps weight decay from moving frozen weights.
   """
-  schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
+  kind = config.get('lr_schedule', 'cosine')
+  if kind == 'step':
+    schedule = optimizers.epoch_step_schedule(config.learning_rate, config.lr_decay, config.lr_decay_epochs,
                                               steps_per_epoch)
+  elif kind == 'cosine':
+    schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
+                                                steps_per_epoch)
+  else:
+    raise ValueError(f"lr_schedule must be 'cosine' or 'step', got {kind!r}.")
   tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
                                    grad_clip=config.grad_clip)
   frozen_steps = config.get('freeze_epochs', 0) * steps_per_epoch
@@ -171,14 +198,138 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) ->
   return data.select_classes(ds, classes) if classes else ds
 
 
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """The number of classes the network of `config` predicts."""
+  if is_imagenet(config):
+    return config.data.num_classes
+  return len(dataset_classes(config)) or data.DATASETS[config.data.name].num_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainData:
+  """A retraining's data, whatever the source: this process's host batches and their preparation on the device.
+
+  Attributes:
+    name: ``config.data.name``.
+    num_classes: classes the network predicts.
+    image_shape: (H, W, C) of the network's input.
+    num_train: training images (``data.subset`` applied).
+    num_test: test images (ImageNet: the validation images, the paper's test set).
+    steps_per_epoch: global batches per epoch.
+    train_preprocess: the device half of the training augmentation and normalisation (`data.make_preprocess`).
+    eval_preprocess: the same without augmentation.
+    train_batches: ``(epoch, start) -> (uint8 images, int32 labels)`` of this process, steps ``start`` to the
+      epoch's end; they depend only on (seed, epoch, step).
+    test_batches: ``(batch_size) -> (images, labels, mask)`` of this process covering the test set once.
+    top5: whether the evaluation counts top-5 hits.
+    close: stops the pipeline's worker processes, if any.
+  """
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  num_train: int
+  num_test: int
+  steps_per_epoch: int
+  train_preprocess: Preprocess
+  eval_preprocess: Preprocess
+  train_batches: Callable[[int, int], Iterator[Batch]]
+  test_batches: Callable[[int], Iterator[EvalBatch]]
+  top5: bool = False
+  close: Callable[[], None] = lambda: None
+
+
+def open_data(config: ml_collections.ConfigDict, data_dir: str | None = None, *, train: bool = True) -> RetrainData:
+  """The data of `config` (from `data_dir` if given, else ``data.dir``): ImageNet's JPEGs through `data.imagenet`
+  (grain, augmented on the host), any other dataset held in memory (`data.load_dataset`, augmented on the device).
+  With `train` False only the test side is prepared (``train_batches`` yields nothing).
+
+  Raises:
+    data.DatasetNotFoundError: no such dataset (the message says how to get it). ValueError: invalid ``data`` keys
+      or a malformed dataset.
+  """
+  if is_imagenet(config):
+    return _imagenet_data(config, data_dir, train)
+  ds = load_data(config, data_dir)
+  images, labels = ds.train_images, ds.train_labels
+  if not 0 <= config.data.subset <= len(images):
+    raise ValueError(f'data.subset={config.data.subset} must be in [0, {len(images)}] (the {ds.name} training '
+                     'set size); 0 means all.')
+  if config.get('evaluate_on', 'test') == 'search_valid':  # model selection: the search split, never the test set
+    images, labels, held_out_images, held_out_labels = data.search_split(ds, config.data.subset)
+  else:
+    if config.data.subset:
+      images, labels = images[:config.data.subset], labels[:config.data.subset]
+    held_out_images, held_out_labels = ds.test_images, ds.test_labels
+  steps = data.num_batches(len(images), config.batch_size, config.max_steps_per_epoch) if train else 0
+  size = config.data.image_size
+
+  def train_batches(epoch: int, start: int) -> Iterator[Batch]:
+    return data.epoch_batches(images, labels, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
+                              start_step=start, max_steps=steps, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+
+  def test_batches(batch_size: int) -> Iterator[EvalBatch]:
+    return loop.eval_batches(held_out_images, held_out_labels, batch_size, jax.process_index(), jax.process_count())
+
+  train_preprocess, eval_preprocess = (
+      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
+      for augment in (config.data.augment, False))
+  return RetrainData(name=ds.name, num_classes=ds.num_classes,
+                     image_shape=(size, size, images.shape[-1]) if size else images.shape[1:],
+                     num_train=len(images), num_test=len(held_out_images), steps_per_epoch=steps,
+                     train_preprocess=train_preprocess, eval_preprocess=eval_preprocess, train_batches=train_batches,
+                     test_batches=test_batches)
+
+
+def _imagenet_data(config: ml_collections.ConfigDict, data_dir: str | None, train: bool) -> RetrainData:
+  cfg = config.data
+  if not 0 < cfg.image_size <= cfg.resize:
+    raise ValueError(f'data.image_size ({cfg.image_size}) must be positive and at most data.resize ({cfg.resize}).')
+  if cfg.workers < 0 or cfg.threads < 0:
+    raise ValueError(f'data.workers ({cfg.workers}) and data.threads ({cfg.threads}) must be non-negative.')
+  root = imagenet.data_root(data_dir or cfg.dir or None)
+  val = imagenet.open_split(root, 'val')
+  pipeline, steps, num_train = None, 0, 0
+  if train:
+    train_split = imagenet.open_split(root, 'train')
+    imagenet.check_classes(train_split, val, root, cfg.num_classes)
+    num_train = len(train_split)
+    steps = imagenet.num_train_batches(num_train, config.batch_size, config.max_steps_per_epoch)
+    pipeline = imagenet.TrainBatches(
+        train_split, batch_size=config.batch_size, steps_per_epoch=steps, num_epochs=config.num_epochs,
+        seed=config.seed, image_size=cfg.image_size, resize=cfg.resize, augment=cfg.augment,
+        process_index=jax.process_index(), process_count=jax.process_count(), workers=cfg.workers,
+        threads=cfg.threads)
+  elif len(val.class_names) != cfg.num_classes:
+    raise ValueError(f'{root} holds {len(val.class_names)} classes but data.num_classes={cfg.num_classes}.')
+
+  def test_batches(batch_size: int) -> Iterator[EvalBatch]:
+    return imagenet.eval_batches(val, batch_size, image_size=cfg.image_size, resize=cfg.resize,
+                                 process_index=jax.process_index(), process_count=jax.process_count(),
+                                 workers=cfg.workers, threads=cfg.threads)
+
+  # Augmented on the host: the device only normalises.
+  preprocess = data.make_preprocess(imagenet.MEAN, imagenet.STD, axis_name=AXIS_NAME)
+  return RetrainData(name=IMAGENET, num_classes=cfg.num_classes, image_shape=image_shape(config),
+                     num_train=num_train, num_test=len(val), steps_per_epoch=steps, train_preprocess=preprocess,
+                     eval_preprocess=preprocess, train_batches=pipeline or (lambda epoch, start: iter(())),
+                     test_batches=test_batches, top5=True, close=pipeline.close if pipeline else lambda: None)
+
+
 def class_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The names of the classes the network of `config` predicts, by output index."""
+  """The names of the classes the network of `config` predicts, by output index (ImageNet: their indices; the
+  class directories name them)."""
+  if is_imagenet(config):
+    return [str(i) for i in range(config.data.num_classes)]
   names = data.class_names(config.data.name)
   return [names[c] for c in dataset_classes(config)] or names
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """(H, W, C) of the network's input: the dataset's images, resized to ``data.image_size`` if set."""
+  """(H, W, C) of the network's input: the dataset's images, resized to ``data.image_size`` if set (ImageNet: the
+  crop)."""
+  if is_imagenet(config):
+    return config.data.image_size, config.data.image_size, 3
   h, w, c = data.DATASETS[config.data.name].image_shape
   size = config.data.image_size
   return (size, size, c) if size else (h, w, c)
@@ -189,7 +340,7 @@ class Restored:
   """A retrain workdir's run: its config, genotype, network (without an axis name) and latest checkpoint."""
   config: ml_collections.ConfigDict
   genotype: genotypes.Genotype
-  model: NetworkCIFAR
+  model: Network
   state: TrainState
   step: int
   epoch: int
@@ -215,8 +366,7 @@ def restore_workdir(workdir: str | os.PathLike[str]) -> Restored:
     raise ValueError(f'{workdir} is not a retrain workdir: its config.json has no genotype (a search workdir? '
                      'retrain its genotype with run_retrain.py --config.genotype=WORKDIR).')
   genotype = load_genotype(str(workdir))
-  num_classes = len(dataset_classes(config)) or data.DATASETS[config.data.name].num_classes
-  model = create_model(config, genotype, num_classes, axis_name=None)
+  model = create_model(config, genotype, num_classes(config), axis_name=None)
   tx, _ = create_optimizer(config, steps_per_epoch=1)  # only the optimizer state's structure matters
   # The restore target needs shapes only, except for the PRNG key, whose implementation orbax reads from it.
   rng = jax.random.key(config.seed)
@@ -279,7 +429,8 @@ def load_initial_weights(spec: str, config: ml_collections.ConfigDict, genotype:
     loaded = {'params': source.params, 'batch_stats': source.batch_stats}
   elif path.is_file():
     loaded = convert.from_torch_state_dict(convert.load_torch_checkpoint(path), genotype=genotype,
-                                           C=config.model.init_channels, layers=config.model.layers, network='cifar')
+                                           C=config.model.init_channels, layers=config.model.layers,
+                                           network='imagenet' if is_imagenet(config) else 'cifar')
   else:
     raise FileNotFoundError(f'init_from={spec} does not exist: pass a PyTorch checkpoint (.pt) of the original code '
                             'or a retrain workdir.')
@@ -310,7 +461,7 @@ class TrainState(flax.struct.PyTreeNode):
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
-def create_train_state(rng: jax.Array, model: NetworkCIFAR, image_shape: tuple[int, int, int],
+def create_train_state(rng: jax.Array, model: Network, image_shape: tuple[int, int, int],
                        tx: optax.GradientTransformation) -> TrainState:
   """Initialises the weights (PyTorch's default init), BN statistics and optimizer state.
 
@@ -329,18 +480,23 @@ def create_train_state(rng: jax.Array, model: NetworkCIFAR, image_shape: tuple[i
                     opt_state=tx.init(params), rng=step_key, tx=tx)
 
 
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def _cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, preprocess: Preprocess, *, cutout: int,
-                    auxiliary_weight: float) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+def make_train_step(model: Network, schedule: optax.Schedule, preprocess: Preprocess, *, cutout: int,
+                    auxiliary_weight: float, label_smoothing: float = 0.0
+                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Builds ``train_step(state, batch, drop_path_prob) -> (state, metrics)``.
 
   The step prepares the uint8 batch on device with `preprocess` (`data.make_preprocess`: augmentation,
   resizing, normalisation) and cutout of side `cutout` if > 0 (`make_cutout`), computes
   ``CE(logits) + auxiliary_weight · CE(logits_aux)`` in training mode with drop path ``drop_path_prob`` (a traced
-  scalar), and applies ``state.tx``. Jit it, or pmap it with ``axis_name=model.axis_name`` and
+  scalar), and applies ``state.tx``. With `label_smoothing` ε > 0 both cross-entropies are against the smoothed
+  targets ``(1 - ε) onehot + ε / K`` (the original's ``CrossEntropyLabelSmooth`` on ImageNet). Jit it, or pmap it with ``axis_name=model.axis_name`` and
   ``in_axes=(0, 0, None)`` (and `preprocess` built with the same axis name): BN statistics and gradients are then
   global, random draws per example, and the step equals a single-device step on the global batch.
 
@@ -366,9 +522,9 @@ def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, preprocess: P
       (logits, logits_aux), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, x, train=True, drop_path_prob=drop_path_prob,
           rngs={'dropout': dropout_key}, mutable=['batch_stats'])
-      loss = _cross_entropy(logits, labels)
+      loss = _cross_entropy(logits, labels, label_smoothing)
       if logits_aux is not None:
-        loss += auxiliary_weight * _cross_entropy(logits_aux, labels)
+        loss += auxiliary_weight * _cross_entropy(logits_aux, labels, label_smoothing)
       return loss, (logits, updates['batch_stats'])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -386,11 +542,12 @@ def make_train_step(model: NetworkCIFAR, schedule: optax.Schedule, preprocess: P
   return train_step
 
 
-def make_eval_step(model: NetworkCIFAR, preprocess: Preprocess) -> Callable[[TrainState, EvalBatch], Metrics]:
+def make_eval_step(model: Network, preprocess: Preprocess, top5: bool = False) -> Callable[[TrainState, EvalBatch], Metrics]:
   """Builds ``eval_step(state, (images, labels, mask)) -> sums``: the network in evaluation mode (BN with running
   statistics, no drop path, no auxiliary head) on uint8 images prepared by `preprocess` (built without
   augmentation). ``mask`` (1 for real examples, 0 for padding) lets the last batch be padded. Returns ``loss_sum``,
-  ``correct`` and ``count``, summed over devices under ``pmap``."""
+  ``correct``, ``count`` and with `top5` ``correct_top5`` (label among the 5 largest logits), summed over devices
+  under ``pmap``."""
   axis_name = model.axis_name
 
   def eval_step(state: TrainState, batch: EvalBatch) -> Metrics:
@@ -402,6 +559,9 @@ def make_eval_step(model: NetworkCIFAR, preprocess: Preprocess) -> Callable[[Tra
         'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
         'count': jnp.sum(mask),
     }
+    if top5:
+      top = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+      sums['correct_top5'] = jnp.sum(jnp.any(top == labels[:, None], axis=-1) * mask)
     return sums if axis_name is None else jax.lax.psum(sums, axis_name)
 
   return eval_step
@@ -421,6 +581,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'freeze_epochs must be in [0, num_epochs={config.num_epochs}], got {config.freeze_epochs}.')
   if config.get('evaluate_on', 'test') not in ('test', 'search_valid'):
     raise ValueError(f"evaluate_on must be 'test' or 'search_valid', got {config.evaluate_on!r}.")
+  if config.get('evaluate_on', 'test') == 'search_valid' and is_imagenet(config):
+    raise ValueError("evaluate_on='search_valid' needs a dataset held in memory, not ImageNet's JPEGs.")
   if config.get('freeze_epochs', 0) and not config.get('init_from'):
     raise ValueError('freeze_epochs needs init_from: freezing freshly initialised cells trains a random-feature model.')
 
@@ -453,34 +615,20 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     loop.Preempted: a signal stopped the training after a checkpoint.
   """
   # The genotype is compared as parsed (below), not as the text that named it.
-  workdir = loop.prepare_workdir(workdir, config, loop.RESUMABLE_KEYS | {'genotype'})
+  workdir = loop.prepare_workdir(workdir, config, loop.RESUMABLE_KEYS | RESUMABLE_KEYS)
   _check_config(config)
   genotype = load_genotype(config.genotype)
   _check_same_genotype(workdir, genotype)
 
-  ds = load_data(config)
-  train_images, train_labels = ds.train_images, ds.train_labels
-  if not 0 <= config.data.subset <= len(train_images):
-    raise ValueError(f'data.subset={config.data.subset} must be in [0, {len(train_images)}] (the {ds.name} training '
-                     'set size); 0 means all.')
-  selection = config.get('evaluate_on', 'test') == 'search_valid'
-  if selection:  # model selection: the search split's halves, never the test set
-    train_images, train_labels, test_images, test_labels = data.search_split(ds, config.data.subset)
-  else:
-    if config.data.subset:
-      train_images, train_labels = train_images[:config.data.subset], train_labels[:config.data.subset]
-    test_images, test_labels = ds.test_images, ds.test_labels
-  split = 'valid' if selection else 'test'
-  batch_size = config.batch_size
-  steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
-  logging.info('%s: %d training / %d %s images, %d steps of %d per epoch, %d devices.', ds.name,
-               len(train_images), len(test_images), split, steps_per_epoch, batch_size, jax.device_count())
+  inputs = open_data(config)
+  split = 'valid' if config.get('evaluate_on', 'test') == 'search_valid' else 'test'  # the held-out images
+  batch_size, steps_per_epoch = config.batch_size, inputs.steps_per_epoch
+  logging.info('%s: %d training / %d %s images, %d steps of %d per epoch, %d devices.', inputs.name,
+               inputs.num_train, inputs.num_test, split, steps_per_epoch, batch_size, jax.device_count())
 
-  model = create_model(config, genotype, ds.num_classes)
+  model = create_model(config, genotype, inputs.num_classes)
   tx, schedule = create_optimizer(config, steps_per_epoch)
-  size = config.data.image_size
-  input_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
-  state = create_train_state(jax.random.key(config.seed), model, input_shape, tx)
+  state = create_train_state(jax.random.key(config.seed), model, inputs.image_shape, tx)
   if config.get('init_from'):  # on resume the checkpoint replaces it, as any initial state
     params, batch_stats = load_initial_weights(config.init_from, config, genotype, state.params, state.batch_stats)
     state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
@@ -488,28 +636,25 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   logging.info('Genotype %s: %d parameters (%.3f MB) without the auxiliary head.', genotype, num_params,
                num_params / 1e6)
 
-  train_preprocess, eval_preprocess = (
-      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
-      for augment in (config.data.augment, False))
-  p_step = jax.pmap(make_train_step(model, schedule, train_preprocess, cutout=config.data.cutout,
-                                    auxiliary_weight=config.auxiliary_weight),
+  p_step = jax.pmap(make_train_step(model, schedule, inputs.train_preprocess, cutout=config.data.get('cutout', 0),
+                                    auxiliary_weight=config.auxiliary_weight,
+                                    label_smoothing=config.get('label_smoothing', 0.0)),
                     axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
-  p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
+  p_eval = jax.pmap(make_eval_step(model, inputs.eval_preprocess, top5=inputs.top5), axis_name=AXIS_NAME)
 
   def drop_path_prob(epoch: int) -> float:
     # The original sets model.drop_path_prob = drop_path_prob * epoch / epochs before each epoch.
     return config.model.drop_path_prob * epoch / config.num_epochs
 
   def epoch_batches(epoch: int, start: int) -> Iterator[Any]:
-    batches = data.epoch_batches(train_images, train_labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
-                                 start_step=start, max_steps=steps_per_epoch, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-    return (parallel.shard(b, AXIS_NAME) for b in batches)
+    return (parallel.shard(b, AXIS_NAME) for b in inputs.train_batches(epoch, start))
 
   def evaluate(epoch: int, step: int, r_state: TrainState, state: TrainState) -> dict[str, Any]:
     del state
-    test = loop.evaluate(p_eval, r_state, test_images, test_labels, batch_size, AXIS_NAME)
-    return {f'{split}_loss': test['loss'], f'{split}_accuracy': test['accuracy'], 'lr': float(schedule(step - 1)),
+    test = loop.evaluate_batches(p_eval, r_state, inputs.test_batches(batch_size), AXIS_NAME)
+    top5 = {'test_top5': test['top5']} if inputs.top5 else {}
+    return {f'{split}_loss': test['loss'], f'{split}_accuracy': test['accuracy'], **top5,
+            'lr': float(schedule(step - 1)),
             'drop_path_prob': drop_path_prob(epoch)}
 
   if jax.process_index() == 0:
@@ -522,7 +667,10 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
       after_epoch=lambda *_: curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png')),
       interval_entries=lambda epoch: {'drop_path_prob': drop_path_prob(epoch)},
       divergence_advice='Lower the learning_rate or change the seed.')
-  outcome = loop.train(task, config, workdir)
+  try:
+    outcome = loop.train(task, config, workdir)
+  finally:
+    inputs.close()
 
   results = {
       f'{split}_accuracy': outcome.record[f'{split}_accuracy'],
@@ -531,11 +679,13 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
       'epochs': config.num_epochs,
       'steps': outcome.step,
       'wall_time_s': outcome.wall_time_s,
-      'dataset': ds.name,
+      'dataset': inputs.name,
       'genotype': json.loads(genotypes.genotype_to_json(genotype)),
   }
+  if inputs.top5:
+    results['test_top5'] = outcome.record['test_top5']
   if jax.process_index() == 0:
     reporting.write_json(workdir / RESULTS_FILE, results)
-    logging.info('%s accuracy %.4f after %d epochs; results in %s.', split, results[f'{split}_accuracy'], config.num_epochs,
-                 workdir / RESULTS_FILE)
+    logging.info('%s accuracy %.4f after %d epochs; results in %s.', split, results[f'{split}_accuracy'],
+                 config.num_epochs, workdir / RESULTS_FILE)
   return results

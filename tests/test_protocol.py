@@ -88,10 +88,16 @@ def test_bad_configs_stop_before_any_run(stand_ins, tmp_path):
   config.selection.evaluate_on = 'test'
   with pytest.raises(ValueError, match="selection.evaluate_on must be 'search_valid'"):
     protocol.protocol(config, tmp_path / 'a')
+  assert not (tmp_path / 'a').exists()
   protocol.protocol(_config(), tmp_path / 'b')
-  with pytest.raises(ValueError, match=r'another configuration \(repeats: 3 -> 4\)'):
-    protocol.protocol(_config(repeats=4), tmp_path / 'b')
+  changed = _config()
+  changed.final.num_epochs = 4
+  with pytest.raises(ValueError, match=r'another configuration \(final.num_epochs: 3 -> 4\)'):
+    protocol.protocol(changed, tmp_path / 'b')
   assert stand_ins.calls.count(('search', 3)) == 1
+  stand_ins.calls.clear()
+  assert len(protocol.protocol(_config(repeats=4), tmp_path / 'b')['final']) == 4  # one more repeat, the rest kept
+  assert [c[3] for c in stand_ins.calls] == ['repeat_3']
 
 
 def test_selection_retraining_trains_and_scores_on_the_search_split_only(data_dir, tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ workdir)` therefore runs, on the task functions of the single-run tools (`tasks.
 
 Every run is resumable as its own tool's is: running the same command again skips finished stages and runs (a
 search with its summary, a retraining with its ``results.json``) and resumes an interrupted one from its latest
-checkpoint; a changed configuration is refused before anything runs.
+checkpoint; a changed configuration is refused before anything runs, except ``repeats``: more repeats train only
+the new ones.
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ _STAGE_CONFIGS = ('search', 'selection', 'final')
 
 def _resumable_keys() -> frozenset[str]:
   # What may change on resume in a stage's run may change in the protocol's config too; the genotypes are the
-  # protocol's to set.
-  return frozenset({'compilation_cache_dir', 'selection.genotype', 'final.genotype'}
+  # protocol's to set; more (or fewer) repeats add runs (or summarise the first ones) without changing any.
+  return frozenset({'compilation_cache_dir', 'repeats', 'selection.genotype', 'final.genotype'}
                    | {f'{stage}.{key}' for stage in _STAGE_CONFIGS for key in loop.RESUMABLE_KEYS})
 
 
@@ -94,8 +95,8 @@ def protocol(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str])
     As `tasks.search.search` and `tasks.retrain.retrain`; `loop.ConfigMismatchError` for a workdir of another
     protocol configuration.
   """
-  workdir = loop.prepare_workdir(workdir, config, _resumable_keys())
   _check_config(config)
+  workdir = loop.prepare_workdir(workdir, config, _resumable_keys())
   is_main = jax.process_index() == 0
   if is_main:
     (workdir / loop.CONFIG_FILE).write_text(config_utils.config_to_json(config) + '\n')

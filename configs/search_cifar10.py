@@ -66,6 +66,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.early_stopping.max_skip = 2  # darts_plus: stop at this many skip_connect ops in the normal cell
   config.early_stopping.patience = 10  # stability: stop after this many epochs without a change of architecture
 
+  config.cost = ml_collections.ConfigDict()  # resource-aware search (darts_jax.cnn.cost); off with weight 0
+  config.cost.metric = 'macs'  # params | macs | latency (ms, measured on this device): the cost of each choice
+  config.cost.weight = 0.0  # lambda of the cost term in the validation loss; 0: none (the paper)
+  config.cost.form = 'linear'  # linear: lambda*E/target | hinge: lambda*max(0, E/target - 1) | mnasnet
+  config.cost.target = 0.0  # E's target, in the metric's unit (parameters, multiply-adds, ms); needed with weight > 0
+  config.cost.mnasnet_alpha = -0.07  # mnasnet: -lambda*w*log(E/target), w = alpha if E <= target else beta
+  config.cost.mnasnet_beta = -0.07
+  config.cost.latency_cache = ''  # latency tables; '': $DARTS_JAX_CACHE/latency or ~/.cache/darts_jax/latency
+  config.cost.eval_init_channels = 36  # each epoch's genotype is also costed as the retrain network of this C
+  config.cost.eval_layers = 20  # and this many cells (configs/retrain_cifar10.py's)
+
   config.log_every_steps = 50
   config.checkpoint_every_minutes = 10.0  # 0: only at the end of every epoch
   config.keep_checkpoints = 3

@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.diagnostics.hessian_batches = 1
   config.diagnostics.hessian_iterations = 8
   config.diagnostics.hessian_method = 'fd'
+  config.cost.eval_init_channels = 8  # configs/retrain_quick.py's network
+  config.cost.eval_layers = 5
   config.log_every_steps = 10
   config.checkpoint_every_minutes = 1.0
   return config

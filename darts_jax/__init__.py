@@ -3,7 +3,7 @@
 The package is grouped by concept (docs/architecture.md has the map):
 
 * `darts_jax.cnn`: the CNN search space: primitives (`ops`), the supernet (`supernet`), the retraining networks
-  (`networks`), genotypes and cell diagrams (`genotypes`, `plots`);
+  (`networks`), genotypes and cell diagrams (`genotypes`, `plots`), what a network costs (`cost`, `latency`);
 * `darts_jax.bilevel`: the bilevel core: the generic `hypergradient` and the DARTS search step on the supernet;
 * `darts_jax.dynamics`: the search's dynamics: diagnostics (`darts_jax.diagnostics`, e.g.
   `dominant_hessian_eigenvalue`), early-stopping rules, plots of a run and comparisons of runs;
@@ -15,7 +15,8 @@ The package is grouped by concept (docs/architecture.md has the map):
 * interoperability: `darts_jax.convert` (the original's PyTorch checkpoints), `darts_jax.genotypes` (NNI, pt.darts
   and original genotype formats), `darts_jax.export` (a portable inference artifact);
 * entry points: ``python -m darts_jax.evaluate``, ``python -m darts_jax.genotypes``, ``python -m darts_jax.export``,
-  ``python -m darts_jax.plots``, ``python -m darts_jax.compare``, ``python -m darts_jax.bench``.
+  ``python -m darts_jax.plots``, ``python -m darts_jax.compare``, ``python -m darts_jax.cost``,
+  ``python -m darts_jax.bench``.
 
 This module exports the research API. It imports only jax, flax, optax and numpy; the plotting functions
 (graphviz, matplotlib) are imported on first use.

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from configs import search_quick
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import cost, genotypes
 from darts_jax import data
 from darts_jax.training import loop, optimizers, parallel, reporting
 from darts_jax.bilevel import search_step
@@ -338,6 +338,17 @@ def test_search_writes_the_run_artifacts(reference_run):
   assert {'loss', 'accuracy', 'grad_norm', 'arch_grad_norm', 'lr', 'images_per_s'} <= steps[0].keys()
   # Running means over the epoch's 6 steps, logged in 3 intervals of 2.
   assert epochs[0]['train_loss'] == pytest.approx(np.mean([r['loss'] for r in steps[:3]]))
+  # What the genotypes cost (darts_jax.cnn.cost): at the search's C=4, 3 cells, 16x16, and the retrain network's
+  # C=8, 5 cells at the data's 8x8; in the records, genotypes.jsonl and genotype.json.
+  logged = [genotypes.genotype_from_json(json.dumps(r['genotype'])) for r in lines]
+  for r, line, genotype in zip(epochs, lines, logged):
+    at_search = cost.network_cost(genotype, C=4, layers=3, image_size=16, in_channels=1)
+    at_eval = cost.network_cost(genotype, C=8, layers=5, image_size=8, in_channels=1)
+    assert (r['genotype_params'], r['genotype_macs']) == (at_search.params, at_search.macs)
+    assert (r['genotype_params_eval'], r['genotype_macs_eval']) == (at_eval.params, at_eval.macs)
+    assert (line['cost']['search']['macs'], line['cost']['eval']['params']) == (at_search.macs, at_eval.params)
+    assert 0 < r['expected_macs']  # E[MACs] under the alphas, without a cost term too
+  assert json.loads((workdir / 'genotype.json').read_text())['cost'] == lines[-1]['cost']
 
 
 @pytest.mark.parametrize('method, options', [('unrolled', {'unroll_steps': 2}),

@@ -106,9 +106,12 @@ def test_plots_cli_redraws_a_workdir(runs, capsys):
 
 def test_compare_cli_prints_one_row_per_run_and_writes_the_overlay(runs, capsys, tmp_path):
   root, _, _, _ = runs
-  compare_cli.main([str(root / 'full'), str(root / 'stopped'), '--out', str(tmp_path / 'overlay.png')])
-  header, full, stopped, overlay = capsys.readouterr().out.splitlines()
+  compare_cli.main([str(root / 'full'), str(root / 'stopped'), '--out', str(tmp_path / 'overlay.png'),
+                    '--pareto_out', str(tmp_path / 'pareto.png')])
+  header, full, stopped, overlay, rank_header, *ranked, legend = capsys.readouterr().out.splitlines()
   assert header.split() == list(compare.COLUMNS)
+  assert rank_header.split() == list(compare.RANK_COLUMNS) and len(ranked) == 2 and 'Pareto' in legend
+  assert (tmp_path / 'pareto.png').read_bytes().startswith(b'\x89PNG')
   assert full.split()[:3] == ['full', 'first_order', 'lr_a=0.05'] and '3/3' in full
   assert 'es=darts_es' in stopped and '2/3' in stopped and 'darts_es@2->1' in stopped
   assert overlay == f'overlay: {tmp_path / "overlay.png"}'

@@ -131,7 +131,7 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess: Preprocess, *,
                      hypergradient_method: str, momentum: float = 0.9, weight_decay: float = 3e-4,
                      fd_epsilon: float = 0.01, unroll_steps: int = 1, implicit_iterations: int = 10,
-                     implicit_damping: float = 0.0
+                     implicit_damping: float = 0.0, arch_penalty: Callable[[PyTree], jax.Array] | None = None
                      ) -> Callable[[SearchState, Batch, Batch], tuple[SearchState, Metrics]]:
   """Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)`` (see the module docstring).
 
@@ -155,6 +155,9 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     unroll_steps: for ``'unrolled'``: the number of virtual steps, all on the step's training batch.
     implicit_iterations: for ``'implicit_cg'`` / ``'implicit_neumann'``: CG iterations or Neumann terms.
     implicit_damping: for the implicit methods: added to the diagonal of the training Hessian.
+    arch_penalty: a term ``penalty(alphas)`` of the validation loss besides the cross-entropy (e.g.
+      `darts_jax.cnn.cost.make_cost_penalty`). It depends on the alphas only, so every method's hypergradient of
+      ``L_val + penalty`` is its hypergradient of ``L_val`` plus ``∇_α penalty``.
 
   Returns:
     The step function. ``metrics`` (equal on all devices) are the weight step's ``loss`` and ``accuracy``, the
@@ -194,6 +197,8 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
       return pmean(grads), (loss, aux)
 
     def arch_step(arch_grads):
+      if arch_penalty is not None:  # not through the virtual step: the penalty does not depend on w
+        arch_grads = jax.tree.map(jnp.add, arch_grads, jax.grad(arch_penalty)(state.alphas))
       arch_updates, arch_opt_state = state.arch_tx.update(arch_grads, state.arch_opt_state, state.alphas)
       return optax.apply_updates(state.alphas, arch_updates), arch_opt_state
 

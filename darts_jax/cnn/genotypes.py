@@ -429,7 +429,8 @@ def genotype_from_json(text: str) -> Genotype:
     )
   if _is_nni(obj):
     return genotype_from_nni(obj)
-  return _genotype_from_fields(obj, 'genotype JSON')
+  # A search's genotype.json also records what the genotype costs (darts_jax.cnn.cost): not part of the genotype.
+  return _genotype_from_fields({k: v for k, v in obj.items() if k != 'cost'}, 'genotype JSON')
 
 
 def _is_nni(obj: Mapping[str, Any]) -> bool:

@@ -27,8 +27,8 @@ It writes to `workdir`:
   epoch's steps), ``test_loss``/``test_accuracy`` (whole test set, BN with running statistics), ``lr``,
   ``drop_path_prob`` and ``epoch_time_s``;
 * ``curves.png`` (updated every epoch) and, at the end, ``results.json``: ``test_accuracy``, ``test_loss``,
-  ``params`` (without the auxiliary head, like the original's count), ``epochs``, ``steps``, ``wall_time_s`` (over
-  all resumes), ``dataset``, ``genotype``;
+  ``params`` (without the auxiliary head, like the original's count), ``macs`` (multiply-adds of one image,
+  `darts_jax.cnn.cost`), ``epochs``, ``steps``, ``wall_time_s`` (over all resumes), ``dataset``, ``genotype``;
 * ``checkpoints/``: the `TrainState` and the position in the data after every epoch and every
   ``checkpoint_every_minutes``.
 
@@ -64,7 +64,7 @@ import optax
 from absl import logging
 
 from darts_jax import convert, data
-from darts_jax.cnn import genotypes, ops
+from darts_jax.cnn import cost, genotypes, ops
 from darts_jax.cnn.networks import AUXILIARY, NetworkCIFAR, NetworkImageNet, count_params
 from darts_jax.data import imagenet
 from darts_jax.data.augment import Preprocess
@@ -633,8 +633,11 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     params, batch_stats = load_initial_weights(config.init_from, config, genotype, state.params, state.batch_stats)
     state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
   num_params = count_params(state.params)
-  logging.info('Genotype %s: %d parameters (%.3f MB) without the auxiliary head.', genotype, num_params,
-               num_params / 1e6)
+  macs = cost.network_cost(genotype, network='imagenet' if is_imagenet(config) else 'cifar',
+                           C=config.model.init_channels, layers=config.model.layers, num_classes=inputs.num_classes,
+                           image_size=tuple(inputs.image_shape[:2]), in_channels=inputs.image_shape[-1]).macs
+  logging.info('Genotype %s: %d parameters (%.3f MB) without the auxiliary head, %.1fM multiply-adds.', genotype,
+               num_params, num_params / 1e6, macs / 1e6)
 
   p_step = jax.pmap(make_train_step(model, schedule, inputs.train_preprocess, cutout=config.data.get('cutout', 0),
                                     auxiliary_weight=config.auxiliary_weight,
@@ -676,6 +679,7 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
       f'{split}_accuracy': outcome.record[f'{split}_accuracy'],
       f'{split}_loss': outcome.record[f'{split}_loss'],
       'params': num_params,
+      'macs': macs,  # of an image at inference (darts_jax.cnn.cost: convolutions and the classifier)
       'epochs': config.num_epochs,
       'steps': outcome.step,
       'wall_time_s': outcome.wall_time_s,

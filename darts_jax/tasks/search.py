@@ -14,9 +14,16 @@ writes to `workdir`:
   ``unchanged_epochs``, ``skip_connect_normal``, and with ``diagnostics.hessian_iterations > 0``
   ``hessian_eigenvalue`` (dominant eigenvalue of ``∇²_α L_val`` on ``diagnostics.hessian_batches`` fixed
   validation batches, `darts_jax.dynamics.hessian`) and ``alpha_grad_norm`` (``‖∇_α L_val‖`` on the same batches);
+  the parameters and multiply-adds of the derived genotype's network at the search's C, cells and image size
+  (``genotype_params``, ``genotype_macs``) and at the retrain network's ``cost.eval_init_channels`` and
+  ``cost.eval_layers`` on the dataset's image size (``genotype_params_eval``, ``genotype_macs_eval``), and
+  ``expected_<cost.metric>``, the cost term's expected cost under the current alphas (`darts_jax.cnn.cost`);
   then ``lr`` and ``epoch_time_s``;
-* ``genotypes.jsonl`` and ``alphas.jsonl``: the genotype derived and the alphas after every epoch;
-* at the end ``genotype.json`` (the final genotype), ``alphas.npz`` (``normal``, ``reduce``), the cell plots
+* ``genotypes.jsonl`` and ``alphas.jsonl``: the genotype derived (with its ``cost`` as in ``genotype.json``) and the
+  alphas after every epoch;
+* ``cost_model.json``: the cost of every choice of the supernet in ``cost.metric`` (`cost.ArchitectureCost`);
+* at the end ``genotype.json`` (the final genotype, and under ``cost`` its network's parameters and multiply-adds
+  at the search's and the retrain network's size), ``alphas.npz`` (``normal``, ``reduce``), the cell plots
   ``normal.png``/``reduce.png`` (and their graphviz ``.dot`` sources), ``curves.png`` and the plots of the
   dynamics ``convergence.png``, ``alphas.png`` and ``alphas_evolution.png`` (`darts_jax.dynamics.plots`);
 * after an early stop (``early_stopping.rule``, `darts_jax.dynamics.early_stopping`) ``early_stop.json`` (rule,
@@ -54,7 +61,7 @@ from absl import logging
 from darts_jax import data
 from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, arch_optimizer, create_search_state,
                                           make_eval_step, make_search_step)
-from darts_jax.cnn import genotypes, plots
+from darts_jax.cnn import cost, genotypes, plots
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
 from darts_jax.dynamics import diagnostics, early_stopping, hessian, run_files
@@ -66,10 +73,13 @@ GENOTYPES_FILE = 'genotypes.jsonl'
 ALPHAS_FILE = run_files.ALPHAS_FILE
 EARLY_STOP_FILE = run_files.EARLY_STOP_FILE
 DIVERGENCE_ADVICE = 'Lower the learning rates (learning_rate, arch_learning_rate) or change the seed.'
+COST_MODEL_FILE = 'cost_model.json'
 
 
-def _write_final_artifacts(workdir: Path, alphas: dict[str, np.ndarray], genotype: genotypes.Genotype) -> None:
-  reporting.write_json(workdir / 'genotype.json', json.loads(genotypes.genotype_to_json(genotype)))
+def _write_final_artifacts(workdir: Path, alphas: dict[str, np.ndarray], genotype: genotypes.Genotype,
+                           genotype_cost: dict[str, Any]) -> None:
+  reporting.write_json(workdir / 'genotype.json',
+                       {**json.loads(genotypes.genotype_to_json(genotype)), 'cost': genotype_cost})
   np.savez(workdir / 'alphas.npz', normal=alphas['normal'], reduce=alphas['reduce'])
   plots.plot_genotype(genotype, f'{workdir}{os.sep}')
   curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
@@ -93,6 +103,62 @@ def _check_dynamics_config(config: ml_collections.ConfigDict) -> None:
                      '> 0.')
 
 
+def _check_cost_config(config: ml_collections.ConfigDict) -> None:
+  c = config.cost
+  if c.metric not in cost.METRICS or c.form not in cost.PENALTY_FORMS:
+    raise ValueError(f'cost.metric ({c.metric!r}) must be one of {", ".join(cost.METRICS)} and cost.form '
+                     f'({c.form!r}) one of {", ".join(cost.PENALTY_FORMS)}.')
+  if c.weight < 0 or (c.weight > 0 and not c.target > 0):
+    raise ValueError(f'cost.weight ({c.weight}) must be >= 0, and with a cost term cost.target ({c.target}) positive '
+                     f'(in the metric\'s unit: {c.metric}).')
+  if c.eval_init_channels < 1 or c.eval_layers < 1:
+    raise ValueError(f'cost.eval_init_channels ({c.eval_init_channels}) and cost.eval_layers ({c.eval_layers}) must '
+                     'be positive.')
+
+
+def _genotype_cost(genotype: genotypes.Genotype, config: ml_collections.ConfigDict, num_classes: int,
+                   image_shape: tuple[int, ...], native_size: int) -> dict[str, Any]:
+  """Parameters and multiply-adds of the genotype's network at the search network's C, cells and image size, and
+  at the retrain network's (``cost.eval_*``, on the dataset's own image size)."""
+  def at(C, layers, size, stem_multiplier=3):
+    total = cost.network_cost(genotype, C=C, layers=layers, num_classes=num_classes, image_size=size,
+                              in_channels=image_shape[-1], stem_multiplier=stem_multiplier)
+    return {'C': C, 'layers': layers, 'image_size': size, 'params': total.params, 'macs': total.macs}
+  return {'search': at(config.model.init_channels, config.model.layers, image_shape[0], config.model.stem_multiplier),
+          'eval': at(config.cost.eval_init_channels, config.cost.eval_layers, native_size)}
+
+
+def _architecture_cost(config: ml_collections.ConfigDict, workdir: Path, num_classes: int,
+                       image_shape: tuple[int, ...]) -> cost.ArchitectureCost:
+  """The cost of every choice of the supernet in ``cost.metric`` (`cost.architecture_cost`). Saved in the workdir
+  and read back on resume, so that a resumed run uses the latencies its start measured; with several processes,
+  process 0's."""
+  path = workdir / COST_MODEL_FILE
+  if path.is_file():
+    saved = json.loads(path.read_text())
+    return cost.ArchitectureCost({k: np.asarray(v) for k, v in saved['tables'].items()}, np.asarray(saved['keep']),
+                                 saved['fixed'])
+  network = dict(C=config.model.init_channels, layers=config.model.layers, num_classes=num_classes,
+                 image_size=tuple(image_shape[:2]), in_channels=image_shape[-1], steps=config.model.steps,
+                 multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier)
+  if config.cost.metric == 'latency':
+    from darts_jax.cnn import latency  # pylint: disable=import-outside-toplevel
+    table = latency.LatencyTable(config.cost.latency_cache or None, depthwise_impl=config.model.depthwise_impl)
+    arch = latency.architecture_latency(table, **network)
+    table.save()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      tables, fixed = multihost_utils.broadcast_one_to_all((dict(arch.tables), np.float64(arch.fixed)))
+      arch = cost.ArchitectureCost({k: np.asarray(v) for k, v in tables.items()}, arch.keep, float(fixed))
+  else:
+    arch = cost.architecture_cost(lambda unit: getattr(cost.unit_cost(unit), config.cost.metric), **network)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(path, {'metric': config.cost.metric, 'fixed': arch.fixed, 'keep': arch.keep.tolist(),
+                                'tables': {k: v.tolist() for k, v in arch.tables.items()}})
+  return arch
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for an invalid search config, before any work."""
   parallel.check_batch_size(config.batch_size)
@@ -110,6 +176,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if config.get('num_seeds', 1) < 1:
     raise ValueError(f'num_seeds must be positive, got {config.num_seeds}.')
   _check_dynamics_config(config)
+  _check_cost_config(config)
 
 
 def _fixed_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, count: int) -> tuple[np.ndarray, ...]:
@@ -145,17 +212,35 @@ def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset,
   return model, schedule, create_search_state(jax.random.key(config.seed), model, image_shape, weight_tx, arch_tx)
 
 
-def _make_steps(config: ml_collections.ConfigDict, model: SearchNetwork, schedule: optax.Schedule,
-                ds: data.Dataset) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any] | None]:
-  """The search step, the evaluation step and the Hessian step (None without ``diagnostics.hessian_iterations``)
-  of `config`, before ``pmap``: `search` runs them as they are, `search_seeds` vmapped over seeds."""
+def _cost_terms(config: ml_collections.ConfigDict, workdir: Path, ds: data.Dataset, image_shape: tuple[int, ...]
+                ) -> tuple[cost.ArchitectureCost | None, Callable[[genotypes.Genotype], dict[str, Any]], Any]:
+  """The supernet's cost table (None for latency without a cost term: E[cost] is logged every epoch, latency only
+  with a cost term, which measures its table), the genotypes' cost and the cost term's penalty (None without it)."""
+  with_cost_term = config.cost.weight > 0
+  arch_cost = (_architecture_cost(config, workdir, ds.num_classes, image_shape)
+               if with_cost_term or config.cost.metric != 'latency' else None)
+  genotype_cost = lambda genotype: _genotype_cost(genotype, config, ds.num_classes, image_shape,
+                                                  ds.train_images.shape[1])
+  arch_penalty = None if not with_cost_term else cost.make_cost_penalty(
+      arch_cost, target=config.cost.target, form=config.cost.form, weight=config.cost.weight,
+      mnasnet_alpha=config.cost.mnasnet_alpha, mnasnet_beta=config.cost.mnasnet_beta)
+  return arch_cost, genotype_cost, arch_penalty
+
+
+def _make_steps(config: ml_collections.ConfigDict, model: SearchNetwork, schedule: optax.Schedule, ds: data.Dataset,
+                arch_penalty: Any = None
+                ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any] | None]:
+  """The search step (with the cost term's `arch_penalty`), the evaluation step and the Hessian step (None without
+  ``diagnostics.hessian_iterations``) of `config`, before ``pmap``: `search` runs them as they are, `search_seeds`
+  vmapped over seeds."""
   train_preprocess, eval_preprocess = (
       data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=config.data.image_size, axis_name=AXIS_NAME)
       for augment in (config.data.augment, False))
   search_step = make_search_step(
       model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
       weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
-      implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping)
+      implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping,
+      arch_penalty=arch_penalty)
   hessian_step = None
   if config.diagnostics.hessian_iterations:
     hessian_step = hessian.make_hessian_step(model, eval_preprocess, config.diagnostics.hessian_iterations,
@@ -195,8 +280,8 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   size = config.data.image_size
   image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
   model, schedule, state = _create_model_and_state(config, ds, image_shape, steps_per_epoch)
-
-  search_step, eval_step, hessian_step = _make_steps(config, model, schedule, ds)
+  arch_cost, genotype_cost, arch_penalty = _cost_terms(config, workdir, ds, image_shape)
+  search_step, eval_step, hessian_step = _make_steps(config, model, schedule, ds, arch_penalty)
   p_step = jax.pmap(search_step, axis_name=AXIS_NAME, donate_argnums=(0,))
   p_eval = jax.pmap(eval_step, axis_name=AXIS_NAME)
   hessian_iterations = config.diagnostics.hessian_iterations
@@ -232,6 +317,12 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     history.append(derive(_host_alphas(state.alphas)))
     entries = {'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
                **diagnostics.epoch_diagnostics(state.alphas, history)}
+    costs = genotype_cost(history[-1])
+    entries.update({f'genotype_{k}{suffix}': costs[net][k] for net, suffix in (('search', ''), ('eval', '_eval'))
+                    for k in ('params', 'macs')})
+    if arch_cost is not None:  # the cost term's E[cost] under the current alphas (also without the term)
+      weights = diagnostics.softmax_weights(_host_alphas(state.alphas))
+      entries[f'expected_{config.cost.metric}'] = float(cost.expected_cost(weights, arch_cost))
     if hessian_iterations:
       values = jax.device_get(p_hessian(r_state, hessian_batches))  # equal on every device: device 0's
       entries.update({k: float(np.asarray(v)[0]) for k, v in values.items()})
@@ -242,7 +333,8 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     genotype = derive(_host_alphas(state.alphas))
     logging.info('Genotype: %s', genotype)
     reporting.append_jsonl(workdir / GENOTYPES_FILE, {
-        'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(genotype))})
+        'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(genotype)),
+        'cost': genotype_cost(genotype)})
     reporting.append_jsonl(workdir / ALPHAS_FILE, {
         'step': step, 'epoch': epoch + 1, **{k: v.tolist() for k, v in _host_alphas(state.alphas).items()}})
 
@@ -267,6 +359,6 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
           'rule': config.early_stopping.rule, 'reason': outcome.stop_reason, 'stop_epoch': stop_epoch,
           'step': outcome.step, 'kept_epoch': kept})
     genotype = derive(alphas)
-    _write_final_artifacts(workdir, alphas, genotype)
+    _write_final_artifacts(workdir, alphas, genotype, genotype_cost(genotype))
     logging.info('Final genotype: %s', genotype)
   return outcome.state

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from absl import logging
 
 from darts_jax import data
 from darts_jax.bilevel.search_step import SearchState, create_search_state
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import cost, genotypes
 from darts_jax.dynamics import diagnostics, early_stopping, run_files
 from darts_jax.tasks import search
 from darts_jax.training import config_utils, loop, parallel, reporting
@@ -147,7 +148,10 @@ def search_seeds(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
                                           first.arch_tx) for s in range(1, num_seeds)]
   state = SeedsState(step=first.step, seeds=jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
 
-  search_step, eval_step, hessian_step = search._make_steps(config, model, schedule, ds)  # pylint: disable=protected-access
+  arch_cost, genotype_cost, arch_penalty = search._cost_terms(  # pylint: disable=protected-access
+      config, workdir, ds, image_shape)
+  search_step, eval_step, hessian_step = search._make_steps(  # pylint: disable=protected-access
+      config, model, schedule, ds, arch_penalty)
 
   def seeds_step(state: SeedsState, train_batch, val_batch):
     # Batches carry the seed axis second: (examples, seed, ...), so that `parallel.shard` splits examples.
@@ -199,8 +203,14 @@ def search_seeds(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
             r['alphas'] for r in run_files.read_alphas_log(dirs[s]) if r['step'] < step])
       histories[s].append(derive(alphas))
       own = {'valid_loss': float(valid['loss'][s]), 'valid_accuracy': float(valid['accuracy'][s]),
-             **diagnostics.epoch_diagnostics(alphas, histories[s]), **{k: float(v[s]) for k, v in eigen.items()},
-             'lr': lr}
+             **diagnostics.epoch_diagnostics(alphas, histories[s])}
+      costs = genotype_cost(histories[s][-1])  # as `search`'s records
+      own.update({f'genotype_{k}{suffix}': costs[net][k] for net, suffix in (('search', ''), ('eval', '_eval'))
+                  for k in ('params', 'macs')})
+      if arch_cost is not None:
+        weights = diagnostics.softmax_weights(alphas)
+        own[f'expected_{config.cost.metric}'] = float(cost.expected_cost(weights, arch_cost))
+      own.update({**{k: float(v[s]) for k, v in eigen.items()}, 'lr': lr})
       entries.update({f'seed_{s}/{k}': v for k, v in own.items()})
     return {**entries, 'lr': lr}
 
@@ -229,7 +239,8 @@ def search_seeds(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
         (dirs[s] / loop.CONFIG_FILE).write_text(config_utils.config_to_json(seed_config(config, s)) + '\n')
       alphas = search._host_alphas(seed_state(state.seeds, s).alphas)  # pylint: disable=protected-access
       reporting.append_jsonl(dirs[s] / search.GENOTYPES_FILE, {
-          'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(derive(alphas)))})
+          'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(derive(alphas))),
+          'cost': genotype_cost(derive(alphas))})
       reporting.append_jsonl(dirs[s] / search.ALPHAS_FILE, {
           'step': step, 'epoch': epoch + 1, **{k: v.tolist() for k, v in alphas.items()}})
     write_seed_metrics(last_steps)
@@ -249,11 +260,12 @@ def search_seeds(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
                    should_stop=should_stop, logs=logs, divergence_advice=search.DIVERGENCE_ADVICE)
   outcome = loop.train(task, config, workdir)
   if jax.process_index() == 0:
-    _write_final_artifacts(config, workdir, outcome, num_seeds, steps_per_epoch, derive, stopped)
+    _write_final_artifacts(config, workdir, outcome, num_seeds, steps_per_epoch, derive, genotype_cost, stopped)
   return outcome.state.seeds
 
 
-def _write_final_artifacts(config, workdir, outcome, num_seeds, steps_per_epoch, derive, stopped) -> None:
+def _write_final_artifacts(config, workdir, outcome, num_seeds, steps_per_epoch, derive, genotype_cost,
+                           stopped) -> None:
   """Each seed's final artifacts as a single run writes them, and ``summary.json``."""
   runs = []
   for s in range(num_seeds):
@@ -268,7 +280,10 @@ def _write_final_artifacts(config, workdir, outcome, num_seeds, steps_per_epoch,
                     'step': stop_epoch * steps_per_epoch, 'kept_epoch': kept}
       reporting.write_json(directory / search.EARLY_STOP_FILE, early_stop)
     genotype = derive(alphas)
-    search._write_final_artifacts(directory, alphas, genotype)  # pylint: disable=protected-access
+    search._write_final_artifacts(  # pylint: disable=protected-access
+        directory, alphas, genotype, genotype_cost(genotype))
+    if (workdir / search.COST_MODEL_FILE).is_file():  # the cost table a single run keeps in its workdir
+      shutil.copy(workdir / search.COST_MODEL_FILE, directory / search.COST_MODEL_FILE)
     last = [r for r in reporting.read_jsonl(directory / reporting.METRICS_FILE) if 'epoch' in r][-1]
     runs.append({'workdir': directory.name, 'seed': config.seed + s,
                  'genotype': json.loads(genotypes.genotype_to_json(genotype)),

@@ -323,7 +323,7 @@ def test_axis_name_data_parallel_matches_global_batch():
   # The host device count is fixed when jax initialises, hence the subprocess.
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ,
-             XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             XLA_FLAGS=os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu',
              PYTHONPATH=os.pathsep.join(
                  [repo, os.environ.get('PYTHONPATH', '')]))
@@ -332,3 +332,36 @@ def test_axis_name_data_parallel_matches_global_batch():
                           timeout=300)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == 'ok'
+
+
+def test_exact_with_clipped_virtual_step_equals_autodiff():
+  """The RNN search's virtual step, ``w' = w − η(c·g + λw)`` with the clip coefficient ``c`` a constant."""
+  w, alpha, train, val = _nonlinear_problem()
+
+  def norm(tree):
+    return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+
+  max_norm = 0.3 * float(jax.jit(lambda: norm(jax.grad(_loss)(w, alpha, train)))())  # c ≈ 0.3: the clip is active
+
+  def unrolled(alpha):
+    grad_w = jax.grad(_loss)(w, alpha, train)
+    c = jax.lax.stop_gradient(jnp.minimum(1.0, max_norm / (norm(grad_w) + 1e-6)))
+    w_prime = jax.tree.map(lambda p, g: p - ETA * (c * g + WEIGHT_DECAY * p), w, grad_w)
+    return _loss(w_prime, alpha, val)
+
+  @jax.jit
+  def results():
+    kwargs = dict(eta=ETA, momentum=0.0, weight_decay=WEIGHT_DECAY)
+    return (hypergradient(_loss, _loss, w, alpha, train, val, grad_clip=max_norm, **kwargs),
+            hypergradient(_loss, _loss, w, alpha, train, val, **kwargs),
+            hypergradient(_loss, _loss, w, alpha, train, val, method='fd', grad_clip=max_norm, fd_epsilon=1e-4,
+                          **kwargs),
+            jax.grad(unrolled)(alpha))
+
+  exact, unclipped, fd, expected = results()
+  # Exact derivatives of one function in a different order: float64 rounding only (XLA may reorder: 1e-10).
+  _assert_trees_close(exact, expected, rtol=1e-10)
+  assert _max_abs_diff(exact, unclipped) > 1e-3  # the clip changed the result
+  _assert_trees_close(fd, exact, rtol=1e-6, atol=1e-9)  # fd: the same up to its O(ε²) difference error
+  with pytest.raises(ValueError, match='grad_clip'):
+    hypergradient(_loss, _loss, w, alpha, train, val, eta=ETA, method='unrolled', grad_clip=1.0)

@@ -32,6 +32,12 @@ def _sgd_direction(m: PyTree, g: PyTree, w: PyTree, momentum, weight_decay) -> P
   return jax.tree.map(lambda m_, g_, w_: momentum * m_ + g_ + weight_decay * w_, m, g, w)
 
 
+def clip_coefficient(grad: PyTree, max_norm: float | jax.Array) -> jax.Array:
+  """The factor ``c = min(1, max_norm / (‖grad‖₂ + 1e-6))`` by which global-norm clipping (PyTorch's
+  ``clip_grad_norm``, the original RNN ``architect.py``'s ``_clip``) scales a gradient."""
+  return jnp.minimum(1.0, max_norm / (_global_norm(grad) + 1e-6))
+
+
 def virtual_step(w: PyTree, grad_w: PyTree, momentum_buffer: PyTree, *,
                  eta, momentum, weight_decay) -> PyTree:
   """The one-step unrolled weights ``w' = w − η(μm + g + λw)``."""
@@ -78,6 +84,7 @@ def hypergradient(
     per_step_batches: bool = False,
     implicit_iterations: int = 10,
     implicit_damping: float | jax.Array = 0.0,
+    grad_clip: float | jax.Array | None = None,
     axis_name: Any = None,
 ) -> PyTree:
   r"""Gradient of the validation loss w.r.t. ``alpha`` through the weights' dependence on it.
@@ -97,7 +104,14 @@ def hypergradient(
 
   where :math:`m` is the momentum buffer (the trace kept by ``optax.trace``;
   zeros if ``None``), :math:`\mu` the momentum and :math:`\lambda` the weight
-  decay. No gradient clipping is applied to virtual steps. With
+  decay. With ``grad_clip`` (the RNN search of the original, ``architect.py``:
+  plain SGD, :math:`\mu = 0`), the training gradient is first clipped to
+  global norm ``grad_clip``: :math:`w' = w - \eta\,(\mu m + c\,\nabla_w
+  L_{train} + \lambda w)` with :math:`c = \min(1, \text{grad\_clip} /
+  (\lVert \nabla_w L_{train} \rVert_2 + 10^{-6}))` treated as a constant,
+  so the mixed term below is scaled by :math:`c` too and ``'exact'`` is still
+  ``jax.grad`` through this step (with :math:`c` under ``stop_gradient``).
+  Without it no clipping is applied to virtual steps. With
   :math:`v = \nabla_{w'} L_{val}(w', \alpha)`:
 
   * ``'first_order'``: :math:`\nabla_\alpha L_{val}(w, \alpha)` (DARTS 1st
@@ -223,6 +237,8 @@ def hypergradient(
       per step, stacked on a leading axis of length ``unroll_steps``.
     implicit_iterations: conjugate-gradient iterations, or Neumann terms.
     implicit_damping: :math:`\delta` added to the diagonal of :math:`H`.
+    grad_clip: for ``'fd'`` and ``'exact'``: clip the virtual step's training
+      gradient to this global norm (see above); ``None``: no clipping.
     axis_name: for data parallelism where each device holds a shard of both
       batches and the losses are per-device means: every gradient is
       ``pmean``-ed over this axis, so the result equals the single-device
@@ -236,8 +252,9 @@ def hypergradient(
     The hypergradient, a pytree like ``alpha``.
 
   Raises:
-    ValueError: if ``method`` is not in :data:`METHODS`, or a step or
-      iteration count is not positive.
+    ValueError: if ``method`` is not in :data:`METHODS`, a step or
+      iteration count is not positive, or ``grad_clip`` is given to a method
+      other than ``'first_order'``, ``'fd'`` or ``'exact'``.
   """
   if method not in METHODS:
     raise ValueError(
@@ -248,6 +265,9 @@ def hypergradient(
         f'unroll_steps ({unroll_steps}) and implicit_iterations '
         f'({implicit_iterations}) must be positive.'
     )
+
+  if grad_clip is not None and method not in ('first_order', 'fd', 'exact'):
+    raise ValueError(f'grad_clip applies to the one-step methods first_order, fd and exact, not {method!r}.')
 
   def pmean(tree):
     if axis_name is None:
@@ -294,6 +314,11 @@ def hypergradient(
   else:
     grad_w = jax.grad(train_loss)(w, alpha, train_batch)
   grad_w = pmean(grad_w)
+  mixed_scale = eta
+  if grad_clip is not None:
+    clip = jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip))
+    grad_w = jax.tree.map(lambda g: clip * g, grad_w)
+    mixed_scale = eta * clip  # w' moves along c·∇_w L_train: so does its α-derivative
 
   w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta,
                          momentum=momentum, weight_decay=weight_decay)
@@ -309,7 +334,7 @@ def hypergradient(
                           fd_epsilon)
   mixed = pmean(mixed)
 
-  return jax.tree.map(lambda g, h: g - eta * h, grad_alpha, mixed)
+  return jax.tree.map(lambda g, h: g - mixed_scale * h, grad_alpha, mixed)
 
 
 def _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta,

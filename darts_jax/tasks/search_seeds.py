@@ -41,7 +41,7 @@ from absl import logging
 from darts_jax import data
 from darts_jax.bilevel.search_step import SearchState, create_search_state
 from darts_jax.cnn import cost, genotypes
-from darts_jax.dynamics import diagnostics, early_stopping, run_files
+from darts_jax.dynamics import diagnostics, early_stopping, regularizers, relaxations, run_files
 from darts_jax.tasks import search
 from darts_jax.training import config_utils, loop, parallel, reporting
 from darts_jax.training.parallel import AXIS_NAME
@@ -148,10 +148,16 @@ def search_seeds(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
                                           first.arch_tx) for s in range(1, num_seeds)]
   state = SeedsState(step=first.step, seeds=jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
 
-  arch_cost, genotype_cost, arch_penalty = search._cost_terms(  # pylint: disable=protected-access
-      config, workdir, ds, image_shape)
+  terms = search._search_terms(config, workdir, ds, image_shape, steps_per_epoch)  # pylint: disable=protected-access
+  relaxation, arch_penalty, weight_perturbation, arch_cost, genotype_cost = terms
+  if relaxation != relaxations.Relaxation() or weight_perturbation is not None or any(
+      config.regularizer[name] for name in regularizers.REGULARIZERS):
+    # The per-seed records and genotypes here are those of DARTS's softmax of the alphas (`search` derives others
+    # from the relaxation's weights).
+    raise ValueError('num_seeds > 1 runs the softmax relaxation without regularisers; run other relaxations and '
+                     'regularisers with num_seeds = 1.')
   search_step, eval_step, hessian_step = search._make_steps(  # pylint: disable=protected-access
-      config, model, schedule, ds, arch_penalty)
+      config, model, schedule, ds, relaxation, arch_penalty, weight_perturbation)
 
   def seeds_step(state: SeedsState, train_batch, val_batch):
     # Batches carry the seed axis second: (examples, seed, ...), so that `parallel.shard` splits examples.

@@ -313,7 +313,8 @@ class Task:
       hold at least ``loss``, ``accuracy`` and the boolean ``finite``.
     batches: ``batches(epoch, start) -> device batches``, the epoch's batches from index `start` on (prefetched by
       the loop).
-    steps_per_epoch: the number of batches `batches` yields from 0.
+    steps_per_epoch: the number of batches `batches` yields from 0; a function of the epoch where it varies (the
+      language models' random BPTT lengths).
     evaluate: ``evaluate(epoch, step, replicated_state, state) -> entries`` of the epoch record after the training
       means (validation/test metrics, ``lr``, ...); called on every process (evaluation is collective), `state`
       being the host copy.
@@ -323,6 +324,9 @@ class Task:
       run after this epoch, on every process. Process 0 only, after `after_epoch`; the reason is saved with the
       epoch's checkpoint, so running the run again does not train on.
     interval_entries: ``interval_entries(epoch) -> entries`` added to every interval record.
+    update_state: ``update_state(epoch, state, record) -> state``, the host state to go on with after the epoch's
+      evaluation (e.g. NT-ASGD's switch to averaging in the language-model retraining); called on every process,
+      so it must be a pure function of its arguments. The epoch's checkpoint holds its result.
     logs: the task's own JSONL files in the workdir (records with a ``step``); on resume the records after the
       restored checkpoint are dropped, as from ``metrics.jsonl``.
     divergence_advice: the last sentence of the divergence error.
@@ -330,11 +334,12 @@ class Task:
   state: PyTree
   step: Callable[[PyTree, Any, int], tuple[PyTree, Metrics]]
   batches: Callable[[int, int], Iterable[Any]]
-  steps_per_epoch: int
+  steps_per_epoch: int | Callable[[int], int]
   evaluate: Callable[[int, int, PyTree, PyTree], dict[str, Any]]
   after_epoch: Callable[[int, int, PyTree, dict[str, Any]], None] = lambda epoch, step, state, record: None
   should_stop: Callable[[int, int, PyTree, dict[str, Any]], str | None] = lambda epoch, step, state, record: None
   interval_entries: Callable[[int], dict[str, Any]] = lambda epoch: {}
+  update_state: Callable[[int, PyTree, dict[str, Any]], PyTree] | None = None
   logs: tuple[str, ...] = ()
   divergence_advice: str = 'Lower the learning rate or change the seed.'
 
@@ -364,7 +369,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
   run_start = time.monotonic()
   workdir = Path(workdir)
   is_main = jax.process_index() == 0
-  batch_size, steps_per_epoch = config.batch_size, task.steps_per_epoch
+  batch_size = config.batch_size
   with Checkpointer(workdir / CHECKPOINT_DIR, max_to_keep=config.keep_checkpoints,
                     save_interval_minutes=config.checkpoint_every_minutes or None) as checkpointer, \
        PreemptionSignals() as signals:
@@ -402,6 +407,7 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
     try:
       epochs = range(position['epoch'], config.num_epochs) if stop_reason is None else ()  # stopped early: stays so
       for epoch in epochs:
+        steps_per_epoch = task.steps_per_epoch(epoch) if callable(task.steps_per_epoch) else task.steps_per_epoch
         resumed = epoch == position['epoch']
         start = position['step_in_epoch'] if resumed else 0
         sums = {k: position[k] for k in EpochMetrics().position()} if resumed else {}
@@ -443,6 +449,9 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
         state = parallel.unreplicate(r_state)
         record = {'epoch': epoch + 1, **metrics.means(), **task.evaluate(epoch, step, r_state, state),
                   'epoch_time_s': time.monotonic() - epoch_start}
+        if task.update_state is not None:
+          state = task.update_state(epoch, state, record)
+          r_state = parallel.replicate(state, parallel.AXIS_NAME)
         logging.info('Epoch %d/%d: %s', epoch + 1, config.num_epochs,
                      ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
         reason = None

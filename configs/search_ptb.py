@@ -1,0 +1,56 @@
+"""The recurrent DARTS search on Penn Treebank, as the original ``rnn/train_search.py`` (paper Sec. 3.1, App. A.1.2).
+
+    python run_search.py --config configs/search_ptb.py --workdir runs/ptb --config.data.dir=DIR
+
+DIR holds Mikolov's PTB (``ptb.train.txt``, ``ptb.valid.txt``, ``ptb.test.txt``); ``--config.data.name=wikitext2``
+reads WikiText-2 (``wiki.*.tokens``). The alphas are trained on the validation split, as the original.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.space = 'rnn'  # the recurrent search space (run_search.py dispatches on it)
+  config.seed = 2
+  config.num_epochs = 50
+  config.batch_size = 256  # global, over all devices
+  config.eval_batch_size = 10
+  config.test_batch_size = 1
+  config.bptt = 35  # with probability 0.05 half of it; the learning rate scales with the length drawn
+  config.bptt_jitter = 0.0  # > 0: lengths ~ N(bptt, jitter) (the retraining's 5); the search uses int(bptt)
+  config.max_seq_len_delta = 20  # with jitter, lengths are capped at bptt + max_seq_len_delta
+  config.max_steps_per_epoch = 0  # > 0: cap the steps of an epoch (quick runs)
+  # first_order | second_order_fd (the original's --unrolled) | second_order_exact
+  config.hypergradient = 'second_order_fd'
+  config.fd_epsilon = 0.01
+
+  # Weights: SGD without momentum, clipped.
+  config.learning_rate = 20.0
+  config.weight_decay = 5e-7
+  config.grad_clip = 0.25
+  config.tar = 1e-3  # temporal activation regularisation (the original's beta)
+  config.ar = 0.0  # activation regularisation (alpha)
+  # Alphas: Adam(betas 0.9, 0.999).
+  config.arch_learning_rate = 3e-3
+  config.arch_weight_decay = 1e-3
+
+  config.model = ml_collections.ConfigDict()
+  config.model.emsize = 300
+  config.model.nhid = 300
+  config.model.steps = 8
+  config.model.dropout = 0.75  # locked dropout on the output
+  config.model.dropouth = 0.25  # on h_{t-1} and the states the cell multiplies
+  config.model.dropoutx = 0.75  # on the cell's input x_t
+  config.model.dropouti = 0.2  # locked dropout on the embedded input
+  config.model.dropoute = 0.0  # embedding dropout (whole words)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'ptb'  # ptb | wikitext2 | kjv (the offline King James Bible, darts_jax.data.text)
+  config.data.dir = ''  # '' reads $DARTS_JAX_DATA/<name>, else ~/.cache/darts_jax/<name>
+
+  config.log_every_steps = 50
+  config.checkpoint_every_minutes = 10.0
+  config.keep_checkpoints = 3
+  config.progress = True
+  config.compilation_cache_dir = '~/.cache/darts_jax/jax_cache'
+  return config

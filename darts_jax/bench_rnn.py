@@ -1,0 +1,78 @@
+"""Times the recurrent search step on random tokens: ``python -m darts_jax.bench_rnn``.
+
+    python -m darts_jax.bench_rnn --ntoken 10000 --nhid 300 --batch 256 --bptt 35 --mode second_order_fd
+
+The step is the one ``run_search.py`` runs for ``space = 'rnn'`` (`bilevel.rnn_search_step`: architecture step,
+then weight step, hidden states carried), jitted once; ``compile_s`` is its ahead-of-time compile,
+``median_step_s`` the median over ``--steps`` timed steps after ``--warmup`` untimed ones, ``tokens_per_s`` the
+training tokens per second (batch × bptt / step), ``fusions`` the compiled step's fused kernels and ``max_rss_mb``
+the process's peak resident memory. The last line printed is one JSON object (docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import jax
+import numpy as np
+
+from darts_jax.bilevel import rnn_search_step
+from darts_jax.bilevel.search_step import arch_optimizer
+from darts_jax.rnn.model import RNNModelSearch
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--ntoken', type=int, default=10_000, help='vocabulary size')
+  parser.add_argument('--nhid', type=int, default=300, help='embedding and hidden units')
+  parser.add_argument('--nodes', type=int, default=8, help='intermediate nodes of the search cell')
+  parser.add_argument('--batch', type=int, default=256)
+  parser.add_argument('--bptt', type=int, default=35, help='time steps per batch')
+  parser.add_argument('--mode', choices=list(rnn_search_step.HYPERGRADIENT_METHODS), default='second_order_fd')
+  parser.add_argument('--steps', type=int, default=5, help='timed steps')
+  parser.add_argument('--warmup', type=int, default=1, help='untimed steps after compilation')
+  parser.add_argument('--seed', type=int, default=0)
+  return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+  model = RNNModelSearch(args.ntoken, args.nhid, args.nhid, steps=args.nodes)
+  state = rnn_search_step.create_rnn_search_state(jax.random.key(args.seed), model, args.batch,
+                                                  arch_optimizer(3e-3, b1=0.9, b2=0.999))
+  step = jax.jit(rnn_search_step.make_rnn_search_step(model, learning_rate=20.0, bptt=args.bptt,
+                                                      hypergradient_method=args.mode), donate_argnums=(0,))
+  rng = np.random.default_rng(args.seed)
+
+  def batch():
+    tokens = rng.integers(0, args.ntoken, (args.batch, args.bptt + 1), dtype=np.int32)
+    return (tokens[:, :-1], tokens[:, 1:], np.full(args.batch, args.bptt, np.int32), np.zeros(args.batch, np.int32))
+
+  train, val = batch(), batch()
+  start = time.perf_counter()
+  compiled = step.lower(state, train, val).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(args.warmup):
+    state, metrics = compiled(state, train, val)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(args.steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, train, val)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  median = float(np.median(times))
+  return {'mode': args.mode, 'ntoken': args.ntoken, 'nhid': args.nhid, 'nodes': args.nodes, 'batch': args.batch,
+          'bptt': args.bptt, 'compile_s': round(compile_s, 2), 'median_step_s': round(median, 4),
+          'tokens_per_s': round(args.batch * args.bptt / median, 1),
+          'fusions': compiled.as_text().count(' fusion('), 'finite': bool(metrics['finite']),
+          'backend': jax.default_backend(), 'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+
+
+def main(argv: list[str] | None = None) -> None:
+  print(json.dumps(run(_parse_args(argv))))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,27 @@
+"""The recurrent search space (DARTS, Sec. 2.1 and App. A.1.2): the RNN cell on Penn Treebank.
+
+* `genotypes`: `PRIMITIVES`, `Genotype`, the published `DARTS_V1`, `DARTS_V2` (= `DARTS`) and `ENAS`,
+  `derive_genotype`, JSON and repr parsing;
+* `model`: `RNNModelSearch` (the supernet; alphas a separate array of shape (36, 5)), `RNNModel` (a genotype's
+  language model, for retraining), `init_alphas`, `count_params`, `sequence_losses`;
+* `plots`: `plot_genotype`, cell diagrams in the original's style (imported on first use: graphviz).
+"""
+import importlib
+from typing import Any
+
+from darts_jax.rnn.genotypes import (DARTS, DARTS_V1, DARTS_V2, ENAS, KNOWN_GENOTYPES, PRIMITIVES, Genotype,
+                                     derive_genotype, genotype_from_json, genotype_from_repr, genotype_to_json,
+                                     genotype_to_repr, parse_genotype)
+from darts_jax.rnn.model import (RNNModel, RNNModelSearch, count_params, evaluate_split, init_alphas,
+                                  sequence_losses, split_log_likelihood)
+
+__all__ = ['DARTS', 'DARTS_V1', 'DARTS_V2', 'ENAS', 'Genotype', 'KNOWN_GENOTYPES', 'PRIMITIVES', 'RNNModel',
+           'RNNModelSearch', 'count_params', 'derive_genotype', 'evaluate_split', 'genotype_from_json', 'genotype_from_repr',
+           'genotype_to_json', 'genotype_to_repr', 'init_alphas', 'parse_genotype', 'plot_genotype',
+           'sequence_losses', 'split_log_likelihood']
+
+
+def __getattr__(name: str) -> Any:
+  if name == 'plot_genotype':
+    return importlib.import_module('darts_jax.rnn.plots').plot_genotype
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

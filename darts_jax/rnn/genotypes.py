@@ -1,0 +1,248 @@
+"""Recurrent cell genotypes: the discrete RNN cells DARTS searches for on Penn Treebank.
+
+A ``Genotype`` has the format of the original DARTS code (quark0/darts, ``rnn/genotypes.py``), so genotypes printed
+by its ``train_search.py`` paste in unchanged: ``recurrent`` lists one ``(activation, predecessor)`` pair per
+intermediate node; node ``i`` (0-based, state ``i + 1``) reads state ``j`` for ``0 <= j <= i`` (state 0 is the
+cell's initial state ``s0``, computed from ``x_t`` and ``h_{t-1}``). ``concat`` lists the states averaged into the
+cell output ``h_t``.
+
+Pure Python/NumPy: the published genotypes, `derive_genotype` from architecture weights, and JSON / repr
+(de)serialisation with validation, by the rules of the CNN genotypes (`darts_jax.cnn.genotypes`).
+"""
+from __future__ import annotations
+
+import ast
+import collections
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# The recurrent search space, in the order of the original; the columns of the architecture weights follow it.
+PRIMITIVES = ('none', 'tanh', 'relu', 'sigmoid', 'identity')
+STEPS = 8    # intermediate nodes of the search cell
+CONCAT = 8   # the last CONCAT states are averaged into the search cell's output
+
+Genotype = collections.namedtuple('Genotype', 'recurrent concat')
+
+# The published genotypes, as in the original rnn/genotypes.py.
+ENAS = Genotype(
+    recurrent=[
+        ('tanh', 0),
+        ('tanh', 1),
+        ('relu', 1),
+        ('tanh', 3),
+        ('tanh', 3),
+        ('relu', 3),
+        ('relu', 4),
+        ('relu', 7),
+        ('relu', 8),
+        ('relu', 8),
+        ('relu', 8),
+    ],
+    concat=[2, 5, 6, 9, 10, 11],
+)
+DARTS_V1 = Genotype(recurrent=[('relu', 0), ('relu', 1), ('tanh', 2), ('relu', 3), ('relu', 4), ('identity', 1),
+                               ('relu', 5), ('relu', 1)], concat=range(1, 9))
+DARTS_V2 = Genotype(recurrent=[('sigmoid', 0), ('relu', 1), ('relu', 1), ('identity', 1), ('tanh', 2),
+                               ('sigmoid', 5), ('tanh', 3), ('relu', 5)], concat=range(1, 9))
+DARTS = DARTS_V2
+
+KNOWN_GENOTYPES = {'ENAS': ENAS, 'DARTS_V1': DARTS_V1, 'DARTS_V2': DARTS_V2, 'DARTS': DARTS}
+
+_ACTIVATIONS = PRIMITIVES[1:]  # what a discrete cell may use: every primitive but 'none'
+
+
+def num_edges(steps: int = STEPS) -> int:
+  """Rows of the architecture weights: node ``i`` has ``i + 1`` predecessors, ``steps (steps + 1) / 2`` in all."""
+  return steps * (steps + 1) // 2
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+  e = np.exp(x - x.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def derive_genotype(alphas: Any, steps: int = STEPS) -> Genotype:
+  """The discrete recurrent cell of architecture weights, as the original ``RNNModelSearch.genotype()``.
+
+  With ``w = softmax(alphas)`` row-wise (in float64 on the host; node ``i``'s rows are ``i (i + 1) / 2 ..`` one per
+  predecessor ``j = 0..i``), node ``i`` keeps the single predecessor ``j`` with the largest
+  ``max_{o != none} w[j, o]`` (ties: the lowest ``j``) and on it the op ``argmax_{o != none} w[j, o]`` (ties: the
+  first op). ``concat`` is the last ``CONCAT`` states, what the search cell averages: ``range(1, 9)`` for 8 nodes.
+
+  Args:
+    alphas: array of shape ``(num_edges(steps), len(PRIMITIVES))``.
+    steps: intermediate nodes.
+
+  Raises:
+    ValueError: for a wrong shape or non-finite weights.
+  """
+  a = np.asarray(alphas, dtype=np.float64)
+  expected = (num_edges(steps), len(PRIMITIVES))
+  if a.shape != expected:
+    raise ValueError(f'alphas has shape {a.shape}; expected {expected} (rows of a {steps}-node recurrent cell, '
+                     'len(PRIMITIVES))')
+  if not np.all(np.isfinite(a)):
+    raise ValueError('alphas contains NaN or inf; the search diverged')
+  weights = _softmax(a)
+  weights[:, PRIMITIVES.index('none')] = -np.inf  # 'none' never wins
+  recurrent, start = [], 0
+  for i in range(steps):
+    w = weights[start:start + i + 1]
+    j = int(np.argmax(w.max(axis=1)))  # first of equally strong predecessors, as the original's stable sort
+    recurrent.append((PRIMITIVES[int(np.argmax(w[j]))], j))
+    start += i + 1
+  return Genotype(recurrent=recurrent, concat=list(range(steps + 1))[-CONCAT:])
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def validate_genotype(genotype: Genotype) -> Genotype:
+  """Checks a recurrent genotype and returns it normalised (lists of ``(str, int)`` tuples and of ints).
+
+  Raises:
+    ValueError: naming the first problem: a malformed pair, an unknown activation (``none`` included: a discrete
+      cell computes every node), a predecessor out of range for its node, a concat index out of range or repeated.
+  """
+  if not isinstance(genotype, tuple) or len(genotype) != 2:
+    raise ValueError(f'a recurrent genotype is Genotype(recurrent=[...], concat=[...]), got {genotype!r:.80}')
+  ops, concat = genotype
+  if isinstance(ops, (str, bytes, Mapping)) or not isinstance(ops, Sequence) or not ops:
+    raise ValueError(f'recurrent must be a non-empty list of (activation, predecessor) pairs, got {ops!r:.80}')
+  recurrent = []
+  for i, pair in enumerate(ops):
+    where = f'recurrent[{i}]'
+    if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, Sequence) or len(pair) != 2:
+      raise ValueError(f'{where} must be an (activation, predecessor) pair, got {pair!r}')
+    op, j = pair
+    if not isinstance(op, str) or op not in _ACTIVATIONS:
+      raise ValueError(f'unknown activation {op!r} at {where}; known: {", ".join(_ACTIVATIONS)}')
+    if not _is_int(j) or not 0 <= j <= i:
+      raise ValueError(f'predecessor {j!r} at {where} is out of range: node {i} may read states 0..{i}')
+    recurrent.append((op, int(j)))
+  if isinstance(concat, (str, bytes, Mapping)) or not isinstance(concat, (Sequence, range)):
+    raise ValueError(f'concat must be a list of state indices, got {type(concat).__name__}')
+  out = []
+  for c in concat:  # lazily: a huge range() fails within len(ops) + 2 items
+    if not _is_int(c) or not 0 <= c <= len(recurrent):
+      raise ValueError(f'concat index {c!r} is out of range: the states of a {len(recurrent)}-node cell are '
+                       f'0..{len(recurrent)}')
+    if c in out:
+      raise ValueError(f'concat index {c} repeated')
+    out.append(int(c))
+  if not out:
+    raise ValueError('concat is empty; the cell output needs a state')
+  return Genotype(recurrent=recurrent, concat=out)
+
+
+def genotype_to_json(genotype: Genotype) -> str:
+  """``{"recurrent": [["relu", 0], ...], "concat": [1, ..., 8]}``."""
+  g = validate_genotype(genotype)
+  return json.dumps({'recurrent': [list(p) for p in g.recurrent], 'concat': g.concat})
+
+
+def _from_fields(fields: Mapping[str, Any], source: str) -> Genotype:
+  unknown = sorted(set(fields) - set(Genotype._fields))
+  if unknown:
+    raise ValueError(f'unknown field {unknown[0]!r} in {source}; a recurrent genotype has fields recurrent, concat')
+  missing = [f for f in Genotype._fields if f not in fields]
+  if missing:
+    raise ValueError(f'missing field {missing[0]!r} in {source}')
+  return validate_genotype(Genotype(**fields))
+
+
+def genotype_from_json(text: str) -> Genotype:
+  """Parses and validates `genotype_to_json`'s JSON.
+
+  Raises:
+    ValueError: for invalid JSON, another schema or an invalid genotype.
+  """
+  try:
+    obj = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'invalid genotype JSON: {e}') from None
+  if not isinstance(obj, dict):
+    raise ValueError(f'recurrent genotype JSON must be an object with fields recurrent, concat, got '
+                     f'{type(obj).__name__}')
+  return _from_fields(obj, 'genotype JSON')
+
+
+def _literal(node: ast.expr, name: str) -> Any:
+  """A literal AST node, ``range(...)`` of int literals allowed; nothing is executed."""
+  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'range' and not node.keywords:
+    args = [_literal(a, name) for a in node.args]
+    if not 1 <= len(args) <= 3 or not all(_is_int(a) for a in args) or (len(args) == 3 and args[2] == 0):
+      raise ValueError(f'{name}: range() takes 1 to 3 integer literals, the step not zero')
+    return range(*args)
+  try:
+    return ast.literal_eval(node)
+  except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+    raise ValueError(f'{name} must be a literal (lists, tuples, strings, ints or range()), got: '
+                     f'{ast.unparse(node)[:80]}') from None
+
+
+def genotype_from_repr(text: str) -> Genotype:
+  """Parses ``Genotype(recurrent=[...], concat=range(1, 9))`` as the original prints it (keyword or positional
+  fields, an optional module prefix or ``NAME = `` assignment). Only literals are interpreted.
+
+  Raises:
+    ValueError: if `text` is not such a repr or the genotype is invalid.
+  """
+  try:
+    stmts = ast.parse(text.strip(), mode='exec').body
+  except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+    raise ValueError(f'not a Genotype(...) repr: {e}') from None
+  node = stmts[0].value if len(stmts) == 1 and isinstance(stmts[0], (ast.Expr, ast.Assign)) else None
+  if not (isinstance(node, ast.Call) and (
+      (isinstance(node.func, ast.Name) and node.func.id == 'Genotype')
+      or (isinstance(node.func, ast.Attribute) and node.func.attr == 'Genotype'))):
+    raise ValueError("not a Genotype(...) repr: expected one expression 'Genotype(recurrent=[...], concat=[...])'")
+  if len(node.args) > len(Genotype._fields):
+    raise ValueError(f'Genotype(...) takes 2 fields, got {len(node.args)} positional arguments')
+  fields = {}
+  for name, value in list(zip(Genotype._fields, node.args)) + [(kw.arg, kw.value) for kw in node.keywords]:
+    if name is None:
+      raise ValueError('Genotype(...) repr must not use **kwargs')
+    if name in fields:
+      raise ValueError(f'field {name!r} given twice in Genotype(...) repr')
+    fields[name] = _literal(value, name)
+  return _from_fields(fields, 'Genotype(...) repr')
+
+
+def _concat_text(concat: Sequence[int]) -> str:
+  concat = list(concat)
+  if concat == list(range(concat[0], concat[0] + len(concat))):
+    return f'range({concat[0]}, {concat[0] + len(concat)})'
+  return repr(concat)
+
+
+def genotype_to_repr(genotype: Genotype) -> str:
+  """The original's ``Genotype(recurrent=[('relu', 0), ...], concat=range(1, 9))``."""
+  g = validate_genotype(genotype)
+  return f'Genotype(recurrent={g.recurrent!r}, concat={_concat_text(g.concat)})'
+
+
+def parse_genotype(text_or_name: str) -> Genotype:
+  """A recurrent genotype by name (`KNOWN_GENOTYPES`), as JSON, or as the original's repr.
+
+  Raises:
+    ValueError: naming what is wrong with the input.
+  """
+  text = text_or_name.strip()
+  if text in KNOWN_GENOTYPES:
+    return validate_genotype(KNOWN_GENOTYPES[text])
+  if text.startswith('{'):
+    return genotype_from_json(text)
+  if text.isidentifier():
+    raise ValueError(f'unknown recurrent genotype name {text!r}; known names: {", ".join(KNOWN_GENOTYPES)} (or '
+                     'pass JSON or a Genotype(recurrent=..., concat=...) repr)')
+  try:
+    return genotype_from_repr(text)
+  except ValueError as e:
+    if str(e).startswith('not a Genotype(...) repr'):
+      raise ValueError(f'not a known recurrent genotype name, JSON, nor a Genotype(...) repr: {text[:80]!r}') from None
+    raise

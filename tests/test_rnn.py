@@ -1,0 +1,270 @@
+"""The recurrent search space: genotypes, parameter counts, and the cells against a direct re-implementation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from darts_jax import rnn
+from darts_jax.rnn import genotypes as rnn_genotypes
+
+NTOKEN, NHID, BATCH, TIME = 50, 8, 2, 5
+STEPS = 3  # search cells of 3 nodes compile in a fraction of the 8-node cell's time; the code is the same
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Genotypes.
+
+def _original_parse(probs, steps=8):
+  """The original's ``RNNModelSearch.genotype()._parse``, transcribed (sorted() by the strongest non-none op)."""
+  none = rnn.PRIMITIVES.index('none')
+  gene, start = [], 0
+  for i in range(steps):
+    end = start + i + 1
+    W = probs[start:end].copy()
+    j = sorted(range(i + 1), key=lambda x: -max(W[x][k] for k in range(len(W[x])) if k != none))[0]
+    k_best = None
+    for k in range(len(W[j])):
+      if k != none and (k_best is None or W[j][k] > W[j][k_best]):
+        k_best = k
+    gene.append((rnn.PRIMITIVES[k_best], j))
+    start = end
+  return gene
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_derive_matches_original_rule_on_random_alphas(seed):
+  rng = np.random.default_rng(seed)
+  alphas = rng.normal(size=(36, 5)) * (1e-3 if seed % 2 else 1.0)
+  if seed % 5 == 0:
+    alphas = np.round(alphas, 1)  # ties between predecessors and ops
+  probs = np.exp(alphas - alphas.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  genotype = rnn.derive_genotype(alphas)
+  assert genotype.recurrent == _original_parse(probs)
+  assert genotype.concat == list(range(1, 9))
+
+
+def test_derive_ignores_none():
+  alphas = np.zeros((36, 5))
+  alphas[:, 0] = 10.0  # 'none' strongest everywhere
+  alphas[2, 3] = 1.0   # node 1, predecessor 1: sigmoid
+  assert rnn.derive_genotype(alphas).recurrent[1] == ('sigmoid', 1)
+  assert rnn.derive_genotype(alphas).recurrent[0] == ('tanh', 0)  # all equal: first predecessor, first op
+
+
+@pytest.mark.parametrize('alphas, match', [(np.zeros((35, 5)), 'shape'), (np.full((36, 5), np.nan), 'NaN')])
+def test_derive_rejects_bad_alphas(alphas, match):
+  with pytest.raises(ValueError, match=match):
+    rnn.derive_genotype(alphas)
+
+
+def test_published_genotypes():
+  assert rnn.PRIMITIVES == ('none', 'tanh', 'relu', 'sigmoid', 'identity')
+  assert rnn.DARTS is rnn.DARTS_V2
+  assert rnn.DARTS_V2.recurrent == [('sigmoid', 0), ('relu', 1), ('relu', 1), ('identity', 1), ('tanh', 2),
+                                    ('sigmoid', 5), ('tanh', 3), ('relu', 5)]
+  assert rnn.DARTS_V1.recurrent == [('relu', 0), ('relu', 1), ('tanh', 2), ('relu', 3), ('relu', 4),
+                                    ('identity', 1), ('relu', 5), ('relu', 1)]
+  assert list(rnn.DARTS_V1.concat) == list(rnn.DARTS_V2.concat) == list(range(1, 9))
+  assert len(rnn.ENAS.recurrent) == 11 and rnn.ENAS.concat == [2, 5, 6, 9, 10, 11]
+
+
+@pytest.mark.parametrize('name', ['DARTS_V1', 'DARTS_V2', 'ENAS'])
+def test_round_trips(name):
+  genotype = rnn_genotypes.validate_genotype(rnn.KNOWN_GENOTYPES[name])
+  assert rnn.genotype_from_json(rnn.genotype_to_json(genotype)) == genotype
+  text = rnn.genotype_to_repr(genotype)
+  assert rnn.genotype_from_repr(text) == genotype
+  assert rnn.parse_genotype(text) == rnn.parse_genotype(name) == genotype
+  assert rnn.parse_genotype(repr(rnn.KNOWN_GENOTYPES[name])) == genotype  # as the original prints it
+  assert rnn.parse_genotype(f'genotypes.{text}') == genotype
+
+
+@pytest.mark.parametrize('text, match', [
+    ('DARTS_V3', 'unknown recurrent genotype name'),
+    ('{"recurrent": [["relu", 0]]}', "missing field 'concat'"),
+    ('{"recurrent": [["relu", 0]], "concat": [1], "x": 1}', "unknown field 'x'"),
+    ('{"recurrent": [["relu", 1]], "concat": [1]}', 'node 0 may read states 0..0'),
+    ('{"recurrent": [["none", 0]], "concat": [1]}', "unknown activation 'none'"),
+    ('{"recurrent": [["relu", 0]], "concat": [2]}', 'out of range'),
+    ('{"recurrent": [["relu", 0]], "concat": [1, 1]}', 'repeated'),
+    ('{"recurrent": [["relu", 0]], "concat": []}', 'empty'),
+    ('{"recurrent": [], "concat": [0]}', 'non-empty'),
+    ('{"recurrent": [["relu"]], "concat": [0]}', 'pair'),
+    ('{bad json', 'invalid genotype JSON'),
+    ("Genotype(recurrent=[('relu', 0)], concat=range(1, 2), x=1)", "unknown field 'x'"),
+    ("Genotype(recurrent=[('relu', 0)], concat=__import__('os'))", 'must be a literal'),
+    ('print(1)', 'not a known recurrent genotype'),
+])
+def test_rejects_malformed(text, match):
+  with pytest.raises(ValueError, match=match):
+    rnn.parse_genotype(text)
+
+
+def test_json_must_be_an_object():
+  with pytest.raises(ValueError, match='must be an object'):
+    rnn.genotype_from_json('[1, 2]')
+
+
+def test_plot_genotype(tmp_path):
+  written = rnn.plot_genotype(rnn.DARTS_V2, f'{tmp_path}/')
+  source = (tmp_path / 'recurrent.dot').read_text()
+  assert written[0].endswith('recurrent.dot')
+  for label in ('x_{t}', 'h_{t-1}', 'h_{t}', 'sigmoid', 'identity'):
+    assert label in source
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models.
+
+def test_published_parameter_counts():
+  assert rnn.count_params(10000, 300, 300) == 4_810_000
+  assert rnn.count_params(10000, 850, 850, rnn.DARTS_V2) == 22_960_000
+  with pytest.raises(ValueError, match='tied'):
+    rnn.count_params(10000, 300, 200)
+
+
+def _num_params(variables):
+  return sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  tokens = jax.random.randint(jax.random.key(0), (BATCH, TIME), 0, NTOKEN)
+  hidden = 0.5 * jax.random.normal(jax.random.key(1), (BATCH, NHID))
+  alphas = jax.random.normal(jax.random.key(2), (rnn_genotypes.num_edges(STEPS), 5))
+  search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS)
+  search_vars = jax.jit(lambda key: search.init(key, tokens, hidden, alphas, train=False))(jax.random.key(3))
+  return tokens, hidden, alphas, search, search_vars
+
+
+def test_count_params_matches_the_parameter_trees(tiny):
+  *_, search_vars = tiny
+  assert _num_params(search_vars) == rnn.count_params(NTOKEN, NHID, NHID) - (8 - STEPS) * NHID * 2 * NHID
+  variables = jax.eval_shape(lambda: rnn.RNNModelSearch(NTOKEN, NHID, NHID).init(
+      jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, NHID)), jnp.zeros((36, 5)), train=False))
+  assert _num_params(variables) == rnn.count_params(NTOKEN, NHID, NHID)
+  for genotype in (rnn.DARTS_V1, rnn.ENAS):
+    variables = jax.eval_shape(lambda: rnn.RNNModel(NTOKEN, NHID, NHID, genotype=genotype).init(
+        jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, NHID)), train=False))
+    assert _num_params(variables) == rnn.count_params(NTOKEN, NHID, NHID, genotype)
+
+
+def _sigmoid(x):
+  return 1 / (1 + np.exp(-x))
+
+
+_NP_ACTS = {'tanh': np.tanh, 'relu': lambda x: np.maximum(x, 0), 'sigmoid': _sigmoid, 'identity': lambda x: x}
+
+
+def _reference_outputs(params, tokens, hidden, cell):
+  """Evaluation-mode forward pass step by step in float64 NumPy, as the original's loops write it."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  h = np.asarray(hidden, np.float64)
+  outputs = []
+  for t in range(tokens.shape[1]):
+    x = p['embedding'][np.asarray(tokens[:, t])]
+    c0, h0 = np.split(np.concatenate([x, h], -1) @ p['W0'], 2, axis=-1)
+    s0 = h + _sigmoid(c0) * (np.tanh(h0) - h)
+    h = cell(s0, p['Ws'])
+    outputs.append(h)
+  logits = np.stack(outputs, 1) @ p['embedding'].T + p['decoder_bias']
+  return logits - np.log(np.exp(logits).sum(-1, keepdims=True)), h
+
+
+def _search_cell(alphas, bn):
+  """The original search cell (``DARTSCellSearch.cell``) without dropout, `bn` its ``self.bn``."""
+  probs = np.asarray(jax.nn.softmax(alphas), np.float64)
+
+  def cell(s0, Ws):
+    states, offset = [bn(s0)], 0
+    for i in range(STEPS):
+      s = 0
+      for j in range(i + 1):
+        c, hh = np.split(states[j] @ Ws[i], 2, axis=-1)
+        for k, name in enumerate(rnn.PRIMITIVES[1:], 1):
+          s = s + probs[offset + j, k] * (states[j] + _sigmoid(c) * (_NP_ACTS[name](hh) - states[j]))
+      states.append(bn(s))
+      offset += i + 1
+    return np.mean(states[-8:], 0)
+
+  return cell
+
+
+def test_search_model_matches_reference(tiny):
+  tokens, hidden, alphas, search, variables = tiny
+  cell = _search_cell(alphas, lambda s: s / np.sqrt(1 + 1e-5))  # initial running statistics: mean 0, variance 1
+
+  log_probs, h_last, *_ = jax.jit(lambda: search.apply(variables, tokens, hidden, alphas, train=False))()
+  ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, cell)
+  # float32 through 5 steps of 9 normalised states: agreement to ~1e-5.
+  np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
+  np.testing.assert_allclose(h_last, ref_h, atol=1e-4)
+
+
+def test_search_model_in_training_matches_reference(tiny):
+  """Training mode as PyTorch's ``BatchNorm1d(affine=False).train()``: every call (s0 and each node, at every time
+  step) normalised by its own batch's mean and biased variance; the one set of running statistics updated at every
+  call with momentum 0.1 and the unbiased variance."""
+  tokens, hidden, alphas, _, variables = tiny
+  search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS, dropout=0.0, dropouth=0.0, dropoutx=0.0,
+                              dropouti=0.0, dropoute=0.0)
+  running = {'mean': np.zeros(NHID), 'var': np.ones(NHID)}
+
+  def bn(s):
+    mean, var = s.mean(0), s.var(0)
+    running['mean'] = 0.9 * running['mean'] + 0.1 * mean
+    running['var'] = 0.9 * running['var'] + 0.1 * var * BATCH / (BATCH - 1)
+    return (s - mean) / np.sqrt(var + 1e-5)
+
+  (log_probs, h_last, *_), updates = jax.jit(lambda: search.apply(
+      variables, tokens, hidden, alphas, train=True, rngs={'dropout': jax.random.key(0)},
+      mutable=['batch_stats']))()
+  ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, _search_cell(alphas, bn))
+  # float32, states normalised over a batch of 2 (|s| <= 1): agreement to ~1e-5.
+  np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
+  np.testing.assert_allclose(h_last, ref_h, atol=1e-4)
+  for key in ('mean', 'var'):
+    np.testing.assert_allclose(updates['batch_stats']['bn'][key], running[key], atol=1e-4)
+
+
+def test_retrain_model_matches_reference(tiny):
+  genotype = rnn.ENAS  # 11 nodes, a concat that skips states
+  tokens, hidden, *_ = tiny
+  model = rnn.RNNModel(NTOKEN, NHID, NHID, genotype=genotype)
+  variables = jax.jit(lambda key: model.init(key, tokens, hidden, train=False))(jax.random.key(4))
+
+  def cell(s0, Ws):
+    states = [s0]
+    for i, (name, j) in enumerate(genotype.recurrent):
+      c, hh = np.split(states[j] @ Ws[i], 2, axis=-1)
+      states.append(states[j] + _sigmoid(c) * (_NP_ACTS[name](hh) - states[j]))
+    return np.mean([states[i] for i in genotype.concat], 0)
+
+  log_probs, h_last, *_ = jax.jit(lambda: model.apply(variables, tokens, hidden, train=False))()
+  ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, cell)
+  np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-5)
+  np.testing.assert_allclose(h_last, ref_h, atol=1e-5)
+
+
+def test_padding_past_length_changes_nothing(tiny):
+  """A batch padded past `length` gives the unpadded batch's hidden state, BN statistics and losses."""
+  tokens, hidden, *_ = tiny
+  search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=1)
+  alphas = jnp.ones((1, 5))
+  variables = jax.jit(lambda key: search.init(key, tokens, hidden, alphas, train=False))(jax.random.key(3))
+  key = {'dropout': jax.random.key(5)}
+  padded = jnp.concatenate([tokens, tokens[:, :2]], 1)
+  apply = jax.jit(lambda tokens, length: search.apply(variables, tokens, hidden, alphas, train=True, length=length,
+                                                      rngs=key, mutable=['batch_stats']))
+  short, short_stats = apply(tokens, TIME)
+  long, long_stats = apply(padded, TIME)
+  np.testing.assert_allclose(long[1], short[1], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), long_stats, short_stats)
+  targets = jnp.roll(tokens, -1, 1)
+  losses = jax.jit(lambda outputs, targets, length: rnn.sequence_losses(outputs[0], targets, outputs[2], outputs[3],
+                                                                        length, tar=1e-3, ar=1e-2))
+  short_losses = losses(short, targets, TIME)
+  long_losses = losses(long, jnp.concatenate([targets, targets[:, :2]], 1), TIME)
+  np.testing.assert_allclose(long_losses, short_losses, rtol=1e-6)
+  assert not np.allclose(short_stats['batch_stats']['bn']['mean'], 0)  # training updates the running statistics

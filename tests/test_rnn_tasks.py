@@ -1,0 +1,234 @@
+"""The recurrent space's data, search and retraining tasks, at tiny sizes (vocabulary ~50, 8 units, BPTT 5, batch 2)."""
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import retrain_ptb, search_ptb
+from darts_jax import rnn
+from darts_jax.data import DatasetNotFoundError, text
+from darts_jax.tasks import rnn_retrain, rnn_search
+from darts_jax.training import reporting
+from darts_jax.training.checkpointing import Checkpointer
+
+WORDS = [f'w{i}' for i in range(44)] + ['<unk>']
+
+
+def write_corpus(directory, seed=0):
+  """A PTB-format corpus of random sentences over 45 words (+ <eos>)."""
+  rng = np.random.default_rng(seed)
+  for split, lines in (('train', 12), ('valid', 6), ('test', 4)):
+    sentences = [' '.join(rng.choice(WORDS, rng.integers(3, 8))) for _ in range(lines)]
+    if split == 'train':
+      sentences[0] = ' '.join(WORDS)  # every word in the training vocabulary
+    (directory / f'ptb.{split}.txt').write_text(''.join(f' {s} \n' for s in sentences))
+  return directory
+
+
+@pytest.fixture(scope='module')
+def corpus_dir(tmp_path_factory):
+  return write_corpus(tmp_path_factory.mktemp('ptb'))
+
+
+def _override(config, overrides):
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def _tiny(config, corpus_dir, **overrides):
+  config.data.dir = str(corpus_dir)
+  config.batch_size, config.eval_batch_size, config.bptt = 2, 2, 5
+  config.max_steps_per_epoch = 3
+  config.model.emsize = config.model.nhid = 8
+  config.log_every_steps = 2
+  config.checkpoint_every_minutes = 1e-9  # a time-based checkpoint at every log step
+  config.progress = False
+  config.compilation_cache_dir = ''
+  return _override(config, overrides)
+
+
+def search_config(corpus_dir, **overrides):
+  config = _tiny(search_ptb.get_config(), corpus_dir, num_epochs=2, hypergradient='first_order')
+  config.model.steps = 2
+  return _override(config, overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data.
+
+def test_reader_appends_eos_and_maps_unknown_words_to_unk(corpus_dir, tmp_path):
+  corpus = text.load_text_corpus('ptb', corpus_dir)
+  assert len(corpus.vocab) == 46 and corpus.vocab[:2] == ['w0', 'w1'] and '<eos>' in corpus.vocab
+  first_line = (corpus_dir / 'ptb.train.txt').read_text().splitlines()[0].split()
+  assert [corpus.vocab[i] for i in corpus.train[:46]] == first_line + ['<eos>']
+  assert corpus.train.dtype == np.int32 and len(corpus.valid) and len(corpus.test)
+  (tmp_path / 'train.txt').write_text('a b <unk>\n')  # the original's file names
+  (tmp_path / 'valid.txt').write_text('a zebra\n')
+  (tmp_path / 'test.txt').write_text('b\n')
+  other = text.load_text_corpus('wikitext2', tmp_path)
+  assert [other.vocab[i] for i in other.valid] == ['a', '<unk>', '<eos>']
+
+
+def test_missing_corpus_says_where_the_files_go(tmp_path):
+  with pytest.raises(DatasetNotFoundError, match=f'put ptb.train.txt, ptb.valid.txt, ptb.test.txt in {tmp_path}'):
+    text.load_text_corpus('ptb', tmp_path)
+  with pytest.raises(ValueError, match='Unknown text dataset'):
+    text.load_text_corpus('ptb2', tmp_path)
+
+
+def test_tokenize_like_ptb():
+  assert text.tokenize_like_ptb("And the LORD's word, in 1611: 'Let there be light.'") == [
+      'and', 'the', 'lord', "'s", 'word', 'in', 'N', 'let', 'there', 'be', 'light']
+
+
+def test_bptt_lengths_cover_the_stream_and_depend_on_seed_and_epoch():
+  lengths = text.bptt_lengths(1000, 35, seed=0, epoch=0)
+  assert lengths == text.bptt_lengths(1000, 35, seed=0, epoch=0) != text.bptt_lengths(1000, 35, seed=0, epoch=1)
+  assert sum(lengths) == 999 and max(lengths) <= 55 and min(lengths[:-1]) >= 5
+  search = text.bptt_lengths(10_000, 35, seed=0, epoch=0, jitter=0.0)
+  assert set(search[:-1]) == {35, 17}  # int(35 / 2) with probability 0.05
+
+
+def test_lm_batches_read_the_streams_as_the_original():
+  streams = text.batchify(np.arange(40, dtype=np.int32), 2)  # rows 0..19 and 20..39
+  batches = list(text.lm_batches(streams, [5, 3, 11], max_length=6))
+  tokens, targets, length, first = batches[1]
+  np.testing.assert_array_equal(tokens[:, :3], [[5, 6, 7], [25, 26, 27]])
+  np.testing.assert_array_equal(targets[:, :3], tokens[:, :3] + 1)
+  assert (tokens[:, 3:] == 0).all() and list(length) == [3, 3] and list(first) == [0, 0]
+  assert list(batches[0][3]) == [1, 1]
+  assert batches[2][2][0] == 6  # capped at max_length... and at the stream's end (19 - 8 = 11)
+  resumed = list(text.lm_batches(streams, [5, 3, 11], max_length=6, start_step=1))
+  np.testing.assert_array_equal(resumed[0][0], tokens)
+  # Validation batches: the training positions wrapped around the stream, read_length long.
+  val = list(text.lm_batches(text.batchify(np.arange(12, dtype=np.int32), 2), [5, 3], max_length=5,
+                             read_length=5))
+  np.testing.assert_array_equal(val[1][0][0, :val[1][2][0]], [0, 1, 2, 3, 4])  # position 5 wraps to 0
+  inputs, targets, lengths = text.eval_chunks(np.arange(21, dtype=np.int32), 2, 4)
+  assert inputs.shape == (3, 2, 4) and list(lengths) == [4, 4, 1]
+  np.testing.assert_array_equal(targets[2, :, 0], [9, 19])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Search.
+
+@pytest.fixture(scope='module')
+def reference_search(tmp_path_factory, corpus_dir):
+  workdir = tmp_path_factory.mktemp('rnn_search')
+  state = rnn_search.rnn_search(search_config(corpus_dir, checkpoint_every_minutes=0.0), workdir)
+  return workdir, state
+
+
+def _records(workdir):
+  return [{k: v for k, v in r.items() if k not in ('epoch_time_s', 'images_per_s')}
+          for r in reporting.read_jsonl(workdir / 'metrics.jsonl')]
+
+
+def test_search_writes_the_run_artifacts(reference_search):
+  workdir, state = reference_search
+  for name in ('config.json', 'metrics.jsonl', 'genotypes.jsonl', 'alphas.jsonl', 'genotype.json', 'alphas.npz',
+               'recurrent.dot', 'recurrent.png', 'curves.png'):
+    assert (workdir / name).is_file(), name
+  alphas = np.load(workdir / 'alphas.npz')['recurrent']
+  np.testing.assert_array_equal(alphas, state.alphas)
+  assert rnn.genotype_from_json((workdir / 'genotype.json').read_text()) == rnn.derive_genotype(alphas, steps=2)
+  records = reporting.read_jsonl(workdir / 'metrics.jsonl')
+  epochs = [r for r in records if 'epoch' in r]
+  assert [r['step'] for r in epochs] == [3, 6]
+  for r in epochs:
+    assert r['valid_ppl'] == pytest.approx(np.exp(r['valid_loss'])) and 0 <= r['valid_accuracy'] <= 1
+    assert r['alpha_entropy'] < np.log(5)
+  steps = [r for r in records if 'epoch' not in r]
+  assert all(r['arch_grad_norm'] > 0 and r['seq_len'] in (2, 5) and r['lr'] == 20.0 * r['seq_len'] / 5
+             for r in steps)
+  assert state.hidden.shape == state.hidden_valid.shape == (2, 8) and np.abs(state.hidden).sum() > 0
+
+
+def test_search_resumes_bit_identically_after_an_interruption(reference_search, corpus_dir, tmp_path, monkeypatch,
+                                                              caplog):
+  workdir, state = reference_search
+  save = Checkpointer.save
+
+  def interrupted_save(self, step, *args, **kwargs):
+    if step == 6:  # the end of epoch 2; the latest checkpoint is step 4, mid epoch 2
+      raise KeyboardInterrupt
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(Checkpointer, 'save', interrupted_save)
+  with pytest.raises(KeyboardInterrupt):
+    rnn_search.rnn_search(search_config(corpus_dir), tmp_path)
+  monkeypatch.setattr(Checkpointer, 'save', save)
+  with caplog.at_level(logging.INFO):
+    resumed = rnn_search.rnn_search(search_config(corpus_dir), tmp_path)
+  assert 'Resuming from step 4 (epoch 1, step 1 of the epoch)' in caplog.text
+  for field in ('alphas', 'params', 'batch_stats', 'hidden', 'hidden_valid', 'arch_opt_state'):
+    jax.tree.map(np.testing.assert_array_equal, getattr(resumed, field), getattr(state, field))
+  assert _records(tmp_path) == _records(workdir)
+  assert (tmp_path / 'alphas.jsonl').read_text() == (workdir / 'alphas.jsonl').read_text()
+
+
+def test_search_config_errors(corpus_dir, tmp_path):
+  with pytest.raises(ValueError, match='Unknown hypergradient'):
+    rnn_search.rnn_search(search_config(corpus_dir, hypergradient='implicit_cg'), tmp_path / 'a')
+  with pytest.raises(ValueError, match='must equal model.nhid'):
+    rnn_search.rnn_search(search_config(corpus_dir, **{'model.emsize': 4}), tmp_path / 'b')
+  with pytest.raises(DatasetNotFoundError, match='put ptb.train.txt'):
+    rnn_search.rnn_search(search_config(tmp_path), tmp_path / 'c')
+  assert not (tmp_path / 'c' / 'checkpoints').exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Retraining.
+
+def test_retrain_reports_perplexity(corpus_dir, tmp_path):
+  genotype = rnn.Genotype(recurrent=[('relu', 0), ('tanh', 1)], concat=[1, 2])  # 2 nodes: a fast compile
+  config = _tiny(retrain_ptb.get_config(), corpus_dir, num_epochs=2, test_batch_size=2,  # shares the valid program
+                 genotype=rnn.genotype_to_repr(genotype), checkpoint_every_minutes=0.0)
+  results = rnn_retrain.rnn_retrain(config, tmp_path)
+  assert json.loads((tmp_path / 'results.json').read_text()) == json.loads(json.dumps(results))
+  assert results['params'] == rnn.count_params(46, 8, 8, genotype) and results['dataset'] == 'ptb'
+  assert results['test_ppl'] == pytest.approx(np.exp(results['test_loss'])) and 1 < results['test_ppl'] < 1e3
+  epochs = [r for r in reporting.read_jsonl(tmp_path / 'metrics.jsonl') if 'epoch' in r]
+  assert results['valid_ppl'] == pytest.approx(min(r['valid_ppl'] for r in epochs), rel=1e-5)
+  assert (tmp_path / 'recurrent.png').is_file() and (tmp_path / 'curves.png').is_file()
+  assert rnn.genotype_from_json((tmp_path / 'genotype.json').read_text()) == genotype
+  with pytest.raises(ValueError, match='another'):
+    rnn_retrain.rnn_retrain(_override(config, {'genotype': 'DARTS_V2'}), tmp_path)
+
+
+def _host_state(**fields):
+  params = {'w': np.zeros(2, np.float32)}
+  base = dict(step=np.asarray(0), params=params, averaging=np.asarray(False), averaged_steps=np.asarray(0),
+              avg_params=params, best_params=params, best_valid_loss=np.asarray(np.inf, np.float32),
+              valid_history=np.zeros(10, np.float32), history_length=np.asarray(0), hidden=np.zeros((1, 1)),
+              rng=jax.random.key(0))
+  return rnn_retrain.RNNTrainState(**{**base, **fields})
+
+
+def test_nt_asgd_switches_when_validation_is_worse_than_nonmono_epochs_back():
+  state = _host_state()
+  for epoch, loss in enumerate([5.0, 4.0, 4.5, 4.2]):  # 4.2 is worse than 4.0, two evaluations back
+    state = state.replace(params={'w': np.full(2, epoch, np.float32)})
+    state = rnn_retrain.nt_asgd_update(state, loss, nonmono=1)
+    assert bool(state.averaging) == (epoch == 3), epoch
+  assert float(state.best_valid_loss) == 4.0 and state.best_params['w'][0] == 1  # the weights evaluated at 4.0
+  np.testing.assert_array_equal(state.avg_params['w'], [3, 3])
+  assert int(state.history_length) == 4
+  after = rnn_retrain.nt_asgd_update(state.replace(avg_params={'w': np.full(2, 7.0, np.float32)}), 3.0, nonmono=1)
+  assert after.best_params['w'][0] == 7.0 and int(after.history_length) == 4  # averaged weights are evaluated
+
+
+def test_asgd_average_is_the_mean_of_the_iterates_from_the_second_on():
+  iterates = [1.0, 2.0, 4.0, 9.0]
+  average = 0.0
+  for k, w in enumerate(iterates, 1):
+    average = float(rnn_retrain.asgd_average(jnp.float32(average), jnp.float32(w), jnp.int32(k)))
+  assert average == pytest.approx(np.mean(iterates[1:]))

@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ''  # '' (from scratch) | the original's PyTorch checkpoint (.pt) | a retrain workdir: fine-tuning
   config.freeze_epochs = 0  # with init_from: train only the classifiers (stem and cells frozen) for this many epochs
   config.seed = 0
+  # test: train on the training set, evaluate on the test set | search_valid (model selection): train on the
+  # search split's training half, evaluate on its validation half (valid_* replaces test_* in records and results)
+  config.evaluate_on = 'test'
   config.num_epochs = 600
   config.batch_size = 96  # global, over all devices
   config.max_steps_per_epoch = 0  # 0: the whole training set each epoch

@@ -13,6 +13,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 2
+  config.num_seeds = 1  # k > 1: seeds seed..seed+k-1 in one program (vmap), in WORKDIR/seed_<s>/
   config.num_epochs = 50
   config.batch_size = 64  # global, over all devices
   config.max_steps_per_epoch = 0  # 0: the whole training half each epoch

@@ -6,7 +6,8 @@ Flags follow ``../shared/reference/torch_darts.py`` so both sides time the same 
   python ../shared/reference/torch_darts.py --C 8 --layers 5 --batch 16 --image 28 --in-ch 1 --mode second_order
 
 The step is the one `run_search.py` runs (`search_step.make_search_step`: architecture step, then weight step), jitted
-once; `compile_s` is its ahead-of-time compile, `median_step_s` the median over `--steps` timed steps after
+once (``--seeds K``: K independent searches vmapped in one step, as ``--config.num_seeds``; ``images_per_s`` is summed
+over them); `compile_s` is its ahead-of-time compile, `median_step_s` the median over `--steps` timed steps after
 `--warmup` untimed ones; `fusions` counts the compiled step's fused kernels (on CPU, compile time is about
 proportional to it); `temp_mb`/`argument_mb` are XLA's memory plan of the step and `max_rss_mb` the process's
 peak resident memory. The last line printed is one JSON object. Imports only jax, flax, optax, numpy and the
@@ -53,6 +54,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='activations and convolutions')
   parser.add_argument('--remat', action='store_true', help="rematerialise each cell's elementwise work")
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--seeds', type=int, default=1,
+                      help='independent searches vmapped in one step, as --config.num_seeds (images_per_s sums them)')
   return parser.parse_args(argv)
 
 
@@ -75,23 +78,26 @@ def run(args: argparse.Namespace) -> dict:
                         depthwise_impl=args.depthwise_impl, dtype=args.dtype, remat=args.remat)
   schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
   start = time.perf_counter()
-  state = search_step.create_search_state(jax.random.key(args.seed), model, (args.image, args.image, args.channels),
-                                          optimizers.weight_optimizer(schedule),
-                                          search_step.arch_optimizer())
+  weight_tx, arch_tx = optimizers.weight_optimizer(schedule), search_step.arch_optimizer()
+  states = [search_step.create_search_state(jax.random.key(args.seed + s), model,
+                                            (args.image, args.image, args.channels), weight_tx, arch_tx)
+            for s in range(args.seeds)]
+  state = states[0] if args.seeds == 1 else jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
   preprocess = data.make_preprocess(np.full(args.channels, 0.5), np.full(args.channels, 0.25))
   if args.mode == 'forward_backward':
-    step = jax.jit(_forward_backward_step(model, preprocess), donate_argnums=0)
+    step_fn = _forward_backward_step(model, preprocess)
   else:
-    step = jax.jit(search_step.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode,
-                                                unroll_steps=args.unroll_steps,
-                                                implicit_iterations=args.implicit_iterations),
-                   donate_argnums=0)
+    step_fn = search_step.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode,
+                                           unroll_steps=args.unroll_steps, implicit_iterations=args.implicit_iterations)
+  step = jax.jit(step_fn if args.seeds == 1 else jax.vmap(step_fn), donate_argnums=0)
   rng = np.random.default_rng(args.seed)
+  seeds_axis = () if args.seeds == 1 else (args.seeds,)
   def batch():
-    return (jnp.asarray(rng.integers(0, 256, (args.batch, args.image, args.image, args.channels), np.uint8)),
-            jnp.asarray(rng.integers(0, args.classes, (args.batch,), np.int32)))
+    return (jnp.asarray(rng.integers(0, 256, seeds_axis + (args.batch, args.image, args.image, args.channels),
+                                     np.uint8)),
+            jnp.asarray(rng.integers(0, args.classes, seeds_axis + (args.batch,), np.int32)))
   train_batch, val_batch = batch(), batch()
 
   start = time.perf_counter()
@@ -111,10 +117,10 @@ def run(args: argparse.Namespace) -> dict:
   device = jax.devices()[0]
   result = {
       'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': resolve_depthwise_impl(args.depthwise_impl),
-      'dtype': args.dtype, 'remat': args.remat,
-      'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
-      'median_step_s': median, 'min_step_s': times[0], 'images_per_s': args.batch / median,
-      'compile_s': compile_s, 'init_s': init_s, 'finite': bool(metrics['finite']),
+      'dtype': args.dtype, 'remat': args.remat, 'seeds': args.seeds,
+      'params': int(sum(x.size for x in jax.tree.leaves(state.params))) // args.seeds,
+      'median_step_s': median, 'min_step_s': times[0], 'images_per_s': args.seeds * args.batch / median,
+      'compile_s': compile_s, 'init_s': init_s, 'finite': bool(np.all(metrics['finite'])),
       'device': device.device_kind, 'jax': jax.__version__,
   }
   # Fused kernels in the compiled step (loop bodies included): on CPU each is code-generated separately, so their

@@ -1,7 +1,9 @@
 """Training a genotype from scratch (the original `train.py`): state, pmapped steps, and the `retrain` loop.
 
 `retrain(config, workdir)` trains `networks.NetworkCIFAR` built from ``config.genotype`` on the whole training set
-and evaluates it on the test set after every epoch, with the paper's recipe (``configs/retrain_cifar10.py``):
+and evaluates it on the test set after every epoch, with the paper's recipe (``configs/retrain_cifar10.py``; with
+``evaluate_on='search_valid'``, for model selection, it trains on the search split's training half and evaluates on
+its validation half, ``valid_*`` replacing ``test_*``):
 
 * SGD, momentum 0.9, weight decay 3e-4 (coupled, as PyTorch), gradients clipped to global norm 5, learning rate
   cosine-annealed per epoch from 0.025 towards 0 (`training.optimizers.epoch_cosine_schedule`, the same optimizer as search);
@@ -252,8 +254,12 @@ def open_data(config: ml_collections.ConfigDict, data_dir: str | None = None, *,
   if not 0 <= config.data.subset <= len(images):
     raise ValueError(f'data.subset={config.data.subset} must be in [0, {len(images)}] (the {ds.name} training '
                      'set size); 0 means all.')
-  if config.data.subset:
-    images, labels = images[:config.data.subset], labels[:config.data.subset]
+  if config.get('evaluate_on', 'test') == 'search_valid':  # model selection: the search split, never the test set
+    images, labels, held_out_images, held_out_labels = data.search_split(ds, config.data.subset)
+  else:
+    if config.data.subset:
+      images, labels = images[:config.data.subset], labels[:config.data.subset]
+    held_out_images, held_out_labels = ds.test_images, ds.test_labels
   steps = data.num_batches(len(images), config.batch_size, config.max_steps_per_epoch) if train else 0
   size = config.data.image_size
 
@@ -263,14 +269,14 @@ def open_data(config: ml_collections.ConfigDict, data_dir: str | None = None, *,
                               process_count=jax.process_count())
 
   def test_batches(batch_size: int) -> Iterator[EvalBatch]:
-    return loop.eval_batches(ds.test_images, ds.test_labels, batch_size, jax.process_index(), jax.process_count())
+    return loop.eval_batches(held_out_images, held_out_labels, batch_size, jax.process_index(), jax.process_count())
 
   train_preprocess, eval_preprocess = (
       data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
       for augment in (config.data.augment, False))
   return RetrainData(name=ds.name, num_classes=ds.num_classes,
                      image_shape=(size, size, images.shape[-1]) if size else images.shape[1:],
-                     num_train=len(images), num_test=len(ds.test_images), steps_per_epoch=steps,
+                     num_train=len(images), num_test=len(held_out_images), steps_per_epoch=steps,
                      train_preprocess=train_preprocess, eval_preprocess=eval_preprocess, train_batches=train_batches,
                      test_batches=test_batches)
 
@@ -573,6 +579,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'num_epochs must be positive, got {config.num_epochs}.')
   if not 0 <= config.get('freeze_epochs', 0) <= config.num_epochs:
     raise ValueError(f'freeze_epochs must be in [0, num_epochs={config.num_epochs}], got {config.freeze_epochs}.')
+  if config.get('evaluate_on', 'test') not in ('test', 'search_valid'):
+    raise ValueError(f"evaluate_on must be 'test' or 'search_valid', got {config.evaluate_on!r}.")
+  if config.get('evaluate_on', 'test') == 'search_valid' and is_imagenet(config):
+    raise ValueError("evaluate_on='search_valid' needs a dataset held in memory, not ImageNet's JPEGs.")
   if config.get('freeze_epochs', 0) and not config.get('init_from'):
     raise ValueError('freeze_epochs needs init_from: freezing freshly initialised cells trains a random-feature model.')
 
@@ -611,9 +621,10 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   _check_same_genotype(workdir, genotype)
 
   inputs = open_data(config)
+  split = 'valid' if config.get('evaluate_on', 'test') == 'search_valid' else 'test'  # the held-out images
   batch_size, steps_per_epoch = config.batch_size, inputs.steps_per_epoch
-  logging.info('%s: %d training / %d test images, %d steps of %d per epoch, %d devices.', inputs.name,
-               inputs.num_train, inputs.num_test, steps_per_epoch, batch_size, jax.device_count())
+  logging.info('%s: %d training / %d %s images, %d steps of %d per epoch, %d devices.', inputs.name,
+               inputs.num_train, inputs.num_test, split, steps_per_epoch, batch_size, jax.device_count())
 
   model = create_model(config, genotype, inputs.num_classes)
   tx, schedule = create_optimizer(config, steps_per_epoch)
@@ -645,7 +656,8 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     del state
     test = loop.evaluate_batches(p_eval, r_state, inputs.test_batches(batch_size), AXIS_NAME)
     top5 = {'test_top5': test['top5']} if inputs.top5 else {}
-    return {'test_loss': test['loss'], 'test_accuracy': test['accuracy'], **top5, 'lr': float(schedule(step - 1)),
+    return {f'{split}_loss': test['loss'], f'{split}_accuracy': test['accuracy'], **top5,
+            'lr': float(schedule(step - 1)),
             'drop_path_prob': drop_path_prob(epoch)}
 
   if jax.process_index() == 0:
@@ -664,8 +676,8 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     inputs.close()
 
   results = {
-      'test_accuracy': outcome.record['test_accuracy'],
-      'test_loss': outcome.record['test_loss'],
+      f'{split}_accuracy': outcome.record[f'{split}_accuracy'],
+      f'{split}_loss': outcome.record[f'{split}_loss'],
       'params': num_params,
       'macs': macs,  # of an image at inference (darts_jax.cnn.cost: convolutions and the classifier)
       'epochs': config.num_epochs,
@@ -678,6 +690,6 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     results['test_top5'] = outcome.record['test_top5']
   if jax.process_index() == 0:
     reporting.write_json(workdir / RESULTS_FILE, results)
-    logging.info('Test accuracy %.4f after %d epochs; results in %s.', results['test_accuracy'], config.num_epochs,
-                 workdir / RESULTS_FILE)
+    logging.info('%s accuracy %.4f after %d epochs; results in %s.', split, results[f'{split}_accuracy'],
+                 config.num_epochs, workdir / RESULTS_FILE)
   return results

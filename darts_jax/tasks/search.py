@@ -47,12 +47,15 @@ uninterrupted one does (bit for bit on CPU).
 Data parallelism: the steps are ``pmap``-ed over the local devices; each process of a multi-host run loads its own
 slice of every global batch. The search is the original's for any number of devices, with the global batch
 ``config.batch_size``.
+
+Several seeds: with ``config.num_seeds = k > 1`` `search` runs k searches (seeds ``seed .. seed + k - 1``) as one
+step vmapped over the seeds, each seed's artifacts in ``workdir/seed_<s>/`` (`darts_jax.tasks.search_seeds`).
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +219,27 @@ def _architecture_cost(config: ml_collections.ConfigDict, workdir: Path, num_cla
   return arch
 
 
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for an invalid search config, before any work."""
+  parallel.check_batch_size(config.batch_size)
+  if config.hypergradient not in HYPERGRADIENT_METHODS:
+    raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
+                     f'{", ".join(HYPERGRADIENT_METHODS)}.')
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f'Unknown model.dtype {config.model.dtype!r}; expected one of {", ".join(DTYPES)}.')
+  if config.model.depthwise_impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
+                     f'{", ".join(DEPTHWISE_IMPLS)}.')
+  if config.unroll_steps < 1 or config.implicit_iterations < 1:
+    raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
+                     'must be positive.')
+  if config.get('num_seeds', 1) < 1:
+    raise ValueError(f'num_seeds must be positive, got {config.num_seeds}.')
+  _check_dynamics_config(config)
+  _check_relaxation_config(config)
+  _check_cost_config(config)
+
+
 def _fixed_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, count: int) -> tuple[np.ndarray, ...]:
   """This process's slices of the first `count` full global batches of (images, labels), stacked with the example
   index first (the layout of `hessian.make_hessian_step`)."""
@@ -250,6 +274,48 @@ def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset,
   return model, schedule, create_search_state(jax.random.key(config.seed), model, image_shape, weight_tx, arch_tx)
 
 
+def _search_terms(config: ml_collections.ConfigDict, workdir: Path, ds: data.Dataset, image_shape: tuple[int, ...],
+                  steps_per_epoch: int) -> tuple[Any, Any, Any, cost.ArchitectureCost | None, Callable[..., Any]]:
+  """``(relaxation, arch_penalty, weight_perturbation, arch_cost, genotype_cost)``: the relaxation and regularisers
+  (`relaxation_terms`) with the cost term joined into one penalty of the validation loss, the supernet's cost table
+  (None for latency without a cost term: E[cost] is logged every epoch, latency only with a cost term, which
+  measures its table) and the genotypes' cost."""
+  relaxation, arch_penalty, weight_perturbation = relaxation_terms(config, steps_per_epoch)
+  with_cost_term = config.cost.weight > 0
+  arch_cost = (_architecture_cost(config, workdir, ds.num_classes, image_shape)
+               if with_cost_term or config.cost.metric != 'latency' else None)
+  genotype_cost = lambda genotype: _genotype_cost(genotype, config, ds.num_classes, image_shape,
+                                                  ds.train_images.shape[1])
+  cost_term = None if not with_cost_term else cost.make_cost_penalty(
+      arch_cost, target=config.cost.target, form=config.cost.form, weight=config.cost.weight,
+      mnasnet_alpha=config.cost.mnasnet_alpha, mnasnet_beta=config.cost.mnasnet_beta)
+  # One penalty of the validation loss: the regularisers and the expected cost (a function of the alphas).
+  arch_penalty = regularizers.sum_penalties(([arch_penalty] if arch_penalty else []) + (
+      [lambda alphas, weights, step: cost_term(weights)] if cost_term else []))
+  return relaxation, arch_penalty, weight_perturbation, arch_cost, genotype_cost
+
+
+def _make_steps(config: ml_collections.ConfigDict, model: SearchNetwork, schedule: optax.Schedule, ds: data.Dataset,
+                relaxation: Any, arch_penalty: Any, weight_perturbation: Any
+                ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any] | None]:
+  """The search step, the evaluation step and the Hessian step (None without ``diagnostics.hessian_iterations``)
+  of `config` with `_search_terms`'s terms, before ``pmap``: `search` runs them as they are, `search_seeds`
+  vmapped over seeds."""
+  train_preprocess, eval_preprocess = (
+      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=config.data.image_size, axis_name=AXIS_NAME)
+      for augment in (config.data.augment, False))
+  search_step = make_search_step(
+      model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
+      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
+      implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping,
+      relaxation=relaxation, arch_penalty=arch_penalty, weight_perturbation=weight_perturbation)
+  hessian_step = None
+  if config.diagnostics.hessian_iterations:
+    hessian_step = hessian.make_hessian_step(model, eval_preprocess, config.diagnostics.hessian_iterations,
+                                             config.diagnostics.hessian_method, relaxation.probabilities)
+  return search_step, make_eval_step(model, eval_preprocess, relaxation.deterministic), hessian_step
+
+
 def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> SearchState:
   """Runs (or resumes) the DARTS search of `config` in `workdir` and writes its artifacts (module docstring).
 
@@ -268,24 +334,12 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     loop.NonFiniteLossError: when the search diverges; the checkpoints hold the last good state.
     loop.Preempted: a signal stopped the search after a checkpoint.
   """
+  if config.get('num_seeds', 1) != 1:
+    from darts_jax.tasks import search_seeds  # pylint: disable=import-outside-toplevel  (it builds on this module)
+    return search_seeds.search_seeds(config, workdir)
   workdir = loop.prepare_workdir(workdir, config)
+  _check_config(config)
   batch_size = config.batch_size
-  parallel.check_batch_size(batch_size)
-  if config.hypergradient not in HYPERGRADIENT_METHODS:
-    raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
-                     f'{", ".join(HYPERGRADIENT_METHODS)}.')
-  if config.model.dtype not in DTYPES:
-    raise ValueError(f'Unknown model.dtype {config.model.dtype!r}; expected one of {", ".join(DTYPES)}.')
-  if config.model.depthwise_impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
-                     f'{", ".join(DEPTHWISE_IMPLS)}.')
-  if config.unroll_steps < 1 or config.implicit_iterations < 1:
-    raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
-                     'must be positive.')
-  _check_dynamics_config(config)
-  _check_relaxation_config(config)
-  _check_cost_config(config)
-
   ds = data.load_dataset(config.data.name, config.data.dir or None)
   train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)
   steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
@@ -294,35 +348,15 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   size = config.data.image_size
   image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
   model, schedule, state = _create_model_and_state(config, ds, image_shape, steps_per_epoch)
-  relaxation, arch_penalty, weight_perturbation = relaxation_terms(config, steps_per_epoch)
-  # E[cost] is logged every epoch; latency only with a cost term, which measures its table.
-  with_cost_term = config.cost.weight > 0
-  arch_cost = (_architecture_cost(config, workdir, ds.num_classes, image_shape)
-               if with_cost_term or config.cost.metric != 'latency' else None)
-  genotype_cost = lambda genotype: _genotype_cost(genotype, config, ds.num_classes, image_shape,
-                                                  ds.train_images.shape[1])
-  cost_term = None if not with_cost_term else cost.make_cost_penalty(
-      arch_cost, target=config.cost.target, form=config.cost.form, weight=config.cost.weight,
-      mnasnet_alpha=config.cost.mnasnet_alpha, mnasnet_beta=config.cost.mnasnet_beta)
-  # One penalty of the validation loss: the regularisers and the expected cost (a function of the alphas).
-  arch_penalty = regularizers.sum_penalties(([arch_penalty] if arch_penalty else []) + (
-      [lambda alphas, weights, step: cost_term(weights)] if cost_term else []))
-
-  train_preprocess, eval_preprocess = (
-      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
-      for augment in (config.data.augment, False))
-  p_step = jax.pmap(make_search_step(
-      model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
-      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
-      implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping,
-      relaxation=relaxation, arch_penalty=arch_penalty, weight_perturbation=weight_perturbation),
-      axis_name=AXIS_NAME, donate_argnums=(0,))
-  p_eval = jax.pmap(make_eval_step(model, eval_preprocess, relaxation.deterministic), axis_name=AXIS_NAME)
+  relaxation, arch_penalty, weight_perturbation, arch_cost, genotype_cost = _search_terms(
+      config, workdir, ds, image_shape, steps_per_epoch)
+  search_step, eval_step, hessian_step = _make_steps(config, model, schedule, ds, relaxation, arch_penalty,
+                                                     weight_perturbation)
+  p_step = jax.pmap(search_step, axis_name=AXIS_NAME, donate_argnums=(0,))
+  p_eval = jax.pmap(eval_step, axis_name=AXIS_NAME)
   hessian_iterations = config.diagnostics.hessian_iterations
   if hessian_iterations:
-    p_hessian = jax.pmap(hessian.make_hessian_step(model, eval_preprocess, hessian_iterations,
-                                                   config.diagnostics.hessian_method, relaxation.probabilities),
-                         axis_name=AXIS_NAME)
+    p_hessian = jax.pmap(hessian_step, axis_name=AXIS_NAME)
     hessian_batches = parallel.shard(
         _fixed_batches(valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -52,8 +53,10 @@ def _keys_to_data(state: PyTree) -> PyTree:
   Recent orbax stores typed keys itself, but orbax 0.11 cannot restore them
   (google/orbax#2540); raw data keeps checkpoints portable across versions.
   """
+  # On the host: orbax refuses to save a process's device-local jax.Array in a multi-process run.
   return jax.tree.map(
-      lambda x: jax.random.key_data(x) if _is_prng_key(x) else x, state)
+      lambda x: np.asarray(jax.random.key_data(x)) if _is_prng_key(x) else x,
+      state)
 
 
 def _abstract(target: PyTree) -> PyTree:

@@ -225,7 +225,9 @@ def evaluate(p_eval: Callable[[Any, EvalBatch], Metrics], replicated_state: Any,
              labels: np.ndarray, batch_size: int, axis_name: str) -> dict[str, float]:
   """Mean ``loss`` and ``accuracy`` over all of (`images`, `labels`), split over processes and devices.
 
-  `p_eval` is a pmapped eval step returning the psum'd ``loss_sum``, ``correct`` and ``count`` of a masked batch.
+  `p_eval` is a pmapped eval step returning the psum'd ``loss_sum``, ``correct`` and ``count`` of a masked batch,
+  each a scalar per device, or an array per device (e.g. one value per seed of `tasks.search_seeds`): then the
+  means are numpy arrays of that shape.
   """
   batches = eval_batches(images, labels, batch_size, jax.process_index(), jax.process_count())
   return evaluate_batches(p_eval, replicated_state, batches, axis_name)
@@ -237,11 +239,12 @@ def evaluate_batches(p_eval: Callable[[Any, EvalBatch], Metrics], replicated_sta
   e.g. decoded JPEGs), and ``X`` for every further ``correct_X`` sum of `p_eval` (``top5``: top-5 accuracy)."""
   sums = [p_eval(replicated_state, parallel.shard(batch, axis_name)) for batch in batches]
   # psum'd over devices, so every device holds the totals; device 0's are read.
-  totals = {k: float(np.sum([np.asarray(s[k]).reshape(-1)[0] for s in jax.device_get(sums)])) for k in sums[0]}
+  totals = {k: np.sum([np.asarray(s[k])[0] for s in jax.device_get(sums)], axis=0).astype(np.float64)
+            for k in sums[0]}
   means = {'loss': totals['loss_sum'] / totals['count'], 'accuracy': totals['correct'] / totals['count']}
   means.update({k[len('correct_'):]: v / totals['count'] for k, v in totals.items()
                 if k.startswith('correct_')})
-  return means
+  return {k: float(v) if np.ndim(v) == 0 else v for k, v in means.items()}
 
 
 def agree(decision: bool) -> bool:

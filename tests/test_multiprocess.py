@@ -43,7 +43,8 @@ def _run_two_processes(workdir, data_dir, kill_after_step=None):
   try:
     for i in range(2):
       env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                 JAX_PROCESS_ID=str(i), JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2',
+                 JAX_PROCESS_ID=str(i), JAX_PLATFORMS='cpu',
+                 XLA_FLAGS=os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=2',
                  PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / 'tests')]), KILL_AFTER_STEP=str(kill_after_step or ''))
       processes.append(subprocess.Popen(
           [sys.executable, str(ROOT / 'tests' / 'multiprocess_search.py'), '--config', 'configs/search_quick.py',

@@ -14,8 +14,8 @@ epochs): with the paper's dropouts the 64-unit supernet does not learn in 150 st
 transcription of the original alike (training NLL 9.3 → 9.0–9.6, i.e. uniform; the same clipped lr 20 steps move
 a 6.6× smaller model's weights 2.6× further per coordinate and the heavy dropout leaves little signal). With these
 dropouts the training NLL falls (9.2 → 7.4 over 150 steps in the transcription). lr 20 stays: lr 5 lowers the
-training NLL faster but gives a worse validation perplexity (the BN's shared running statistics, used in
-evaluation, lag more).
+training NLL faster but gives a worse validation perplexity (1054 against 789 on the first 14,000 validation
+tokens after 150 steps of the transcription).
 """
 import ml_collections
 

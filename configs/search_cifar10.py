@@ -51,6 +51,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.augment = True  # random crop 32 (padding 4) + horizontal flip, on device
   config.data.image_size = 0  # > 0: resize images to image_size x image_size on device
 
+  # How the alphas become the mixing weights of each edge's ops (darts_jax.relaxations); softmax at 1 is DARTS.
+  config.relaxation = ml_collections.ConfigDict()
+  config.relaxation.name = 'softmax'  # softmax | gumbel_softmax | gaussian_softmax | sigmoid | dirichlet
+  config.relaxation.hard = False  # one-hot argmax forward, straight-through gradient (GDAS); not for sigmoid
+  config.relaxation.temperature = 1.0  # tau at the first epoch (softmax, gumbel_softmax, gaussian_softmax, sigmoid)
+  config.relaxation.final_temperature = 1.0  # tau at the last epoch, reached by temperature_schedule
+  config.relaxation.temperature_schedule = 'constant'  # constant | linear | exponential | cosine (per epoch)
+  config.relaxation.noise_scale = 0.0  # gaussian_softmax: std of the Gaussian noise added to the alphas
+  config.relaxation.concentration = 'elu'  # dirichlet: elu (elu(alpha) + 1, DrNAS) | softplus
+  # Architecture regularisers added to the validation loss (darts_jax.dynamics.regularizers); L2 is
+  # arch_weight_decay. Weights: 0 = off.
+  config.regularizer = ml_collections.ConfigDict()
+  config.regularizer.entropy = 0.0  # mean entropy of the weights: > 0 pushes edges to commit, < 0 keeps them spread
+  config.regularizer.zero_one = 0.0  # FairDARTS's zero-one loss of the weights
+  config.regularizer.beta_decay = 0.0  # beta-DARTS's log-sum-exp of the alphas
+  config.regularizer.schedule = 'constant'  # constant | linear: each weight from 0 at the first epoch (beta-DARTS)
+  config.regularizer.random_smoothing = 0.0  # SDARTS-RS: max |noise| on the weight step's weights, last epoch; 0: off
+  config.regularizer.random_smoothing_start = 0.03  # SDARTS-RS: the same at the first epoch (linear in between)
+
   # Diagnostics of the search's dynamics (darts_jax.dynamics), logged every epoch.
   config.diagnostics = ml_collections.ConfigDict()
   config.diagnostics.hessian_batches = 4  # fixed validation batches of the Hessian eigenvalue

@@ -6,7 +6,9 @@ The package is grouped by concept (docs/architecture.md has the map):
   (`networks`), genotypes and cell diagrams (`genotypes`, `plots`), what a network costs (`cost`, `latency`);
 * `darts_jax.bilevel`: the bilevel core: the generic `hypergradient` and the DARTS search step on the supernet;
 * `darts_jax.dynamics`: the search's dynamics: diagnostics (`darts_jax.diagnostics`, e.g.
-  `dominant_hessian_eigenvalue`), early-stopping rules, plots of a run and comparisons of runs;
+  `dominant_hessian_eigenvalue`), early-stopping rules, plots of a run and comparisons of runs, and the relaxations
+  and architecture regularisers of DARTS's variants (`darts_jax.relaxations`: temperature, Gumbel-softmax, sigmoid,
+  Dirichlet, entropy, zero-one, Beta-Decay);
 * `darts_jax.data`: datasets, batching and on-device augmentation;
 * `darts_jax.training`: the one training loop (`loop`) and its infrastructure: checkpoints, metrics, curves,
   pmap helpers, optimizers, configs, CLI start-up;

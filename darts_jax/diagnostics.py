@@ -12,9 +12,9 @@ rules built on them (DARTS-ES, DARTS+, stability) are `darts_jax.dynamics.early_
 """
 from darts_jax.dynamics.diagnostics import (alpha_entropy, alpha_max_weight, edge_labels, epoch_diagnostics,
                                             genotype_stability, same_architecture, skip_count, softmax_weights,
-                                            unchanged_epochs)
+                                            unchanged_epochs, weights_entropy, weights_max)
 from darts_jax.dynamics.hessian import dominant_hessian_eigenvalue, hessian_eigenvalue_and_gradient
 
 __all__ = ['alpha_entropy', 'alpha_max_weight', 'dominant_hessian_eigenvalue', 'edge_labels', 'epoch_diagnostics',
            'genotype_stability', 'hessian_eigenvalue_and_gradient', 'same_architecture', 'skip_count',
-           'softmax_weights', 'unchanged_epochs']
+           'softmax_weights', 'unchanged_epochs', 'weights_entropy', 'weights_max']

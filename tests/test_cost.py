@@ -225,7 +225,8 @@ def test_cost_term_gradient_matches_finite_differences(form, options):
                                                                                                    'reduce'))}
     uniform = float(cost.expected_cost({k: np.full((14, 8), 1 / 8) for k in alphas}, arch))
     # Target below E: the hinge and MnasNet's beta are active, away from their kinks.
-    penalty = cost.make_cost_penalty(arch, target=0.8 * uniform, form=form, weight=2.0, **options)
+    term = cost.make_cost_penalty(arch, target=0.8 * uniform, form=form, weight=2.0, **options)
+    penalty = lambda alphas: term(jax.tree.map(jax.nn.softmax, alphas))
     flat, unravel = jax.flatten_util.ravel_pytree(alphas)
     gradient = jax.flatten_util.ravel_pytree(jax.jit(jax.grad(penalty))(alphas))[0]
     # Directional derivatives along 16 random directions, by central differences: O(eps^2) truncation (~1e-10
@@ -241,7 +242,8 @@ def test_cost_term_enters_the_architecture_step_and_lowers_the_expected_cost():
   # First order: the term enters every method through the same architecture update (search_step.arch_step).
   arch = _macs_model()
   target = 0.5 * float(cost.expected_cost({k: np.full((14, 8), 1 / 8) for k in ('normal', 'reduce')}, arch))
-  penalty = cost.make_cost_penalty(arch, target=target, weight=20.0)
+  term = cost.make_cost_penalty(arch, target=target, weight=20.0)
+  penalty = lambda alphas: term(jax.tree.map(jax.nn.softmax, alphas))  # TinySupernet mixes the raw alphas
   model = TinySupernet()
   schedule = optax.constant_schedule(0.025)
   # Plain SGD at rate 1 on the alphas: the architecture update is minus the gradient, so the two runs' updates
@@ -251,8 +253,9 @@ def test_cost_term_enters_the_architecture_step_and_lowers_the_expected_cost():
   preprocess = data.make_preprocess(MEAN, STD, augment=False)
   runs = {}
   for name, arch_penalty in (('plain', None), ('cost', penalty)):
-    step = jax.jit(search_step.make_search_step(model, schedule, preprocess, hypergradient_method='first_order',
-                                                arch_penalty=arch_penalty))
+    step = jax.jit(search_step.make_search_step(
+        model, schedule, preprocess, hypergradient_method='first_order',
+        arch_penalty=arch_penalty and (lambda alphas, weights, step, term=arch_penalty: term(alphas))))
     states = [state]
     for train, val in _batches(3):
       states.append(step(states[-1], train, val)[0])
@@ -279,9 +282,10 @@ def test_search_adds_the_configured_cost_term(data_dir, tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     search.search(config, tmp_path)
   arch = cost.architecture_cost(lambda u: cost.unit_cost(u).macs, C=4, layers=3, image_size=16, in_channels=1)
-  alphas = {k: np.zeros((14, 8), np.float32) for k in ('normal', 'reduce')}
-  expected = float(cost.expected_cost({k: np.full((14, 8), 1 / 8) for k in alphas}, arch))
-  assert float(captured['arch_penalty'](alphas)) == pytest.approx(3.0 * max(0.0, expected / 1e5 - 1), rel=1e-6)
+  weights = {k: np.full((14, 8), 1 / 8, np.float32) for k in ('normal', 'reduce')}
+  expected = float(cost.expected_cost(weights, arch))
+  # The term is taken on the mixing weights the relaxation gives (uniform here), not on the alphas.
+  assert float(captured['arch_penalty'](None, weights, 0)) == pytest.approx(3.0 * max(0.0, expected / 1e5 - 1), rel=1e-6)
   assert json.loads((tmp_path / 'cost_model.json').read_text())['fixed'] == arch.fixed
   with pytest.raises(ValueError, match='cost.target'):
     search.search(tiny_config(data_dir, **{'cost.weight': 1.0}), tmp_path / 'no_target')

@@ -323,7 +323,7 @@ def test_axis_name_data_parallel_matches_global_batch():
   # The host device count is fixed when jax initialises, hence the subprocess.
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ,
-             XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             XLA_FLAGS=os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu',
              PYTHONPATH=os.pathsep.join(
                  [repo, os.environ.get('PYTHONPATH', '')]))

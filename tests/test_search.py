@@ -31,9 +31,10 @@ MEAN, STD = np.array([0.3], np.float32), np.array([0.4], np.float32)
 
 
 class TinySupernet(nn.Module):
-  """Dense -> BN -> tanh, each hidden unit scaled by every op's total softmax weight, -> Dense.
+  """Dense -> BN -> tanh, each hidden unit scaled by every op's total mixing weight, -> Dense.
 
-  Has `SearchNetwork`'s constructor fields, so `search.search` can build it from a config.
+  Has `SearchNetwork`'s constructor fields, so `search.search` can build it from a config; as it, it mixes by
+  ``softmax(alphas)`` or (``mixing='weights'``) takes the mixing weights.
   """
   C: int = 4
   num_classes: int = 10
@@ -45,12 +46,14 @@ class TinySupernet(nn.Module):
   axis_name: str | None = None
   dtype: str = 'float32'  # of the hidden layer, as SearchNetwork's activations
   remat: bool = False
+  mixing: str = 'softmax'
 
   @nn.compact
   def __call__(self, x, alphas, train=True):
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
     h = jnp.tanh(BatchNorm(axis_name=self.axis_name)(nn.Dense(self.C, dtype=self.dtype)(x), train))
-    mix = (jax.nn.softmax(alphas['normal'], -1) + jax.nn.softmax(alphas['reduce'], -1) ** 2).sum(0)  # (8,)
+    weights = alphas if self.mixing == 'weights' else jax.tree.map(lambda a: jax.nn.softmax(a, -1), alphas)
+    mix = (weights['normal'] + weights['reduce'] ** 2).sum(0)  # (8,)
     features = (h[:, :, None] * mix.astype(self.dtype)).reshape(x.shape[0], -1).astype(jnp.float32)
     return nn.Dense(self.num_classes)(features)
 
@@ -309,6 +312,19 @@ def reference_run(tmp_path_factory, data_dir):
 def _epoch_records(workdir):
   return [{k: v for k, v in r.items() if k not in ('epoch_time_s', 'images_per_s')}
           for r in reporting.read_jsonl(workdir / 'metrics.jsonl')]
+
+
+def test_default_relaxation_reproduces_the_alphas_from_before_relaxations(reference_run):
+  """The search now mixes the ops by its relaxation's weights (config.relaxation); the default, DARTS's softmax,
+  must reach the alphas the supernet's own softmax gave: these were printed by the code before that change (same
+  config, CPU), and float32 arithmetic in the same order reproduces them bit for bit."""
+  _, state = reference_run
+  np.testing.assert_array_equal(state.alphas['normal'][0], np.array(
+      [0.16659922897815704, -0.7389423847198486, 0.8798342943191528, -0.32787394523620605, -0.6342896223068237,
+       0.4264843761920929, 0.3867829144001007, -0.2676534354686737], np.float32))
+  np.testing.assert_array_equal(state.alphas['reduce'][-1], np.array(
+      [0.009407750330865383, -0.7307466864585876, 0.9674642086029053, -0.34787628054618835, -0.5784299373626709,
+       0.3155790865421295, 0.265522837638855, -0.3356235921382904], np.float32))
 
 
 def test_search_writes_the_run_artifacts(reference_run):

@@ -32,7 +32,8 @@ TINY = ['--config.data.subset=0', '--config.data.image_size=0', '--config.batch_
 
 
 def run_search(workdir, data_dir, *overrides, devices=1, wait=True, log=None):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'{os.environ["XLA_FLAGS"]} --xla_force_host_platform_device_count={devices}')
   command = [sys.executable, 'run_search.py', '--config', 'configs/search_quick.py', '--workdir', str(workdir),
              f'--config.data.dir={data_dir}',
              f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}', *TINY, *overrides]

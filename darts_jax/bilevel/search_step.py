@@ -14,6 +14,15 @@ One search step (the original `train_search.py`'s inner loop, `Architect.step` t
 (The constants are the paper's, the defaults of `arch_optimizer` and
 `training.optimizers.weight_optimizer`.)
 
+**Relaxations and penalties** (`darts_jax.relaxations`, `darts_jax.dynamics.regularizers`). With a `relaxation`,
+every loss of the step mixes the ops with ``relaxation.sample(key, alpha, step)`` instead of the network's own
+softmax; ``key = fold_in(fold_in(rng, step), 1)`` is drawn once per step, so the virtual step, the validation
+gradient, the mixed term and the weight step all see the same sample, and ``h`` is the exact derivative of one
+well-defined one-step objective (reproducible from the seed and the step: resume stays bit-identical). An
+`arch_penalty` ``P(alpha, weights, step)`` joins the validation loss: it does not depend on ``w``, so it adds
+``∇_alpha P`` to ``h`` for every method. A `weight_perturbation` (SDARTS-RS) perturbs the weights of the weight
+step's forward pass only.
+
 Batch normalisation uses batch statistics in every forward pass, as the original's `model.train()`. The losses of
 the architecture step (all hypergradient passes) read the running statistics but discard their updates; only the
 weight step updates them. The original updates them on every forward pass, including those of the architecture
@@ -128,10 +137,17 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+# An architecture penalty ``P(alphas, mixing weights, step) -> scalar`` (`darts_jax.dynamics.regularizers`).
+ArchPenalty = Callable[[PyTree, PyTree, jax.Array], jax.Array]
+# A perturbation of the weight step's mixing weights ``(key, weights, step) -> weights`` (SDARTS-RS).
+WeightPerturbation = Callable[[jax.Array, PyTree, jax.Array], PyTree]
+
+
 def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess: Preprocess, *,
                      hypergradient_method: str, momentum: float = 0.9, weight_decay: float = 3e-4,
                      fd_epsilon: float = 0.01, unroll_steps: int = 1, implicit_iterations: int = 10,
-                     implicit_damping: float = 0.0, arch_penalty: Callable[[PyTree], jax.Array] | None = None
+                     implicit_damping: float = 0.0, relaxation: Any = None, arch_penalty: ArchPenalty | None = None,
+                     weight_perturbation: WeightPerturbation | None = None
                      ) -> Callable[[SearchState, Batch, Batch], tuple[SearchState, Metrics]]:
   """Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)`` (see the module docstring).
 
@@ -155,19 +171,29 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     unroll_steps: for ``'unrolled'``: the number of virtual steps, all on the step's training batch.
     implicit_iterations: for ``'implicit_cg'`` / ``'implicit_neumann'``: CG iterations or Neumann terms.
     implicit_damping: for the implicit methods: added to the diagonal of the training Hessian.
-    arch_penalty: a term ``penalty(alphas)`` of the validation loss besides the cross-entropy (e.g.
-      `darts_jax.cnn.cost.make_cost_penalty`). It depends on the alphas only, so every method's hypergradient of
-      ``L_val + penalty`` is its hypergradient of ``L_val`` plus ``∇_α penalty``.
+    relaxation: None: the model mixes the alphas itself (its softmax). Otherwise an object whose
+      ``sample(key, alphas, step)`` gives the mixing weights (`darts_jax.relaxations.Relaxation`), and the model
+      takes those weights in place of the alphas (``SearchNetwork(mixing='weights')``).
+    arch_penalty: ``P(alphas, weights, step)`` added to the validation loss besides the cross-entropy, ``weights``
+      the step's sample (the alphas themselves without a `relaxation`): the regularisers
+      (`darts_jax.dynamics.regularizers`), the expected cost (`darts_jax.cnn.cost.make_cost_penalty`). It depends
+      on the alphas only, so every method's hypergradient of ``L_val + P`` is its hypergradient of ``L_val`` plus
+      ``∇_α P``.
+    weight_perturbation: ``(key, weights, step) -> weights`` applied to the weight step's mixing weights only
+      (needs a `relaxation`).
 
   Returns:
     The step function. ``metrics`` (equal on all devices) are the weight step's ``loss`` and ``accuracy``, the
-    global norms ``grad_norm`` (weights, before clipping) and ``arch_grad_norm`` (hypergradient), ``lr``, and
-    ``finite``: whether the loss, both gradients and the new weights and alphas are all finite.
+    global norms ``grad_norm`` (weights, before clipping) and ``arch_grad_norm`` (hypergradient, penalty included),
+    ``lr``, with an `arch_penalty` its value ``arch_penalty``, and ``finite``: whether the loss, both gradients and
+    the new weights and alphas are all finite.
   """
   if hypergradient_method not in HYPERGRADIENT_METHODS:
     raise ValueError(f'Unknown hypergradient {hypergradient_method!r}; expected one of '
                      f'{", ".join(HYPERGRADIENT_METHODS)}.')
   method = HYPERGRADIENT_METHODS[hypergradient_method]
+  if relaxation is None and weight_perturbation is not None:
+    raise ValueError('A weight perturbation needs a relaxation (the mixing weights).')
   axis_name = model.axis_name
 
   def forward(params, batch_stats, alphas, images):
@@ -178,28 +204,46 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
   def search_step(state: SearchState, train_batch: Batch, val_batch: Batch) -> tuple[SearchState, Metrics]:
-    train_key, val_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    step_key = jax.random.fold_in(state.rng, state.step)
+    train_key, val_key = jax.random.split(step_key)
     train = (preprocess(train_key, train_batch[0]), train_batch[1])
     val = (preprocess(val_key, val_batch[0]), val_batch[1])
     lr = schedule(state.step)
     m = momentum_buffer(state.weight_opt_state)
+    # The relaxation's noise: one draw per step, its own stream beside the augmentation's.
+    sample_key, perturbation_key = jax.random.split(jax.random.fold_in(step_key, 1))
+
+    def mixing(alphas):  # what the model takes: the alphas, or the step's sample of the mixing weights
+      return alphas if relaxation is None else relaxation.sample(sample_key, alphas, state.step)
 
     # The BN-statistics updates of the architecture step's passes are discarded (see the module docstring).
     def loss_fn(params, alphas, batch):
       return loss_and_aux(params, alphas, batch)[0]
 
-    def loss_and_aux(params, alphas, batch):
-      logits, updates = forward(params, state.batch_stats, alphas, batch[0])
+    def loss_and_aux(params, alphas, batch, weight_step=False):
+      weights = mixing(alphas)
+      if weight_perturbation is not None:  # a select: the architecture passes differentiate the unperturbed weights
+        perturbed = weight_perturbation(perturbation_key, weights, state.step)
+        weights = jax.tree.map(lambda p, w: jnp.where(weight_step, p, w), perturbed, weights)
+      logits, updates = forward(params, state.batch_stats, weights, batch[0])
       return _cross_entropy(logits, batch[1]), (logits, updates['batch_stats'])
 
-    def gradient_pass(params, alphas, batch):
-      (loss, aux), grads = jax.value_and_grad(loss_and_aux, argnums=(0, 1), has_aux=True)(params, alphas, batch)
+    def gradient_pass(params, alphas, batch, weight_step=False):
+      (loss, aux), grads = jax.value_and_grad(loss_and_aux, argnums=(0, 1), has_aux=True)(params, alphas, batch,
+                                                                                           weight_step)
       return pmean(grads), (loss, aux)
 
-    def arch_step(arch_grads):
-      if arch_penalty is not None:  # not through the virtual step: the penalty does not depend on w
-        arch_grads = jax.tree.map(jnp.add, arch_grads, jax.grad(arch_penalty)(state.alphas))
-      arch_updates, arch_opt_state = state.arch_tx.update(arch_grads, state.arch_opt_state, state.alphas)
+    if arch_penalty is None:
+      penalty_grads = None
+    else:  # independent of the weights: its gradient joins every method's hypergradient as it is
+      penalty, penalty_grads = jax.value_and_grad(lambda a: arch_penalty(a, mixing(a), state.step))(state.alphas)
+
+    def with_penalty(hypergrads):
+      return hypergrads if penalty_grads is None else jax.tree.map(jnp.add, hypergrads, penalty_grads)
+
+    def arch_step(hypergrads):
+      arch_updates, arch_opt_state = state.arch_tx.update(with_penalty(hypergrads), state.arch_opt_state,
+                                                          state.alphas)
       return optax.apply_updates(state.alphas, arch_updates), arch_opt_state
 
     if method in _CHAINED_METHODS:
@@ -213,8 +257,10 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
           implicit_iterations=implicit_iterations, implicit_damping=implicit_damping, axis_name=axis_name)
       alphas, arch_opt_state = arch_step(arch_grads)
       # Weight step with the updated alphas; it also advances the BN running statistics.
-      (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params, alphas, train)
+      (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params, alphas, train,
+                                                                                            True)
       grads = pmean(grads)
+    arch_grads = with_penalty(arch_grads)
 
     updates, weight_opt_state = state.weight_tx.update(grads, state.weight_opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -224,6 +270,8 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
         'accuracy': jnp.mean(jnp.argmax(logits, -1) == train_batch[1]),
     })
     metrics.update(grad_norm=optax.tree.norm(grads), arch_grad_norm=optax.tree.norm(arch_grads), lr=lr)
+    if arch_penalty is not None:
+      metrics['arch_penalty'] = pmean(penalty)
     metrics['finite'] = jnp.all(jnp.stack(
         [jnp.isfinite(metrics['loss']), jnp.isfinite(metrics['grad_norm']), jnp.isfinite(metrics['arch_grad_norm'])]
         + [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((params, alphas))]))
@@ -256,7 +304,8 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
 
   The same arithmetic as `darts_jax.bilevel.hypergradient` followed by the weight step's gradient (the search-step
   tests compare them). fd's first pass needs only ``g_w`` and computes ``g_α`` too, which costs little: the
-  α-gradient is a few small contractions.
+  α-gradient is a few small contractions. ``gradient_pass`` takes a fourth argument, true for the weight step's
+  pass (SDARTS-RS perturbs only that one).
 
   Returns ``(arch_grads, (alphas', arch_opt_state'), last pass output)``.
   """
@@ -300,7 +349,7 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
 
   def body(i, loop_state):
     carry, inputs, _ = loop_state
-    out = gradient_pass(*inputs)
+    out = gradient_pass(*inputs, i == len(stages))  # the last pass is the weight step's
     carry, inputs = lax.switch(i, stages + [last], carry, out)
     return carry, inputs, out
 
@@ -310,7 +359,8 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   return arch_result[0], arch_result[1], out
 
 
-def make_eval_step(model: SearchNetwork, preprocess: Preprocess
+def make_eval_step(model: SearchNetwork, preprocess: Preprocess,
+                   mixing: Callable[[PyTree, jax.Array], PyTree] | None = None
                    ) -> Callable[[SearchState, tuple[jax.Array, jax.Array, jax.Array]], Metrics]:
   """Builds ``eval_step(state, (images, labels, mask)) -> sums`` for the supernet with the current alphas.
 
@@ -318,14 +368,16 @@ def make_eval_step(model: SearchNetwork, preprocess: Preprocess
   prepared by `preprocess` without augmentation (the original's ``infer`` reads the training transform's augmented
   images; an unaugmented measure is the more useful one); ``mask`` (float, 1 for real examples, 0 for padding) lets
   the last batch be padded to the common shape. Returns the (device-summed under pmap) ``loss_sum``, ``correct``
-  and ``count``.
+  and ``count``. ``mixing(alphas, step)``, if given, computes what the model takes from the alphas: a relaxation's
+  deterministic weights (`darts_jax.relaxations.Relaxation.deterministic`).
   """
   axis_name = model.axis_name
 
   def eval_step(state: SearchState, batch: tuple[jax.Array, jax.Array, jax.Array]) -> Metrics:
     images, labels, mask = batch
+    architecture = state.alphas if mixing is None else mixing(state.alphas, state.step)
     logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, preprocess(None, images),
-                         state.alphas, train=False)
+                         architecture, train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     sums = {
         'loss_sum': jnp.sum(losses * mask),

@@ -379,15 +379,14 @@ def cost_penalty(expected: jax.Array, *, target: float, form: str = 'linear', we
 def make_cost_penalty(arch_cost: ArchitectureCost, *, target: float, form: str = 'linear', weight: float = 1.0,
                       mnasnet_alpha: float = -0.07, mnasnet_beta: float = -0.07
                       ) -> Callable[[Mapping[str, jax.Array]], jax.Array]:
-  """``penalty(alphas)``: `cost_penalty` of the `expected_cost` under ``softmax(alphas)``, the supernet's mixing
-  weights; pure and differentiable, to add to the validation loss."""
+  """``penalty(weights)``: `cost_penalty` of the `expected_cost` under the supernet's mixing weights (``softmax(α)``
+  for DARTS, the relaxation's sample for the others); pure and differentiable, to add to the validation loss."""
   if not target > 0 or not math.isfinite(target):
     raise ValueError(f'the cost target must be positive, got {target}')
   if form not in PENALTY_FORMS:
     raise ValueError(f'unknown cost penalty form {form!r}; expected one of {", ".join(PENALTY_FORMS)}')
 
-  def penalty(alphas: Mapping[str, jax.Array]) -> jax.Array:
-    weights = {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
+  def penalty(weights: Mapping[str, jax.Array]) -> jax.Array:
     return cost_penalty(expected_cost(weights, arch_cost), target=target, form=form, weight=weight,
                         mnasnet_alpha=mnasnet_alpha, mnasnet_beta=mnasnet_beta)
 

@@ -205,6 +205,7 @@ def derive_genotype(
     steps: int = 4,
     primitives: Sequence[str] = PRIMITIVES,
     multiplier: int | None = None,
+    from_weights: bool = False,
 ) -> Genotype:
   """Derives the discrete cell from architecture weights (DARTS, Sec. 2.4).
 
@@ -223,6 +224,9 @@ def derive_genotype(
     primitives: op names of the weight columns.
     multiplier: number of trailing states concatenated into the cell output;
       defaults to ``steps`` (all intermediate nodes, as in DARTS).
+    from_weights: ``alphas`` already holds the mixing weights ``w`` (a
+      relaxation's, e.g. independent sigmoid gates): ranked as they are,
+      without the softmax.
 
   Returns:
     The derived ``Genotype``; concat lists are ``[2 + steps - multiplier, ...,
@@ -251,7 +255,7 @@ def derive_genotype(
       raise ValueError(
           f"alphas['{cell_type}'] contains NaN or inf; the search diverged"
       )
-    genes[cell_type] = _parse_cell(_softmax(a), steps, primitives)
+    genes[cell_type] = _parse_cell(a if from_weights else _softmax(a), steps, primitives)
   concat = list(range(2 + steps - multiplier, steps + 2))
   return Genotype(
       normal=genes['normal'],

@@ -3,7 +3,9 @@
 Every edge of a cell carries the 8 `PRIMITIVES`, mixed by the softmax of its row of alphas:
 ``edge(x) = Σ_k softmax(alpha_edge)_k · op_k(x)``. Normal cells share ``alphas['normal']`` and reduction cells share
 ``alphas['reduce']``; alphas are an argument of ``apply``, not a parameter, so the bilevel optimiser can
-differentiate the two separately.
+differentiate the two separately. With ``mixing='weights'`` the argument is the mixing weights themselves, as a
+relaxation (`darts_jax.relaxations`: temperature, Gumbel-softmax, sigmoid, Dirichlet, ...) computes them from the
+alphas.
 
 **Wide formulation.** The original builds a separate module for each of the 14 edges. Here all edges *leaving* one
 node are computed together (`MixedEdges`): they apply the same 8 ops to the same input, so their weights are stacked
@@ -58,7 +60,7 @@ def init_alphas(rng: jax.Array, steps: int = 4, num_ops: int = len(PRIMITIVES), 
 class MixedEdges(nn.Module):
   """The mixed ops of every edge leaving one node, computed together.
 
-  ``__call__(x, weights, train)`` takes the node's state ``x`` (N, H, W, C) and the softmaxed weights of its
+  ``__call__(x, weights, train)`` takes the node's state ``x`` (N, H, W, C) and the mixing weights of its
   ``num_edges`` outgoing edges (num_edges, 8) and returns (num_edges, N, H', W', C): edge e's mixed output.
   """
   channels: int
@@ -161,6 +163,9 @@ class SearchCell(nn.Module):
 
 
 DTYPES = ('float32', 'bfloat16')
+MIXINGS = ('softmax', 'weights')
+"""How `SearchNetwork` turns its architecture argument into per-edge mixing weights: ``'softmax'`` of the alphas
+(DARTS), or ``'weights'``: the argument already is the weights (a relaxation's output)."""
 # What a rematerialised cell keeps for the backward pass: the outputs of matmuls (pointwise convs, the mixing) and
 # of depthwise convolutions, the expensive ops; everything elementwise is recomputed.
 REMAT_POLICY = jax.checkpoint_policies.save_from_both_policies(
@@ -192,6 +197,8 @@ class SearchNetwork(nn.Module):
   ``remat=True`` rematerialises each cell in the backward pass, keeping only the outputs of its matrix
   multiplications and depthwise convolutions (`REMAT_POLICY`): less memory for the linearised training gradient of
   the exact hypergradient, at the price of recomputing the elementwise work (ReLU, BN, pools, sums).
+  ``mixing='weights'`` takes the per-edge mixing weights (same shapes as the alphas) in place of the alphas
+  (`MIXINGS`); parameters are the same either way.
   """
   C: int
   num_classes: int
@@ -203,17 +210,20 @@ class SearchNetwork(nn.Module):
   axis_name: str | None = None
   dtype: str = 'float32'
   remat: bool = False
+  mixing: str = 'softmax'
 
   @nn.compact
   def __call__(self, x: jax.Array, alphas: dict[str, jax.Array], train: bool = True) -> jax.Array:
     if self.dtype not in DTYPES:
       raise ValueError(f'unknown dtype {self.dtype!r}; choose one of {DTYPES}')
+    if self.mixing not in MIXINGS:
+      raise ValueError(f'unknown mixing {self.mixing!r}; choose one of {MIXINGS}')
     stem_channels = self.stem_multiplier * self.C
     x = nn.Conv(stem_channels, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, kernel_init=torch_default_init,
                 dtype=self.dtype, name='stem_conv')(x.astype(self.dtype))
     cell_type = nn.remat(SearchCell, static_argnums=(4,), policy=REMAT_POLICY) if self.remat else SearchCell
     s0 = s1 = BatchNorm(affine=True, axis_name=self.axis_name, name='stem_bn')(x, train)
-    weights = {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
+    weights = alphas if self.mixing == 'weights' else {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
     channels, reduction_prev = self.C, False
     for i in range(self.layers):
       reduction = i in (self.layers // 3, 2 * self.layers // 3)

@@ -10,6 +10,9 @@ With ``p_e = softmax(alpha_e)`` the weights of edge ``e`` over the ``K`` ops:
 * `unchanged_epochs`: for how many epochs the derived architecture has not changed;
 * `skip_count`: the number of ``skip_connect`` ops in a cell, the symptom of DARTS's collapse (Zela et al. 2020,
   DARTS+).
+
+With another relaxation than the softmax (`darts_jax.relaxations`), `weights_entropy` and `weights_max` measure its
+deterministic weights instead (rows normalised to sum 1 for the entropy: sigmoid gates do not).
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ from darts_jax.bilevel.search_step import alpha_entropy
 from darts_jax.cnn.genotypes import Genotype
 
 __all__ = ['alpha_entropy', 'alpha_max_weight', 'edge_labels', 'epoch_diagnostics', 'genotype_stability',
-           'same_architecture',
-           'skip_count', 'softmax_weights', 'unchanged_epochs']
+           'same_architecture', 'skip_count', 'softmax_weights', 'unchanged_epochs', 'weights_entropy',
+           'weights_max']
 
 CELL_TYPES = ('normal', 'reduce')
 
@@ -42,6 +45,22 @@ def softmax_weights(alphas: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def alpha_max_weight(alphas: Mapping[str, Any]) -> dict[str, float]:
   r"""Mean over edges of the largest softmax weight, per cell type: :math:`\frac1E \sum_e \max_k p_{ek}`."""
   return {kind: float(w.max(-1).mean()) for kind, w in softmax_weights(alphas).items()}
+
+
+def weights_entropy(weights: Mapping[str, Any]) -> dict[str, float]:
+  """Mean over edges of the entropy (nats) of each row of mixing weights normalised to sum 1, per cell type
+  (`alpha_entropy` for ``softmax(alpha)``); zero weights contribute 0."""
+  entropies = {}
+  for kind, w in weights.items():
+    p = np.asarray(w, np.float64)
+    p = p / p.sum(-1, keepdims=True)
+    entropies[kind] = float(-(p * np.log(np.where(p > 0, p, 1.0))).sum(-1).mean())
+  return entropies
+
+
+def weights_max(weights: Mapping[str, Any]) -> dict[str, float]:
+  """Mean over edges of the largest mixing weight, per cell type (`alpha_max_weight` for ``softmax(alpha)``)."""
+  return {kind: float(np.asarray(w, np.float64).max(-1).mean()) for kind, w in weights.items()}
 
 
 def _choices_per_node(genotype: Genotype, kind: str) -> list[collections.Counter]:
@@ -91,7 +110,8 @@ def edge_labels(steps: int) -> list[str]:
   return [f'({node}, {j})' for node in range(steps) for j in range(2 + node)]
 
 
-def epoch_diagnostics(alphas: Mapping[str, Any], genotypes: Sequence[Genotype]) -> dict[str, float | int]:
+def epoch_diagnostics(alphas: Mapping[str, Any], genotypes: Sequence[Genotype],
+                      weights: Mapping[str, Any] | None = None) -> dict[str, float | int]:
   """The per-epoch diagnostics of a search (epoch record entries): per cell type ``alpha_entropy_*``,
   ``alpha_max_weight_*`` and ``stability_*`` (against the previous epoch), then ``unchanged_epochs`` and
   ``skip_connect_normal``.
@@ -99,8 +119,13 @@ def epoch_diagnostics(alphas: Mapping[str, Any], genotypes: Sequence[Genotype]) 
   Args:
     alphas: the alphas after the epoch.
     genotypes: the genotypes derived after every epoch so far, from epoch 0 (the initial alphas) to this one.
+    weights: the relaxation's deterministic mixing weights of `alphas`, which the entropy and the largest weight
+      then measure; None: ``softmax(alphas)``.
   """
-  entropy, max_weight = alpha_entropy(alphas), alpha_max_weight(alphas)
+  if weights is None:
+    entropy, max_weight = alpha_entropy(alphas), alpha_max_weight(alphas)
+  else:
+    entropy, max_weight = weights_entropy(weights), weights_max(weights)
   stability = genotype_stability(genotypes[-2], genotypes[-1])
   return {**{f'alpha_entropy_{k}': entropy[k] for k in CELL_TYPES},
           **{f'alpha_max_weight_{k}': max_weight[k] for k in CELL_TYPES},

@@ -126,7 +126,8 @@ def dominant_hessian_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], alphas: 
                                          axis_name=axis_name, method=method, fd_epsilon=fd_epsilon)[0]
 
 
-def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int, method: str = 'exact'
+def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int, method: str = 'exact',
+                      mixing: Callable[[PyTree, jax.Array], PyTree] | None = None
                       ) -> Callable[[SearchState, tuple[jax.Array, jax.Array]], dict[str, jax.Array]]:
   """Builds ``hessian_step(state, (images, labels)) -> {'hessian_eigenvalue', 'alpha_grad_norm'}`` for the supernet.
 
@@ -136,12 +137,16 @@ def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int, m
   the architecture step (the running statistics are neither read nor updated). Only the alphas are differentiated,
   so no weight gradient is computed. ``alpha_grad_norm`` is ``‖∇_α L_val‖``. Jit it, or pmap it with
   ``axis_name=model.axis_name``. `method` computes the Hessian-vector products (`HVP_METHODS`); the start vector is drawn from ``(state.rng, state.step)``, so a resumed run
-  computes the same value.
+  computes the same value. ``mixing(alphas, step)``, if given, computes what the model takes from the alphas (a
+  relaxation's noise-free weights, `darts_jax.relaxations.Relaxation.probabilities`); the Hessian is then that of
+  the loss through it.
   """
-  def loss_fn(params, batch_stats, alphas, images, labels):
+  def loss_fn(params, batch_stats, alphas, step, images, labels):
+    architecture = alphas if mixing is None else mixing(alphas, step)
+
     def batch_loss(batch):
       x, y = batch
-      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, preprocess(None, x), alphas,
+      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, preprocess(None, x), architecture,
                               train=True, mutable=['batch_stats'])
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -150,7 +155,7 @@ def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int, m
 
   def hessian_step(state: SearchState, batches: tuple[jax.Array, jax.Array]) -> dict[str, jax.Array]:
     eigenvalue, gradient = hessian_eigenvalue_and_gradient(
-        lambda alphas: loss_fn(state.params, state.batch_stats, alphas, *batches), state.alphas,
+        lambda alphas: loss_fn(state.params, state.batch_stats, alphas, state.step, *batches), state.alphas,
         num_iterations=num_iterations, rng=jax.random.fold_in(state.rng, state.step), axis_name=model.axis_name,
         method=method)
     return {'hessian_eigenvalue': eigenvalue, 'alpha_grad_norm': optax.tree.norm(gradient)}

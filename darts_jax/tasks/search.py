@@ -32,6 +32,13 @@ writes to `workdir`:
 * ``checkpoints/``: the `SearchState` and the position in the data after every epoch and every
   ``checkpoint_every_minutes``.
 
+The relaxation (``config.relaxation``, `darts_jax.relaxations`) turns the alphas into mixing weights: the steps
+draw its sample once per step; the evaluation, the entropy and largest-weight diagnostics use its deterministic
+weights (noise off, hard → one-hot argmax, Dirichlet → mean), the genotype and the Hessian its noise-free soft
+weights (the same but for the hard rounding, which leaves nothing to rank or differentiate). Regularisers
+(``config.regularizer``, `darts_jax.dynamics.regularizers`) join the validation loss; with a temperature schedule the
+epoch records hold ``temperature``, with regularisers the interval records ``arch_penalty``.
+
 The loop is `training.loop.train`: running `search` again on the same workdir resumes from the latest checkpoint
 (refused if the configuration changed), and SIGTERM/SIGINT stop it after a checkpoint of the current step. Data
 order depends only on (seed, epoch) and augmentation only on (seed, step), so a resumed run computes exactly what an
@@ -56,12 +63,12 @@ import optax
 from absl import logging
 
 from darts_jax import data
-from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, arch_optimizer, create_search_state,
-                                          make_eval_step, make_search_step)
+from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, WeightPerturbation, arch_optimizer,
+                                          create_search_state, make_eval_step, make_search_step)
 from darts_jax.cnn import cost, genotypes, plots
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
-from darts_jax.dynamics import diagnostics, early_stopping, hessian, run_files
+from darts_jax.dynamics import diagnostics, early_stopping, hessian, regularizers, relaxations, run_files
 from darts_jax.dynamics import plots as dynamics_plots
 from darts_jax.training import curves, loop, optimizers, parallel, reporting
 from darts_jax.training.parallel import AXIS_NAME
@@ -98,6 +105,59 @@ def _check_dynamics_config(config: ml_collections.ConfigDict) -> None:
   if rule == 'darts_es' and not config.diagnostics.hessian_iterations:
     raise ValueError('early_stopping.rule darts_es needs the Hessian eigenvalue: set diagnostics.hessian_iterations '
                      '> 0.')
+
+
+def _check_relaxation_config(config: ml_collections.ConfigDict) -> None:
+  relax, reg = config.relaxation, config.regularizer
+  if relax.name not in relaxations.RELAXATIONS:
+    raise ValueError(f'Unknown relaxation.name {relax.name!r}; expected one of {", ".join(relaxations.RELAXATIONS)}.')
+  if relax.temperature_schedule not in relaxations.SCHEDULES:
+    raise ValueError(f'Unknown relaxation.temperature_schedule {relax.temperature_schedule!r}; expected one of '
+                     f'{", ".join(relaxations.SCHEDULES)}.')
+  if relax.temperature <= 0 or relax.final_temperature <= 0:
+    raise ValueError(f'relaxation.temperature ({relax.temperature}) and relaxation.final_temperature '
+                     f'({relax.final_temperature}) must be positive.')
+  if relax.name == 'dirichlet' and (relax.temperature != 1 or relax.temperature_schedule != 'constant'):
+    raise ValueError('relaxation.name dirichlet has no temperature: leave relaxation.temperature at 1.0 and '
+                     'relaxation.temperature_schedule constant.')
+  if relax.hard and relax.name == 'sigmoid':
+    raise ValueError('relaxation.hard needs weights that compete: not with relaxation.name sigmoid.')
+  if relax.noise_scale < 0 or (relax.noise_scale and relax.name != 'gaussian_softmax'):
+    raise ValueError(f'relaxation.noise_scale ({relax.noise_scale}) must be >= 0, and is only used by '
+                     'relaxation.name gaussian_softmax.')
+  if relax.concentration not in relaxations.CONCENTRATIONS:
+    raise ValueError(f'Unknown relaxation.concentration {relax.concentration!r}; expected one of '
+                     f'{", ".join(relaxations.CONCENTRATIONS)}.')
+  if reg.schedule not in ('constant', 'linear'):
+    raise ValueError(f'Unknown regularizer.schedule {reg.schedule!r}; expected one of constant, linear.')
+  if reg.random_smoothing < 0 or reg.random_smoothing_start < 0:
+    raise ValueError(f'regularizer.random_smoothing ({reg.random_smoothing}) and regularizer.random_smoothing_start '
+                     f'({reg.random_smoothing_start}) must be >= 0.')
+
+
+def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int
+                     ) -> tuple[relaxations.Relaxation, regularizers.Penalty | None, WeightPerturbation | None]:
+  """What ``config.relaxation`` and ``config.regularizer`` add to the search step: the relaxation, the architecture
+  penalty (None without regularisers) and SDARTS-RS's perturbation of the weight step's weights (None when off).
+  Schedules run per epoch over ``config.num_epochs`` epochs of `steps_per_epoch` steps."""
+  relax, reg = config.relaxation, config.regularizer
+  # A constant temperature stays a number: the default then equals `Relaxation()`, DARTS's softmax.
+  temperature = relax.temperature if relax.temperature_schedule == 'constant' else relaxations.make_schedule(
+      relax.temperature_schedule, relax.temperature, relax.final_temperature, config.num_epochs, steps_per_epoch)
+  relaxation = relaxations.Relaxation(name=relax.name, temperature=temperature, hard=relax.hard,
+                                      noise_scale=relax.noise_scale, concentration=relax.concentration)
+  penalty = regularizers.sum_penalties(regularizers.make_penalties(
+      {name: reg[name] for name in regularizers.REGULARIZERS}, relaxation, reg.schedule, num_epochs=config.num_epochs,
+      steps_per_epoch=steps_per_epoch))
+  if not reg.random_smoothing:
+    return relaxation, penalty, None
+  epsilon = relaxations.make_schedule('linear', reg.random_smoothing_start, reg.random_smoothing, config.num_epochs,
+                                      steps_per_epoch)
+
+  def perturbation(key, weights, step):
+    return relaxations.uniform_perturbation(key, weights, epsilon(step))
+
+  return relaxation, penalty, perturbation
 
 
 def _check_cost_config(config: ml_collections.ConfigDict) -> None:
@@ -170,11 +230,12 @@ def _host_alphas(alphas: Any) -> dict[str, np.ndarray]:
 
 def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
                             steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, SearchState]:
+  # The supernet takes the mixing weights: the step computes them with the configured relaxation.
   model = SearchNetwork(
       C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
       steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
       depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME, dtype=config.model.dtype,
-      remat=config.model.remat)
+      remat=config.model.remat, mixing='weights')
   schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
                                               steps_per_epoch)
   weight_tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
@@ -222,6 +283,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
                      'must be positive.')
   _check_dynamics_config(config)
+  _check_relaxation_config(config)
   _check_cost_config(config)
 
   ds = data.load_dataset(config.data.name, config.data.dir or None)
@@ -232,12 +294,19 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   size = config.data.image_size
   image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
   model, schedule, state = _create_model_and_state(config, ds, image_shape, steps_per_epoch)
+  relaxation, arch_penalty, weight_perturbation = relaxation_terms(config, steps_per_epoch)
   # E[cost] is logged every epoch; latency only with a cost term, which measures its table.
   with_cost_term = config.cost.weight > 0
   arch_cost = (_architecture_cost(config, workdir, ds.num_classes, image_shape)
                if with_cost_term or config.cost.metric != 'latency' else None)
   genotype_cost = lambda genotype: _genotype_cost(genotype, config, ds.num_classes, image_shape,
                                                   ds.train_images.shape[1])
+  cost_term = None if not with_cost_term else cost.make_cost_penalty(
+      arch_cost, target=config.cost.target, form=config.cost.form, weight=config.cost.weight,
+      mnasnet_alpha=config.cost.mnasnet_alpha, mnasnet_beta=config.cost.mnasnet_beta)
+  # One penalty of the validation loss: the regularisers and the expected cost (a function of the alphas).
+  arch_penalty = regularizers.sum_penalties(([arch_penalty] if arch_penalty else []) + (
+      [lambda alphas, weights, step: cost_term(weights)] if cost_term else []))
 
   train_preprocess, eval_preprocess = (
       data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=size, axis_name=AXIS_NAME)
@@ -246,15 +315,14 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
       model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
       weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
       implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping,
-      arch_penalty=None if not with_cost_term else cost.make_cost_penalty(
-          arch_cost, target=config.cost.target, form=config.cost.form, weight=config.cost.weight,
-          mnasnet_alpha=config.cost.mnasnet_alpha, mnasnet_beta=config.cost.mnasnet_beta)),
+      relaxation=relaxation, arch_penalty=arch_penalty, weight_perturbation=weight_perturbation),
       axis_name=AXIS_NAME, donate_argnums=(0,))
-  p_eval = jax.pmap(make_eval_step(model, eval_preprocess), axis_name=AXIS_NAME)
+  p_eval = jax.pmap(make_eval_step(model, eval_preprocess, relaxation.deterministic), axis_name=AXIS_NAME)
   hessian_iterations = config.diagnostics.hessian_iterations
   if hessian_iterations:
     p_hessian = jax.pmap(hessian.make_hessian_step(model, eval_preprocess, hessian_iterations,
-                                                   config.diagnostics.hessian_method), axis_name=AXIS_NAME)
+                                                   config.diagnostics.hessian_method, relaxation.probabilities),
+                         axis_name=AXIS_NAME)
     hessian_batches = parallel.shard(
         _fixed_batches(valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 
@@ -267,8 +335,16 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
                                                           (valid_images, valid_labels)])]
     return ((parallel.shard(train, AXIS_NAME), parallel.shard(val, AXIS_NAME)) for train, val in zip(*streams))
 
-  def derive(alphas: dict[str, np.ndarray]) -> genotypes.Genotype:
-    return genotypes.derive_genotype(alphas, steps=model.steps, multiplier=model.multiplier)
+  # DARTS's softmax is measured from the alphas in float64, as ever; other relaxations by their weights at the step.
+  softmax = relaxation == relaxations.Relaxation()
+  host_weights = jax.jit(lambda alphas, step: (relaxation.deterministic(alphas, step),
+                                               relaxation.probabilities(alphas, step)))
+
+  def derive(alphas: dict[str, np.ndarray], step: int) -> genotypes.Genotype:
+    if softmax:
+      return genotypes.derive_genotype(alphas, steps=model.steps, multiplier=model.multiplier)
+    return genotypes.derive_genotype(_host_alphas(host_weights(alphas, step)[1]), steps=model.steps,
+                                     multiplier=model.multiplier, from_weights=True)
 
   # The genotypes from epoch 0 (the initial alphas) on, for the stability diagnostics. A resumed run reads the
   # epochs before its first evaluation from the alphas log: only records of earlier steps, which the run that
@@ -280,17 +356,20 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     del epoch
     valid = loop.evaluate(p_eval, r_state, valid_images, valid_labels, batch_size, AXIS_NAME)
     if not history:
-      history.extend(derive(alphas) for alphas in [initial_alphas] + [
-          r['alphas'] for r in run_files.read_alphas_log(workdir) if r['step'] < step])
-    history.append(derive(_host_alphas(state.alphas)))
+      history.append(derive(initial_alphas, 0))
+      history.extend(derive(r['alphas'], r['step']) for r in run_files.read_alphas_log(workdir) if r['step'] < step)
+    history.append(derive(_host_alphas(state.alphas), step))
+    weights = None if softmax else _host_alphas(host_weights(state.alphas, step)[0])
     entries = {'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
-               **diagnostics.epoch_diagnostics(state.alphas, history)}
+               **diagnostics.epoch_diagnostics(state.alphas, history, weights)}
     costs = genotype_cost(history[-1])
     entries.update({f'genotype_{k}{suffix}': costs[net][k] for net, suffix in (('search', ''), ('eval', '_eval'))
                     for k in ('params', 'macs')})
     if arch_cost is not None:  # the cost term's E[cost] under the current alphas (also without the term)
-      weights = diagnostics.softmax_weights(_host_alphas(state.alphas))
-      entries[f'expected_{config.cost.metric}'] = float(cost.expected_cost(weights, arch_cost))
+      entries[f'expected_{config.cost.metric}'] = float(cost.expected_cost(
+          diagnostics.softmax_weights(_host_alphas(state.alphas)), arch_cost))
+    if callable(relaxation.temperature):
+      entries['temperature'] = float(relaxation.temperature_at(step - 1))
     if hessian_iterations:
       values = jax.device_get(p_hessian(r_state, hessian_batches))  # equal on every device: device 0's
       entries.update({k: float(np.asarray(v)[0]) for k, v in values.items()})
@@ -298,7 +377,7 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
 
   def after_epoch(epoch: int, step: int, state: SearchState, record: dict[str, Any]) -> None:
     del record
-    genotype = derive(_host_alphas(state.alphas))
+    genotype = derive(_host_alphas(state.alphas), step)
     logging.info('Genotype: %s', genotype)
     reporting.append_jsonl(workdir / GENOTYPES_FILE, {
         'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(genotype)),
@@ -316,17 +395,18 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
                    should_stop=should_stop, logs=(GENOTYPES_FILE, ALPHAS_FILE), divergence_advice=DIVERGENCE_ADVICE)
   outcome = loop.train(task, config, workdir)
   if jax.process_index() == 0:
-    alphas = _host_alphas(outcome.state.alphas)
+    alphas, final_step = _host_alphas(outcome.state.alphas), outcome.step
     if outcome.stop_reason is not None:
       stop_epoch = outcome.record['epoch']
       kept = early_stopping.kept_epoch(config.early_stopping.rule, stop_epoch, config.early_stopping.window)
-      alphas = next(r['alphas'] for r in run_files.read_alphas_log(workdir) if r['epoch'] == kept)
+      alphas, final_step = next((r['alphas'], r['step']) for r in run_files.read_alphas_log(workdir)
+                                if r['epoch'] == kept)
       logging.info('Stopped early after epoch %d (%s); keeping the architecture of epoch %d.', stop_epoch,
                    outcome.stop_reason, kept)
       reporting.write_json(workdir / EARLY_STOP_FILE, {
           'rule': config.early_stopping.rule, 'reason': outcome.stop_reason, 'stop_epoch': stop_epoch,
           'step': outcome.step, 'kept_epoch': kept})
-    genotype = derive(alphas)
+    genotype = derive(alphas, final_step)
     _write_final_artifacts(workdir, alphas, genotype, genotype_cost(genotype))
     logging.info('Final genotype: %s', genotype)
   return outcome.state

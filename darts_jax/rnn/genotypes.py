@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+# The safe-literal text helpers are the CNN genotypes' (one parser rule set for both spaces).
+from darts_jax.cnn.genotypes import _concat_text, _is_int, _literal, _softmax
+
 # The recurrent search space, in the order of the original; the columns of the architecture weights follow it.
 PRIMITIVES = ('none', 'tanh', 'relu', 'sigmoid', 'identity')
 STEPS = 8    # intermediate nodes of the search cell
@@ -59,11 +62,6 @@ def num_edges(steps: int = STEPS) -> int:
   return steps * (steps + 1) // 2
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-  e = np.exp(x - x.max(axis=-1, keepdims=True))
-  return e / e.sum(axis=-1, keepdims=True)
-
-
 def derive_genotype(alphas: Any, steps: int = STEPS) -> Genotype:
   """The discrete recurrent cell of architecture weights, as the original ``RNNModelSearch.genotype()``.
 
@@ -95,10 +93,6 @@ def derive_genotype(alphas: Any, steps: int = STEPS) -> Genotype:
     recurrent.append((PRIMITIVES[int(np.argmax(w[j]))], j))
     start += i + 1
   return Genotype(recurrent=recurrent, concat=list(range(steps + 1))[-CONCAT:])
-
-
-def _is_int(x: Any) -> bool:
-  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def validate_genotype(genotype: Genotype) -> Genotype:
@@ -171,20 +165,6 @@ def genotype_from_json(text: str) -> Genotype:
   return _from_fields(obj, 'genotype JSON')
 
 
-def _literal(node: ast.expr, name: str) -> Any:
-  """A literal AST node, ``range(...)`` of int literals allowed; nothing is executed."""
-  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'range' and not node.keywords:
-    args = [_literal(a, name) for a in node.args]
-    if not 1 <= len(args) <= 3 or not all(_is_int(a) for a in args) or (len(args) == 3 and args[2] == 0):
-      raise ValueError(f'{name}: range() takes 1 to 3 integer literals, the step not zero')
-    return range(*args)
-  try:
-    return ast.literal_eval(node)
-  except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-    raise ValueError(f'{name} must be a literal (lists, tuples, strings, ints or range()), got: '
-                     f'{ast.unparse(node)[:80]}') from None
-
-
 def genotype_from_repr(text: str) -> Genotype:
   """Parses ``Genotype(recurrent=[...], concat=range(1, 9))`` as the original prints it (keyword or positional
   fields, an optional module prefix or ``NAME = `` assignment). Only literals are interpreted.
@@ -211,13 +191,6 @@ def genotype_from_repr(text: str) -> Genotype:
       raise ValueError(f'field {name!r} given twice in Genotype(...) repr')
     fields[name] = _literal(value, name)
   return _from_fields(fields, 'Genotype(...) repr')
-
-
-def _concat_text(concat: Sequence[int]) -> str:
-  concat = list(concat)
-  if concat == list(range(concat[0], concat[0] + len(concat))):
-    return f'range({concat[0]}, {concat[0] + len(concat)})'
-  return repr(concat)
 
 
 def genotype_to_repr(genotype: Genotype) -> str:

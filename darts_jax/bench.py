@@ -72,6 +72,24 @@ def _forward_backward_step(model: SearchNetwork, preprocess: data.Preprocess):
   return step
 
 
+def time_step(step, state, batches: tuple, warmup: int, steps: int):
+  """Compiles ``step(state, *batches) -> (state, metrics)`` ahead of time, runs it ``warmup`` times, then times
+  ``steps`` calls (each to completion). Returns (compiled, compile seconds, sorted step seconds, last metrics)."""
+  start = time.perf_counter()
+  compiled = step.lower(state, *batches).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(warmup):
+    state, metrics = compiled(state, *batches)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, *batches)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  return compiled, compile_s, sorted(times), metrics
+
+
 def run(args: argparse.Namespace) -> dict:
   """Builds, compiles and times the search step; returns the measurements."""
   model = SearchNetwork(args.C, args.classes, args.layers, steps=args.nodes, multiplier=args.nodes,
@@ -100,19 +118,7 @@ def run(args: argparse.Namespace) -> dict:
             jnp.asarray(rng.integers(0, args.classes, seeds_axis + (args.batch,), np.int32)))
   train_batch, val_batch = batch(), batch()
 
-  start = time.perf_counter()
-  compiled = step.lower(state, train_batch, val_batch).compile()
-  compile_s = time.perf_counter() - start
-  for _ in range(args.warmup):
-    state, metrics = compiled(state, train_batch, val_batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, train_batch, val_batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-  times.sort()
+  compiled, compile_s, times, metrics = time_step(step, state, (train_batch, val_batch), args.warmup, args.steps)
   median = times[len(times) // 2]
   device = jax.devices()[0]
   result = {

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 
 import jax
 import numpy as np
 
+from darts_jax.bench import time_step
 from darts_jax.bilevel import rnn_search_step
 from darts_jax.bilevel.search_step import arch_optimizer
 from darts_jax.rnn.model import RNNModelSearch
@@ -50,18 +50,7 @@ def run(args: argparse.Namespace) -> dict:
     return (tokens[:, :-1], tokens[:, 1:], np.full(args.batch, args.bptt, np.int32), np.zeros(args.batch, np.int32))
 
   train, val = batch(), batch()
-  start = time.perf_counter()
-  compiled = step.lower(state, train, val).compile()
-  compile_s = time.perf_counter() - start
-  for _ in range(args.warmup):
-    state, metrics = compiled(state, train, val)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, train, val)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
+  compiled, compile_s, times, metrics = time_step(step, state, (train, val), args.warmup, args.steps)
   median = float(np.median(times))
   return {'mode': args.mode, 'ntoken': args.ntoken, 'nhid': args.nhid, 'nodes': args.nodes, 'batch': args.batch,
           'bptt': args.bptt, 'compile_s': round(compile_s, 2), 'median_step_s': round(median, 4),

@@ -48,7 +48,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--unroll-steps', type=int, default=3, help="virtual steps of '--mode unrolled'")
   parser.add_argument('--implicit-iterations', type=int, default=5,
                       help="CG iterations or Neumann terms of '--mode implicit_*'")
-  parser.add_argument('--steps', type=int, default=5, help='timed steps')
+  parser.add_argument('--steps', type=int, default=5,
+                      help="timed steps; 0 compiles only and reports XLA's memory plan (for steps that would not fit)")
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='auto')
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='activations and convolutions')
@@ -78,6 +79,7 @@ def time_step(step, state, batches: tuple, warmup: int, steps: int):
   start = time.perf_counter()
   compiled = step.lower(state, *batches).compile()
   compile_s = time.perf_counter() - start
+  metrics = None
   for _ in range(warmup):
     state, metrics = compiled(state, *batches)
   jax.block_until_ready(state)
@@ -118,15 +120,17 @@ def run(args: argparse.Namespace) -> dict:
             jnp.asarray(rng.integers(0, args.classes, seeds_axis + (args.batch,), np.int32)))
   train_batch, val_batch = batch(), batch()
 
-  compiled, compile_s, times, metrics = time_step(step, state, (train_batch, val_batch), args.warmup, args.steps)
-  median = times[len(times) // 2]
+  compiled, compile_s, times, metrics = time_step(step, state, (train_batch, val_batch),
+                                                  args.warmup if args.steps else 0, args.steps)
+  median = times[len(times) // 2] if times else None
   device = jax.devices()[0]
   result = {
       'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': resolve_depthwise_impl(args.depthwise_impl),
       'dtype': args.dtype, 'remat': args.remat, 'seeds': args.seeds,
       'params': int(sum(x.size for x in jax.tree.leaves(state.params))) // args.seeds,
-      'median_step_s': median, 'min_step_s': times[0], 'images_per_s': args.seeds * args.batch / median,
-      'compile_s': compile_s, 'init_s': init_s, 'finite': bool(np.all(metrics['finite'])),
+      'median_step_s': median, 'min_step_s': times[0] if times else None,
+      'images_per_s': args.seeds * args.batch / median if times else None,
+      'compile_s': compile_s, 'init_s': init_s, 'finite': bool(np.all(metrics['finite'])) if times else None,
       'device': device.device_kind, 'jax': jax.__version__,
   }
   # Fused kernels in the compiled step (loop bodies included): on CPU each is code-generated separately, so their

@@ -30,3 +30,23 @@ def data_dir(tmp_path_factory):
   directory = tmp_path_factory.mktemp('fashion_mnist')
   write_fashion_mnist(directory)
   return directory
+
+
+@pytest.fixture(scope='session')
+def run_cli_cases():
+  """``run_cli_cases(cases) -> [{'returncode', 'stdout', 'stderr'}]``: many CLI command lines in separate processes forked from
+  one interpreter that imported the CLIs once (tests/cli_harness.py), for the tests of one-line errors."""
+  import json
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  harness = Path(__file__).with_name('cli_harness.py')
+
+  def run(cases):
+    process = subprocess.run([sys.executable, str(harness)], input=json.dumps(cases), capture_output=True, text=True,
+                             timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert process.returncode == 0, process.stderr
+    return json.loads(process.stdout)
+
+  return run

@@ -1,17 +1,12 @@
 """Tests for darts_jax.training.config."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import ml_collections
 import pytest
 
 from darts_jax.training import config_utils
 
-_REPO = Path(__file__).resolve().parents[1]
 
 _CONFIG_FILE = '''
 import ml_collections
@@ -89,44 +84,46 @@ def test_config_to_json():
       'optim': {'betas': [0.5, 0.999], 'use_nesterov': False}}
 
 
-@pytest.fixture(name='cli')
-def _cli(tmp_path):
-  (tmp_path / 'cfg.py').write_text(_CONFIG_FILE)
-  (tmp_path / 'app.py').write_text(_APP_FILE)
-  (tmp_path / 'flags.txt').write_text('--config=cfg.py\n'
-                                      '--config.model.foo=3\n')
-  env = {**os.environ, 'PYTHONPATH': str(_REPO)}
-
-  def run(*args):
-    return subprocess.run([sys.executable, 'app.py', *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
-
-  return run
+_UNKNOWN_KEY_ARGS = [
+    ['--config=cfg.py', '--config.model.layers=5', '--config.model.foo=3'],
+    ['--config', 'cfg.py', '--config.model.foo', '3'],
+    ['--config=cfg.py', '--noconfig.model.foo'],
+    ['--flagfile=flags.txt'],
+]
+_OVERRIDE_ARGS = ['--config', 'cfg.py', '--config.model.layers=5', '--config.optim.use_nesterov',
+                  '--config.optim.betas=(0.1,0.2)']
 
 
-def test_cli_applies_overrides_and_locks_config(cli):
-  result = cli('--config', 'cfg.py', '--config.model.layers=5',
-               '--config.optim.use_nesterov', '--config.optim.betas=(0.1,0.2)')
-  assert result.returncode == 0, result.stderr
-  config_json, locked = result.stdout.rstrip().rsplit('\n', 1)
+@pytest.fixture(name='app_runs', scope='module')
+def _app_runs(tmp_path_factory, run_cli_cases):
+  """The app run with each argument list (in processes forked by tests/cli_harness.py: one import of absl, flags and
+  the package for all): ``{tuple(args): {'returncode', 'stdout', 'stderr'}}``."""
+  directory = tmp_path_factory.mktemp('app')
+  (directory / 'cfg.py').write_text(_CONFIG_FILE)
+  (directory / 'app.py').write_text(_APP_FILE)
+  (directory / 'flags.txt').write_text('--config=cfg.py\n'
+                                       '--config.model.foo=3\n')
+  arg_lists = [_OVERRIDE_ARGS] + _UNKNOWN_KEY_ARGS
+  results = run_cli_cases([{'argv': ['app.py', *args], 'cwd': str(directory)} for args in arg_lists])
+  return {tuple(args): result for args, result in zip(arg_lists, results)}
+
+
+def test_cli_applies_overrides_and_locks_config(app_runs):
+  result = app_runs[tuple(_OVERRIDE_ARGS)]
+  assert result['returncode'] == 0, result['stderr']
+  config_json, locked = result['stdout'].rstrip().rsplit('\n', 1)
   config = json.loads(config_json)
   assert config['model']['layers'] == 5
   assert config['optim'] == {'betas': [0.1, 0.2], 'use_nesterov': True}
   assert locked == 'LOCKED'
 
 
-@pytest.mark.parametrize('args', [
-    ['--config=cfg.py', '--config.model.layers=5', '--config.model.foo=3'],
-    ['--config', 'cfg.py', '--config.model.foo', '3'],
-    ['--config=cfg.py', '--noconfig.model.foo'],
-    ['--flagfile=flags.txt'],
-])
-def test_cli_unknown_key_fails_listing_valid_keys(cli, args):
-  result = cli(*args)
-  assert result.returncode == 1
-  assert result.stdout == ''
+@pytest.mark.parametrize('args', _UNKNOWN_KEY_ARGS)
+def test_cli_unknown_key_fails_listing_valid_keys(app_runs, args):
+  result = app_runs[tuple(args)]
+  assert result['returncode'] == 1
+  assert result['stdout'] == ''
   assert ("FATAL Flags parsing error: unknown config key 'model.foo'; valid "
           'keys: model.init_channels, model.layers, num_epochs, optim.betas, '
-          'optim.use_nesterov, seed\n') in result.stderr
-  assert 'Traceback' not in result.stderr
+          'optim.use_nesterov, seed\n') in result['stderr']
+  assert 'Traceback' not in result['stderr']

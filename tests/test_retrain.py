@@ -38,11 +38,14 @@ TINY = ['--config.batch_size=16', '--config.num_epochs=2', '--config.max_steps_p
         '--config.progress=false', '--config.data.subset=0']
 
 
+def _arguments(workdir, *overrides):
+  return ['run_retrain.py', '--config', 'configs/retrain_quick.py', '--workdir', str(workdir),
+          f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}', *overrides]
+
+
 def run_retrain(workdir, *overrides):
-  command = [sys.executable, 'run_retrain.py', '--config', 'configs/retrain_quick.py', '--workdir', str(workdir),
-             f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}', *overrides]
-  process = subprocess.run(command, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
-                           text=True, timeout=900)
+  process = subprocess.run([sys.executable, *_arguments(workdir, *overrides)], cwd=REPO,
+                           env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True, timeout=900)
   return process.returncode, process.stderr
 
 
@@ -86,13 +89,6 @@ def test_load_genotype_names_a_bad_file_or_a_directory_without_genotype(tmp_path
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='without a genotype.json'):
     retrain.load_genotype(str(tmp_path / 'empty'))
-
-
-def test_cli_malformed_genotype_is_one_error_line(tmp_path):
-  returncode, stderr = run_retrain(tmp_path / 'run', "--config.genotype=Genotype(normal=[('sep_conv_3x3', 0)")
-  assert returncode != 0
-  assert stderr.strip().splitlines()[-1].startswith('run_retrain.py: error: not a known genotype name')
-  assert 'Traceback' not in stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -271,49 +267,54 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resumes_identically(reference, dat
   assert _epoch_records(workdir) == _epoch_records(reference)
 
 
-def test_cli_resuming_with_another_config_is_one_error_line(reference, tmp_path):
-  workdir = tmp_path / 'other'
-  shutil.copytree(reference, workdir)
-  config = json.loads((workdir / 'config.json').read_text())
-  returncode, stderr = run_retrain(workdir, f'--config.genotype={config["genotype"]}',
-                                   f'--config.data.dir={config["data"]["dir"]}', *TINY, '--config.num_epochs=3')
-  assert returncode == 1
-  assert stderr.strip().splitlines()[-1].startswith(
-      f'run_retrain.py: error: {workdir} holds a run with another configuration (num_epochs: 2 -> 3).')
-  assert 'Traceback' not in stderr
+# Command lines that must stop with one error line: one harness run (conftest.run_cli_cases: the CLIs imported once,
+# a forked process per command line) instead of ~3 s of interpreter start-up each.
 
 
-@pytest.mark.parametrize('case', ['missing_config', 'workdir_is_a_file'])
-def test_cli_bad_paths_are_one_error_line(case, tmp_path):
-  (tmp_path / 'file').write_text('')
-  if case == 'missing_config':
-    returncode, stderr = run_retrain(tmp_path / 'run', '--config', str(tmp_path / 'nope.py'))
-    message = f'FATAL Flags parsing error: cannot load the config file {tmp_path}/nope.py: [Errno 2]'
-  else:
-    returncode, stderr = run_retrain(tmp_path / 'file', '--config.genotype=DARTS_V2')
-    message = f'run_retrain.py: error: --workdir {tmp_path}/file is a file, not a directory'
-  assert returncode == 1
-  assert message in stderr and 'Traceback' not in stderr
-
-
-def _evaluate_cli(*args):
-  process = subprocess.run([sys.executable, '-m', 'darts_jax.evaluate', *args], cwd=REPO, capture_output=True,
-                           text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  return process.returncode, process.stderr
-
-
-def test_evaluate_cli_errors_are_one_line(reference, tmp_path):
-  search_like = tmp_path / 'search'
+@pytest.fixture(scope='module')
+def errors(reference, tmp_path_factory, run_cli_cases):
+  """{case: (returncode, output, the line the output must end with, a message it must contain)}."""
+  tmp = tmp_path_factory.mktemp('errors')
+  (tmp / 'file').write_text('')
+  other = tmp / 'other'
+  shutil.copytree(reference, other)
+  config = json.loads((other / 'config.json').read_text())
+  search_like = tmp / 'search'
   search_like.mkdir()
   (search_like / 'config.json').write_text('{"seed": 0, "model": {"layers": 3}}')
   (search_like / 'genotype.json').write_text(genotypes.genotype_to_json(SMALL))
-  damaged = tmp_path / 'damaged'
+  damaged = tmp / 'damaged'
   shutil.copytree(reference, damaged)
   (damaged / 'config.json').write_text('{"seed": ')
-  for workdir, message in [(tmp_path / 'missing', 'config.json does not exist'),
-                           (search_like, 'is not a retrain workdir: its config.json has no genotype'),
-                           (damaged, 'config.json is not valid JSON')]:
-    returncode, stderr = _evaluate_cli('--workdir', str(workdir))
-    assert returncode == 1, stderr
-    assert stderr.strip().splitlines()[-1].startswith('darts_jax.evaluate: error: ') and message in stderr
-    assert 'Traceback' not in stderr
+  evaluate_error = 'darts_jax.evaluate: error: '
+  cases = {
+      'malformed_genotype': (_arguments(tmp / 'run', "--config.genotype=Genotype(normal=[('sep_conv_3x3', 0)"),
+                             'run_retrain.py: error: not a known genotype name', ''),
+      'resume_with_another_config': (
+          _arguments(other, f'--config.genotype={config["genotype"]}', f'--config.data.dir={config["data"]["dir"]}',
+                     *TINY, '--config.num_epochs=3'),
+          f'run_retrain.py: error: {other} holds a run with another configuration (num_epochs: 2 -> 3).', ''),
+      'missing_config': (_arguments(tmp / 'run', '--config', str(tmp / 'nope.py')), '',
+                         f'FATAL Flags parsing error: cannot load the config file {tmp}/nope.py: [Errno 2]'),
+      'workdir_is_a_file': (_arguments(tmp / 'file', '--config.genotype=DARTS_V2'),
+                            f'run_retrain.py: error: --workdir {tmp}/file is a file, not a directory', ''),
+      'evaluate_missing_workdir': (['-m', 'darts_jax.evaluate', '--workdir', str(tmp / 'missing')], evaluate_error,
+                                   'config.json does not exist'),
+      'evaluate_search_workdir': (['-m', 'darts_jax.evaluate', '--workdir', str(search_like)], evaluate_error,
+                                  'is not a retrain workdir: its config.json has no genotype'),
+      'evaluate_damaged_config': (['-m', 'darts_jax.evaluate', '--workdir', str(damaged)], evaluate_error,
+                                  'config.json is not valid JSON'),
+  }
+  results = run_cli_cases([{'argv': argv, 'cwd': str(REPO)} for argv, _, _ in cases.values()])
+  return {name: (result['returncode'], result['stdout'] + result['stderr'], last, contains)
+          for (name, (_, last, contains)), result in zip(cases.items(), results)}
+
+
+@pytest.mark.parametrize('case', ['malformed_genotype', 'resume_with_another_config', 'missing_config',
+                                  'workdir_is_a_file', 'evaluate_missing_workdir', 'evaluate_search_workdir',
+                                  'evaluate_damaged_config'])
+def test_cli_errors_are_one_line(errors, case):
+  returncode, output, last, contains = errors[case]
+  assert returncode == 1, output
+  assert output.strip().splitlines()[-1].startswith(last) and contains in output, output
+  assert 'Traceback' not in output

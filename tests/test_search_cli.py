@@ -31,14 +31,21 @@ TINY = ['--config.data.subset=0', '--config.data.image_size=0', '--config.batch_
         '--config.diagnostics.hessian_iterations=0', '--config.data.augment=true', '--config.progress=false']
 
 
+def _devices_flags(devices):
+  return f'{os.environ["XLA_FLAGS"]} --xla_force_host_platform_device_count={devices}'
+
+
+def _arguments(workdir, data_dir, *overrides):
+  return ['run_search.py', '--config', 'configs/search_quick.py', '--workdir', str(workdir),
+          f'--config.data.dir={data_dir}',
+          f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}', *TINY, *overrides]
+
+
 def run_search(workdir, data_dir, *overrides, devices=1, wait=True, log=None):
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'{os.environ["XLA_FLAGS"]} --xla_force_host_platform_device_count={devices}')
-  command = [sys.executable, 'run_search.py', '--config', 'configs/search_quick.py', '--workdir', str(workdir),
-             f'--config.data.dir={data_dir}',
-             f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}', *TINY, *overrides]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=_devices_flags(devices))
   log = open(log or Path(str(workdir) + '.log'), 'a')
-  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  process = subprocess.Popen([sys.executable, *_arguments(workdir, data_dir, *overrides)], cwd=REPO, env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
   if not wait:
     return process
   process.wait(timeout=900)
@@ -79,22 +86,6 @@ def test_four_devices_match_one_device(reference, data_dir, tmp_path):
   for sharded_record, single_record in zip(_epoch_records(tmp_path / 'pmap'), _epoch_records(reference)):
     for key, value in single_record.items():
       assert sharded_record[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-
-
-def test_batch_size_not_divisible_by_devices_is_an_error(data_dir, tmp_path):
-  returncode, log = run_search(tmp_path / 'run', data_dir, '--config.batch_size=6', devices=4)
-  assert returncode == 1
-  assert 'batch_size 6 is not divisible by the 4 devices' in log
-
-
-@pytest.mark.parametrize('override, message', [
-    ('--config.model.chanels=4', "unknown config key 'model.chanels'; valid keys: "),
-    ('--config.hypergradient=second_order', "Unknown hypergradient 'second_order'; expected one of first_order"),
-])
-def test_config_errors_exit_with_one_message(data_dir, tmp_path, override, message):
-  returncode, log = run_search(tmp_path / 'run', data_dir, override)
-  assert returncode == 1
-  assert message in log and 'Traceback' not in log
 
 
 def _checkpoint_steps(workdir):
@@ -151,38 +142,78 @@ def _snapshot(directory):
   return sorted((str(p.relative_to(directory)), p.stat().st_mtime_ns) for p in directory.rglob('*'))
 
 
-def test_resuming_with_another_config_is_refused_in_one_line(reference, data_dir, tmp_path):
-  workdir = tmp_path / 'finished'
-  shutil.copytree(reference, workdir)
-  before = _snapshot(workdir)
-  returncode, log = run_search(workdir, data_dir, '--config.model.init_channels=8', '--config.log_every_steps=5')
-  assert returncode == 1
-  error, = [line for line in log.splitlines() if 'error' in line.lower()]
-  assert error.startswith(f'run_search.py: error: {workdir} holds a run with another configuration '
-                          '(model.init_channels: 2 -> 8). Resume it with its configuration')
-  assert 'Traceback' not in log and 'Event loop' not in log
-  assert _snapshot(workdir) == before
+# Command lines that must stop with one error line, run in one harness (conftest.run_cli_cases: one interpreter's
+# imports, a forked process per command line) instead of ~3 s of start-up each.
+_CONFIG_ERRORS = {
+    'unknown_key': ('--config.model.chanels=4', "unknown config key 'model.chanels'; valid keys: "),
+    'unknown_hypergradient': ('--config.hypergradient=second_order',
+                              "Unknown hypergradient 'second_order'; expected one of first_order"),
+}
+_BAD_INPUTS = ['missing_config', 'broken_config', 'workdir_is_a_file', 'workdir_not_creatable', 'missing_dataset']
 
 
-@pytest.mark.parametrize('case', ['missing_config', 'broken_config', 'workdir_is_a_file', 'workdir_not_creatable',
-                                  'missing_dataset'])
-def test_bad_inputs_exit_with_one_line(case, data_dir, tmp_path):
-  (tmp_path / 'file').write_text('')
-  (tmp_path / 'broken.py').write_text('def get_config(:\n')
-  args = {
-      'missing_config': (['--config', str(tmp_path / 'nope.py')], tmp_path / 'run',
-                         f'cannot load the config file {tmp_path}/nope.py: [Errno 2] No such file or directory'),
-      'broken_config': (['--config', str(tmp_path / 'broken.py')], tmp_path / 'run',
-                        f'cannot load the config file {tmp_path}/broken.py: syntax error at line 1'),
-      'workdir_is_a_file': ([], tmp_path / 'file', f'--workdir {tmp_path}/file is a file, not a directory'),
-      'workdir_not_creatable': ([], tmp_path / 'file' / 'run',
-                                f'cannot create the workdir {tmp_path}/file/run: Not a directory'),
-      'missing_dataset': (['--config.data.dir=' + str(tmp_path / 'no_data')], tmp_path / 'run',
-                          f'fashion_mnist not found. Looked in directories: {tmp_path}/no_data'),
+@pytest.fixture(scope='module')
+def errors(reference, data_dir, tmp_path_factory, run_cli_cases):
+  """{case: (returncode, output, expected message)} for every error case, and the finished run's snapshot around the
+  refused resume."""
+  tmp = tmp_path_factory.mktemp('errors')
+  (tmp / 'file').write_text('')
+  (tmp / 'broken.py').write_text('def get_config(:\n')
+  finished = tmp / 'finished'
+  shutil.copytree(reference, finished)
+  cases = {
+      'batch_size_not_divisible': (_arguments(tmp / 'run', data_dir, '--config.batch_size=6'), 4,
+                                   'batch_size 6 is not divisible by the 4 devices'),
+      'resume_with_another_config': (
+          _arguments(finished, data_dir, '--config.model.init_channels=8', '--config.log_every_steps=5'), 1,
+          f'run_search.py: error: {finished} holds a run with another configuration (model.init_channels: 2 -> 8). '
+          'Resume it with its configuration'),
+      'missing_config': (_arguments(tmp / 'run', data_dir, '--config', str(tmp / 'nope.py')), 1,
+                         f'cannot load the config file {tmp}/nope.py: [Errno 2] No such file or directory'),
+      'broken_config': (_arguments(tmp / 'run', data_dir, '--config', str(tmp / 'broken.py')), 1,
+                        f'cannot load the config file {tmp}/broken.py: syntax error at line 1'),
+      'workdir_is_a_file': (_arguments(tmp / 'file', data_dir), 1, f'--workdir {tmp}/file is a file, not a directory'),
+      'workdir_not_creatable': (_arguments(tmp / 'file' / 'run', data_dir), 1,
+                                f'cannot create the workdir {tmp}/file/run: Not a directory'),
+      'missing_dataset': (_arguments(tmp / 'run', data_dir, '--config.data.dir=' + str(tmp / 'no_data')), 1,
+                          f'fashion_mnist not found. Looked in directories: {tmp}/no_data'),
   }
-  extra, workdir, message = args[case]
-  returncode, log = run_search(workdir, data_dir, *extra, log=tmp_path / 'run.log')
-  assert returncode == 1
+  for name, (override, message) in _CONFIG_ERRORS.items():
+    cases[name] = (_arguments(tmp / 'run', data_dir, override), 1, message)
+  before = _snapshot(finished)
+  results = run_cli_cases([{'argv': argv, 'cwd': str(REPO), 'env': {'XLA_FLAGS': _devices_flags(devices)}}
+                           for argv, devices, _ in cases.values()])
+  outcomes = {name: (result['returncode'], result['stdout'] + result['stderr'], message)
+              for (name, (_, _, message)), result in zip(cases.items(), results)}
+  return outcomes, (before, _snapshot(finished), finished)
+
+
+def _assert_one_error_line(returncode, log, message):
+  assert returncode == 1, log
   assert message in log and 'Traceback' not in log
   lines = [line for line in log.splitlines() if not line.startswith(('I', 'W'))]  # absl INFO/WARNING lines
   assert len(lines) <= 2, log  # the error, and for flag errors absl's "--helpshort" hint
+
+
+def test_batch_size_not_divisible_by_devices_is_an_error(errors):
+  _assert_one_error_line(*errors[0]['batch_size_not_divisible'])
+
+
+@pytest.mark.parametrize('case', sorted(_CONFIG_ERRORS))
+def test_config_errors_exit_with_one_message(errors, case):
+  _assert_one_error_line(*errors[0][case])
+
+
+def test_resuming_with_another_config_is_refused_in_one_line(errors):
+  returncode, log, message = errors[0]['resume_with_another_config']
+  assert returncode == 1
+  error, = [line for line in log.splitlines() if 'error' in line.lower()]
+  assert error.startswith(message)
+  assert 'Traceback' not in log and 'Event loop' not in log
+  before, after, _ = errors[1]
+  assert after == before  # nothing in the workdir touched
+
+
+@pytest.mark.parametrize('case', _BAD_INPUTS)
+def test_bad_inputs_exit_with_one_line(errors, case):
+  _assert_one_error_line(*errors[0][case])

@@ -108,6 +108,24 @@ def _scalar(name: str, value: Any) -> int | float:
   raise TypeError(f'Metric {name!r} must be a number, got {value!r}.')
 
 
+
+def _summary_writer_class():
+  """tensorboardX's ``SummaryWriter``, imported without torch.
+
+  tensorboardX imports torch whenever it is installed, only to accept torch tensors as values (~1.4 s of every
+  run's start-up here); we log Python floats. So unless torch is already loaded, ``import torch`` is made to fail
+  for the duration of the import (a ``None`` entry in ``sys.modules``), and tensorboardX takes its numpy-only path.
+  """
+  if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
 class MetricsWriter:
   """Appends scalar metrics to ``metrics.jsonl`` and TensorBoard.
 
@@ -143,9 +161,7 @@ class MetricsWriter:
     truncate_jsonl(self.path, resume_step)
     self._tb = None
     if tensorboard:
-      # Imported here: tensorboardX imports torch when it is installed (seconds), which only a run needs to pay.
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(
+      self._tb = _summary_writer_class()(
           logdir=str(workdir / TENSORBOARD_DIR),
           purge_step=None if resume_step is None else resume_step + 1)
 

@@ -6,10 +6,6 @@ killed without warning. The plots are not drawn.
 """
 import os
 import signal
-import sys
-
-# tensorboardX imports torch when it is installed: seconds of CPU per process, for scalars that need none of it.
-sys.modules.setdefault('torch', None)
 
 from darts_jax.tasks import search
 from darts_jax.training import cli

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from darts_jax.bilevel.hypergradient import fd_mixed_term, hypergradient, virtual_step
+from darts_jax.bilevel.hypergradient import exact_mixed_term, fd_mixed_term, hypergradient, virtual_step
 from darts_jax.cnn import ops
 from darts_jax.cnn.supernet import SearchNetwork, init_alphas
 from darts_jax.data.augment import Preprocess
@@ -298,12 +298,11 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   whose body is the gradient; between passes, a ``lax.switch`` branch (compiled once) turns the last pass's output
   into the next pass's inputs:
 
-  * ``'fd'``: ``(w, α, train)`` → ``w'`` → ``(w', α, val)`` → the central difference, Adam → ``(w, α', train)``;
-  * ``'exact'``: ``(w', α, val)`` → the tangent of the training gradient, linearised at ``w`` before the loop (its
-    primal gives ``w'``), Adam → ``(w, α', train)``.
+  ``(w, α, train)`` → ``w'`` → ``(w', α, val)`` → the mixed term (``'fd'``: the central difference of two
+  α-gradients; ``'exact'``: one ``jax.jvp`` of the α-gradient, `exact_mixed_term`), Adam → ``(w, α', train)``.
 
   The same arithmetic as `darts_jax.bilevel.hypergradient` followed by the weight step's gradient (the search-step
-  tests compare them). fd's first pass needs only ``g_w`` and computes ``g_α`` too, which costs little: the
+  tests compare them). The first pass needs only ``g_w`` and computes ``g_α`` too, which costs little: the
   α-gradient is a few small contractions. ``gradient_pass`` takes a fourth argument, true for the weight step's
   pass (SDARTS-RS perturbs only that one).
 
@@ -315,37 +314,24 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   def zeros(tree_shape):
     return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree_shape)
 
-  if method == 'fd':
-    def virtual(carry, out):
-      w_prime = virtual_step(params, out[0][0], momentum_buffer, eta=lr, momentum=momentum, weight_decay=weight_decay)
-      return carry, (w_prime, alphas, val)
+  def virtual(carry, out):
+    w_prime = virtual_step(params, out[0][0], momentum_buffer, eta=lr, momentum=momentum, weight_decay=weight_decay)
+    return carry, (w_prime, alphas, val)
 
-    def arch(carry, out):
-      (v, grad_alpha), _ = out
-      mixed = pmean(fd_mixed_term(loss_fn, params, alphas, train, v, fd_epsilon))
-      result = update_alphas(jax.tree.map(lambda g, h: g - lr * h, grad_alpha, mixed))
-      return result, (params, result[1][0], train)
+  def arch(carry, out):
+    (v, grad_alpha), _ = out
+    if method == 'fd':
+      mixed = fd_mixed_term(loss_fn, params, alphas, train, v, fd_epsilon)
+    else:
+      mixed = exact_mixed_term(loss_fn, params, alphas, train, v)
+    result = update_alphas(jax.tree.map(lambda g, h: g - lr * h, grad_alpha, pmean(mixed)))
+    return result, (params, result[1][0], train)
 
-    first_inputs, stages = (params, alphas, train), [virtual, arch]
-  else:
-    # Linearising the training gradient shares its primal (for w') with the tangent (the mixed term).
-    (grad_w, _), train_grads_jvp = jax.linearize(
-        lambda w: jax.grad(loss_fn, argnums=(0, 1))(w, alphas, train), params)
-    w_prime = virtual_step(params, pmean(grad_w), momentum_buffer, eta=lr, momentum=momentum,
-                           weight_decay=weight_decay)
-
-    def arch(carry, out):
-      (v, grad_alpha), _ = out
-      mixed = pmean(train_grads_jvp(v)[1])
-      result = update_alphas(jax.tree.map(lambda g, h: g - lr * h, grad_alpha, mixed))
-      return result, (params, result[1][0], train)
-
-    first_inputs, stages = (w_prime, alphas, val), [arch]
+  first_inputs, stages = (params, alphas, train), [virtual, arch]
 
   def last(carry, out):
     del out
     return carry, (params, carry[1][0], train)  # unused: the loop ends
-
 
   def body(i, loop_state):
     carry, inputs, _ = loop_state

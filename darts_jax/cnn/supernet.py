@@ -195,8 +195,8 @@ class SearchNetwork(nn.Module):
   ``dtype='bfloat16'`` computes activations and convolutions in bfloat16 (tensor cores on GPU); parameters, alphas,
   BN statistics, the logits and everything downstream of them (losses, gradients, the hypergradient) stay float32.
   ``remat=True`` rematerialises each cell in the backward pass, keeping only the outputs of its matrix
-  multiplications and depthwise convolutions (`REMAT_POLICY`): less memory for the linearised training gradient of
-  the exact hypergradient, at the price of recomputing the elementwise work (ReLU, BN, pools, sums).
+  multiplications and depthwise convolutions (`REMAT_POLICY`): less memory for every gradient pass, and for the
+  exact hypergradient's tangent pass, at the price of recomputing the elementwise work (ReLU, BN, pools, sums).
   ``mixing='weights'`` takes the per-edge mixing weights (same shapes as the alphas) in place of the alphas
   (`MIXINGS`); parameters are the same either way.
   """

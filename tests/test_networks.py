@@ -258,7 +258,7 @@ def test_auxiliary_head_runs_only_in_training(tiny_cifar):
   (logits, logits_aux), updates = train(variables)
   assert logits.shape == logits_aux.shape == (4, 10)
   assert not np.allclose(logits, logits_aux)
-  logits, logits_aux = net.apply(variables, x, train=False)
+  logits, logits_aux = jax.jit(lambda v: net.apply(v, x, train=False))(variables)
   assert logits.shape == (4, 10) and logits_aux is None
   # Training updates the running statistics, of the auxiliary head's BN too.
   for path in (('stem_bn', 'mean'), (networks.AUXILIARY, 'BatchNorm_0', 'mean')):

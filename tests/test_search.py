@@ -236,11 +236,12 @@ def test_data_parallel_step_equals_global_batch_step():
 def test_augmentation_depends_on_the_example_not_on_the_device():
   images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)).astype(np.uint8)
   key = jax.random.key(3)
-  whole = data.make_preprocess(MEAN, STD, augment=True)(key, images)
-  per_device = jax.vmap(data.make_preprocess(MEAN, STD, augment=True, axis_name='d'), in_axes=(None, 0),
-                        axis_name='d')(key, images.reshape(4, 2, 8, 8, 1))
+  # Jitted: run eagerly, every op of the augmentation would compile on its own.
+  whole = jax.jit(data.make_preprocess(MEAN, STD, augment=True))(key, images)
+  per_device = jax.jit(jax.vmap(data.make_preprocess(MEAN, STD, augment=True, axis_name='d'), in_axes=(None, 0),
+                                axis_name='d'))(key, images.reshape(4, 2, 8, 8, 1))
   np.testing.assert_array_equal(per_device.reshape(whole.shape), whole)
-  assert not np.allclose(whole, data.make_preprocess(MEAN, STD, augment=False)(key, images))
+  assert not np.allclose(whole, jax.jit(data.make_preprocess(MEAN, STD, augment=False))(key, images))
 
 
 def test_preprocess_resizes_then_normalizes():

@@ -16,7 +16,12 @@ darts_jax core, so it runs as is on an accelerator host.
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
 import json
+import os
+import re
 import resource
 import time
 
@@ -55,6 +60,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='activations and convolutions')
   parser.add_argument('--remat', action='store_true', help="rematerialise each cell's elementwise work")
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--profile', metavar='DIR',
+                      help='trace one more step into DIR (XLA:CPU per-kernel events, TensorBoard/Perfetto) and report '
+                           'kernel time by operation (`kernel_profile`)')
   parser.add_argument('--seeds', type=int, default=1,
                       help='independent searches vmapped in one step, as --config.num_seeds (images_per_s sums them)')
   return parser.parse_args(argv)
@@ -73,9 +81,10 @@ def _forward_backward_step(model: SearchNetwork, preprocess: data.Preprocess):
   return step
 
 
-def time_step(step, state, batches: tuple, warmup: int, steps: int):
+def time_step(step, state, batches: tuple, warmup: int, steps: int, profile_dir: str | None = None):
   """Compiles ``step(state, *batches) -> (state, metrics)`` ahead of time, runs it ``warmup`` times, then times
-  ``steps`` calls (each to completion). Returns (compiled, compile seconds, sorted step seconds, last metrics)."""
+  ``steps`` calls (each to completion), then, with `profile_dir`, traces one more into it (`jax.profiler`).
+  Returns (compiled, compile seconds, sorted step seconds, last metrics)."""
   start = time.perf_counter()
   compiled = step.lower(state, *batches).compile()
   compile_s = time.perf_counter() - start
@@ -89,7 +98,46 @@ def time_step(step, state, batches: tuple, warmup: int, steps: int):
     state, metrics = compiled(state, *batches)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
+  if profile_dir:
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      jax.block_until_ready(compiled(state, *batches))
   return compiled, compile_s, sorted(times), metrics
+
+
+def kernel_profile(trace_dir: str, hlo_text: str, top: int = 15) -> dict[str, float]:
+  """Seconds of kernel time in a traced step by what each top-level kernel computes: forward or backward (an
+  ``op_name`` under ``transpose(...)``) and the JAX operation at the end of its ``op_name`` (a fusion is named after
+  its root, so fused elementwise work shows under the op that ends it). The backward loops of the depthwise
+  convolution are told apart by what they carry: the kernel gradient a 4-D (maps, k, k, C) array, the input gradient
+  (and the pools') a 5-D one. Kernels inside a loop count towards the loop."""
+  kernels = {}  # HLO instruction -> (result shape, opcode, op_name)
+  for match in re.finditer(r'^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w-]+)\(.*?metadata=\{op_name="([^"]*)"', hlo_text, re.M):
+    kernels[match[1]] = match.group(2, 3, 4)
+  trace, = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)
+  threads = collections.defaultdict(list)
+  for event in json.load(gzip.open(trace))['traceEvents']:
+    if event.get('ph') == 'X':
+      threads[event.get('pid'), event.get('tid')].append(event)
+  seconds = collections.Counter()
+  for events in threads.values():
+    events.sort(key=lambda e: (e['ts'], -e.get('dur', 0)))
+    open_kernels = []  # end times of the enclosing kernel events
+    for event in events:
+      open_kernels = [end for end in open_kernels if end > event['ts']]
+      if event['name'] not in kernels:
+        continue
+      if not open_kernels:
+        shape, opcode, op_name = kernels[event['name']]
+        operation = op_name.rsplit('/', 1)[-1]
+        if opcode == 'while':
+          carried = re.search(r'\[([\d,]+)\]', shape.split(',', 1)[1] if ',' in shape else shape)
+          rank = carried[1].count(',') + 1 if carried else 0
+          operation = 'loop: depthwise kernel gradient' if rank == 4 else 'loop: depthwise/pool input gradient'
+        seconds[('backward: ' if 'transpose(' in op_name else 'forward: ') + operation] += event.get('dur', 0) / 1e6
+      open_kernels.append(event['ts'] + event.get('dur', 0))
+  profile = {'kernel_total_s': sum(seconds.values())}
+  profile.update(seconds.most_common(top))
+  return profile
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -121,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
   train_batch, val_batch = batch(), batch()
 
   compiled, compile_s, times, metrics = time_step(step, state, (train_batch, val_batch),
-                                                  args.warmup if args.steps else 0, args.steps)
+                                                  args.warmup if args.steps else 0, args.steps, args.profile)
   median = times[len(times) // 2] if times else None
   device = jax.devices()[0]
   result = {
@@ -144,11 +192,16 @@ def run(args: argparse.Namespace) -> dict:
   if 'peak_bytes_in_use' in memory:
     result['peak_mem_gb'] = memory['peak_bytes_in_use'] / 2**30
   result['max_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+  if args.profile:
+    result['kernel_profile'] = kernel_profile(args.profile, compiled.as_text())
   return result
 
 
 def main(argv: list[str] | None = None) -> None:
-  print(json.dumps(run(_parse_args(argv))))
+  args = _parse_args(argv)
+  if args.profile:  # XLA:CPU emits per-kernel trace events only with this flag, read when the backend is created
+    os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true'
+  print(json.dumps(run(args)))
 
 
 if __name__ == '__main__':

@@ -485,6 +485,31 @@ def _literal(node: ast.expr, name: str) -> Any:
     ) from None
 
 
+def _repr_fields(text: str, field_names: Sequence[str], example: str) -> dict[str, Any]:
+  """The literal fields of one ``Genotype(...)`` call in `text` (keyword or positional, an optional module prefix or
+  ``NAME = `` assignment), parsed with ``ast``, never executed; `example` names the expected form in errors. Shared
+  by the CNN and the recurrent genotypes."""
+  try:
+    stmts = ast.parse(text.strip(), mode='exec').body
+  except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+    raise ValueError(f'not a Genotype(...) repr: {e}') from None
+  node = stmts[0].value if len(stmts) == 1 and isinstance(stmts[0], (ast.Expr, ast.Assign)) else None
+  if not (isinstance(node, ast.Call) and (
+      (isinstance(node.func, ast.Name) and node.func.id == 'Genotype')
+      or (isinstance(node.func, ast.Attribute) and node.func.attr == 'Genotype'))):
+    raise ValueError(f'not a Genotype(...) repr: expected one expression {example}')
+  if len(node.args) > len(field_names):
+    raise ValueError(f'Genotype(...) takes {len(field_names)} fields, got {len(node.args)} positional arguments')
+  fields = {}
+  for name, value in list(zip(field_names, node.args)) + [(kw.arg, kw.value) for kw in node.keywords]:
+    if name is None:
+      raise ValueError('Genotype(...) repr must not use **kwargs')
+    if name in fields:
+      raise ValueError(f'field {name!r} given twice in Genotype(...) repr')
+    fields[name] = _literal(value, name)
+  return fields
+
+
 def genotype_from_repr(text: str) -> Genotype:
   """Parses the ``Genotype(...)`` repr the original DARTS code prints.
 
@@ -497,43 +522,8 @@ def genotype_from_repr(text: str) -> Genotype:
   Raises:
     ValueError: if ``text`` is not such a repr or the genotype is invalid.
   """
-  try:
-    module = ast.parse(text.strip(), mode='exec')
-  except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-    raise ValueError(f'not a Genotype(...) repr: {e}') from None
-  stmts = module.body
-  node = None
-  if len(stmts) == 1 and isinstance(stmts[0], (ast.Expr, ast.Assign)):
-    node = stmts[0].value
-  if not (
-      isinstance(node, ast.Call)
-      and (
-          (isinstance(node.func, ast.Name) and node.func.id == 'Genotype')
-          or (
-              isinstance(node.func, ast.Attribute)
-              and node.func.attr == 'Genotype'
-          )
-      )
-  ):
-    raise ValueError(
-        'not a Genotype(...) repr: expected one expression '
-        "'Genotype(normal=[...], normal_concat=[...], reduce=[...], "
-        "reduce_concat=[...])'"
-    )
-  if len(node.args) > len(Genotype._fields):
-    raise ValueError(
-        f'Genotype(...) takes {len(Genotype._fields)} fields, got '
-        f'{len(node.args)} positional arguments'
-    )
-  fields = {}
-  named = list(zip(Genotype._fields, node.args))
-  named += [(kw.arg, kw.value) for kw in node.keywords]
-  for name, value in named:
-    if name is None:
-      raise ValueError('Genotype(...) repr must not use **kwargs')
-    if name in fields:
-      raise ValueError(f'field {name!r} given twice in Genotype(...) repr')
-    fields[name] = _literal(value, name)
+  fields = _repr_fields(text, Genotype._fields, "'Genotype(normal=[...], normal_concat=[...], reduce=[...], "
+                                              "reduce_concat=[...])'")
   return _genotype_from_fields(fields, 'Genotype(...) repr')
 
 

@@ -11,7 +11,6 @@ Pure Python/NumPy: the published genotypes, `derive_genotype` from architecture 
 """
 from __future__ import annotations
 
-import ast
 import collections
 import json
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 # The safe-literal text helpers are the CNN genotypes' (one parser rule set for both spaces).
-from darts_jax.cnn.genotypes import _concat_text, _is_int, _literal, _softmax
+from darts_jax.cnn.genotypes import _concat_text, _is_int, _repr_fields, _softmax
 
 # The recurrent search space, in the order of the original; the columns of the architecture weights follow it.
 PRIMITIVES = ('none', 'tanh', 'relu', 'sigmoid', 'identity')
@@ -172,24 +171,7 @@ def genotype_from_repr(text: str) -> Genotype:
   Raises:
     ValueError: if `text` is not such a repr or the genotype is invalid.
   """
-  try:
-    stmts = ast.parse(text.strip(), mode='exec').body
-  except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-    raise ValueError(f'not a Genotype(...) repr: {e}') from None
-  node = stmts[0].value if len(stmts) == 1 and isinstance(stmts[0], (ast.Expr, ast.Assign)) else None
-  if not (isinstance(node, ast.Call) and (
-      (isinstance(node.func, ast.Name) and node.func.id == 'Genotype')
-      or (isinstance(node.func, ast.Attribute) and node.func.attr == 'Genotype'))):
-    raise ValueError("not a Genotype(...) repr: expected one expression 'Genotype(recurrent=[...], concat=[...])'")
-  if len(node.args) > len(Genotype._fields):
-    raise ValueError(f'Genotype(...) takes 2 fields, got {len(node.args)} positional arguments')
-  fields = {}
-  for name, value in list(zip(Genotype._fields, node.args)) + [(kw.arg, kw.value) for kw in node.keywords]:
-    if name is None:
-      raise ValueError('Genotype(...) repr must not use **kwargs')
-    if name in fields:
-      raise ValueError(f'field {name!r} given twice in Genotype(...) repr')
-    fields[name] = _literal(value, name)
+  fields = _repr_fields(text, Genotype._fields, "'Genotype(recurrent=[...], concat=[...])'")
   return _from_fields(fields, 'Genotype(...) repr')
 
 

@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.unroll_steps = 3  # unrolled: virtual steps (Betty's DARTS example uses 3)
   config.implicit_iterations = 5  # implicit_cg: CG iterations; implicit_neumann: Neumann terms
   config.implicit_damping = 0.0  # implicit_*: added to the diagonal of the training Hessian
+  config.second_order_impl = 'auto'  # second_order_*: chained | direct | auto (chained on CPU, direct elsewhere)
 
   # Weights (the original's SGD).
   config.learning_rate = 0.025

@@ -36,9 +36,14 @@ from darts_jax.cnn.ops import DEPTHWISE_IMPLS, resolve_depthwise_impl
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
 from darts_jax.training import optimizers
 
+SUITES = ('step', 'accelerator')
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--suite', choices=SUITES, default='step',
+                      help="'step': time one step (the flags below); 'accelerator': the prepared GPU check, "
+                           "`python -m darts_jax.bench --suite accelerator --help` (darts_jax.bench_accelerator)")
   parser.add_argument('--C', type=int, default=16, help='initial channels')
   parser.add_argument('--layers', type=int, default=8)
   parser.add_argument('--batch', type=int, default=64)
@@ -56,6 +61,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, default=5,
                       help="timed steps; 0 compiles only and reports XLA's memory plan (for steps that would not fit)")
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
+  parser.add_argument('--second-order-impl', choices=search_step.SECOND_ORDER_IMPLS, default='auto',
+                      help="'--mode second_order_*': the chained or the direct step (auto: by backend)")
   parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='auto')
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='activations and convolutions')
   parser.add_argument('--remat', action='store_true', help="rematerialise each cell's elementwise work")
@@ -140,8 +147,9 @@ def kernel_profile(trace_dir: str, hlo_text: str, top: int = 15) -> dict[str, fl
   return profile
 
 
-def run(args: argparse.Namespace) -> dict:
-  """Builds, compiles and times the search step; returns the measurements."""
+def build(args: argparse.Namespace):
+  """The jitted step that `args` describe (its state donated) and its initial state; returns (step, state, seconds
+  the initialisation took)."""
   model = SearchNetwork(args.C, args.classes, args.layers, steps=args.nodes, multiplier=args.nodes,
                         depthwise_impl=args.depthwise_impl, dtype=args.dtype, remat=args.remat)
   schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
@@ -158,8 +166,15 @@ def run(args: argparse.Namespace) -> dict:
     step_fn = _forward_backward_step(model, preprocess)
   else:
     step_fn = search_step.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode,
-                                           unroll_steps=args.unroll_steps, implicit_iterations=args.implicit_iterations)
+                                           unroll_steps=args.unroll_steps, implicit_iterations=args.implicit_iterations,
+                                           second_order_impl=args.second_order_impl)
   step = jax.jit(step_fn if args.seeds == 1 else jax.vmap(step_fn), donate_argnums=0)
+  return step, state, init_s
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Builds, compiles and times the search step; returns the measurements."""
+  step, state, init_s = build(args)
   rng = np.random.default_rng(args.seed)
   seeds_axis = () if args.seeds == 1 else (args.seeds,)
   def batch():
@@ -174,6 +189,7 @@ def run(args: argparse.Namespace) -> dict:
   device = jax.devices()[0]
   result = {
       'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': resolve_depthwise_impl(args.depthwise_impl),
+      'second_order_impl': search_step.resolve_second_order_impl(args.second_order_impl),
       'dtype': args.dtype, 'remat': args.remat, 'seeds': args.seeds,
       'params': int(sum(x.size for x in jax.tree.leaves(state.params))) // args.seeds,
       'median_step_s': median, 'min_step_s': times[0] if times else None,
@@ -198,7 +214,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-  args = _parse_args(argv)
+  suite_parser = argparse.ArgumentParser(add_help=False)
+  suite_parser.add_argument('--suite', choices=SUITES, default='step')
+  suite, rest = suite_parser.parse_known_args(argv)
+  if suite.suite == 'accelerator':
+    from darts_jax import bench_accelerator  # imported here: it runs this module's steps in subprocesses
+    bench_accelerator.main(rest)
+    return
+  args = parse_args(argv)
   if args.profile:  # XLA:CPU emits per-kernel trace events only with this flag, read when the backend is created
     os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true'
   print(json.dumps(run(args)))

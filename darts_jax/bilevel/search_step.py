@@ -29,6 +29,12 @@ weight step updates them. The original updates them on every forward pass, inclu
 step; the running statistics only matter for evaluation (`make_eval_step`, the original's `infer` in `model.eval()`
 mode), and one update per step keeps their momentum a per-step quantity.
 
+**Two implementations of the second-order steps** (``'second_order_fd'``, ``'second_order_exact'``,
+`SECOND_ORDER_IMPLS`), equal up to float32 rounding: ``'chained'`` (`_chained_step`) takes every full gradient pass of
+the supernet with one compiled copy of it, which cuts XLA:CPU's compile time; ``'direct'`` composes the public
+`hypergradient` with the weight step, which leaves XLA free to fuse and schedule across the passes. ``'auto'`` picks
+per backend (`resolve_second_order_impl`).
+
 Everything is a pure function of the `SearchState`, so the step can be ``jax.jit``-ed or ``jax.pmap``-ed (with the
 network's ``axis_name``) once and run for the whole search: the learning rate is a function of the step counter, so
 nothing recompiles between steps or epochs.
@@ -63,6 +69,28 @@ HYPERGRADIENT_METHODS = {
     'implicit_neumann': 'implicit_neumann',
 }
 """Config name of each hypergradient variant -> the `method` of `darts_jax.bilevel.hypergradient`."""
+
+SECOND_ORDER_IMPLS = ('auto', 'chained', 'direct')
+"""How the second-order steps are built (module docstring); the other methods have one implementation."""
+# What 'auto' picks per backend (`jax.default_backend()`). On XLA:CPU code generation dominates compile time, and the
+# chained step compiles the supernet gradient once instead of three times (docs/benchmarks.md). Elsewhere compiling is
+# cheap next to a search, and the loop would keep XLA from fusing across passes and from freeing each pass's buffers
+# on its own schedule.
+AUTO_SECOND_ORDER_IMPL = {'cpu': 'chained'}
+AUTO_SECOND_ORDER_IMPL_ELSEWHERE = 'direct'
+
+
+def resolve_second_order_impl(impl: str, backend: str | None = None) -> str:
+  """``impl``, with ``'auto'`` replaced by the implementation for `backend` (default: `jax.default_backend()`).
+
+  Raises:
+    ValueError: ``impl`` is not in `SECOND_ORDER_IMPLS`.
+  """
+  if impl not in SECOND_ORDER_IMPLS:
+    raise ValueError(f'Unknown second_order_impl {impl!r}; expected one of {", ".join(SECOND_ORDER_IMPLS)}.')
+  if impl != 'auto':
+    return impl
+  return AUTO_SECOND_ORDER_IMPL.get(backend or jax.default_backend(), AUTO_SECOND_ORDER_IMPL_ELSEWHERE)
 
 
 def arch_optimizer(learning_rate: float = 3e-4, *, b1: float = 0.5, b2: float = 0.999,
@@ -147,7 +175,7 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
                      hypergradient_method: str, momentum: float = 0.9, weight_decay: float = 3e-4,
                      fd_epsilon: float = 0.01, unroll_steps: int = 1, implicit_iterations: int = 10,
                      implicit_damping: float = 0.0, relaxation: Any = None, arch_penalty: ArchPenalty | None = None,
-                     weight_perturbation: WeightPerturbation | None = None
+                     weight_perturbation: WeightPerturbation | None = None, second_order_impl: str = 'auto'
                      ) -> Callable[[SearchState, Batch, Batch], tuple[SearchState, Metrics]]:
   """Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)`` (see the module docstring).
 
@@ -181,6 +209,8 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
       ``∇_α P``.
     weight_perturbation: ``(key, weights, step) -> weights`` applied to the weight step's mixing weights only
       (needs a `relaxation`).
+    second_order_impl: for ``'second_order_fd'`` / ``'second_order_exact'``: a key of `SECOND_ORDER_IMPLS`;
+      ``'auto'`` is resolved here, for the default backend.
 
   Returns:
     The step function. ``metrics`` (equal on all devices) are the weight step's ``loss`` and ``accuracy``, the
@@ -192,6 +222,7 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
     raise ValueError(f'Unknown hypergradient {hypergradient_method!r}; expected one of '
                      f'{", ".join(HYPERGRADIENT_METHODS)}.')
   method = HYPERGRADIENT_METHODS[hypergradient_method]
+  chained = method in _CHAINED_METHODS and resolve_second_order_impl(second_order_impl) == 'chained'
   if relaxation is None and weight_perturbation is not None:
     raise ValueError('A weight perturbation needs a relaxation (the mixing weights).')
   axis_name = model.axis_name
@@ -246,14 +277,14 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
                                                           state.alphas)
       return optax.apply_updates(state.alphas, arch_updates), arch_opt_state
 
-    if method in _CHAINED_METHODS:
+    if chained:
       arch_grads, (alphas, arch_opt_state), ((grads, _), (loss, (logits, batch_stats))) = _chained_step(
           method, gradient_pass, loss_fn, arch_step, state.params, state.alphas, train, val, lr=lr, momentum=momentum,
           momentum_buffer=m, weight_decay=weight_decay, fd_epsilon=fd_epsilon, pmean=pmean)
     else:
       arch_grads = hypergradient(
           loss_fn, loss_fn, state.params, state.alphas, train, val, eta=lr, method=method, momentum_buffer=m,
-          momentum=momentum, weight_decay=weight_decay, unroll_steps=unroll_steps,
+          momentum=momentum, weight_decay=weight_decay, fd_epsilon=fd_epsilon, unroll_steps=unroll_steps,
           implicit_iterations=implicit_iterations, implicit_damping=implicit_damping, axis_name=axis_name)
       alphas, arch_opt_state = arch_step(arch_grads)
       # Weight step with the updated alphas; it also advances the BN running statistics.
@@ -301,10 +332,10 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   ``(w, α, train)`` → ``w'`` → ``(w', α, val)`` → the mixed term (``'fd'``: the central difference of two
   α-gradients; ``'exact'``: one ``jax.jvp`` of the α-gradient, `exact_mixed_term`), Adam → ``(w, α', train)``.
 
-  The same arithmetic as `darts_jax.bilevel.hypergradient` followed by the weight step's gradient (the search-step
-  tests compare them). The first pass needs only ``g_w`` and computes ``g_α`` too, which costs little: the
-  α-gradient is a few small contractions. ``gradient_pass`` takes a fourth argument, true for the weight step's
-  pass (SDARTS-RS perturbs only that one).
+  The same arithmetic as `darts_jax.bilevel.hypergradient` followed by the weight step's gradient (the ``'direct'``
+  implementation; tests/test_second_order_impl.py compares them). The first pass needs only ``g_w`` and computes
+  ``g_α`` too, which costs little: the α-gradient is a few small contractions. ``gradient_pass`` takes a fourth
+  argument, true for the weight step's pass (SDARTS-RS perturbs only that one).
 
   Returns ``(arch_grads, (alphas', arch_opt_state'), last pass output)``.
   """

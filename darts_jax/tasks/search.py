@@ -66,8 +66,8 @@ import optax
 from absl import logging
 
 from darts_jax import data
-from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SearchState, WeightPerturbation, arch_optimizer,
-                                          create_search_state, make_eval_step, make_search_step)
+from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SECOND_ORDER_IMPLS, SearchState, WeightPerturbation,
+                                          arch_optimizer, create_search_state, make_eval_step, make_search_step)
 from darts_jax.cnn import cost, genotypes, plots
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
@@ -230,6 +230,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if config.model.depthwise_impl not in DEPTHWISE_IMPLS:
     raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
                      f'{", ".join(DEPTHWISE_IMPLS)}.')
+  if config.second_order_impl not in SECOND_ORDER_IMPLS:
+    raise ValueError(f'Unknown second_order_impl {config.second_order_impl!r}; expected one of '
+                     f'{", ".join(SECOND_ORDER_IMPLS)}.')
   if config.unroll_steps < 1 or config.implicit_iterations < 1:
     raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
                      'must be positive.')
@@ -308,7 +311,8 @@ def _make_steps(config: ml_collections.ConfigDict, model: SearchNetwork, schedul
       model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
       weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
       implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping,
-      relaxation=relaxation, arch_penalty=arch_penalty, weight_perturbation=weight_perturbation)
+      relaxation=relaxation, arch_penalty=arch_penalty, weight_perturbation=weight_perturbation,
+      second_order_impl=config.second_order_impl)
   hessian_step = None
   if config.diagnostics.hessian_iterations:
     hessian_step = hessian.make_hessian_step(model, eval_preprocess, config.diagnostics.hessian_iterations,

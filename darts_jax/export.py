@@ -10,9 +10,10 @@ for any batch size N (a symbolic dimension): the eval-mode network (BN with runn
 auxiliary head) of the workdir's latest checkpoint, its weights as constants, with the training's input
 preprocessing (resize to ``data.image_size`` if set, normalisation by the dataset's mean and std) inside; an
 ImageNet network takes the evaluation crops (``data.image_size``, e.g. 224x224, `data.imagenet.center_crop`). It is
-lowered for CPU and CUDA. Beside it, ``model.json`` holds the input spec (``input_shape`` with ``null`` for N,
-``input_dtype``, ``layout``), ``class_names`` by output index, ``num_classes``, ``dataset``, the ``genotype``,
-``step``, ``platforms`` and the jax version that wrote it.
+lowered for CPU and CUDA, each with its own depthwise formulation (`platform_depthwise_impls`: ``'auto'`` is resolved
+per platform, not for the exporting host). Beside it, ``model.json`` holds the input spec (``input_shape`` with
+``null`` for N, ``input_dtype``, ``layout``), ``class_names`` by output index, ``num_classes``, ``dataset``, the
+``genotype``, ``step``, ``platforms``, ``depthwise_impl`` by platform and the jax version that wrote it.
 
 `load(path)` returns the callable back in any process with jax installed, without this package's model code (it
 needs only ``jax``): ``load('runs/x/export')(images)`` or ``load('.../model.jax_export')``.
@@ -30,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from jax import export as jax_export
+from jax import lax
 
 from darts_jax import data
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import genotypes, ops
 from darts_jax.data import imagenet
 from darts_jax.tasks import retrain
 from darts_jax.training import cli
@@ -40,6 +42,14 @@ from darts_jax.training import cli
 ARTIFACT = 'model.jax_export'
 SPEC = 'model.json'
 PLATFORMS = ('cpu', 'cuda')
+
+
+def platform_depthwise_impls(impl: ops.DepthwiseImpl, platforms: tuple[str, ...]) -> dict[str, str]:
+  """The depthwise formulation each of `platforms` (`jax.export` names: cpu, cuda, rocm, tpu) runs: `impl`, with
+  ``'auto'`` resolved for that platform as `ops.resolve_depthwise_impl` resolves it for the default backend."""
+  ops.resolve_depthwise_impl(impl)  # an unknown name fails here
+  return {platform: ops.AUTO_DEPTHWISE_IMPL.get(platform, ops.AUTO_DEPTHWISE_IMPL_ELSEWHERE) if impl == 'auto'
+          else impl for platform in platforms}
 
 
 def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
@@ -63,10 +73,17 @@ def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[st
     preprocess = data.make_preprocess(np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32),
                                       image_size=config.data.image_size)
   variables = {'params': restored.state.params, 'batch_stats': restored.state.batch_stats}
-  model = restored.model
+  impls = platform_depthwise_impls(restored.model.depthwise_impl, platforms)
+
+  def network(impl):  # one traced function per formulation: platforms that share one share its code
+    model = restored.model.clone(depthwise_impl=impl)
+    return lambda images: model.apply(variables, preprocess(None, images), train=False)[0]
+
+  networks = {impl: network(impl) for impl in set(impls.values())}
 
   def infer(images: jax.Array) -> jax.Array:
-    return model.apply(variables, preprocess(None, images), train=False)[0]
+    # The artifact branches on the platform; the branch is picked before compiling, so XLA sees one formulation.
+    return lax.platform_dependent(images, **{platform: networks[impl] for platform, impl in impls.items()})
 
   batch = jax_export.symbolic_shape('N')[0]
   exported = jax_export.export(jax.jit(infer), platforms=platforms)(jax.ShapeDtypeStruct((batch, h, w, c), jnp.uint8))
@@ -78,7 +95,8 @@ def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[st
       'input_shape': [None, h, w, c], 'input_dtype': 'uint8', 'layout': 'NHWC, pixel values 0..255',
       'output': f'float32 logits (N, {len(names)})', 'class_names': names, 'num_classes': len(names),
       'dataset': config.data.name, 'genotype': json.loads(genotypes.genotype_to_json(restored.genotype)),
-      'step': restored.step, 'platforms': list(platforms), 'jax_version': jax.__version__}, indent=1) + '\n')
+      'step': restored.step, 'platforms': list(platforms), 'depthwise_impl': impls, 'jax_version': jax.__version__},
+      indent=1) + '\n')
   return output
 
 

@@ -7,6 +7,7 @@ and fine-tuned from it on classes 6-9 with the cells frozen.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,14 @@ def test_export_serves_the_networks_logits_for_any_batch_size(pretrained, tmp_pa
     expected = apply(images)
     # The same program up to XLA's fusion choices: float32 rounding.
     np.testing.assert_allclose(served(images), expected, rtol=1e-5, atol=1e-6)
+  # Each platform lowers its own depthwise formulation, whatever the exporting host: 'auto' is the shifted
+  # multiply-adds on CPU and XLA's grouped convolution elsewhere. The CPU lowering has no grouped convolution, so
+  # those of the two-platform artifact are its CUDA branch's.
+  assert served.spec['depthwise_impl'] == {'cpu': 'shift', 'cuda': 'xla'}
+  grouped = lambda served: sum(int(g) > 1 for g in re.findall(r'feature_group_count = (\d+)',  # noqa: E731
+                                                              served.exported.mlir_module()))
+  cpu, cuda = (export.load(export.export_workdir(workdir, tmp_path / p, platforms=(p,))) for p in ('cpu', 'cuda'))
+  assert grouped(cpu) == 0 and grouped(cuda) > 0 and grouped(served) > 0
   with pytest.raises(FileNotFoundError, match='export a retrain workdir'):
     export.load(tmp_path / 'nothing')
 

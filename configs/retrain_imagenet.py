@@ -55,4 +55,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.progress = True  # progress bar on a terminal
   config.compilation_cache_dir = '~/.cache/darts_jax/jax_cache'  # '' disables the persistent compilation cache
+  config.parallel_impl = 'shard_map'  # or 'pmap': the same bits (darts_jax/training/parallel.py)
   return config

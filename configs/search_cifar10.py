@@ -103,4 +103,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.progress = True  # progress bar on a terminal
   # Persistent compilation cache of run_search.py; '' leaves JAX's setting ($JAX_COMPILATION_CACHE_DIR, else off).
   config.compilation_cache_dir = '~/.cache/darts_jax/jax_cache'
+  config.parallel_impl = 'shard_map'  # or 'pmap': the same bits (darts_jax/training/parallel.py)
   return config

@@ -60,7 +60,8 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
   config = restored.config
   inputs = retrain.open_data(config, data_dir, train=False)
   model = restored.model.clone(axis_name=AXIS_NAME)
-  p_eval = jax.pmap(retrain.make_eval_step(model, inputs.eval_preprocess, top5=inputs.top5), axis_name=AXIS_NAME)
+  p_eval = parallel.data_parallel(retrain.make_eval_step(model, inputs.eval_preprocess, top5=inputs.top5), AXIS_NAME,
+                                  impl=config.get('parallel_impl', parallel.DEFAULT_IMPL))
   test = loop.evaluate_batches(p_eval, parallel.replicate(restored.state, AXIS_NAME),
                                inputs.test_batches(_batch_size(config)), AXIS_NAME)
   top5 = {'test_top5': test['top5']} if inputs.top5 else {}
@@ -120,7 +121,8 @@ def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_
   shape = {k: arch[k] for k in ('network', 'C', 'layers', 'num_classes', 'auxiliary')}
   model = convert.network_for(genotype, **shape, depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
   preprocess = data.make_preprocess(mean, std, image_size=size, axis_name=AXIS_NAME)
-  p_eval = jax.pmap(retrain.make_eval_step(model, preprocess, top5=True), axis_name=AXIS_NAME)
+  p_eval = parallel.data_parallel(retrain.make_eval_step(model, preprocess, top5=True), AXIS_NAME,
+                                  impl=config.get('parallel_impl', parallel.DEFAULT_IMPL))
   weights = parallel.replicate(Weights(variables['params'], variables['batch_stats']), AXIS_NAME)
   test = loop.evaluate_batches(p_eval, weights, batches, AXIS_NAME)
   return {'test_accuracy': test['accuracy'], 'test_top5': test['top5'], 'test_loss': test['loss'],

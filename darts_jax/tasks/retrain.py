@@ -639,11 +639,12 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
   logging.info('Genotype %s: %d parameters (%.3f MB) without the auxiliary head, %.1fM multiply-adds.', genotype,
                num_params, num_params / 1e6, macs / 1e6)
 
-  p_step = jax.pmap(make_train_step(model, schedule, inputs.train_preprocess, cutout=config.data.get('cutout', 0),
-                                    auxiliary_weight=config.auxiliary_weight,
-                                    label_smoothing=config.get('label_smoothing', 0.0)),
-                    axis_name=AXIS_NAME, in_axes=(0, 0, None), donate_argnums=(0,))
-  p_eval = jax.pmap(make_eval_step(model, inputs.eval_preprocess, top5=inputs.top5), axis_name=AXIS_NAME)
+  impl = config.get('parallel_impl', parallel.DEFAULT_IMPL)
+  p_step = parallel.data_parallel(
+      make_train_step(model, schedule, inputs.train_preprocess, cutout=config.data.get('cutout', 0),
+                      auxiliary_weight=config.auxiliary_weight, label_smoothing=config.get('label_smoothing', 0.0)),
+      AXIS_NAME, impl=impl, in_axes=(0, 0, None), donate_argnums=(0,))
+  p_eval = parallel.data_parallel(make_eval_step(model, inputs.eval_preprocess, top5=inputs.top5), AXIS_NAME, impl=impl)
 
   def drop_path_prob(epoch: int) -> float:
     # The original sets model.drop_path_prob = drop_path_prob * epoch / epochs before each epoch.

@@ -223,9 +223,10 @@ def rnn_retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[st
                          rng=dropout_key)
 
   state = init(jax.random.key(config.seed))
-  p_step = jax.pmap(make_train_step(model, learning_rate=config.learning_rate, bptt=config.bptt,
-                                    grad_clip=config.grad_clip, weight_decay=config.weight_decay, tar=config.tar,
-                                    ar=config.ar), axis_name=AXIS_NAME, donate_argnums=(0,))
+  p_step = parallel.data_parallel(
+      make_train_step(model, learning_rate=config.learning_rate, bptt=config.bptt, grad_clip=config.grad_clip,
+                      weight_decay=config.weight_decay, tar=config.tar, ar=config.ar),
+      AXIS_NAME, impl=config.get('parallel_impl', parallel.DEFAULT_IMPL), donate_argnums=(0,))
 
   @jax.jit
   def evaluate_block(params, inputs, targets, chunk_lengths, hidden):

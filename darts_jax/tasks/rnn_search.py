@@ -126,10 +126,10 @@ def rnn_search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str
   arch_tx = arch_optimizer(config.arch_learning_rate, b1=0.9, b2=0.999, weight_decay=config.arch_weight_decay)
   state = rnn_search_step.create_rnn_search_state(jax.random.key(config.seed), model, batch_size, arch_tx)
   logging.info('Supernet: %d parameters.', sum(x.size for x in jax.tree.leaves(state.params)))
-  p_step = jax.pmap(rnn_search_step.make_rnn_search_step(
+  p_step = parallel.data_parallel(rnn_search_step.make_rnn_search_step(
       model, learning_rate=config.learning_rate, bptt=config.bptt, hypergradient_method=config.hypergradient,
       grad_clip=config.grad_clip, weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, tar=config.tar,
-      ar=config.ar), axis_name=AXIS_NAME, donate_argnums=(0,))
+      ar=config.ar), AXIS_NAME, impl=config.get('parallel_impl', parallel.DEFAULT_IMPL), donate_argnums=(0,))
 
   @jax.jit
   def evaluate_block(params, batch_stats, alphas, inputs, targets, chunk_lengths, hidden):

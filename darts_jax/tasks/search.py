@@ -44,9 +44,9 @@ The loop is `training.loop.train`: running `search` again on the same workdir re
 order depends only on (seed, epoch) and augmentation only on (seed, step), so a resumed run computes exactly what an
 uninterrupted one does (bit for bit on CPU).
 
-Data parallelism: the steps are ``pmap``-ed over the local devices; each process of a multi-host run loads its own
-slice of every global batch. The search is the original's for any number of devices, with the global batch
-``config.batch_size``.
+Data parallelism: the steps run on every device (`parallel.data_parallel`, ``config.parallel_impl``); each process
+of a multi-host run loads its own slice of every global batch. The search is the original's for any number of
+devices, with the global batch ``config.batch_size``.
 
 Several seeds: with ``config.num_seeds = k > 1`` `search` runs k searches (seeds ``seed .. seed + k - 1``) as one
 step vmapped over the seeds, each seed's artifacts in ``workdir/seed_<s>/`` (`darts_jax.tasks.search_seeds`).
@@ -356,11 +356,12 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
       config, workdir, ds, image_shape, steps_per_epoch)
   search_step, eval_step, hessian_step = _make_steps(config, model, schedule, ds, relaxation, arch_penalty,
                                                      weight_perturbation)
-  p_step = jax.pmap(search_step, axis_name=AXIS_NAME, donate_argnums=(0,))
-  p_eval = jax.pmap(eval_step, axis_name=AXIS_NAME)
+  impl = config.get('parallel_impl', parallel.DEFAULT_IMPL)
+  p_step = parallel.data_parallel(search_step, AXIS_NAME, impl=impl, donate_argnums=(0,))
+  p_eval = parallel.data_parallel(eval_step, AXIS_NAME, impl=impl)
   hessian_iterations = config.diagnostics.hessian_iterations
   if hessian_iterations:
-    p_hessian = jax.pmap(hessian_step, axis_name=AXIS_NAME)
+    p_hessian = parallel.data_parallel(hessian_step, AXIS_NAME, impl=impl)
     hessian_batches = parallel.shard(
         _fixed_batches(valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 

@@ -167,10 +167,11 @@ def search_seeds(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
   def seeds_of(step_fn):  # a per-seed step of the search state, vmapped over the seeds, the batch shared
     return lambda state, batch: jax.vmap(step_fn, in_axes=(0, None))(state.seeds, batch)
 
-  p_step = jax.pmap(seeds_step, axis_name=AXIS_NAME, donate_argnums=(0,))
-  p_eval = jax.pmap(seeds_of(eval_step), axis_name=AXIS_NAME)
+  impl = config.get('parallel_impl', parallel.DEFAULT_IMPL)
+  p_step = parallel.data_parallel(seeds_step, AXIS_NAME, impl=impl, donate_argnums=(0,))
+  p_eval = parallel.data_parallel(seeds_of(eval_step), AXIS_NAME, impl=impl)
   if hessian_step is not None:
-    p_hessian = jax.pmap(seeds_of(hessian_step), axis_name=AXIS_NAME)
+    p_hessian = parallel.data_parallel(seeds_of(hessian_step), AXIS_NAME, impl=impl)
     hessian_batches = parallel.shard(search._fixed_batches(  # pylint: disable=protected-access
         valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 

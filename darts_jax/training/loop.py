@@ -1,6 +1,6 @@
 """The one training loop: every task (search, retraining, ...) plugs its step, batches and evaluation into `train`.
 
-A task is a `Task`: a jittable (usually pmapped) step, the batches of an epoch from any position, an end-of-epoch
+A task is a `Task`: a jittable (usually data-parallel) step, the batches of an epoch from any position, an end-of-epoch
 evaluation and, optionally, artifacts written after each epoch. `train` owns everything else, the same for every
 task:
 
@@ -54,9 +54,11 @@ CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure; running the command again continues.
 RESUMABLE_KEYS = frozenset({'log_every_steps', 'progress', 'checkpoint_every_minutes', 'keep_checkpoints', 'data.dir',
-                            'compilation_cache_dir'})
-"""Config keys that may differ between a run and its resumption: they change how a run is logged, saved or found,
-never what it computes."""
+                            'compilation_cache_dir', 'parallel_impl'})
+"""Config keys that may differ between a run and its resumption: they change how a run is logged, saved, found or
+run in parallel, never what it computes."""
+EVAL_IN_FLIGHT = 2
+"""How many evaluation programs may be queued behind the running one (see `evaluate_batches`)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -225,7 +227,7 @@ def evaluate(p_eval: Callable[[Any, EvalBatch], Metrics], replicated_state: Any,
              labels: np.ndarray, batch_size: int, axis_name: str) -> dict[str, float]:
   """Mean ``loss`` and ``accuracy`` over all of (`images`, `labels`), split over processes and devices.
 
-  `p_eval` is a pmapped eval step returning the psum'd ``loss_sum``, ``correct`` and ``count`` of a masked batch,
+  `p_eval` is a data-parallel (`parallel.data_parallel`) eval step returning the psum'd ``loss_sum``, ``correct`` and ``count`` of a masked batch,
   each a scalar per device, or an array per device (e.g. one value per seed of `tasks.search_seeds`): then the
   means are numpy arrays of that shape.
   """
@@ -237,8 +239,16 @@ def evaluate_batches(p_eval: Callable[[Any, EvalBatch], Metrics], replicated_sta
                      axis_name: str) -> dict[str, float]:
   """Mean ``loss`` and ``accuracy`` over this process's masked `batches` (as `eval_batches` gives them; streamed,
   e.g. decoded JPEGs), and ``X`` for every further ``correct_X`` sum of `p_eval` (``top5``: top-5 accuracy)."""
-  sums = [p_eval(replicated_state, parallel.shard(batch, axis_name)) for batch in batches]
-  # psum'd over devices, so every device holds the totals; device 0's are read.
+  sums = []
+  for batch in batches:
+    sums.append(p_eval(replicated_state, parallel.shard(batch, axis_name)))
+    # Dispatching every batch before reading any can starve XLA:CPU's collectives: with many programs queued on
+    # more simulated devices than cores, an all-reduce rendezvous waits for a participant that never gets to run
+    # and the process aborts after 40 s. Waiting (without a transfer) for the program EVAL_IN_FLIGHT back bounds
+    # the queue and still keeps the devices busy.
+    if len(sums) > EVAL_IN_FLIGHT:
+      jax.block_until_ready(sums[-1 - EVAL_IN_FLIGHT])
+  # psum'd over devices, so every device holds the totals; device 0's are read, all in one transfer.
   totals = {k: np.sum([np.asarray(s[k])[0] for s in jax.device_get(sums)], axis=0).astype(np.float64)
             for k in sums[0]}
   means = {'loss': totals['loss_sum'] / totals['count'], 'accuracy': totals['correct'] / totals['count']}
@@ -309,7 +319,7 @@ class Task:
   Attributes:
     state: the freshly initialised state on the host: where a new run starts, and the target a checkpoint is
       restored into. It holds the step counter as ``state.step``.
-    step: ``step(replicated_state, device_batch, epoch) -> (replicated_state, metrics)``, usually pmapped; metrics
+    step: ``step(replicated_state, device_batch, epoch) -> (replicated_state, metrics)``, usually data-parallel; metrics
       hold at least ``loss``, ``accuracy`` and the boolean ``finite``.
     batches: ``batches(epoch, start) -> device batches``, the epoch's batches from index `start` on (prefetched by
       the loop).

@@ -1,33 +1,46 @@
-"""Data parallelism helpers for ``jax.pmap`` over the local devices, and multi-host start-up.
+"""Data parallelism over the local devices (`data_parallel`), its array layout helpers, and multi-host start-up.
 
-A pmapped step takes its state *replicated* (a leading device axis, one copy per local device) and its batch
-*sharded* (the process's part of the global batch split along a leading device axis)::
+A data-parallel step takes its state *replicated* (a leading device axis, one copy per local device) and its batch
+*sharded* (the process's part of the global batch split along a leading device axis), as ``jax.pmap`` did::
 
-    p_step = jax.pmap(step, axis_name='batch')
+    p_step = data_parallel(step, 'batch')
     state = replicate(state, 'batch')
     for images, labels in batches:                    # this process's part of each global batch
       state, metrics = p_step(state, shard((images, labels), 'batch'))  # device d gets slice d
     host_state = unreplicate(state)                   # e.g. for checkpointing
 
+`data_parallel` runs `step` as ``jax.jit`` of ``jax.shard_map`` over a one-axis `Mesh` of all devices (the default,
+``impl='shard_map'``) or as ``jax.pmap`` (``impl='pmap'``). Since JAX 0.8 ``pmap`` is itself that jit of shard_map
+(with ``check_vma=False``) and is in maintenance mode; the explicit form is what the JAX migration guide recommends,
+and it computes the same bits (tests/test_data_parallel.py). ``check_vma=False`` keeps pmap's semantics: the steps
+``pmean`` their per-device gradients themselves.
+
 Multi-host: every host runs the same command; `maybe_initialize_distributed` connects the processes first. Each
 process then feeds only its slice of every global batch (`darts_jax.data.epoch_batches` with ``process_index`` and
-``process_count``) and pmap's collectives (``pmean``/``psum``) span all devices of all hosts.
+``process_count``) and the collectives (``pmean``/``psum``) span all devices of all hosts. Both implementations take
+and return process-local arrays (the leading axis is the local devices): `data_parallel` views them as slices of
+global arrays for the one global program, without copies.
 """
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from darts_jax.data import batching
 
 PyTree = Any
 AXIS_NAME = 'batch'
-"""The pmap axis the training steps are mapped over (BN statistics and gradients are reduced over it)."""
+"""The axis the training steps are mapped over (BN statistics and gradients are reduced over it)."""
+IMPLS = ('shard_map', 'pmap')
+DEFAULT_IMPL = 'shard_map'
+"""`data_parallel`'s implementation unless a config's ``parallel_impl`` says otherwise (see the module docstring)."""
 
 
 def _sharding(axis_name: str, devices: Sequence[jax.Device] | None) -> tuple[jax.sharding.NamedSharding, int]:
@@ -92,6 +105,55 @@ def shard(batch: PyTree, axis_name: str, devices: Sequence[jax.Device] | None = 
   """
   sharding, count = _sharding(axis_name, devices)
   return jax.device_put(batching.sharded(batch, count), sharding)
+
+
+def data_parallel(fn: Callable[..., Any], axis_name: str, *, impl: str = DEFAULT_IMPL,
+                  in_axes: int | tuple[int | None, ...] = 0, donate_argnums: int | tuple[int, ...] = ()
+                  ) -> Callable[..., Any]:
+  """`fn` run once per device with collectives over `axis_name`, taking and returning ``jax.pmap``'s layout.
+
+  Every argument's leaves carry a leading axis of the local devices (`replicate`, `shard`), unless `in_axes` gives
+  that argument None (then it is the same on every device, e.g. a scalar); every output leaf gets that axis. `fn`
+  sees one device's slice, without the axis.
+
+  Args:
+    fn: the per-device function, as for ``jax.pmap``.
+    axis_name: the axis name its collectives use.
+    impl: ``'shard_map'`` (``jax.jit`` of ``jax.shard_map`` over all devices) or ``'pmap'``: the same result.
+    in_axes: 0, or one of 0 / None per positional argument.
+    donate_argnums: positional arguments whose buffers the call may reuse.
+
+  Raises:
+    ValueError: for an unknown `impl`.
+  """
+  if impl not in IMPLS:
+    raise ValueError(f'unknown parallel_impl {impl!r}; use one of {", ".join(IMPLS)}.')
+  if impl == 'pmap':
+    return jax.pmap(fn, axis_name=axis_name, in_axes=in_axes, donate_argnums=donate_argnums)
+  # Grouped by process, as pmap orders them: process p's local devices are slices p·L ... (p+1)·L - 1.
+  mesh = jax.sharding.Mesh(np.asarray([d for p in range(jax.process_count()) for d in jax.local_devices(p)]),
+                           (axis_name,))
+  mapped, replicated = jax.sharding.PartitionSpec(axis_name), jax.sharding.PartitionSpec()
+
+  @functools.cache
+  def program(arg_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+    def per_device(*args):
+      args = [a if axis is None else jax.tree.map(lambda x: x[0], a) for a, axis in zip(args, arg_axes)]
+      return jax.tree.map(lambda x: x[None], fn(*args))
+
+    in_specs = tuple(mapped if axis == 0 else replicated for axis in arg_axes)
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=mapped, check_vma=False),
+                   donate_argnums=donate_argnums)
+
+  def call(*args):
+    arg_axes = tuple(in_axes) if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+    if jax.process_count() == 1:
+      return program(arg_axes)(*args)
+    specs = tuple(mapped if axis == 0 else replicated for axis in arg_axes)
+    global_args = multihost_utils.host_local_array_to_global_array(args, mesh, specs)
+    return multihost_utils.global_array_to_host_local_array(program(arg_axes)(*global_args), mesh, mapped)
+
+  return call
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -66,7 +66,8 @@ print(json.dumps({{'devices': jax.device_count(), **out}}))
 
 
 def _run(devices):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT),
+  # Deprecations are errors here too (pyproject.toml's filters do not reach subprocesses).
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT), PYTHONWARNINGS='error::DeprecationWarning',
              XLA_FLAGS=f'{os.environ["XLA_FLAGS"]} --xla_force_host_platform_device_count={devices}')
   result = subprocess.run([sys.executable, '-c', _SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=300)

@@ -9,7 +9,10 @@ standard deviation over repeated final trainings (10 here). The four searches ru
 """
 import ml_collections
 
-from configs import retrain_cifar10, search_cifar10
+from darts_jax.training.config_utils import load_config_module
+
+retrain_cifar10 = load_config_module('retrain_cifar10', __file__)
+search_cifar10 = load_config_module('search_cifar10', __file__)
 
 
 def get_config() -> ml_collections.ConfigDict:

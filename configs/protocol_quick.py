@@ -8,7 +8,10 @@ for the time measured): it shows the mechanics (stages, resume, summary), not a 
 """
 import ml_collections
 
-from configs import retrain_quick, search_quick
+from darts_jax.training.config_utils import load_config_module
+
+retrain_quick = load_config_module('retrain_quick', __file__)
+search_quick = load_config_module('search_quick', __file__)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -8,7 +8,9 @@ can switch to averaging within the run; the test evaluation reads the test split
 """
 import ml_collections
 
-from configs import retrain_ptb
+from darts_jax.training.config_utils import load_config_module
+
+retrain_ptb = load_config_module('retrain_ptb', __file__)
 
 
 def get_config() -> ml_collections.ConfigDict:

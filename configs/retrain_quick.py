@@ -7,7 +7,9 @@ optimizer; the accuracy is that of a small network trained briefly, not a record
 """
 import ml_collections
 
-from configs import retrain_cifar10
+from darts_jax.training.config_utils import load_config_module
+
+retrain_cifar10 = load_config_module('retrain_cifar10', __file__)
 
 
 def get_config() -> ml_collections.ConfigDict:

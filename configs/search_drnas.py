@@ -15,7 +15,9 @@ regulariser are not included.
 """
 import ml_collections
 
-from configs import search_cifar10
+from darts_jax.training.config_utils import load_config_module
+
+search_cifar10 = load_config_module('search_cifar10', __file__)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -14,7 +14,9 @@ rule (the two strongest inputs per node, the strongest op per edge), so the deri
 """
 import ml_collections
 
-from configs import search_cifar10
+from darts_jax.training.config_utils import load_config_module
+
+search_cifar10 = load_config_module('search_cifar10', __file__)
 
 
 def get_config() -> ml_collections.ConfigDict:

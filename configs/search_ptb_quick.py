@@ -19,7 +19,9 @@ tokens after 150 steps of the transcription).
 """
 import ml_collections
 
-from configs import search_ptb
+from darts_jax.training.config_utils import load_config_module
+
+search_ptb = load_config_module('search_ptb', __file__)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -16,12 +16,14 @@ The package is grouped by concept (docs/architecture.md has the map):
   ``run_retrain.py``);
 * interoperability: `darts_jax.convert` (the original's PyTorch checkpoints), `darts_jax.genotypes` (NNI, pt.darts
   and original genotype formats), `darts_jax.export` (a portable inference artifact);
-* entry points: ``python -m darts_jax.evaluate``, ``python -m darts_jax.genotypes``, ``python -m darts_jax.export``,
-  ``python -m darts_jax.plots``, ``python -m darts_jax.compare``, ``python -m darts_jax.cost``,
-  ``python -m darts_jax.bench``.
+* entry points: the console scripts ``darts-search`` (`darts_jax.search`, as ``run_search.py``) and
+  ``darts-retrain`` (`darts_jax.retrain`, as ``run_retrain.py``), ``python -m darts_jax.evaluate``,
+  ``python -m darts_jax.genotypes``, ``python -m darts_jax.export``, ``python -m darts_jax.plots``,
+  ``python -m darts_jax.compare``, ``python -m darts_jax.cost``, ``python -m darts_jax.bench``; they need the
+  ``[cli]`` extra (orbax, tfds, grain, ...).
 
 This module exports the research API. It imports only jax, flax, optax and numpy; the plotting functions
-(graphviz, matplotlib) are imported on first use.
+(graphviz, matplotlib, in the ``[cli]`` extra) are imported on first use.
 """
 import importlib
 from typing import Any
@@ -45,5 +47,9 @@ _LAZY = {'plot_genotype': 'darts_jax.cnn.plots', 'plot_curves': 'darts_jax.train
 
 def __getattr__(name: str) -> Any:
   if name in _LAZY:
-    return getattr(importlib.import_module(_LAZY[name]), name)
+    try:
+      module = importlib.import_module(_LAZY[name])
+    except ModuleNotFoundError as e:
+      raise ModuleNotFoundError(f"{name} needs {e.name}: pip install 'darts-jax[cli]'", name=e.name) from e
+    return getattr(module, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -18,12 +18,13 @@ import numpy as np
 import optax
 import pytest
 
-from configs import retrain_quick
+from darts_jax.training.config_utils import load_config_module
 from darts_jax import convert, data, evaluate, export
 from darts_jax.cnn import genotypes
 from darts_jax.cnn.genotypes import Genotype
 from darts_jax.tasks import retrain
 
+retrain_quick = load_config_module('retrain_quick')
 REPO = Path(__file__).resolve().parents[1]
 SMALL = Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1)], normal_concat=[2],
                  reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], reduce_concat=[2])

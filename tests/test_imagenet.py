@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import retrain_imagenet
+from darts_jax.training.config_utils import load_config_module
 from darts_jax import evaluate
 from darts_jax.cnn import genotypes
 from darts_jax.cnn.genotypes import Genotype
@@ -21,6 +21,7 @@ from darts_jax.data import imagenet
 from darts_jax.tasks import retrain
 from darts_jax.training import optimizers, reporting
 
+retrain_imagenet = load_config_module('retrain_imagenet')
 SMALL = Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1)], normal_concat=[2],
                  reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], reduce_concat=[2])
 CLASSES = ('n01440764', 'n01443537', 'n01484850')

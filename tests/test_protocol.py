@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from configs import protocol_quick
+from darts_jax.training.config_utils import load_config_module
 from darts_jax.cnn import genotypes
 from darts_jax.tasks import protocol, retrain, search, search_seeds
 from darts_jax.training import reporting
 
+protocol_quick = load_config_module('protocol_quick')
 CANDIDATES = [genotypes.DARTS_V1, genotypes.DARTS_V2, genotypes.DARTS_V1]  # seed 2 finds seed 0's genotype
 ACCURACY = {genotypes.genotype_to_json(genotypes.DARTS_V1): 0.5, genotypes.genotype_to_json(genotypes.DARTS_V2): 0.7}
 
@@ -103,7 +104,7 @@ def test_bad_configs_stop_before_any_run(stand_ins, tmp_path):
 def test_selection_retraining_trains_and_scores_on_the_search_split_only(data_dir, tmp_path, monkeypatch):
   """`retrain` with ``evaluate_on='search_valid'``: batches from the search split's training half, evaluation on its
   validation half (the loop is replaced: only where the data goes is checked)."""
-  from configs import retrain_quick
+  retrain_quick = load_config_module('retrain_quick')
   from darts_jax import data
   from darts_jax.training import loop
   from test_retrain import SMALL

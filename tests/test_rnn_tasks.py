@@ -7,13 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import retrain_ptb, search_ptb
+from darts_jax.training.config_utils import load_config_module
 from darts_jax import rnn
 from darts_jax.data import DatasetNotFoundError, text
 from darts_jax.tasks import rnn_retrain, rnn_search
 from darts_jax.training import reporting
 from darts_jax.training.checkpointing import Checkpointer
 
+retrain_ptb = load_config_module('retrain_ptb')
+search_ptb = load_config_module('search_ptb')
 WORDS = [f'w{i}' for i in range(44)] + ['<unk>']
 
 

@@ -1,7 +1,6 @@
 """Relaxations and regularisers in the search (config.relaxation, config.regularizer) on `TinySupernet`
 (tests/test_search.py): one sample per step through every pass, the variant configs, resume with a stochastic
 relaxation, and config errors."""
-import importlib
 import logging
 
 import jax
@@ -12,7 +11,7 @@ import pytest
 from test_search import (LR, MEAN, STD, TinySupernet, _batches, _epoch_records, tiny_config,
                          tiny_supernet)  # noqa: F401 (an autouse fixture: these runs use TinySupernet)
 
-from configs import search_cifar10
+from darts_jax.training.config_utils import load_config_module
 from darts_jax import data, relaxations
 from darts_jax.bilevel import search_step
 from darts_jax.bilevel.hypergradient import hypergradient
@@ -21,11 +20,12 @@ from darts_jax.tasks import search
 from darts_jax.training import optimizers, reporting
 from darts_jax.training.checkpointing import Checkpointer
 
+search_cifar10 = load_config_module('search_cifar10')
 VARIANTS = ('gdas', 'snas', 'fairdarts', 'drnas', 'beta_darts', 'sdarts_rs')
 
 
 def _variant(name):
-  return importlib.import_module(f'configs.search_{name}').get_config()
+  return load_config_module(f'search_{name}').get_config()
 
 
 def variant_config(name, data_dir, **overrides):

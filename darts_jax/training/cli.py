@@ -50,12 +50,15 @@ def run(prog: str, fn: Callable[[], Any]) -> Any:
 
 
 def main(prog: str, task: Callable[[ml_collections.ConfigDict, str], Any], example_config: str) -> None:
-  """The whole command line of a training task: ``prog --config FILE --workdir DIR [--config.KEY=VALUE ...]``.
+  """The whole command line of a training task: ``prog --config NAME|FILE --workdir DIR [--config.KEY=VALUE ...]``.
 
-  Defines the flags, rejects unknown config keys and unloadable config files in one line
-  (`config_utils.parse_flags`), then runs ``task(config, workdir)`` under `start` and `run`.
+  Defines the flags, resolves a packaged config's name to its file, rejects unknown config names and keys and
+  unloadable config files in one line (`config_utils.parse_flags`), then runs ``task(config, workdir)`` under `start`
+  and `run`.
   """
-  config_flag = config_flags.DEFINE_config_file('config', None, f'Configuration file, e.g. {example_config}.')
+  config_flag = config_flags.DEFINE_config_file(
+      'config', None, f'A packaged config by name (e.g. {example_config}; available: '
+      f'{", ".join(config_utils.config_names())}) or a config file.')
   workdir_flag = flags.DEFINE_string('workdir', None, 'Run directory; an existing one is resumed.')
   flags.mark_flags_as_required(['config', 'workdir'])
 

@@ -11,12 +11,14 @@ from PIL import Image
 torch = pytest.importorskip('torch', reason="the conversion tests need PyTorch: pip install -e '.[torch]'")
 
 import torch_darts  # noqa: E402  (needs torch)
-from configs import retrain_cifar10  # noqa: E402
+from darts_jax.training.config_utils import load_config_module  # noqa: E402
 from darts_jax import convert, evaluate  # noqa: E402
 from darts_jax.cnn import genotypes, networks  # noqa: E402
 from darts_jax.data import imagenet  # noqa: E402
 from darts_jax.cnn.genotypes import Genotype  # noqa: E402
 from darts_jax.cnn.supernet import SearchNetwork  # noqa: E402
+
+retrain_cifar10 = load_config_module('retrain_cifar10')
 
 # Every parametric op of a retrained network (sep convs 3/5/7, dil convs 3/5, conv_7x1_1x7, factorized reduction)
 # and every parameter-free one. Three concatenated states of C channels: the first two normal cells map 3C to 3C,

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import retrain_cifar10
+from darts_jax.training.config_utils import load_config_module
 from darts_jax import data, evaluate
 from darts_jax.cnn import genotypes, networks
 from darts_jax.training import loop, parallel, reporting
@@ -28,6 +28,7 @@ from darts_jax.tasks import retrain
 from darts_jax.training.checkpointing import Checkpointer
 from darts_jax.cnn.genotypes import Genotype
 
+retrain_cifar10 = load_config_module('retrain_cifar10')
 REPO = Path(__file__).resolve().parents[1]
 SMALL = Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1)], normal_concat=[2],
                  reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], reduce_concat=[2])

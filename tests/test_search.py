@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import search_quick
+from darts_jax.training.config_utils import load_config_module
 from darts_jax.cnn import cost, genotypes
 from darts_jax import data
 from darts_jax.training import loop, optimizers, parallel, reporting
@@ -27,6 +27,7 @@ from darts_jax.training.checkpointing import Checkpointer
 from darts_jax.bilevel.hypergradient import hypergradient
 from darts_jax.cnn.ops import BatchNorm
 
+search_quick = load_config_module('search_quick')
 MEAN, STD = np.array([0.3], np.float32), np.array([0.4], np.float32)
 
 

@@ -51,7 +51,9 @@ def fd_mixed_term(train_loss: Loss, w: PyTree, alpha: PyTree,
 
   :math:`(\nabla_\alpha L_{train}(w^+) - \nabla_\alpha L_{train}(w^-)) / 2R`
   with :math:`w^\pm = w \pm R v`, :math:`R = \epsilon / \lVert v \rVert_2`
-  (per device: the caller averages it over devices).
+  (per device: the caller averages it over devices). Its gradients are
+  computed at the highest matmul precision (float32 or float64 as their
+  inputs, never bfloat16 passes or TF32).
   """
   norm = _global_norm(v)
   # v == 0 gives w± = w and a zero mixed term for any finite R.
@@ -60,9 +62,13 @@ def fd_mixed_term(train_loss: Loss, w: PyTree, alpha: PyTree,
   # compiled once instead of twice.
   stencil = jax.tree.map(lambda w_, v_: jnp.stack([w_ + r * v_, w_ - r * v_]),
                          w, v)
-  plus_minus = jax.lax.map(
-      lambda w_: jax.grad(train_loss, argnums=1)(w_, alpha, train_batch),
-      stencil)
+  # The two gradients differ by O(R) and their difference is divided by 2R,
+  # which multiplies their rounding by 1/2R: their matmuls need the dtype's
+  # full precision, where TPUs default to bfloat16 passes and GPUs to TF32.
+  with jax.default_matmul_precision('highest'):
+    plus_minus = jax.lax.map(
+        lambda w_: jax.grad(train_loss, argnums=1)(w_, alpha, train_batch),
+        stencil)
   return jax.tree.map(lambda g: (g[0] - g[1]) / (2 * r), plus_minus)
 
 

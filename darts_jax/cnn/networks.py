@@ -14,6 +14,10 @@ output channels equal) are identical functions of different weights; they run as
 cell is traced and compiled once: the 20-cell CIFAR network compiles 9 cell bodies, not 20. The scanned cells'
 parameters are stacked along a leading axis under ``cells/cells_{first}_{last}``; `count_params` counts elements, so
 the layout does not change the count.
+
+**Dtypes.** The networks follow their input's dtype: ``init`` creates parameters and BN statistics in the input's
+precision, at least float32 (`ops.default_param_dtype`: float64 for a float64 input with ``jax_enable_x64``), and
+``apply`` computes in the common dtype of input and parameters.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from jax import lax
 
 from darts_jax.cnn.genotypes import Genotype, validate_genotype
 from darts_jax.cnn.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, avg_pool_3x3, depthwise_conv,
-                           max_pool_3x3, torch_default_init)
+                           max_pool_3x3, default_param_dtype, torch_default_init)
 
 AUXILIARY = 'auxiliary_head'
 """Name of the auxiliary head's parameters, excluded from `count_params` like the original's count."""
@@ -68,15 +72,18 @@ def _torch_bias_init(fan_in: int) -> Callable:
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def _dense(features: int, fan_in: int, name: str) -> nn.Dense:
-  return nn.Dense(features, kernel_init=torch_default_init, bias_init=_torch_bias_init(fan_in), name=name)
+def _dense(x: jax.Array, features: int, name: str) -> jax.Array:
+  """``nn.Linear`` with PyTorch's init applied to `x`, its parameters created in `default_param_dtype(x)`."""
+  return nn.Dense(features, kernel_init=torch_default_init, bias_init=_torch_bias_init(x.shape[-1]),
+                  param_dtype=default_param_dtype(x), name=name)(x)
 
 
-def _conv(features: int, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1),
-          padding: tuple[int, int] = (0, 0), name: str | None = None) -> nn.Conv:
-  """A bias-free ``nn.Conv2d`` with PyTorch's init and symmetric zero padding."""
+def _conv(x: jax.Array, features: int, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1),
+          padding: tuple[int, int] = (0, 0), name: str | None = None) -> jax.Array:
+  """A bias-free ``nn.Conv2d`` with PyTorch's init and symmetric zero padding applied to `x`, its kernel created in
+  `default_param_dtype(x)`."""
   return nn.Conv(features, kernel, stride, [(p, p) for p in padding], use_bias=False, kernel_init=torch_default_init,
-                 name=name)
+                 param_dtype=default_param_dtype(x), name=name)(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -124,8 +131,8 @@ class _ReLUDepthwisePointwise(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     k, c = self.kernel_size, x.shape[-1]
-    depthwise = self.param('depthwise', torch_default_init, (k, k, 1, c))
-    pointwise = self.param('pointwise', torch_default_init, (c, self.features))
+    depthwise = self.param('depthwise', torch_default_init, (k, k, 1, c), default_param_dtype(x))
+    pointwise = self.param('pointwise', torch_default_init, (c, self.features), default_param_dtype(x))
     x = depthwise_conv(jax.nn.relu(x)[None], depthwise[None, :, :, 0], stride=self.stride, dilation=self.dilation,
                        padding=self.padding, impl=self.depthwise_impl)[0]
     return BatchNorm(affine=True, axis_name=self.axis_name)(x @ pointwise, train)
@@ -173,8 +180,8 @@ class Conv7x1x1x7(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     s = self.stride
-    x = _conv(self.features, (1, 7), (1, s), (0, 3), name='conv_1x7')(jax.nn.relu(x))
-    x = _conv(self.features, (7, 1), (s, 1), (3, 0), name='conv_7x1')(x)
+    x = _conv(jax.nn.relu(x), self.features, (1, 7), (1, s), (0, 3), name='conv_1x7')
+    x = _conv(x, self.features, (7, 1), (s, 1), (3, 0), name='conv_7x1')
     return BatchNorm(affine=True, axis_name=self.axis_name)(x, train)
 
 
@@ -354,10 +361,9 @@ class AuxiliaryHeadCIFAR(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.avg_pool(jax.nn.relu(x), (5, 5), (3, 3))
-    x = jax.nn.relu(BatchNorm(affine=True, axis_name=self.axis_name)(_conv(128, (1, 1))(x), train))
-    x = jax.nn.relu(BatchNorm(affine=True, axis_name=self.axis_name)(_conv(768, (2, 2))(x), train))
-    x = x.reshape(x.shape[0], -1)
-    return _dense(self.num_classes, x.shape[-1], 'classifier')(x)
+    x = jax.nn.relu(BatchNorm(affine=True, axis_name=self.axis_name)(_conv(x, 128, (1, 1)), train))
+    x = jax.nn.relu(BatchNorm(affine=True, axis_name=self.axis_name)(_conv(x, 768, (2, 2)), train))
+    return _dense(x.reshape(x.shape[0], -1), self.num_classes, 'classifier')
 
 
 class AuxiliaryHeadImageNet(nn.Module):
@@ -369,10 +375,9 @@ class AuxiliaryHeadImageNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.avg_pool(jax.nn.relu(x), (5, 5), (2, 2))
-    x = jax.nn.relu(BatchNorm(affine=True, axis_name=self.axis_name)(_conv(128, (1, 1))(x), train))
-    x = jax.nn.relu(_conv(768, (2, 2))(x))
-    x = x.reshape(x.shape[0], -1)
-    return _dense(self.num_classes, x.shape[-1], 'classifier')(x)
+    x = jax.nn.relu(BatchNorm(affine=True, axis_name=self.axis_name)(_conv(x, 128, (1, 1)), train))
+    x = jax.nn.relu(_conv(x, 768, (2, 2)))
+    return _dense(x.reshape(x.shape[0], -1), self.num_classes, 'classifier')
 
 
 def _check_auxiliary_input(x: jax.Array, min_size: int, network: str) -> None:
@@ -419,7 +424,7 @@ class NetworkCIFAR(nn.Module):
     genotype = validate_genotype(self.genotype)
     stem_channels = self.stem_multiplier * self.C
     s = BatchNorm(affine=True, axis_name=self.axis_name, name='stem_bn')(
-        _conv(stem_channels, (3, 3), padding=(1, 1), name='stem_conv')(x), train)
+        _conv(x, stem_channels, (3, 3), padding=(1, 1), name='stem_conv'), train)
     tap = 2 * self.layers // 3
     specs = cell_specs(genotype, self.C, self.layers, (stem_channels, stem_channels))
     out, tapped = CellStack(tuple(specs), tap, self.depthwise_impl, self.axis_name, self.scan, name='cells')(
@@ -428,8 +433,7 @@ class NetworkCIFAR(nn.Module):
     if self.auxiliary and (train or self.is_initializing()):
       _check_auxiliary_input(tapped, 8, 'NetworkCIFAR')
       logits_aux = AuxiliaryHeadCIFAR(self.num_classes, self.axis_name, name=AUXILIARY)(tapped, train)
-    features = jnp.mean(out, axis=(1, 2))
-    logits = _dense(self.num_classes, features.shape[-1], 'classifier')(features)
+    logits = _dense(jnp.mean(out, axis=(1, 2)), self.num_classes, 'classifier')
     return logits, logits_aux if train else None
 
 
@@ -456,9 +460,9 @@ class NetworkImageNet(nn.Module):
                ) -> tuple[jax.Array, jax.Array | None]:
     genotype = validate_genotype(self.genotype)
     bn = lambda name: BatchNorm(affine=True, axis_name=self.axis_name, name=name)
-    s0 = jax.nn.relu(bn('stem0_bn1')(_conv(self.C // 2, (3, 3), (2, 2), (1, 1), name='stem0_conv1')(x), train))
-    s0 = bn('stem0_bn2')(_conv(self.C, (3, 3), (2, 2), (1, 1), name='stem0_conv2')(s0), train)
-    s1 = bn('stem1_bn')(_conv(self.C, (3, 3), (2, 2), (1, 1), name='stem1_conv')(jax.nn.relu(s0)), train)
+    s0 = jax.nn.relu(bn('stem0_bn1')(_conv(x, self.C // 2, (3, 3), (2, 2), (1, 1), name='stem0_conv1'), train))
+    s0 = bn('stem0_bn2')(_conv(s0, self.C, (3, 3), (2, 2), (1, 1), name='stem0_conv2'), train)
+    s1 = bn('stem1_bn')(_conv(jax.nn.relu(s0), self.C, (3, 3), (2, 2), (1, 1), name='stem1_conv'), train)
     tap = 2 * self.layers // 3
     specs = cell_specs(genotype, self.C, self.layers, (self.C, self.C), reduction_prev=True)
     out, tapped = CellStack(tuple(specs), tap, self.depthwise_impl, self.axis_name, self.scan, name='cells')(
@@ -467,6 +471,5 @@ class NetworkImageNet(nn.Module):
     if self.auxiliary and (train or self.is_initializing()):
       _check_auxiliary_input(tapped, 7, 'NetworkImageNet')
       logits_aux = AuxiliaryHeadImageNet(self.num_classes, self.axis_name, name=AUXILIARY)(tapped, train)
-    features = jnp.mean(out, axis=(1, 2))
-    logits = _dense(self.num_classes, features.shape[-1], 'classifier')(features)
+    logits = _dense(jnp.mean(out, axis=(1, 2)), self.num_classes, 'classifier')
     return logits, logits_aux if train else None

@@ -13,15 +13,17 @@ Depthwise convolutions have two formulations (`DEPTHWISE_IMPLS`), chosen by meas
 * ``'xla'``: ``lax.conv_general_dilated`` with ``feature_group_count``: cuDNN's depthwise kernels on GPU.
 * ``'auto'`` (the default): ``'shift'`` on CPU, ``'xla'`` elsewhere (`resolve_depthwise_impl`; docs/benchmarks.md).
 
-Activations may be bfloat16 (`SearchNetwork`'s ``dtype``): parameters stay float32 and are cast where they are
-used, BN statistics and the depthwise kernel gradient's reductions are float32.
+Everything follows its inputs' dtype (float64 with ``jax_enable_x64``): parameters and BN statistics are created in
+the modules' ``param_dtype``, by default `default_param_dtype` of the input: its dtype, at least float32.
+Activations may be bfloat16 (`SearchNetwork`'s ``dtype``): parameters stay at least float32 and are cast where they
+are used, BN statistics and the depthwise kernel gradient's reductions are at least float32.
 
 Initialisation follows PyTorch's defaults (uniform in ±1/sqrt(fan_in)), so runs start like the original's.
 """
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -94,6 +96,12 @@ INIT_PRNG = jax.extend.random.define_prng_impl(
 def init_key(key: jax.Array) -> jax.Array:
   """A key of `INIT_PRNG` seeded from a JAX key, for ``module.init``."""
   return jax.random.key(jax.random.bits(key, (), jnp.uint32), impl=INIT_PRNG)
+
+
+def default_param_dtype(x: jax.Array) -> jnp.dtype:
+  """The dtype of parameters and statistics created for input `x`: its dtype, at least float32 (bfloat16 or integer
+  inputs get float32 parameters, float64 inputs float64 ones)."""
+  return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _depthwise_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
@@ -270,6 +278,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation
   Returns:
     (B, N, H', W', C) with H' = (H + 2p - d(k-1) - 1) // s + 1.
   """
+  dtype = jnp.promote_types(x.dtype, kernel.dtype)  # the primitive's operands share one dtype
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
   num_maps, k = kernel.shape[0], kernel.shape[1]
   _, n, h, w, c = x.shape
   out_h = conv_output_size(h, k, stride, padding, dilation)
@@ -437,14 +447,16 @@ class BatchNorm(nn.Module):
   Training normalises with the biased batch variance and updates running statistics with momentum 0.1 and the
   *unbiased* variance, as ``torch.nn.BatchNorm2d`` does, so evaluation behaves like the original. With `axis_name`
   the statistics are averaged over that mapped axis (BN over the global batch under ``pmap``). Affine-free by
-  default: DARTS cells have no learnable scale/shift during search. Statistics and normalisation are computed in
-  float32 whatever the input's dtype; the output has the input's dtype.
+  default: DARTS cells have no learnable scale/shift during search. Statistics, normalisation and affine parameters
+  are in `param_dtype` (by default `default_param_dtype`: float32 for bfloat16 inputs, float64 for float64 ones); the
+  output has the input's dtype.
   """
   feature_axes: tuple[int, ...] = (-1,)
   affine: bool = False
   momentum: float = 0.1
   epsilon: float = 1e-5
   axis_name: str | None = None
+  param_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -452,9 +464,9 @@ class BatchNorm(nn.Module):
     reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
     stat_shape = tuple(x.shape[a] for a in feature_axes)
     broadcast_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
-    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, stat_shape, jnp.float32)
-    ra_var = self.variable('batch_stats', 'var', jnp.ones, stat_shape, jnp.float32)
-    dtype, x = x.dtype, x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    dtype, x = x.dtype, x.astype(self.param_dtype or default_param_dtype(x))
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, stat_shape, x.dtype)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, stat_shape, x.dtype)
     if train:
       mean = jnp.mean(x, reduce_axes)
       mean_sq = jnp.mean(jnp.square(x), reduce_axes)
@@ -465,14 +477,15 @@ class BatchNorm(nn.Module):
       var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
       if not self.is_initializing():
         unbiased = var * (count / jnp.maximum(count - 1, 1))
-        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+        # Statistics keep their dtype, so a state carried through a loop keeps its type.
+        ra_mean.value = ((1 - self.momentum) * ra_mean.value + self.momentum * mean).astype(ra_mean.value.dtype)
+        ra_var.value = ((1 - self.momentum) * ra_var.value + self.momentum * unbiased).astype(ra_var.value.dtype)
     else:
-      mean, var = ra_mean.value, ra_var.value
+      mean, var = ra_mean.value.astype(x.dtype), ra_var.value.astype(x.dtype)
     y = (x - mean.reshape(broadcast_shape)) * lax.rsqrt(var.reshape(broadcast_shape) + self.epsilon)
     if self.affine:
-      scale = self.param('scale', nn.initializers.ones, stat_shape, jnp.float32)
-      bias = self.param('bias', nn.initializers.zeros, stat_shape, jnp.float32)
+      scale = self.param('scale', nn.initializers.ones, stat_shape, x.dtype)
+      bias = self.param('bias', nn.initializers.zeros, stat_shape, x.dtype)
       y = y * scale.reshape(broadcast_shape) + bias.reshape(broadcast_shape)
     return y.astype(dtype)
 
@@ -485,17 +498,19 @@ class ReLUConvBN(nn.Module):
   padding: int = 0
   affine: bool = False
   axis_name: str | None = None
+  param_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    param_dtype = self.param_dtype or default_param_dtype(x)
     x = jax.nn.relu(x)
     if self.kernel_size == 1 and self.stride == 1:
-      kernel = self.param('kernel', _pointwise_init, (x.shape[-1], self.features))
+      kernel = self.param('kernel', _pointwise_init, (x.shape[-1], self.features), param_dtype)
       x = x @ kernel.astype(x.dtype)
     else:
       x = nn.Conv(self.features, (self.kernel_size,) * 2, self.stride, [(self.padding, self.padding)] * 2,
-                  use_bias=False, kernel_init=torch_default_init, dtype=x.dtype)(x)
-    return BatchNorm(affine=self.affine, axis_name=self.axis_name)(x, train)
+                  use_bias=False, kernel_init=torch_default_init, dtype=x.dtype, param_dtype=param_dtype)(x)
+    return BatchNorm(affine=self.affine, axis_name=self.axis_name, param_dtype=param_dtype)(x, train)
 
 
 class FactorizedReduce(nn.Module):
@@ -503,11 +518,13 @@ class FactorizedReduce(nn.Module):
   features: int
   affine: bool = False
   axis_name: str | None = None
+  param_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.features % 2:
       raise ValueError(f'FactorizedReduce needs an even number of channels, got {self.features}')
-    shape = (1, x.shape[-1], self.features // 2)
-    y = factorized_reduce(x, self.param('kernel1', _pointwise_init, shape), self.param('kernel2', _pointwise_init, shape))
-    return BatchNorm(affine=self.affine, axis_name=self.axis_name)(y[0], train)
+    shape, dtype = (1, x.shape[-1], self.features // 2), self.param_dtype or default_param_dtype(x)
+    y = factorized_reduce(x, self.param('kernel1', _pointwise_init, shape, dtype),
+                          self.param('kernel2', _pointwise_init, shape, dtype))
+    return BatchNorm(affine=self.affine, axis_name=self.axis_name, param_dtype=dtype)(y[0], train)

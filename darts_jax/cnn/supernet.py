@@ -17,6 +17,8 @@ edge, so one copy of those statistics per node stands for the original's one per
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,8 +26,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from darts_jax.cnn.genotypes import PRIMITIVES
 from darts_jax.cnn.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, _depthwise_init, _pointwise_init,
-                           avg_pool_3x3, depthwise_conv, factorized_reduce, max_pool_3x3, pointwise_conv,
-                           torch_default_init)
+                           avg_pool_3x3, default_param_dtype, depthwise_conv, factorized_reduce, max_pool_3x3,
+                           pointwise_conv, torch_default_init)
 
 # The parametric ops, in PRIMITIVES order, with (kernel, dilation, padding) of their first depthwise conv.
 # sep convs repeat ReLU → depthwise → pointwise → BN twice (second time with stride 1); dil convs do it once.
@@ -49,12 +51,13 @@ def edge_index(node: int, source: int) -> int:
   return sum(2 + i for i in range(node)) + source
 
 
-def init_alphas(rng: jax.Array, steps: int = 4, num_ops: int = len(PRIMITIVES), scale: float = 1e-3
-                ) -> dict[str, jax.Array]:
+def init_alphas(rng: jax.Array, steps: int = 4, num_ops: int = len(PRIMITIVES), scale: float = 1e-3,
+                dtype: jax.typing.DTypeLike = jnp.float32) -> dict[str, jax.Array]:
   """Architecture parameters ``{'normal': (E, num_ops), 'reduce': (E, num_ops)}``, ``scale · N(0, 1)`` like the original."""
   normal_key, reduce_key = jax.random.split(rng)
   shape = (num_edges(steps), num_ops)
-  return {'normal': scale * jax.random.normal(normal_key, shape), 'reduce': scale * jax.random.normal(reduce_key, shape)}
+  return {'normal': scale * jax.random.normal(normal_key, shape, dtype),
+          'reduce': scale * jax.random.normal(reduce_key, shape, dtype)}
 
 
 class MixedEdges(nn.Module):
@@ -62,23 +65,27 @@ class MixedEdges(nn.Module):
 
   ``__call__(x, weights, train)`` takes the node's state ``x`` (N, H, W, C) and the mixing weights of its
   ``num_edges`` outgoing edges (num_edges, 8) and returns (num_edges, N, H', W', C): edge e's mixed output.
+  Parameters and BN statistics are created in `param_dtype` (None: `ops.default_param_dtype` of ``x``).
   """
   channels: int
   num_edges: int
   stride: int
   depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
+  param_dtype: Any = None
 
   def _bn(self, x: jax.Array, train: bool, name: str) -> jax.Array:
     # One BN over stacked (op/edge, channel) features == a separate affine-free BN per op and edge.
-    return BatchNorm(feature_axes=(0, -1), axis_name=self.axis_name, name=name)(x, train)
+    return BatchNorm(feature_axes=(0, -1), axis_name=self.axis_name, param_dtype=self.param_dtype, name=name)(x, train)
 
   @nn.compact
   def __call__(self, x: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
     c, s, n_edges = self.channels, self.stride, self.num_edges
     weights = weights.astype(x.dtype)
-    # float32 parameters, used in the activations' dtype (their gradients come back in float32 through the cast).
-    stacked = lambda name, init, shape: self.param(name, init, (n_edges,) + shape).astype(x.dtype)
+    # Parameters in `param_dtype` (float32 for bfloat16 activations), used in the activations' dtype (their gradients
+    # come back in the parameters' dtype through the cast).
+    param_dtype = self.param_dtype or default_param_dtype(x)
+    stacked = lambda name, init, shape: self.param(name, init, (n_edges,) + shape, param_dtype).astype(x.dtype)
     # Named for `SearchNetwork.remat`'s policy, which keeps convolution outputs.
     conv = lambda inp, kernel, **kw: checkpoint_name(depthwise_conv(inp, kernel, impl=self.depthwise_impl, **kw),
                                                      'depthwise_conv')
@@ -136,15 +143,16 @@ class SearchCell(nn.Module):
   multiplier: int = 4
   depthwise_impl: DepthwiseImpl = 'auto'
   axis_name: str | None = None
+  param_dtype: Any = None  # of parameters and BN statistics; None: `ops.default_param_dtype` of the inputs
 
   @nn.compact
   def __call__(self, s0: jax.Array, s1: jax.Array, weights: jax.Array, train: bool) -> jax.Array:
-    c = self.channels
+    c, kw = self.channels, dict(axis_name=self.axis_name, param_dtype=self.param_dtype)
     if self.reduction_prev:
-      s0 = FactorizedReduce(c, axis_name=self.axis_name, name='preprocess0')(s0, train)
+      s0 = FactorizedReduce(c, **kw, name='preprocess0')(s0, train)
     else:
-      s0 = ReLUConvBN(c, axis_name=self.axis_name, name='preprocess0')(s0, train)
-    s1 = ReLUConvBN(c, axis_name=self.axis_name, name='preprocess1')(s1, train)
+      s0 = ReLUConvBN(c, **kw, name='preprocess0')(s0, train)
+    s1 = ReLUConvBN(c, **kw, name='preprocess1')(s1, train)
     states = [s0, s1]
     incoming = [[] for _ in range(self.steps)]  # mixed-op outputs arriving at each node
     # State j feeds nodes max(0, j-1) .. steps-1; the last node feeds none.
@@ -154,7 +162,7 @@ class SearchCell(nn.Module):
       targets = range(max(0, source - 1), self.steps)
       rows = [edge_index(node, source) for node in targets]
       stride = 2 if self.reduction and source < 2 else 1
-      outputs = MixedEdges(c, len(rows), stride, self.depthwise_impl, self.axis_name, name=f'edges_from_{source}')(
+      outputs = MixedEdges(c, len(rows), stride, self.depthwise_impl, **kw, name=f'edges_from_{source}')(
           states[source], weights[jnp.array(rows)], train)
       for node, output in zip(targets, jnp.split(outputs, len(rows))):  # a split: see MixedEdges
         incoming[node].append(output[0])
@@ -163,6 +171,8 @@ class SearchCell(nn.Module):
 
 
 DTYPES = ('float32', 'bfloat16')
+"""`SearchNetwork`'s ``dtype``: ``'float32'``, full precision (float32, or float64 for float64 inputs), or
+``'bfloat16'`` activations."""
 MIXINGS = ('softmax', 'weights')
 """How `SearchNetwork` turns its architecture argument into per-edge mixing weights: ``'softmax'`` of the alphas
 (DARTS), or ``'weights'``: the argument already is the weights (a relaxation's output)."""
@@ -192,8 +202,11 @@ class SearchNetwork(nn.Module):
   ``alphas`` is ``{'normal': (14, 8), 'reduce': (14, 8)}`` (see `init_alphas`). `depthwise_impl` picks the depthwise
   formulation (`ops.DEPTHWISE_IMPLS`); `axis_name` makes BN use global-batch statistics under ``pmap``.
 
-  ``dtype='bfloat16'`` computes activations and convolutions in bfloat16 (tensor cores on GPU); parameters, alphas,
-  BN statistics, the logits and everything downstream of them (losses, gradients, the hypergradient) stay float32.
+  The network follows its input's dtype: with the default ``dtype='float32'`` it computes in the input's precision,
+  at least float32 (a float64 input, with ``jax_enable_x64``, gives float64 activations, and ``init`` float64
+  parameters and statistics). ``dtype='bfloat16'`` computes activations and convolutions in bfloat16 (tensor cores
+  on GPU); parameters, alphas, BN statistics, the logits and everything downstream of them (losses, gradients, the
+  hypergradient) stay in the full precision.
   ``remat=True`` rematerialises each cell in the backward pass, keeping only the outputs of its matrix
   multiplications and depthwise convolutions (`REMAT_POLICY`): less memory for every gradient pass, and for the
   exact hypergradient's tangent pass, at the price of recomputing the elementwise work (ReLU, BN, pools, sums).
@@ -219,10 +232,12 @@ class SearchNetwork(nn.Module):
     if self.mixing not in MIXINGS:
       raise ValueError(f'unknown mixing {self.mixing!r}; choose one of {MIXINGS}')
     stem_channels = self.stem_multiplier * self.C
+    full = default_param_dtype(x)
+    dtype = jnp.bfloat16 if self.dtype == 'bfloat16' else full
     x = nn.Conv(stem_channels, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, kernel_init=torch_default_init,
-                dtype=self.dtype, name='stem_conv')(x.astype(self.dtype))
+                dtype=dtype, param_dtype=full, name='stem_conv')(x.astype(dtype))
     cell_type = nn.remat(SearchCell, static_argnums=(4,), policy=REMAT_POLICY) if self.remat else SearchCell
-    s0 = s1 = BatchNorm(affine=True, axis_name=self.axis_name, name='stem_bn')(x, train)
+    s0 = s1 = BatchNorm(affine=True, axis_name=self.axis_name, param_dtype=full, name='stem_bn')(x, train)
     weights = alphas if self.mixing == 'weights' else {kind: jax.nn.softmax(a, axis=-1) for kind, a in alphas.items()}
     channels, reduction_prev = self.C, False
     for i in range(self.layers):
@@ -230,9 +245,9 @@ class SearchNetwork(nn.Module):
       if reduction:
         channels *= 2
       cell = cell_type(channels, reduction, reduction_prev, self.steps, self.multiplier, self.depthwise_impl,
-                        self.axis_name, name=f'cell_{i}')
+                        self.axis_name, full, name=f'cell_{i}')
       s0, s1 = s1, cell(s0, s1, weights['reduce' if reduction else 'normal'], train)
       reduction_prev = reduction
-    features = jnp.mean(s1.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(self.num_classes, kernel_init=torch_default_init,
-                    bias_init=_torch_bias_init(features.shape[-1]), name='classifier')(features)
+    features = jnp.mean(s1.astype(full), axis=(1, 2))
+    return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=_torch_bias_init(features.shape[-1]),
+                    param_dtype=full, name='classifier')(features)

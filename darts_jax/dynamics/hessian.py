@@ -26,11 +26,11 @@ HVP_METHODS = ('exact', 'fd')
 """How Hessian-vector products are computed: ``'exact'``, forward over reverse (the tangent of the gradient: a
 program about twice the gradient's, which on XLA:CPU takes about as long again to compile as the gradient); ``'fd'``,
 ``(∇f(α + εv) − ∇f(α − εv)) / 2ε`` with both gradients from one compiled copy (``lax.map``), accurate to ``O(ε²)``
-plus float32 rounding divided by ``2ε``."""
+plus the gradients' rounding divided by ``2ε``."""
 
 
-def _lanczos_dominant(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], size: int, num_iterations: int,
-                      rng: jax.Array) -> tuple[jax.Array, Any]:
+def _lanczos_dominant(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], size: int, dtype: Any,
+                      num_iterations: int, rng: jax.Array) -> tuple[jax.Array, Any]:
   r"""The Ritz value of largest magnitude after `num_iterations` Lanczos steps on a symmetric ``size × size``
   operator.
 
@@ -38,31 +38,38 @@ def _lanczos_dominant(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], size
   ``T = Vᵀ H V`` is tridiagonal (``T_jj = v_jᵀ H v_j``, ``T_{j,j+1} = ‖residual_j‖``); the extreme eigenvalues of
   ``T`` converge to those of ``H`` much faster than power iteration's Rayleigh quotient (at a rate set by the gap
   relative to the whole spectrum, not by ``|λ₂/λ₁|``). Every new vector is orthogonalised against all previous ones,
-  twice (cheap: ``size`` is small), so float32 rounding does not bring back converged directions. At ``k = size``
-  the eigenvalues of ``T`` are those of ``H``. A residual of exactly zero (an invariant subspace) leaves the next
-  vectors 0, which only adds zero eigenvalues to ``T``.
+  twice (cheap: ``size`` is small), so rounding does not bring back converged directions. At ``k = size`` the
+  eigenvalues of ``T`` are those of ``H``. A residual of exactly zero (an invariant subspace) leaves the next vectors
+  0, which only adds zero eigenvalues to ``T``.
 
-  ``matvec(v) -> (Hv, aux)``; the `aux` of the first product is returned with the Ritz value.
+  ``matvec(v) -> (Hv, aux)`` takes and returns vectors of `dtype`; the `aux` of the first product is returned with
+  the Ritz value. The basis and ``T`` are kept in `dtype`, at least float32.
   """
   k = min(num_iterations, size)
-  v0 = jax.random.normal(rng, (size,), jnp.float32)
-  basis = jnp.zeros((k + 1, size), jnp.float32).at[0].set(v0 / jnp.linalg.norm(v0))
+  basis_dtype = jnp.promote_types(dtype, jnp.float32)
+  v0 = jax.random.normal(rng, (size,), basis_dtype)
+  basis = jnp.zeros((k + 1, size), basis_dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+  # Orthogonality is what keeps Lanczos from finding converged eigenvalues again: the projections are matmuls, which
+  # TPUs compute in bfloat16 passes by default (and GPUs in TF32), far coarser than the vectors' own precision.
+  project = lambda a, b: jnp.matmul(a, b, precision=lax.Precision.HIGHEST)  # noqa: E731
 
   def body(j, carry):
     basis, diagonal, off_diagonal, first_aux = carry
-    w, aux = matvec(basis[j])
+    w, aux = matvec(basis[j].astype(dtype))
+    w = w.astype(basis_dtype)
     first_aux = jax.tree.map(lambda first, new: jnp.where(j == 0, new, first), first_aux, aux)
-    diagonal = diagonal.at[j].set(jnp.vdot(basis[j], w))
-    for _ in range(2):  # classical Gram-Schmidt, repeated: orthogonal to float32 precision
-      w = w - basis.T @ (basis @ w)
+    diagonal = diagonal.at[j].set(project(basis[j], w))
+    for _ in range(2):  # classical Gram-Schmidt, repeated: orthogonal to the basis' precision
+      w = w - project(basis.T, project(basis, w))
     norm = jnp.linalg.norm(w)
     off_diagonal = off_diagonal.at[j].set(norm)
     basis = basis.at[j + 1].set(jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), 0.0))
     return basis, diagonal, off_diagonal, first_aux
 
-  aux_shape = jax.eval_shape(matvec, basis[0])[1]
+  aux_shape = jax.eval_shape(matvec, basis[0].astype(dtype))[1]
   _, diagonal, off_diagonal, first_aux = lax.fori_loop(
-      0, k, body, (basis, jnp.zeros(k), jnp.zeros(k), jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape)))
+      0, k, body, (basis, jnp.zeros(k, basis_dtype), jnp.zeros(k, basis_dtype),
+                   jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape)))
   tridiagonal = jnp.diag(diagonal) + jnp.diag(off_diagonal[:-1], 1) + jnp.diag(off_diagonal[:-1], -1)
   eigenvalues = jnp.linalg.eigvalsh(tridiagonal)
   return eigenvalues[jnp.argmax(jnp.abs(eigenvalues))], first_aux
@@ -91,9 +98,12 @@ def hessian_eigenvalue_and_gradient(loss_fn: Callable[[PyTree], jax.Array], alph
     matvec = lambda v: (hvp(v), grad)  # noqa: E731
   else:
     def matvec(v):  # v has norm 1 (a Lanczos vector)
-      plus, minus = lax.map(gradient, jnp.stack([flat + fd_epsilon * v, flat - fd_epsilon * v]))
+      # The difference of two gradients is divided by 2ε: they need their dtype's full precision, which matmuls on
+      # TPU (bfloat16 passes) and GPU (TF32) do not give by default.
+      with jax.default_matmul_precision('highest'):
+        plus, minus = lax.map(gradient, jnp.stack([flat + fd_epsilon * v, flat - fd_epsilon * v]))
       return (plus - minus) / (2 * fd_epsilon), (plus + minus) / 2
-  eigenvalue, grad = _lanczos_dominant(matvec, flat.size, num_iterations, rng)
+  eigenvalue, grad = _lanczos_dominant(matvec, flat.size, flat.dtype, num_iterations, rng)
   return eigenvalue, unravel(grad)
 
 
@@ -120,7 +130,8 @@ def dominant_hessian_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], alphas: 
     fd_epsilon: for ``'fd'``: the step ``ε`` along the unit Lanczos vector.
 
   Returns:
-    A float32 scalar, with its sign (negative when the loss curves down most strongly).
+    A scalar in the alphas' dtype, at least float32 (float64 for float64 alphas), with its sign (negative when the
+    loss curves down most strongly).
   """
   return hessian_eigenvalue_and_gradient(loss_fn, alphas, num_iterations=num_iterations, rng=rng,
                                          axis_name=axis_name, method=method, fd_epsilon=fd_epsilon)[0]

@@ -21,6 +21,10 @@ The model around the cell (the original ``RNNModel``, from AWD-LSTM): embedding 
 Batches are ``(B, T)`` token ids, batch-major (as the data-parallel steps split them); ``length <= T`` marks the
 real time steps of a padded batch: the hidden state and the BN statistics stop at ``length``, so variable BPTT
 lengths share one program.
+
+The models follow the dtype of the hidden state: ``init`` creates parameters and statistics in it, at least float32
+(float64 for a float64 state with ``jax_enable_x64``), and ``apply`` computes in the common dtype of state and
+parameters.
 """
 from __future__ import annotations
 
@@ -64,11 +68,11 @@ def _check_sizes(ninp: int, nhid: int) -> None:
     raise ValueError(f'the decoder is tied to the embedding, so ninp ({ninp}) must equal nhid ({nhid})')
 
 
-def _bernoulli_mask(key: jax.Array, rate: float, shape: Sequence[int]) -> jax.Array:
+def _bernoulli_mask(key: jax.Array, rate: float, shape: Sequence[int], dtype: Any) -> jax.Array:
   """Inverted dropout's mask: 0 with probability `rate`, else ``1 / (1 − rate)``."""
   if rate == 0.0:
-    return jnp.ones(shape, jnp.float32)
-  return jax.random.bernoulli(key, 1.0 - rate, shape).astype(jnp.float32) / (1.0 - rate)
+    return jnp.ones(shape, dtype)
+  return jax.random.bernoulli(key, 1.0 - rate, shape).astype(dtype) / (1.0 - rate)
 
 
 def _highway(s: jax.Array, ch: jax.Array, activation: str) -> jax.Array:
@@ -96,34 +100,41 @@ class _RNNLanguageModel(nn.Module):
     """One time step: ``(h_t, bn_stats')`` from ``x_t`` (B, ninp) and ``h_{t-1}`` (B, nhid)."""
     raise NotImplementedError
 
-  def _bn_stats(self):
+  def _bn_stats(self, dtype: Any):
     return None
 
   def _forward(self, tokens: jax.Array, hidden: jax.Array, context: Any, length: jax.Array | None, train: bool):
     _check_sizes(self.ninp, self.nhid)
-    embedding = self.param('embedding', _uniform, (self.ntoken, self.ninp))
-    bias = self.param('decoder_bias', nn.initializers.zeros, (self.ntoken,))
-    W0 = self.param('W0', _uniform, (self.ninp + self.nhid, 2 * self.nhid))
-    Ws = self.param('Ws', _uniform, (self._steps(), self.nhid, 2 * self.nhid))
+    param_dtype = jnp.promote_types(hidden.dtype, jnp.float32)
+    param = lambda name, init, shape: self.param(name, init, shape, param_dtype)
+    embedding = param('embedding', _uniform, (self.ntoken, self.ninp))
+    bias = param('decoder_bias', nn.initializers.zeros, (self.ntoken,))
+    W0 = param('W0', _uniform, (self.ninp + self.nhid, 2 * self.nhid))
+    Ws = param('Ws', _uniform, (self._steps(), self.nhid, 2 * self.nhid))
+    # The scan carries the state: it must enter in the dtype the cell computes in.
+    dtype = jnp.result_type(hidden, embedding, W0, Ws)
+    hidden = hidden.astype(dtype)
+    if context is not None:
+      context = context.astype(dtype)
     batch, time = tokens.shape
     length = jnp.asarray(time if length is None else length)
 
     emb = jnp.take(embedding, tokens, axis=0)  # (B, T, ninp)
-    ones = lambda d: jnp.ones((batch, 1, d), jnp.float32)
+    ones = lambda d: jnp.ones((batch, 1, d), dtype)
     word_mask = in_mask = out_mask = ones(self.ninp)
     x_mask, h_mask = ones(self.ninp)[:, 0], ones(self.nhid)[:, 0]
     if train:
       keys = jax.random.split(self.make_rng('dropout'), 5)
       # Embedding dropout drops words of the vocabulary (rows of the matrix), the same words wherever they occur.
-      word_mask = jnp.take(_bernoulli_mask(keys[0], self.dropoute, (self.ntoken, 1)), tokens, axis=0)
-      in_mask = _bernoulli_mask(keys[1], self.dropouti, (batch, 1, self.ninp))
-      out_mask = _bernoulli_mask(keys[2], self.dropout, (batch, 1, self.nhid))
-      x_mask = _bernoulli_mask(keys[3], self.dropoutx, (batch, self.ninp))
-      h_mask = _bernoulli_mask(keys[4], self.dropouth, (batch, self.nhid))
-    emb = emb * word_mask * in_mask
+      word_mask = jnp.take(_bernoulli_mask(keys[0], self.dropoute, (self.ntoken, 1), dtype), tokens, axis=0)
+      in_mask = _bernoulli_mask(keys[1], self.dropouti, (batch, 1, self.ninp), dtype)
+      out_mask = _bernoulli_mask(keys[2], self.dropout, (batch, 1, self.nhid), dtype)
+      x_mask = _bernoulli_mask(keys[3], self.dropoutx, (batch, self.ninp), dtype)
+      h_mask = _bernoulli_mask(keys[4], self.dropouth, (batch, self.nhid), dtype)
+    emb = emb.astype(dtype) * word_mask * in_mask
 
-    bn_variable = self._bn_stats()
-    bn_stats = None if bn_variable is None else bn_variable.value
+    bn_variable = self._bn_stats(param_dtype)
+    bn_stats = None if bn_variable is None else jax.tree.map(lambda x: x.astype(dtype), bn_variable.value)
 
     def step(carry, inputs):
       h_prev, stats = carry
@@ -138,7 +149,8 @@ class _RNNLanguageModel(nn.Module):
                                            (jnp.swapaxes(emb, 0, 1), jnp.arange(time)))
     raw = jnp.swapaxes(raw, 0, 1)  # (B, T, nhid)
     if bn_variable is not None and train and not self.is_initializing():
-      bn_variable.value = bn_stats
+      # Statistics keep their dtype, so a state carried through a loop keeps its type.
+      bn_variable.value = jax.tree.map(lambda new, old: new.astype(old.dtype), bn_stats, bn_variable.value)
     dropped = raw * out_mask
     log_probs = jax.nn.log_softmax(dropped @ embedding.T + bias)
     return log_probs, hidden, raw, dropped
@@ -159,9 +171,9 @@ class RNNModelSearch(_RNNLanguageModel):
   def _steps(self) -> int:
     return self.steps
 
-  def _bn_stats(self):
-    return self.variable('batch_stats', 'bn', lambda: {'mean': jnp.zeros((self.nhid,), jnp.float32),
-                                                       'var': jnp.ones((self.nhid,), jnp.float32)})
+  def _bn_stats(self, dtype: Any):
+    return self.variable('batch_stats', 'bn', lambda: {'mean': jnp.zeros((self.nhid,), dtype),
+                                                       'var': jnp.ones((self.nhid,), dtype)})
 
   def _batch_norm(self, x, stats, valid, train):
     """Affine-free BatchNorm1d over the batch: batch statistics in training (running ones updated, unbiased
@@ -233,9 +245,9 @@ class RNNModel(_RNNLanguageModel):
     return self._forward(tokens, hidden, None, length, train)
 
 
-def init_alphas(key: jax.Array, steps: int = genotypes.STEPS) -> jax.Array:
+def init_alphas(key: jax.Array, steps: int = genotypes.STEPS, dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
   """The original's initial architecture weights: ``1e-3·N(0, 1)`` of shape ``(num_edges(steps), 5)``."""
-  return 1e-3 * jax.random.normal(key, (genotypes.num_edges(steps), len(PRIMITIVES)), jnp.float32)
+  return 1e-3 * jax.random.normal(key, (genotypes.num_edges(steps), len(PRIMITIVES)), dtype)
 
 
 def sequence_losses(log_probs: jax.Array, targets: jax.Array, raw: jax.Array, dropped: jax.Array,

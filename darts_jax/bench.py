@@ -1,9 +1,9 @@
 """Times the full DARTS search step on random data: ``python -m darts_jax.bench``.
 
-Flags follow ``../shared/reference/torch_darts.py`` so both sides time the same work::
+For example::
 
   python -m darts_jax.bench --C 8 --layers 5 --batch 16 --image 28 --channels 1 --mode second_order_exact
-  python ../shared/reference/torch_darts.py --C 8 --layers 5 --batch 16 --image 28 --in-ch 1 --mode second_order
+  python -m darts_jax.bench --suite accelerator --out DIR  # the prepared check of a GPU host: bench_accelerator
 
 The step is the one `run_search.py` runs (`search_step.make_search_step`: architecture step, then weight step), jitted
 once (``--seeds K``: K independent searches vmapped in one step, as ``--config.num_seeds``; ``images_per_s`` is summed

@@ -1,5 +1,7 @@
 """The original DARTS networks (quark0/darts: cnn/operations.py, cnn/model.py, cnn/model_search.py) in current
-PyTorch, with the original's module structure and therefore its state_dict keys, for the conversion tests.
+PyTorch, with the original's module structure and therefore its state_dict keys: the reference of the conversion
+tests (tests/test_convert.py) and of the accelerator check's forward+backward (darts_jax.bench_accelerator).
+Needs PyTorch (``pip install -e '.[torch]'``); no other module of the package imports this one at import time.
 
 Differences from the original, none of which touch a parameter: Python 3 (``range``), no ``.cuda()``, alphas as
 plain tensors given to the search network, and ``NetworkImageNet``'s final 7x7 average pool written as a global
@@ -9,10 +11,6 @@ the tests compare the networks at drop path probability 0.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-# Tiny networks: one thread is faster than PyTorch's pool, which oversubscribes the cores XLA and the other test worker
-# are using.
-torch.set_num_threads(1)
 
 PRIMITIVES = ['none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3', 'sep_conv_5x5',
               'dil_conv_3x3', 'dil_conv_5x5']

@@ -1,5 +1,5 @@
-"""Tests for darts_jax.convert: checkpoints of the original PyTorch networks (tests/torch_darts.py, the original's
-module structure and state_dict keys) converted to this project's networks, compared by their outputs, and back."""
+"""Tests for darts_jax.convert: checkpoints of the original PyTorch networks (darts_jax.torch_reference, the
+original's module structure and state_dict keys) converted to this project's networks, compared by their outputs, and back."""
 import sys
 
 import jax
@@ -9,8 +9,11 @@ import pytest
 from PIL import Image
 
 torch = pytest.importorskip('torch', reason="the conversion tests need PyTorch: pip install -e '.[torch]'")
+# Tiny networks: one thread is faster than PyTorch's pool, which oversubscribes the cores XLA and the other test worker
+# are using.
+torch.set_num_threads(1)
 
-import torch_darts  # noqa: E402  (needs torch)
+from darts_jax import torch_reference as torch_darts  # noqa: E402  (needs torch)
 from darts_jax.training.config_utils import load_config_module  # noqa: E402
 from darts_jax import convert, evaluate  # noqa: E402
 from darts_jax.cnn import genotypes, networks  # noqa: E402

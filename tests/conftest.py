@@ -15,6 +15,14 @@ import pytest
 # test_hypergradient_supernet.py: 102 -> 55 s CPU), and the tiny test shapes run in milliseconds at any level. The
 # CLIs and the benchmarks keep XLA's default. The flags are part of the compilation cache key.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
+# The tests hold on any machine. On a GPU: float32 matmuls and convolutions in float32 (JAX's default there is
+# TensorFloat-32, 10 mantissa bits, far outside the float32 tolerances of the reference checks); reductions in a
+# fixed order, so that a resumed run equals the uninterrupted one bit for bit as on a CPU; and memory allocated on
+# demand, so that the CLI runs in subprocesses share the device with this process. No effect on a CPU's results.
+os.environ['XLA_FLAGS'] += ' --xla_gpu_deterministic_ops=true'
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+os.environ['JAX_DEFAULT_MATMUL_PRECISION'] = 'highest'
+jax.config.update('jax_default_matmul_precision', 'highest')
 
 _CACHE_DIR = os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                                    os.path.join(tempfile.gettempdir(), 'darts_jax_test_compilation_cache'))

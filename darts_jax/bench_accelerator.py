@@ -49,13 +49,12 @@ PAPER_CONFIG = {'C': 16, 'layers': 8, 'nodes': 4, 'batch': 64, 'image': 32, 'cha
 DRY_RUN_CONFIG = {'C': 2, 'layers': 1, 'nodes': 1, 'batch': 2, 'image': 8, 'channels': 3, 'classes': 10,
                   'depthwise_impl': 'xla'}
 METHODS = tuple(search_step.HYPERGRADIENT_METHODS)
-# pytest node ids, relative to the repository root, and those left out: the CPU-only assertion of the default impl.
+# pytest node ids, relative to the repository root.
 TESTS = ('tests/test_ops.py', 'tests/test_hypergradient.py', 'tests/test_hypergradient_family.py',
          'tests/test_hypergradient_supernet.py', 'tests/test_search_network.py',
          'tests/test_search.py::test_search_step_is_arch_step_then_weight_step_with_the_new_alphas',
          'tests/test_search.py::test_step_compiles_once_and_the_learning_rate_changes_at_epoch_boundaries',
          'tests/test_search.py::test_eval_step_uses_running_statistics_and_ignores_padding')
-DESELECTED_TESTS = ('tests/test_hypergradient_supernet.py::test_auto_depthwise_impl_is_shift_on_cpu',)
 DRY_RUN_TESTS = ('tests/test_ops.py::test_avg_pool_excludes_padding',)
 # Seconds of each part at the default budget (scaled with --budget-s), in the order they run: the measurements
 # first, the tests last (they take what the measurements left).
@@ -276,9 +275,8 @@ def _run_tests(budget: _Budget, node_ids: tuple[str, ...], env: dict[str, str]) 
   if not (_REPO_ROOT / 'tests').is_dir():
     return {'status': 'skipped', 'reason': f'{_REPO_ROOT / "tests"} is not there: the tests come with a checkout of '
                                            'the repository, not with the installed package'}
-  deselected = [flag for node in DESELECTED_TESTS for flag in ('--deselect', node)]
   command = [sys.executable, '-m', 'pytest', '-o', 'addopts=', '-m', 'not slow', '-v', '-p', 'no:cacheprovider',
-             '--continue-on-collection-errors', *node_ids, *deselected]
+             '--continue-on-collection-errors', *node_ids]
   # The tests start processes of their own: none of them may take most of the device's memory up front.
   record, stdout = _part(budget, 'tests', command, dict(env, XLA_PYTHON_CLIENT_PREALLOCATE='false'),
                          json_result=False)

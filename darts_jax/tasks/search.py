@@ -219,6 +219,12 @@ def _architecture_cost(config: ml_collections.ConfigDict, workdir: Path, num_cla
   return arch
 
 
+def rare_compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """XLA options of the programs that run a few times per run (the state's initialisation, the end-of-epoch
+  evaluation and Hessian): ``compile.rare_programs_opt_level``. The search step keeps XLA's default."""
+  return parallel.compiler_options(config.compile.rare_programs_opt_level)
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for an invalid search config, before any work."""
   parallel.check_batch_size(config.batch_size)
@@ -236,6 +242,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if config.unroll_steps < 1 or config.implicit_iterations < 1:
     raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
                      'must be positive.')
+  if config.compile.rare_programs_opt_level not in (0, 1, 2, 3):
+    raise ValueError(f'compile.rare_programs_opt_level must be an XLA optimisation level 0-3, got '
+                     f'{config.compile.rare_programs_opt_level!r}.')
   if config.get('num_seeds', 1) < 1:
     raise ValueError(f'num_seeds must be positive, got {config.num_seeds}.')
   _check_dynamics_config(config)
@@ -255,8 +264,10 @@ def _host_alphas(alphas: Any) -> dict[str, np.ndarray]:
   return {kind: np.asarray(a, np.float32) for kind, a in jax.device_get(alphas).items()}
 
 
-def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
-                            steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, SearchState]:
+def _model_and_init(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
+                    steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, Callable[[jax.Array], SearchState]]:
+  """The supernet, the weights' learning-rate schedule and ``init(key) -> SearchState``, jitted with the rare
+  programs' compiler options (`rare_compiler_options`): it runs once."""
   # The supernet takes the mixing weights: the step computes them with the configured relaxation.
   model = SearchNetwork(
       C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
@@ -274,7 +285,16 @@ def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset,
       [optax.constant_schedule(0.0), optax.constant_schedule(config.arch_learning_rate)],
       [config.arch_warmup_epochs * steps_per_epoch])
   arch_tx = arch_optimizer(arch_lr, weight_decay=config.arch_weight_decay)
-  return model, schedule, create_search_state(jax.random.key(config.seed), model, image_shape, weight_tx, arch_tx)
+  # create_search_state's own jit is inlined into this one, which carries the options.
+  init = jax.jit(lambda key: create_search_state(key, model, image_shape, weight_tx, arch_tx),
+                 compiler_options=rare_compiler_options(config))
+  return model, schedule, init
+
+
+def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
+                            steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, SearchState]:
+  model, schedule, init = _model_and_init(config, ds, image_shape, steps_per_epoch)
+  return model, schedule, init(jax.random.key(config.seed))
 
 
 def _search_terms(config: ml_collections.ConfigDict, workdir: Path, ds: data.Dataset, image_shape: tuple[int, ...],
@@ -351,17 +371,17 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
                len(train_images), len(valid_images), steps_per_epoch, batch_size, jax.device_count())
   size = config.data.image_size
   image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
-  model, schedule, state = _create_model_and_state(config, ds, image_shape, steps_per_epoch)
+  model, schedule, init_state = _model_and_init(config, ds, image_shape, steps_per_epoch)
   relaxation, arch_penalty, weight_perturbation, arch_cost, genotype_cost = _search_terms(
       config, workdir, ds, image_shape, steps_per_epoch)
   search_step, eval_step, hessian_step = _make_steps(config, model, schedule, ds, relaxation, arch_penalty,
                                                      weight_perturbation)
-  impl = config.get('parallel_impl', parallel.DEFAULT_IMPL)
+  impl, rare_options = config.get('parallel_impl', parallel.DEFAULT_IMPL), rare_compiler_options(config)
   p_step = parallel.data_parallel(search_step, AXIS_NAME, impl=impl, donate_argnums=(0,))
-  p_eval = parallel.data_parallel(eval_step, AXIS_NAME, impl=impl)
+  p_eval = parallel.data_parallel(eval_step, AXIS_NAME, impl=impl, compiler_options=rare_options)
   hessian_iterations = config.diagnostics.hessian_iterations
   if hessian_iterations:
-    p_hessian = parallel.data_parallel(hessian_step, AXIS_NAME, impl=impl)
+    p_hessian = parallel.data_parallel(hessian_step, AXIS_NAME, impl=impl, compiler_options=rare_options)
     hessian_batches = parallel.shard(
         _fixed_batches(valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 
@@ -373,6 +393,13 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
                for stream, (images, labels) in enumerate([(train_images, train_labels),
                                                           (valid_images, valid_labels)])]
     return ((parallel.shard(train, AXIS_NAME), parallel.shard(val, AXIS_NAME)) for train, val in zip(*streams))
+
+  # The step compiles in the background while the state initialises (and a checkpoint is restored): it needs
+  # only the state's shapes.
+  key = jax.random.key(config.seed)
+  p_step.compile_in_background(parallel.replicated_shapes(jax.eval_shape(init_state, key), AXIS_NAME),
+                               *next(epoch_batches(0, 0)))
+  state = init_state(key)
 
   # DARTS's softmax is measured from the alphas in float64, as ever; other relaxations by their weights at the step.
   softmax = relaxation == relaxations.Relaxation()
@@ -429,9 +456,16 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     return early_stopping.stop_reason(curves.read_epoch_records(workdir / reporting.METRICS_FILE),
                                       **config.early_stopping)
 
+  def compile_evaluation(r_state: SearchState) -> None:
+    p_eval.compile_in_background(r_state, parallel.shard(next(loop.eval_batches(
+        valid_images, valid_labels, batch_size, jax.process_index(), jax.process_count())), AXIS_NAME))
+    if hessian_iterations:
+      p_hessian.compile_in_background(r_state, hessian_batches)
+
   task = loop.Task(state=state, step=lambda r_state, batch, epoch: p_step(r_state, *batch), batches=epoch_batches,
                    steps_per_epoch=steps_per_epoch, evaluate=evaluate, after_epoch=after_epoch,
-                   should_stop=should_stop, logs=(GENOTYPES_FILE, ALPHAS_FILE), divergence_advice=DIVERGENCE_ADVICE)
+                   should_stop=should_stop, compile_ahead=compile_evaluation, logs=(GENOTYPES_FILE, ALPHAS_FILE),
+                   divergence_advice=DIVERGENCE_ADVICE)
   outcome = loop.train(task, config, workdir)
   if jax.process_index() == 0:
     alphas, final_step = _host_alphas(outcome.state.alphas), outcome.step

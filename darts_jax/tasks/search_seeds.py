@@ -167,11 +167,11 @@ def search_seeds(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
   def seeds_of(step_fn):  # a per-seed step of the search state, vmapped over the seeds, the batch shared
     return lambda state, batch: jax.vmap(step_fn, in_axes=(0, None))(state.seeds, batch)
 
-  impl = config.get('parallel_impl', parallel.DEFAULT_IMPL)
+  impl, rare_options = config.get('parallel_impl', parallel.DEFAULT_IMPL), search.rare_compiler_options(config)
   p_step = parallel.data_parallel(seeds_step, AXIS_NAME, impl=impl, donate_argnums=(0,))
-  p_eval = parallel.data_parallel(seeds_of(eval_step), AXIS_NAME, impl=impl)
+  p_eval = parallel.data_parallel(seeds_of(eval_step), AXIS_NAME, impl=impl, compiler_options=rare_options)
   if hessian_step is not None:
-    p_hessian = parallel.data_parallel(seeds_of(hessian_step), AXIS_NAME, impl=impl)
+    p_hessian = parallel.data_parallel(seeds_of(hessian_step), AXIS_NAME, impl=impl, compiler_options=rare_options)
     hessian_batches = parallel.shard(search._fixed_batches(  # pylint: disable=protected-access
         valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
 
@@ -260,11 +260,18 @@ def search_seeds(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
     return 'every seed stopped early: ' + '; '.join(f'seed_{s} after epoch {e} ({reason})'
                                                      for s, (e, reason) in enumerate(stops))
 
+  def compile_evaluation(r_state: SeedsState) -> None:  # as `search`'s
+    p_eval.compile_in_background(r_state, parallel.shard(next(loop.eval_batches(
+        valid_images, valid_labels, batch_size, jax.process_index(), jax.process_count())), AXIS_NAME))
+    if hessian_step is not None:
+      p_hessian.compile_in_background(r_state, hessian_batches)
+
   logs = tuple(f'seed_{s}/{name}' for s in range(num_seeds)
                for name in (search.GENOTYPES_FILE, search.ALPHAS_FILE, reporting.METRICS_FILE))
   task = loop.Task(state=state, step=lambda r_state, batch, epoch: p_step(r_state, *batch), batches=epoch_batches,
                    steps_per_epoch=steps_per_epoch, evaluate=evaluate, after_epoch=after_epoch,
-                   should_stop=should_stop, logs=logs, divergence_advice=search.DIVERGENCE_ADVICE)
+                   should_stop=should_stop, compile_ahead=compile_evaluation, logs=logs,
+                   divergence_advice=search.DIVERGENCE_ADVICE)
   outcome = loop.train(task, config, workdir)
   if jax.process_index() == 0:
     _write_final_artifacts(config, workdir, outcome, num_seeds, steps_per_epoch, derive, genotype_cost, stopped)

@@ -337,6 +337,9 @@ class Task:
     update_state: ``update_state(epoch, state, record) -> state``, the host state to go on with after the epoch's
       evaluation (e.g. NT-ASGD's switch to averaging in the language-model retraining); called on every process,
       so it must be a pure function of its arguments. The epoch's checkpoint holds its result.
+    compile_ahead: ``compile_ahead(replicated_state)`` starts compiling the programs of `evaluate` in the
+      background (`parallel.DataParallel.compile_in_background`); called once per run, after the first step is
+      dispatched, so that they compile while the first epoch's steps run instead of after them.
     logs: the task's own JSONL files in the workdir (records with a ``step``); on resume the records after the
       restored checkpoint are dropped, as from ``metrics.jsonl``.
     divergence_advice: the last sentence of the divergence error.
@@ -350,6 +353,7 @@ class Task:
   should_stop: Callable[[int, int, PyTree, dict[str, Any]], str | None] = lambda epoch, step, state, record: None
   interval_entries: Callable[[int], dict[str, Any]] = lambda epoch: {}
   update_state: Callable[[int, PyTree, dict[str, Any]], PyTree] | None = None
+  compile_ahead: Callable[[PyTree], None] = lambda replicated_state: None
   logs: tuple[str, ...] = ()
   divergence_advice: str = 'Lower the learning rate or change the seed.'
 
@@ -431,6 +435,8 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
         with bar, Prefetcher(task.batches(epoch, start)) as batches:
           for step_in_epoch, batch in enumerate(batches, start + 1):
             r_state, step_metrics = task.step(r_state, batch, epoch)
+            if previous is None and epoch == epochs[0]:
+              task.compile_ahead(r_state)
             step += 1
             metrics.add(step_metrics)
             # Waiting for the previous step (finished, or about to) keeps one step queued behind the running one:

@@ -23,8 +23,10 @@ global arrays for the one global program, without copies.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -107,9 +109,106 @@ def shard(batch: PyTree, axis_name: str, devices: Sequence[jax.Device] | None = 
   return jax.device_put(batching.sharded(batch, count), sharding)
 
 
+def compiler_options(backend_opt_level: int | None) -> dict[str, Any] | None:
+  """XLA options compiling a program at LLVM optimisation level `backend_opt_level` (0-3; None: XLA's default, 3).
+
+  Level 0 about halves XLA:CPU's compile time of the supernet's programs (XLA code-generates every fused kernel
+  separately) and slows their run; worth it for programs that run rarely (docs/benchmarks.md, "Compile time of the
+  search CLI"). The options are part of the persistent compilation cache's key.
+  """
+  return None if backend_opt_level is None else {'xla_backend_optimization_level': int(backend_opt_level)}
+
+
+def _abstract(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def replicated_shapes(tree: PyTree, axis_name: str) -> PyTree:
+  """The shapes, dtypes and shardings `replicate` gives `tree`'s leaves (arrays or ``jax.ShapeDtypeStruct``s, e.g.
+  from ``jax.eval_shape``), without their values: what `DataParallel.compile_in_background` takes."""
+  sharding, count = _sharding(axis_name, None)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct((count,) + tuple(x.shape), x.dtype, sharding=sharding), tree)
+
+
+class DataParallel:
+  """`fn` run once per device with collectives over `axis_name`, taking and returning ``jax.pmap``'s layout
+  (see `data_parallel`), whose programs can be compiled ahead of their first call, in the background."""
+
+  def __init__(self, fn: Callable[..., Any], axis_name: str, *, impl: str = DEFAULT_IMPL,
+               in_axes: int | tuple[int | None, ...] = 0, donate_argnums: int | tuple[int, ...] = (),
+               compiler_options: dict[str, Any] | None = None):
+    if impl not in IMPLS:
+      raise ValueError(f'unknown parallel_impl {impl!r}; use one of {", ".join(IMPLS)}.')
+    self.impl, self.compiler_options, self._in_axes = impl, compiler_options, in_axes
+    self._compiling: list[concurrent.futures.Future[Any]] = []
+    if impl == 'pmap':
+      self._pmapped = jax.pmap(fn, axis_name=axis_name, in_axes=in_axes, donate_argnums=donate_argnums)
+      return
+    # Grouped by process, as pmap orders them: process p's local devices are slices p·L ... (p+1)·L - 1.
+    self._mesh = jax.sharding.Mesh(
+        np.asarray([d for p in range(jax.process_count()) for d in jax.local_devices(p)]), (axis_name,))
+    mapped, replicated = jax.sharding.PartitionSpec(axis_name), jax.sharding.PartitionSpec()
+    self._mapped = mapped
+
+    @functools.cache
+    def program(arg_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+      def per_device(*args):
+        args = [a if axis is None else jax.tree.map(lambda x: x[0], a) for a, axis in zip(args, arg_axes)]
+        return jax.tree.map(lambda x: x[None], fn(*args))
+
+      in_specs = tuple(mapped if axis == 0 else replicated for axis in arg_axes)
+      return jax.jit(jax.shard_map(per_device, mesh=self._mesh, in_specs=in_specs, out_specs=mapped,
+                                   check_vma=False),
+                     donate_argnums=donate_argnums, compiler_options=compiler_options)
+
+    self._program = program
+
+  def _arg_axes(self, count: int) -> tuple[int | None, ...]:
+    return tuple(self._in_axes) if isinstance(self._in_axes, tuple) else (self._in_axes,) * count
+
+  def __call__(self, *args: Any) -> Any:
+    self.wait()
+    if self.impl == 'pmap':
+      return self._pmapped(*args)
+    program = self._program(self._arg_axes(len(args)))
+    if jax.process_count() == 1:
+      return program(*args)
+    specs = tuple(self._mapped if axis == 0 else jax.sharding.PartitionSpec() for axis in self._arg_axes(len(args)))
+    global_args = multihost_utils.host_local_array_to_global_array(args, self._mesh, specs)
+    return multihost_utils.global_array_to_host_local_array(program(*global_args), self._mesh, self._mapped)
+
+  def compile_in_background(self, *args: Any) -> None:
+    """Starts compiling the program for `args` in a thread (XLA releases the GIL while it compiles), so that its
+    first call with arguments of these shapes, dtypes and shardings only runs it.
+
+    `args` are arrays laid out as `replicate`/`shard` lay them out, or their `replicated_shapes` / shapes with those
+    shardings. The first call afterwards waits for the compilation. Single-process ``shard_map`` only: elsewhere
+    the first call compiles, as without this.
+    """
+    if self.impl == 'pmap' or jax.process_count() > 1:
+      return
+    program, abstract_args = self._program(self._arg_axes(len(args))), _abstract(args)
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def compile_program():
+      try:
+        # jit keeps the lowered and compiled program: the call with these shapes reuses it.
+        future.set_result(program.lower(*abstract_args).compile())
+      except BaseException as e:  # pylint: disable=broad-exception-caught  (raised again by `wait`)
+        future.set_exception(e)
+
+    threading.Thread(target=compile_program, name='darts_jax-compile', daemon=True).start()
+    self._compiling.append(future)
+
+  def wait(self) -> None:
+    """Waits for the compilations `compile_in_background` started (raising their errors)."""
+    while self._compiling:
+      self._compiling.pop().result()
+
+
 def data_parallel(fn: Callable[..., Any], axis_name: str, *, impl: str = DEFAULT_IMPL,
-                  in_axes: int | tuple[int | None, ...] = 0, donate_argnums: int | tuple[int, ...] = ()
-                  ) -> Callable[..., Any]:
+                  in_axes: int | tuple[int | None, ...] = 0, donate_argnums: int | tuple[int, ...] = (),
+                  compiler_options: dict[str, Any] | None = None) -> DataParallel:
   """`fn` run once per device with collectives over `axis_name`, taking and returning ``jax.pmap``'s layout.
 
   Every argument's leaves carry a leading axis of the local devices (`replicate`, `shard`), unless `in_axes` gives
@@ -122,38 +221,14 @@ def data_parallel(fn: Callable[..., Any], axis_name: str, *, impl: str = DEFAULT
     impl: ``'shard_map'`` (``jax.jit`` of ``jax.shard_map`` over all devices) or ``'pmap'``: the same result.
     in_axes: 0, or one of 0 / None per positional argument.
     donate_argnums: positional arguments whose buffers the call may reuse.
+    compiler_options: XLA options of its programs (e.g. `compiler_options`'s optimisation level for a program that
+      runs rarely); ``'shard_map'`` only: ``jax.pmap`` takes none and compiles with XLA's defaults.
 
   Raises:
     ValueError: for an unknown `impl`.
   """
-  if impl not in IMPLS:
-    raise ValueError(f'unknown parallel_impl {impl!r}; use one of {", ".join(IMPLS)}.')
-  if impl == 'pmap':
-    return jax.pmap(fn, axis_name=axis_name, in_axes=in_axes, donate_argnums=donate_argnums)
-  # Grouped by process, as pmap orders them: process p's local devices are slices p·L ... (p+1)·L - 1.
-  mesh = jax.sharding.Mesh(np.asarray([d for p in range(jax.process_count()) for d in jax.local_devices(p)]),
-                           (axis_name,))
-  mapped, replicated = jax.sharding.PartitionSpec(axis_name), jax.sharding.PartitionSpec()
-
-  @functools.cache
-  def program(arg_axes: tuple[int | None, ...]) -> Callable[..., Any]:
-    def per_device(*args):
-      args = [a if axis is None else jax.tree.map(lambda x: x[0], a) for a, axis in zip(args, arg_axes)]
-      return jax.tree.map(lambda x: x[None], fn(*args))
-
-    in_specs = tuple(mapped if axis == 0 else replicated for axis in arg_axes)
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=mapped, check_vma=False),
-                   donate_argnums=donate_argnums)
-
-  def call(*args):
-    arg_axes = tuple(in_axes) if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-    if jax.process_count() == 1:
-      return program(arg_axes)(*args)
-    specs = tuple(mapped if axis == 0 else replicated for axis in arg_axes)
-    global_args = multihost_utils.host_local_array_to_global_array(args, mesh, specs)
-    return multihost_utils.global_array_to_host_local_array(program(arg_axes)(*global_args), mesh, mapped)
-
-  return call
+  return DataParallel(fn, axis_name, impl=impl, in_axes=in_axes, donate_argnums=donate_argnums,
+                      compiler_options=compiler_options)
 
 
 def check_batch_size(batch_size: int) -> None:

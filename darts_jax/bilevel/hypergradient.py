@@ -16,6 +16,58 @@ Loss = Callable[[PyTree, PyTree, Any], jax.Array]
 METHODS = ('first_order', 'fd', 'exact', 'unrolled', 'implicit_cg',
            'implicit_neumann')
 
+PASSES = ('auto', 'chained', 'direct')
+"""How ``'fd'`` and ``'exact'`` arrange their gradient passes (`hypergradient`'s ``passes``; the search step's
+``second_order_impl``)."""
+# What 'auto' picks per backend (`jax.default_backend()`). On XLA:CPU code generation dominates compile time; the
+# chained passes compile the gradient once instead of once per pass: 37-43% fewer kernels in the search step and less
+# temporary memory (docs/benchmarks.md). Elsewhere compiling weighs less, and the direct form leaves XLA free to fuse
+# across the passes, which the loop and its switch prevent (not yet measured on a GPU).
+AUTO_PASSES = {'cpu': 'chained'}
+AUTO_PASSES_ELSEWHERE = 'direct'
+_CHAINED_METHODS = ('fd', 'exact')
+
+
+def resolve_passes(passes: str, backend: str | None = None, *, name: str = 'passes') -> str:
+  """``passes``, with ``'auto'`` replaced by the arrangement for `backend` (default: `jax.default_backend()`).
+
+  Raises:
+    ValueError: ``passes`` is not in `PASSES` (the message names the argument ``name``).
+  """
+  if passes not in PASSES:
+    raise ValueError(f'Unknown {name} {passes!r}; expected one of {", ".join(PASSES)}.')
+  if passes != 'auto':
+    return passes
+  return AUTO_PASSES.get(backend or jax.default_backend(), AUTO_PASSES_ELSEWHERE)
+
+
+def chain_gradient_passes(gradient_pass: Callable[[jax.Array, Any], Any], stages: list[Callable], carry: Any,
+                          inputs: Any) -> tuple[Any, Any]:
+  """``len(stages)`` calls of ``gradient_pass`` as the iterations of one loop, so that XLA compiles it once.
+
+  XLA compiles every call site of a function separately, and on CPU code generation dominates compile time: a
+  hypergradient that takes a network's gradient three times compiles it three times. Here pass ``i`` computes
+  ``out = gradient_pass(i, inputs)`` and then a ``lax.switch`` branch (each compiled once) turns it into the next
+  pass's inputs and updates the ``carry``: ``carry, inputs = stages[i](carry, out)``. ``inputs`` keep one structure,
+  shape and dtype through the passes (the loop's carry); ``i`` is traced.
+
+  Returns ``(carry, out)``: the carry after the last stage and the last pass's output.
+  """
+  def body(i, loop_state):
+    carry, inputs, _ = loop_state
+    out = gradient_pass(i, inputs)
+    carry, inputs = jax.lax.switch(i, stages, carry, out)
+    return carry, inputs, out
+
+  no_output = _zeros(jax.eval_shape(gradient_pass, 0, inputs))
+  carry, _, out = jax.lax.fori_loop(0, len(stages), body, (carry, inputs, no_output))
+  return carry, out
+
+
+def _zeros(shapes: PyTree) -> PyTree:
+  """Zeros shaped as ``jax.ShapeDtypeStruct`` leaves."""
+  return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
 
 def _global_norm(tree: PyTree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
@@ -110,6 +162,7 @@ def hypergradient(
     implicit_damping: float | jax.Array = 0.0,
     grad_clip: float | jax.Array | None = None,
     axis_name: Any = None,
+    passes: str = 'direct',
 ) -> PyTree:
   r"""Gradient of the validation loss w.r.t. ``alpha`` through the weights' dependence on it.
 
@@ -222,6 +275,24 @@ def hypergradient(
   Momentum does not move an optimum, so the implicit methods ignore
   ``momentum_buffer`` and ``momentum``.
 
+  **Passes** (``'fd'`` and ``'exact'``, when the training and validation
+  losses are one function, as in DARTS). ``passes='direct'`` composes the
+  gradients as written above; XLA compiles each call site separately, and on
+  CPU code generation dominates compile time, so a network's gradient is
+  compiled once per pass. ``passes='chained'`` evaluates the full gradients
+  :math:`(\nabla_w, \nabla_\alpha) L` as the iterations of one loop over one
+  compiled copy (`chain_gradient_passes`, as the search step's
+  ``second_order_impl='chained'``): ``'fd'`` at
+  :math:`(w, b_{train})`, :math:`(w', b_{val})`,
+  :math:`(w^+, b_{train})`, :math:`(w^-, b_{train})`, all four at the
+  highest matmul precision; ``'exact'`` at :math:`(w, b_{train})` and
+  :math:`(w', b_{val})`, then the mixed term's ``jax.jvp``. The same
+  arithmetic in another order: equal up to rounding. It needs
+  ``train_loss is val_loss`` and batches of one structure, shape and dtype;
+  ``'auto'`` chains where it can on CPU (`AUTO_PASSES`) and is direct
+  elsewhere. The other methods ignore ``passes``: their repeated passes are
+  already loops (``lax.scan``, ``lax.fori_loop``) with one compiled body.
+
   Cost in forward+backward (F+B) passes of the losses: ``'first_order'`` 1;
   ``'fd'`` 4 (the training gradient for the virtual step, the validation
   gradient at :math:`w'`, two :math:`\alpha`-gradients at :math:`w^\pm`);
@@ -269,14 +340,20 @@ def hypergradient(
       ``shard_map`` with ``check_vma=True`` JAX already sums gradients of
       replicated inputs over devices; there, make the losses global means
       (``jax.lax.pmean`` of the per-device mean) and leave ``axis_name=None``.
+    passes: one of `PASSES`: ``'direct'``, ``'chained'`` (one compiled
+      gradient for the passes of ``'fd'`` and ``'exact'``; needs one loss
+      function and like batches) or ``'auto'`` (chained on CPU where
+      possible, else direct). See "Passes" above.
 
   Returns:
     The hypergradient, a pytree like ``alpha``.
 
   Raises:
     ValueError: if ``method`` is not in :data:`METHODS`, a step or
-      iteration count is not positive, or ``grad_clip`` is given to a method
-      other than ``'first_order'``, ``'fd'`` or ``'exact'``.
+      iteration count is not positive, ``grad_clip`` is given to a method
+      other than ``'first_order'``, ``'fd'`` or ``'exact'``, ``passes`` is
+      not in `PASSES`, or ``passes='chained'`` meets two loss functions or
+      unlike batches.
   """
   if method not in METHODS:
     raise ValueError(
@@ -291,6 +368,13 @@ def hypergradient(
   if grad_clip is not None and method not in ('first_order', 'fd', 'exact'):
     raise ValueError(f'grad_clip applies to the one-step methods first_order, fd and exact, not {method!r}.')
 
+  chained = method in _CHAINED_METHODS and resolve_passes(passes) == 'chained'
+  if chained and not (train_loss is val_loss and _alike(train_batch, val_batch)):
+    if passes == 'chained':
+      raise ValueError("passes='chained' needs one loss function (train_loss is val_loss) and training and "
+                       'validation batches of one structure, shape and dtype.')
+    chained = False  # 'auto': the direct form handles two losses
+
   def pmean(tree):
     if axis_name is None:
       return tree
@@ -300,6 +384,10 @@ def hypergradient(
     return pmean(jax.grad(val_loss, argnums=1)(w, alpha, val_batch))
   if momentum_buffer is None:
     momentum_buffer = jax.tree.map(jnp.zeros_like, w)
+  if chained:
+    return _one_step_chained(train_loss, w, alpha, train_batch, val_batch, method=method, eta=eta,
+                             momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay,
+                             fd_epsilon=fd_epsilon, grad_clip=grad_clip, pmean=pmean)
   if method == 'unrolled':
     return _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch,
                      eta=eta, momentum_buffer=momentum_buffer,
@@ -350,6 +438,79 @@ def hypergradient(
   mixed = pmean(mixed)
 
   return jax.tree.map(lambda g, h: g - mixed_scale * h, grad_alpha, mixed)
+
+
+def _alike(x: PyTree, y: PyTree) -> bool:
+  """Whether two pytrees have one structure and leaves of one shape and dtype (one loop carry holds either)."""
+  x, y = jax.eval_shape(lambda: (x, y))
+  return jax.tree.structure(x) == jax.tree.structure(y) and all(
+      a.shape == b.shape and a.dtype == b.dtype for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+
+
+def _one_step_chained(loss, w, alpha, train_batch, val_batch, *, method, eta, momentum_buffer, momentum,
+                      weight_decay, fd_epsilon, grad_clip, pmean):
+  """``'fd'`` / ``'exact'`` with ``passes='chained'``: the full gradient of ``loss`` compiled once.
+
+  The passes of `chain_gradient_passes`, each turning the last gradient into the next pass's point:
+
+  0. at ``(w, b_train)``: ``∇_w L_train`` (clipped) gives the virtual step ``w'``;
+  1. at ``(w', b_val)``: ``v, ∇_α L_val(w')``; ``'exact'``: the mixed term ``∇²_{αw} L_train · v`` by
+     `exact_mixed_term` (the loop ends); ``'fd'``: ``R = ε/‖v‖``, next ``w⁺ = w + Rv``;
+  2. ``'fd'``, at ``(w⁺, b_train)``: keep ``∇_α L_train(w⁺)``, next ``w⁻ = w − Rv``;
+  3. ``'fd'``, at ``(w⁻, b_train)``: the mixed term ``(∇_α L_train(w⁺) − ∇_α L_train(w⁻)) / 2R``.
+
+  The hypergradient is then ``∇_α L_val(w') − η·c·mixed`` (``c``: the clip coefficient, 1 without clipping).
+  """
+  def gradient_pass(i, point):
+    del i  # every pass is the same gradient
+    w_, batch = point
+    return pmean(jax.grad(loss, argnums=(0, 1))(w_, alpha, batch))
+
+  # What passes on between passes: ∇_α L_val(w'), the mixed term, the clip coefficient; for 'fd' also R, the
+  # stencil's offset Rv and ∇_α L_train(w⁺).
+  grad_shapes = jax.eval_shape(gradient_pass, 0, (w, train_batch))
+  carry = {'grad_alpha': grad_shapes[1], 'mixed': grad_shapes[1]}
+  if grad_clip is not None:
+    carry['clip'] = jax.eval_shape(clip_coefficient, grad_shapes[0], grad_clip)
+  if method == 'fd':
+    carry.update(r=jax.eval_shape(_global_norm, grad_shapes[0]), offset=grad_shapes[0], plus=grad_shapes[1])
+  carry = _zeros(carry)
+
+  def virtual(carry, grads):
+    grad_w = grads[0]
+    if grad_clip is not None:
+      carry = dict(carry, clip=jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip)))
+      grad_w = jax.tree.map(lambda g: carry['clip'] * g, grad_w)
+    w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay)
+    return carry, (w_prime, val_batch)
+
+  def at_w_prime(carry, grads):
+    v, grad_alpha = grads
+    if method == 'exact':  # the last pass
+      return dict(carry, grad_alpha=grad_alpha, mixed=pmean(exact_mixed_term(loss, w, alpha, train_batch, v))), (
+          w, train_batch)
+    norm = _global_norm(v)
+    r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)  # v == 0: w± = w, a zero mixed term
+    offset = jax.tree.map(lambda v_: r * v_, v)
+    return dict(carry, grad_alpha=grad_alpha, r=r, offset=offset), (jax.tree.map(jnp.add, w, offset), train_batch)
+
+  def at_w_plus(carry, grads):
+    return dict(carry, plus=grads[1]), (jax.tree.map(jnp.subtract, w, carry['offset']), train_batch)
+
+  def at_w_minus(carry, grads):
+    mixed = jax.tree.map(lambda p, m: (p - m) / (2 * carry['r']), carry['plus'], grads[1])
+    return dict(carry, mixed=mixed), (w, train_batch)  # the last pass
+
+  if method == 'exact':
+    carry, _ = chain_gradient_passes(gradient_pass, [virtual, at_w_prime], carry, (w, train_batch))
+  else:
+    # The central difference divides the gradients' rounding by 2R: every pass at the dtype's full precision
+    # (as `fd_mixed_term`), where TPUs default to bfloat16 passes and GPUs to TF32.
+    with jax.default_matmul_precision('highest'):
+      carry, _ = chain_gradient_passes(gradient_pass, [virtual, at_w_prime, at_w_plus, at_w_minus], carry,
+                                       (w, train_batch))
+  scale = eta if grad_clip is None else eta * carry['clip']
+  return jax.tree.map(lambda g, h: g - scale * h, carry['grad_alpha'], carry['mixed'])
 
 
 def _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta,

@@ -49,9 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
-from darts_jax.bilevel.hypergradient import exact_mixed_term, fd_mixed_term, hypergradient, virtual_step
+from darts_jax.bilevel.hypergradient import (PASSES, chain_gradient_passes, exact_mixed_term, fd_mixed_term,
+                                             hypergradient, resolve_passes, virtual_step)
 from darts_jax.cnn import ops
 from darts_jax.cnn.supernet import SearchNetwork, init_alphas
 from darts_jax.data.augment import Preprocess
@@ -70,14 +70,9 @@ HYPERGRADIENT_METHODS = {
 }
 """Config name of each hypergradient variant -> the `method` of `darts_jax.bilevel.hypergradient`."""
 
-SECOND_ORDER_IMPLS = ('auto', 'chained', 'direct')
-"""How the second-order steps are built (module docstring); the other methods have one implementation."""
-# What 'auto' picks per backend (`jax.default_backend()`). On XLA:CPU code generation dominates compile time; the
-# chained step compiles the supernet gradient once instead of three times: 37-43% fewer kernels and less temporary
-# memory (docs/benchmarks.md). Elsewhere compiling weighs less, and the direct step leaves XLA free to fuse across
-# the passes, which the loop and its switch prevent (not yet measured on a GPU).
-AUTO_SECOND_ORDER_IMPL = {'cpu': 'chained'}
-AUTO_SECOND_ORDER_IMPL_ELSEWHERE = 'direct'
+SECOND_ORDER_IMPLS = PASSES
+"""How the second-order steps are built (module docstring); the other methods have one implementation. What
+``'auto'`` picks per backend is `darts_jax.bilevel.hypergradient.AUTO_PASSES`."""
 
 
 def resolve_second_order_impl(impl: str, backend: str | None = None) -> str:
@@ -86,11 +81,7 @@ def resolve_second_order_impl(impl: str, backend: str | None = None) -> str:
   Raises:
     ValueError: ``impl`` is not in `SECOND_ORDER_IMPLS`.
   """
-  if impl not in SECOND_ORDER_IMPLS:
-    raise ValueError(f'Unknown second_order_impl {impl!r}; expected one of {", ".join(SECOND_ORDER_IMPLS)}.')
-  if impl != 'auto':
-    return impl
-  return AUTO_SECOND_ORDER_IMPL.get(backend or jax.default_backend(), AUTO_SECOND_ORDER_IMPL_ELSEWHERE)
+  return resolve_passes(impl, backend, name='second_order_impl')
 
 
 def arch_optimizer(learning_rate: float = 3e-4, *, b1: float = 0.5, b2: float = 0.999,
@@ -285,7 +276,8 @@ def make_search_step(model: SearchNetwork, schedule: optax.Schedule, preprocess:
       arch_grads = hypergradient(
           loss_fn, loss_fn, state.params, state.alphas, train, val, eta=lr, method=method, momentum_buffer=m,
           momentum=momentum, weight_decay=weight_decay, fd_epsilon=fd_epsilon, unroll_steps=unroll_steps,
-          implicit_iterations=implicit_iterations, implicit_damping=implicit_damping, axis_name=axis_name)
+          implicit_iterations=implicit_iterations, implicit_damping=implicit_damping, axis_name=axis_name,
+          passes='direct')
       alphas, arch_opt_state = arch_step(arch_grads)
       # Weight step with the updated alphas; it also advances the BN running statistics.
       (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params, alphas, train,
@@ -324,10 +316,9 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   """The architecture step and the weight step's gradient, with every full gradient pass of the supernet
   (``gradient_pass(params, alphas, batch) -> ((g_w, g_alpha), aux)``) taken by ONE compiled copy of it.
 
-  XLA compiles every call site of a function separately, and on CPU code generation dominates compile time, so a
-  step that calls the supernet gradient 3 times compiles it 3 times. Here the passes are the iterations of a loop
-  whose body is the gradient; between passes, a ``lax.switch`` branch (compiled once) turns the last pass's output
-  into the next pass's inputs:
+  The passes are the iterations of `chain_gradient_passes` (XLA compiles every call site of a function separately,
+  and on CPU code generation dominates compile time); between passes, a ``lax.switch`` branch (compiled once) turns
+  the last pass's output into the next pass's inputs:
 
   ``(w, α, train)`` → ``w'`` → ``(w', α, val)`` → the mixed term (``'fd'``: the central difference of two
   α-gradients; ``'exact'``: one ``jax.jvp`` of the α-gradient, `exact_mixed_term`), Adam → ``(w, α', train)``.
@@ -358,21 +349,14 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
     result = update_alphas(jax.tree.map(lambda g, h: g - lr * h, grad_alpha, pmean(mixed)))
     return result, (params, result[1][0], train)
 
-  first_inputs, stages = (params, alphas, train), [virtual, arch]
-
   def last(carry, out):
     del out
     return carry, (params, carry[1][0], train)  # unused: the loop ends
 
-  def body(i, loop_state):
-    carry, inputs, _ = loop_state
-    out = gradient_pass(*inputs, i == len(stages))  # the last pass is the weight step's
-    carry, inputs = lax.switch(i, stages + [last], carry, out)
-    return carry, inputs, out
-
-  arch_result, _, out = lax.fori_loop(
-      0, len(stages) + 1, body,
-      (zeros(jax.eval_shape(update_alphas, alphas)), first_inputs, zeros(jax.eval_shape(gradient_pass, *first_inputs))))
+  stages = [virtual, arch, last]
+  arch_result, out = chain_gradient_passes(
+      lambda i, inputs: gradient_pass(*inputs, i == len(stages) - 1),  # the last pass is the weight step's
+      stages, zeros(jax.eval_shape(update_alphas, alphas)), (params, alphas, train))
   return arch_result[0], arch_result[1], out
 
 

@@ -76,6 +76,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, help='timed steps per program (default 10, dry run 1)')
   parser.add_argument('--warmup', type=int, help='untimed steps after compiling (default 2, dry run 0)')
   parser.add_argument('--search-steps', type=int, help='steps of the short search (default 50, dry run 3)')
+  parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS), metavar='METHOD',
+                      help=f"the hypergradient methods to time (default: all of {', '.join(METHODS)})")
   parser.add_argument('--search-mode', choices=METHODS, default='second_order_fd',
                       help="the short search's hypergradient (default: the original's second order)")
   parser.add_argument('--tests', nargs='*', metavar='NODE_ID',
@@ -329,7 +331,7 @@ def _run_parts(args: argparse.Namespace, budget: _Budget, env: dict[str, str]) -
     return [sys.executable, '-m', 'darts_jax.bench', *_bench_flags(config), '--mode', mode, '--steps', str(steps),
             '--warmup', str(warmup)]
 
-  methods = {method: _part(budget, f'method:{method}', bench_command(method), env)[0] for method in METHODS}
+  methods = {method: _part(budget, f'method:{method}', bench_command(method), env)[0] for method in args.methods}
   report['parts']['hypergradients'] = {'status': _overall(methods.values()), 'methods': methods}
 
   ours, _ = _part(budget, 'forward_backward:darts_jax', bench_command('forward_backward'), env)

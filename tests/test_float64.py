@@ -254,6 +254,17 @@ def test_recurrent_models_follow_float64_inputs():
   np.testing.assert_allclose(log_probs, ref_log_probs, rtol=0, atol=1e-12)
   np.testing.assert_allclose(h_last, ref_h, rtol=0, atol=1e-12)
 
+  # A split's evaluation carries a float64 hidden state (a float32 start would fail the scan's carry type); its mean
+  # NLL over one 5-token chunk is the per-token mean of the model's own log-probabilities.
+  targets = jnp.roll(tokens, -1, axis=1)
+  chunks = tuple(np.asarray(x) for x in (tokens[None], targets[None], np.array([5], np.int32)))
+  evaluate_block = jax.jit(lambda *block: rnn.split_log_likelihood(
+      lambda t, h, length: search.apply(variables, t, h, alphas, train=False, length=length), *block))
+  nll, _ = rnn.evaluate_split(evaluate_block, chunks, NHID, jnp.float64)
+  step_log_probs, *_ = search.apply(variables, tokens, jnp.zeros((2, NHID), jnp.float64), alphas, train=False)
+  expected = -np.mean(np.take_along_axis(np.asarray(step_log_probs), np.asarray(targets)[..., None], -1))
+  np.testing.assert_allclose(nll, expected, rtol=1e-12)
+
 
 def _tiny_loss(alphas):
   """A smooth, non-quadratic loss of a pytree of 2x3 + 4 parameters with a spread spectrum."""

@@ -310,14 +310,15 @@ def split_log_likelihood(apply_fn, inputs: jax.Array, targets: jax.Array, length
   return hidden, {'nll_sum': nll_sum, 'correct': correct, 'count': count}
 
 
-def evaluate_split(evaluate_block, chunks: tuple, nhid: int) -> tuple[float, float]:
+def evaluate_split(evaluate_block, chunks: tuple, nhid: int, dtype: jnp.dtype = jnp.float32) -> tuple[float, float]:
   """``(mean NLL, next-word accuracy)`` of a split: `evaluate_block(inputs, targets, lengths, hidden) -> (hidden,
-  sums)` (a jitted `split_log_likelihood`) over blocks of `EVAL_BLOCK` chunks, the last padded with empty chunks."""
+  sums)` (a jitted `split_log_likelihood`) over blocks of `EVAL_BLOCK` chunks, the last padded with empty chunks.
+  The hidden state starts as zeros of `dtype` (the model's: float64 for a float64 model)."""
   inputs, targets, lengths = chunks
   pad = -len(lengths) % EVAL_BLOCK
   inputs, targets = (np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in (inputs, targets))
   lengths = np.concatenate([lengths, np.zeros(pad, lengths.dtype)])
-  hidden = jnp.zeros((inputs.shape[1], nhid), jnp.float32)
+  hidden = jnp.zeros((inputs.shape[1], nhid), dtype)
   totals = []
   for start in range(0, len(lengths), EVAL_BLOCK):
     block = slice(start, start + EVAL_BLOCK)

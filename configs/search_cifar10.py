@@ -104,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Persistent compilation cache of run_search.py; '' leaves JAX's setting ($JAX_COMPILATION_CACHE_DIR, else off).
   config.compilation_cache_dir = '~/.cache/darts_jax/jax_cache'
   config.parallel_impl = 'shard_map'  # or 'pmap': the same bits (darts_jax/training/parallel.py)
-  # XLA:CPU's backend optimisation level (0-3) of the programs that run a few times per epoch at most (init,
-  # evaluation, Hessian): 0 halves their compile time; 3 is XLA's default, which the search step keeps.
+  # XLA:CPU's backend optimisation level (0-3) of the end-of-epoch evaluation and Hessian, which run a few times per
+  # epoch: 0 compiles them faster; the step and the initialisation keep XLA's default (3).
   config.compile = ml_collections.ConfigDict({'rare_programs_opt_level': 0})
   return config

@@ -220,8 +220,9 @@ def _architecture_cost(config: ml_collections.ConfigDict, workdir: Path, num_cla
 
 
 def rare_compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  """XLA options of the programs that run a few times per run (the state's initialisation, the end-of-epoch
-  evaluation and Hessian): ``compile.rare_programs_opt_level``. The search step keeps XLA's default."""
+  """XLA options of the programs that run a few times per epoch (the end-of-epoch evaluation and Hessian), whose
+  results do not feed back into the search: ``compile.rare_programs_opt_level``. The step and the initialisation
+  keep XLA's default."""
   return parallel.compiler_options(config.compile.rare_programs_opt_level)
 
 
@@ -266,8 +267,10 @@ def _host_alphas(alphas: Any) -> dict[str, np.ndarray]:
 
 def _model_and_init(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
                     steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, Callable[[jax.Array], SearchState]]:
-  """The supernet, the weights' learning-rate schedule and ``init(key) -> SearchState``, jitted with the rare
-  programs' compiler options (`rare_compiler_options`): it runs once."""
+  """The supernet, the weights' learning-rate schedule and ``init(key) -> SearchState``.
+
+  The initialisation runs once but keeps XLA's default level: at level 0 its weights round differently (by an ulp),
+  and the search would no longer compute what it did, nor a seed of `search_seeds` what a single run does."""
   # The supernet takes the mixing weights: the step computes them with the configured relaxation.
   model = SearchNetwork(
       C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
@@ -285,10 +288,7 @@ def _model_and_init(config: ml_collections.ConfigDict, ds: data.Dataset, image_s
       [optax.constant_schedule(0.0), optax.constant_schedule(config.arch_learning_rate)],
       [config.arch_warmup_epochs * steps_per_epoch])
   arch_tx = arch_optimizer(arch_lr, weight_decay=config.arch_weight_decay)
-  # create_search_state's own jit is inlined into this one, which carries the options.
-  init = jax.jit(lambda key: create_search_state(key, model, image_shape, weight_tx, arch_tx),
-                 compiler_options=rare_compiler_options(config))
-  return model, schedule, init
+  return model, schedule, lambda key: create_search_state(key, model, image_shape, weight_tx, arch_tx)
 
 
 def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],

@@ -55,9 +55,9 @@ def test_compiler_options_name_the_backend_level():
 
 def test_search_chooses_the_configured_level_for_rare_programs():
   config = _quick_config()
-  assert search.rare_compiler_options(config) == {'xla_backend_optimization_level': 0}  # the configs' default
-  config.compile.rare_programs_opt_level = 3
-  assert search.rare_compiler_options(config) == {'xla_backend_optimization_level': 3}
+  assert search.rare_compiler_options(config) == {'xla_backend_optimization_level': 3}  # the configs' default
+  config.compile.rare_programs_opt_level = 0
+  assert search.rare_compiler_options(config) == {'xla_backend_optimization_level': 0}
   config.compile.rare_programs_opt_level = 7
   with pytest.raises(ValueError, match='rare_programs_opt_level'):
     search._check_config(config)  # pylint: disable=protected-access

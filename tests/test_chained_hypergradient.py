@@ -127,7 +127,9 @@ LABELS = jax.random.randint(jax.random.key(11), (2, 8), 0, 5)
 ALPHAS = jax.tree.map(lambda a: a * 300, init_alphas(jax.random.key(12), steps=1))  # a non-uniform softmax
 
 
-@pytest.mark.parametrize('method', ['fd', 'exact'])
+# 'fd' only (its chain has the most passes: four gradients at three points, under the highest precision): a supernet
+# program costs ~15 s to compile here, and 'exact''s chain differs from the tiny problem's only in the network.
+@pytest.mark.parametrize('method', ['fd'])
 def test_chained_equals_direct_on_supernet(method):
   net = SearchNetwork(C=4, num_classes=5, layers=1, steps=1, multiplier=1)
   variables = jax.jit(net.init, static_argnames='train')(jax.random.key(13), IMAGES[0], ALPHAS, train=False)

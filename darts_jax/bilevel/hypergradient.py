@@ -368,7 +368,7 @@ def hypergradient(
   if grad_clip is not None and method not in ('first_order', 'fd', 'exact'):
     raise ValueError(f'grad_clip applies to the one-step methods first_order, fd and exact, not {method!r}.')
 
-  chained = method in _CHAINED_METHODS and resolve_passes(passes) == 'chained'
+  chained = resolve_passes(passes) == 'chained' and method in _CHAINED_METHODS
   if chained and not (train_loss is val_loss and _alike(train_batch, val_batch)):
     if passes == 'chained':
       raise ValueError("passes='chained' needs one loss function (train_loss is val_loss) and training and "

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from darts_jax import bench, bench_accelerator
 from darts_jax.bilevel import search_step
 
@@ -36,6 +38,9 @@ def test_profile_reports_kernel_time_by_operation(tmp_path):
   assert 0 < sum(parts.values()) <= profile['kernel_total_s'] * (1 + 1e-9)
 
 
+# Slow (~55 s: every part in a process of its own, each compiling): `python -m darts_jax.bench --suite accelerator
+# --out DIR` is the same dry run by hand; the budget test below stays in the default run.
+@pytest.mark.slow
 def test_accelerator_check_dry_run_reports_every_part(tmp_path):
   # As on an accelerator host: `--suite accelerator` in a process of its own, which on CPU shrinks itself to a dry
   # run. A budget well above the default: on a loaded machine a part must not be stopped before it reports.

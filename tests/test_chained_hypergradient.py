@@ -129,6 +129,9 @@ ALPHAS = jax.tree.map(lambda a: a * 300, init_alphas(jax.random.key(12), steps=1
 
 # 'fd' only (its chain has the most passes: four gradients at three points, under the highest precision): a supernet
 # program costs ~15 s to compile here, and 'exact''s chain differs from the tiny problem's only in the network.
+# Slow (a ~15 s supernet compile): the default run covers the same loop on the supernet through the search step
+# (test_second_order_impl.py, chained vs direct) and the API's chaining on the tiny problem above.
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['fd'])
 def test_chained_equals_direct_on_supernet(method):
   net = SearchNetwork(C=4, num_classes=5, layers=1, steps=1, multiplier=1)

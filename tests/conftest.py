@@ -5,7 +5,6 @@ started again to test resume, the same step in a subprocess) then reuse it, in t
 which inherit the cache directory through the environment.
 """
 import os
-import platform
 import tempfile
 
 import jax
@@ -16,12 +15,6 @@ import pytest
 # test_hypergradient_supernet.py: 102 -> 55 s CPU), and the tiny test shapes run in milliseconds at any level. The
 # CLIs and the benchmarks keep XLA's default. The flags are part of the compilation cache key.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
-# On x86, code for at most AVX2 unless the run names an instruction set itself: LLVM generates AVX-512 code far more
-# slowly (the whole suite, cold cache, on a 2-core AVX-512 machine: 6:48 at its default ISA, 4:51 at AVX2, 5:02 at
-# SSE4_2), and the tests hold at every ISA (they compare at tolerances, never with one CPU's float32 digits). Run
-# with XLA_FLAGS=--xla_cpu_max_isa=AVX512 (or SSE4_2, ...) to test another.
-if platform.machine().lower() in ('x86_64', 'amd64') and '--xla_cpu_max_isa' not in os.environ['XLA_FLAGS']:
-  os.environ['XLA_FLAGS'] += ' --xla_cpu_max_isa=AVX2'
 # The tests hold on any machine. On a GPU: float32 matmuls and convolutions in float32 (JAX's default there is
 # TensorFloat-32, 10 mantissa bits, far outside the float32 tolerances of the reference checks); reductions in a
 # fixed order, so that a resumed run equals the uninterrupted one bit for bit as on a CPU; and memory allocated on

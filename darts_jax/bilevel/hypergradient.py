@@ -41,14 +41,15 @@ def resolve_passes(passes: str, backend: str | None = None, *, name: str = 'pass
   return AUTO_PASSES.get(backend or jax.default_backend(), AUTO_PASSES_ELSEWHERE)
 
 
-def chain_gradient_passes(gradient_pass: Callable[[jax.Array, Any], Any], stages: list[Callable], carry: Any,
+def chain_gradient_passes(gradient_pass: Callable[[jax.Array, Any], Any], stages: list[Callable], carry_shapes: Any,
                           inputs: Any) -> tuple[Any, Any]:
   """``len(stages)`` calls of ``gradient_pass`` as the iterations of one loop, so that XLA compiles it once.
 
   XLA compiles every call site of a function separately, and on CPU code generation dominates compile time: a
   hypergradient that takes a network's gradient three times compiles it three times. Here pass ``i`` computes
   ``out = gradient_pass(i, inputs)`` and then a ``lax.switch`` branch (each compiled once) turns it into the next
-  pass's inputs and updates the ``carry``: ``carry, inputs = stages[i](carry, out)``. ``inputs`` keep one structure,
+  pass's inputs and updates the ``carry``: ``carry, inputs = stages[i](carry, out)``. The carry starts as zeros of
+  ``carry_shapes`` (``jax.ShapeDtypeStruct`` leaves, e.g. from ``jax.eval_shape``). ``inputs`` keep one structure,
   shape and dtype through the passes (the loop's carry); ``i`` is traced.
 
   Returns ``(carry, out)``: the carry after the last stage and the last pass's output.
@@ -60,7 +61,7 @@ def chain_gradient_passes(gradient_pass: Callable[[jax.Array, Any], Any], stages
     return carry, inputs, out
 
   no_output = _zeros(jax.eval_shape(gradient_pass, 0, inputs))
-  carry, _, out = jax.lax.fori_loop(0, len(stages), body, (carry, inputs, no_output))
+  carry, _, out = jax.lax.fori_loop(0, len(stages), body, (_zeros(carry_shapes), inputs, no_output))
   return carry, out
 
 
@@ -469,12 +470,11 @@ def _one_step_chained(loss, w, alpha, train_batch, val_batch, *, method, eta, mo
   # What passes on between passes: ∇_α L_val(w'), the mixed term, the clip coefficient; for 'fd' also R, the
   # stencil's offset Rv and ∇_α L_train(w⁺).
   grad_shapes = jax.eval_shape(gradient_pass, 0, (w, train_batch))
-  carry = {'grad_alpha': grad_shapes[1], 'mixed': grad_shapes[1]}
+  carry_shapes = {'grad_alpha': grad_shapes[1], 'mixed': grad_shapes[1]}
   if grad_clip is not None:
-    carry['clip'] = jax.eval_shape(clip_coefficient, grad_shapes[0], grad_clip)
+    carry_shapes['clip'] = jax.eval_shape(clip_coefficient, grad_shapes[0], grad_clip)
   if method == 'fd':
-    carry.update(r=jax.eval_shape(_global_norm, grad_shapes[0]), offset=grad_shapes[0], plus=grad_shapes[1])
-  carry = _zeros(carry)
+    carry_shapes.update(r=jax.eval_shape(_global_norm, grad_shapes[0]), offset=grad_shapes[0], plus=grad_shapes[1])
 
   def virtual(carry, grads):
     grad_w = grads[0]
@@ -502,13 +502,13 @@ def _one_step_chained(loss, w, alpha, train_batch, val_batch, *, method, eta, mo
     return dict(carry, mixed=mixed), (w, train_batch)  # the last pass
 
   if method == 'exact':
-    carry, _ = chain_gradient_passes(gradient_pass, [virtual, at_w_prime], carry, (w, train_batch))
+    carry, _ = chain_gradient_passes(gradient_pass, [virtual, at_w_prime], carry_shapes, (w, train_batch))
   else:
     # The central difference divides the gradients' rounding by 2R: every pass at the dtype's full precision
     # (as `fd_mixed_term`), where TPUs default to bfloat16 passes and GPUs to TF32.
     with jax.default_matmul_precision('highest'):
-      carry, _ = chain_gradient_passes(gradient_pass, [virtual, at_w_prime, at_w_plus, at_w_minus], carry,
-                                       (w, train_batch))
+      carry, _ = chain_gradient_passes(gradient_pass, [virtual, at_w_prime, at_w_plus, at_w_minus],
+                                       carry_shapes, (w, train_batch))
   scale = eta if grad_clip is None else eta * carry['clip']
   return jax.tree.map(lambda g, h: g - scale * h, carry['grad_alpha'], carry['mixed'])
 

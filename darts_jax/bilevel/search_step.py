@@ -333,9 +333,6 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   def update_alphas(arch_grads):
     return arch_grads, arch_step(arch_grads)
 
-  def zeros(tree_shape):
-    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree_shape)
-
   def virtual(carry, out):
     w_prime = virtual_step(params, out[0][0], momentum_buffer, eta=lr, momentum=momentum, weight_decay=weight_decay)
     return carry, (w_prime, alphas, val)
@@ -356,7 +353,7 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   stages = [virtual, arch, last]
   arch_result, out = chain_gradient_passes(
       lambda i, inputs: gradient_pass(*inputs, i == len(stages) - 1),  # the last pass is the weight step's
-      stages, zeros(jax.eval_shape(update_alphas, alphas)), (params, alphas, train))
+      stages, jax.eval_shape(update_alphas, alphas), (params, alphas, train))
   return arch_result[0], arch_result[1], out
 
 

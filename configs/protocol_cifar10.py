@@ -5,7 +5,7 @@ retraining on the search split, the winner trained 10 times for 600 epochs and t
 obtained by training from scratch for a short period (100 epochs on CIFAR-10)"; the test error is the mean and
 standard deviation over repeated final trainings (10 here). The four searches run as one program (vmap over seeds).
 
-    python -m darts_jax.protocol --config configs/protocol_cifar10.py --workdir runs/protocol_cifar10
+    python -m darts_jax.cli.protocol --config configs/protocol_cifar10.py --workdir runs/protocol_cifar10
 """
 import ml_collections
 

@@ -4,7 +4,7 @@ The stages of ``configs/protocol_cifar10.py`` on the data and networks of ``conf
 ``configs/retrain_quick.py``, cut down so that the whole protocol runs in minutes on a 2-core CPU (see the README
 for the time measured): it shows the mechanics (stages, resume, summary), not a result.
 
-    python -m darts_jax.protocol --config configs/protocol_quick.py --workdir runs/protocol_quick
+    python -m darts_jax.cli.protocol --config configs/protocol_quick.py --workdir runs/protocol_quick
 """
 import ml_collections
 

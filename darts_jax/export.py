@@ -1,6 +1,6 @@
 """A portable inference artifact of a retrained network: serialized `jax.export` with the weights inside.
 
-    python -m darts_jax.export --workdir runs/retrain_quick [--output DIR]
+    export_workdir(WORKDIR, output=DIR)     # or the command line: darts-export --workdir WORKDIR [--output DIR]
 
 writes ``DIR/model.jax_export`` (default ``DIR = WORKDIR/export``), the serialized `jax.export.Exported` of
 
@@ -29,15 +29,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 from jax import export as jax_export
 from jax import lax
 
 from darts_jax import data
-from darts_jax.cnn import genotypes, ops
+from darts_jax.cnn import genotype_formats, ops
 from darts_jax.data import imagenet
 from darts_jax.tasks import retrain
-from darts_jax.training import cli
 
 ARTIFACT = 'model.jax_export'
 SPEC = 'model.json'
@@ -94,7 +92,7 @@ def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[st
   (output / SPEC).write_text(json.dumps({
       'input_shape': [None, h, w, c], 'input_dtype': 'uint8', 'layout': 'NHWC, pixel values 0..255',
       'output': f'float32 logits (N, {len(names)})', 'class_names': names, 'num_classes': len(names),
-      'dataset': config.data.name, 'genotype': json.loads(genotypes.genotype_to_json(restored.genotype)),
+      'dataset': config.data.name, 'genotype': json.loads(genotype_formats.genotype_to_json(restored.genotype)),
       'step': restored.step, 'platforms': list(platforms), 'depthwise_impl': impls, 'jax_version': jax.__version__},
       indent=1) + '\n')
   return output
@@ -120,7 +118,7 @@ def load(path: str | os.PathLike[str]) -> Served:
   path = Path(path)
   artifact = path / ARTIFACT if path.is_dir() else path
   if not artifact.is_file():
-    raise FileNotFoundError(f'{artifact} does not exist: export a retrain workdir with python -m darts_jax.export '
+    raise FileNotFoundError(f'{artifact} does not exist: export a retrain workdir with darts-export '
                             '--workdir DIR first.')
   try:
     exported = jax_export.deserialize(bytearray(artifact.read_bytes()))
@@ -129,18 +127,3 @@ def load(path: str | os.PathLike[str]) -> Served:
   spec_path = artifact.with_name(SPEC)
   spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
   return Served(exported, spec)
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  cli.start()
-  output = cli.run('darts_jax.export', lambda: export_workdir(flags.FLAGS.workdir, flags.FLAGS.output))
-  print(output)
-
-
-if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'Retrain run directory (written by run_retrain.py).')
-  flags.DEFINE_string('output', None, 'Output directory (default: WORKDIR/export).')
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main)

@@ -7,7 +7,7 @@ exit status, and runs the CLI exactly as ``python SCRIPT`` / ``python -m MODULE`
 ``__main__``); only the imports are shared, and no JAX backend exists before the fork (a child that sets
 ``XLA_FLAGS``, e.g. a host device count, gets it when it creates its backend).
 
-stdin: a JSON list of cases ``{"argv": ["run_search.py" | "-m", "darts_jax.evaluate", ...], "env": {...}, "cwd": ...}``.
+stdin: a JSON list of cases ``{"argv": ["run_search.py" | "-m", "darts_jax.cli.evaluate", ...], "env": {...}, "cwd": ...}``.
 stdout: a JSON list of ``{"returncode": int, "stdout": str, "stderr": str}``, in the same order.
 """
 import importlib
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 # What the CLIs import, loaded once for every child (their `__main__` blocks do not run here).
-for _module in ('run_search', 'run_retrain', 'darts_jax.evaluate'):
+for _module in ('run_search', 'run_retrain', 'darts_jax.cli.evaluate'):
   importlib.import_module(_module)
 from jax._src import xla_bridge  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""`python -m darts_jax.bench` runs end to end and reports what docs/benchmarks.md quotes."""
+"""`python -m darts_jax.cli.bench` runs end to end and reports what docs/benchmarks.md quotes."""
 import importlib.util
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from darts_jax import bench, bench_accelerator
+from darts_jax.cli import bench, bench_accelerator
 from darts_jax.bilevel import search_step
 
 
@@ -24,7 +24,7 @@ def test_bench_reports_one_json_line(capsys):
 
 def test_profile_reports_kernel_time_by_operation(tmp_path):
   # A subprocess: XLA:CPU's per-kernel trace events need a flag read when the backend is created.
-  command = [sys.executable, '-m', 'darts_jax.bench', '--C', '2', '--layers', '1', '--nodes', '1', '--batch', '4',
+  command = [sys.executable, '-m', 'darts_jax.cli.bench', '--C', '2', '--layers', '1', '--nodes', '1', '--batch', '4',
              '--image', '8', '--channels', '1', '--mode', 'forward_backward', '--steps', '1', '--warmup', '0',
              '--profile', str(tmp_path)]
   process = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
@@ -38,7 +38,7 @@ def test_profile_reports_kernel_time_by_operation(tmp_path):
   assert 0 < sum(parts.values()) <= profile['kernel_total_s'] * (1 + 1e-9)
 
 
-# Slow (~55 s: every part in a process of its own, each compiling): `python -m darts_jax.bench --suite accelerator
+# Slow (~55 s: every part in a process of its own, each compiling): `python -m darts_jax.cli.bench --suite accelerator
 # --out DIR` is the same dry run by hand; the budget test below stays in the default run.
 @pytest.mark.slow
 def test_accelerator_check_dry_run_reports_every_part(tmp_path):
@@ -47,7 +47,7 @@ def test_accelerator_check_dry_run_reports_every_part(tmp_path):
   # Two methods of six keep the test's compile time down; the default is every method (checked below).
   assert bench_accelerator._parse_args(['--out', str(tmp_path)]).methods == list(search_step.HYPERGRADIENT_METHODS)
   methods = ['first_order', 'second_order_exact']
-  command = [sys.executable, '-m', 'darts_jax.bench', '--suite', 'accelerator', '--out', str(tmp_path),
+  command = [sys.executable, '-m', 'darts_jax.cli.bench', '--suite', 'accelerator', '--out', str(tmp_path),
              '--budget-s', '1800', '--methods', *methods]
   process = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                            timeout=1800, env=dict(os.environ, JAX_PLATFORMS='cpu'))

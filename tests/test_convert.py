@@ -15,7 +15,8 @@ torch.set_num_threads(1)
 
 from darts_jax import torch_reference as torch_darts  # noqa: E402  (needs torch)
 from darts_jax.training.config_utils import load_config_module  # noqa: E402
-from darts_jax import convert, evaluate  # noqa: E402
+from darts_jax import convert  # noqa: E402
+from darts_jax.cli import evaluate  # noqa: E402
 from darts_jax.cnn import genotypes, networks  # noqa: E402
 from darts_jax.data import imagenet  # noqa: E402
 from darts_jax.cnn.genotypes import Genotype  # noqa: E402

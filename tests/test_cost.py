@@ -11,8 +11,8 @@ import optax
 import pytest
 from test_search import MEAN, STD, TinySupernet, _batches, tiny_config, tiny_supernet  # noqa: F401 (autouse)
 
-from darts_jax import compare as compare_cli
-from darts_jax import cost as cost_cli
+from darts_jax.cli import compare as compare_cli
+from darts_jax.cli import cost as cost_cli
 from darts_jax import data
 from darts_jax.bilevel import search_step
 from darts_jax.cnn import cost, latency, networks

@@ -1,5 +1,5 @@
 """Tests for fine-tuning (retrain's init_from, freeze_epochs, data.classes), evaluating a pretrained PyTorch
-checkpoint (darts_jax.evaluate --pretrained) and the inference export (darts_jax.export).
+checkpoint (darts_jax.cli.evaluate --pretrained) and the inference export (darts_jax.export).
 
 One tiny network is pre-trained on Fashion-MNIST classes 0-5 (the synthetic 8x8 files of conftest's data_dir) and
 shared: it is exported and served, written back as the original's PyTorch checkpoint, evaluated from that checkpoint,
@@ -19,7 +19,8 @@ import optax
 import pytest
 
 from darts_jax.training.config_utils import load_config_module
-from darts_jax import convert, data, evaluate, export
+from darts_jax import convert, data, export
+from darts_jax.cli import evaluate
 from darts_jax.cnn import genotypes
 from darts_jax.cnn.genotypes import Genotype
 from darts_jax.tasks import retrain
@@ -170,12 +171,12 @@ def test_cli_bad_pretrained_input_is_one_error_line_and_the_package_never_import
   (tmp_path / 'fake').mkdir()
   (tmp_path / 'fake' / 'torch.py').write_text('raise RuntimeError("torch imported")')
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.pathsep.join([str(tmp_path / 'fake'), str(REPO)]))
-  process = subprocess.run([sys.executable, '-m', 'darts_jax.evaluate', '--config', 'configs/retrain_quick.py',
+  process = subprocess.run([sys.executable, '-m', 'darts_jax.cli.evaluate', '--config', 'configs/retrain_quick.py',
                             '--pretrained', str(tmp_path / 'missing.pt')], cwd=REPO, capture_output=True, text=True,
                            timeout=300, env=env)
   assert process.returncode == 1, process.stderr
   assert process.stderr.strip().splitlines()[-1].startswith(
-      f'darts_jax.evaluate: error: {tmp_path}/missing.pt does not exist (expected a PyTorch checkpoint')
+      f'darts-evaluate: error: {tmp_path}/missing.pt does not exist (expected a PyTorch checkpoint')
   assert 'Traceback' not in process.stderr
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from darts_jax.training.config_utils import load_config_module
-from darts_jax import evaluate
+from darts_jax.cli import evaluate
 from darts_jax.cnn import genotypes
 from darts_jax.cnn.genotypes import Genotype
 from darts_jax.data import imagenet

@@ -1,4 +1,4 @@
-"""Tests for darts_jax.tasks.retrain, darts_jax.evaluate and run_retrain.py.
+"""Tests for darts_jax.tasks.retrain, darts_jax.cli.evaluate and run_retrain.py.
 
 One tiny retraining through the CLI (a 3-cell network of a one-node genotype on 8x8 synthetic Fashion-MNIST files,
 2 epochs of 2 steps) is the reference; it is resumed, diverged and evaluated again in process. The runs share the
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from darts_jax.training.config_utils import load_config_module
-from darts_jax import data, evaluate
+from darts_jax import data
+from darts_jax.cli import evaluate
 from darts_jax.cnn import genotypes, networks
 from darts_jax.training import loop, parallel, reporting
 from darts_jax.tasks import retrain
@@ -354,7 +355,7 @@ def errors(reference, tmp_path_factory, run_cli_cases):
   damaged = tmp / 'damaged'
   shutil.copytree(reference, damaged)
   (damaged / 'config.json').write_text('{"seed": ')
-  evaluate_error = 'darts_jax.evaluate: error: '
+  evaluate_error = 'darts-evaluate: error: '
   cases = {
       'malformed_genotype': (_arguments(tmp / 'run', "--config.genotype=Genotype(normal=[('sep_conv_3x3', 0)"),
                              'run_retrain.py: error: not a known genotype name', ''),
@@ -366,11 +367,11 @@ def errors(reference, tmp_path_factory, run_cli_cases):
                          f'FATAL Flags parsing error: cannot load the config file {tmp}/nope.py: [Errno 2]'),
       'workdir_is_a_file': (_arguments(tmp / 'file', '--config.genotype=DARTS_V2'),
                             f'run_retrain.py: error: --workdir {tmp}/file is a file, not a directory', ''),
-      'evaluate_missing_workdir': (['-m', 'darts_jax.evaluate', '--workdir', str(tmp / 'missing')], evaluate_error,
+      'evaluate_missing_workdir': (['-m', 'darts_jax.cli.evaluate', '--workdir', str(tmp / 'missing')], evaluate_error,
                                    'config.json does not exist'),
-      'evaluate_search_workdir': (['-m', 'darts_jax.evaluate', '--workdir', str(search_like)], evaluate_error,
+      'evaluate_search_workdir': (['-m', 'darts_jax.cli.evaluate', '--workdir', str(search_like)], evaluate_error,
                                   'is not a retrain workdir: its config.json has no genotype'),
-      'evaluate_damaged_config': (['-m', 'darts_jax.evaluate', '--workdir', str(damaged)], evaluate_error,
+      'evaluate_damaged_config': (['-m', 'darts_jax.cli.evaluate', '--workdir', str(damaged)], evaluate_error,
                                   'config.json is not valid JSON'),
   }
   results = run_cli_cases([{'argv': argv, 'cwd': str(REPO)} for argv, _, _ in cases.values()])

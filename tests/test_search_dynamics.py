@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from test_search import tiny_config, tiny_supernet  # noqa: F401 (an autouse fixture: these runs use TinySupernet)
 
-from darts_jax import compare as compare_cli
+from darts_jax.cli import compare as compare_cli
 from darts_jax import diagnostics
-from darts_jax import plots as plots_cli
+from darts_jax.cli import plots as plots_cli
 from darts_jax.cnn import genotypes
 from darts_jax.dynamics import compare, early_stopping, run_files
 from darts_jax.tasks import search

@@ -1,7 +1,7 @@
 """Test accuracy of a retrained network's latest checkpoint, or of a pretrained checkpoint of the original code.
 
-    python -m darts_jax.evaluate --workdir runs/retrain_quick [--data_dir DIR]
-    python -m darts_jax.evaluate --pretrained cifar10_model.pt --genotype DARTS_V2 \
+    python -m darts_jax.cli.evaluate --workdir runs/retrain_quick [--data_dir DIR]
+    python -m darts_jax.cli.evaluate --pretrained cifar10_model.pt --genotype DARTS_V2 \
         --config configs/retrain_cifar10.py [--data_dir DIR]
 
 With ``--workdir``, rebuilds the network from the workdir's ``config.json`` and ``genotype.json`` (written by
@@ -33,6 +33,8 @@ from darts_jax.data import imagenet
 from darts_jax.tasks import retrain
 from darts_jax.training import cli, loop, parallel
 from darts_jax.training.parallel import AXIS_NAME
+
+PROG = 'darts-evaluate'
 
 
 def _batch_size(config: ml_collections.ConfigDict) -> int:
@@ -111,7 +113,7 @@ def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_
     ds = retrain.load_data(config, data_dir)
     num_test, num_classes, channels = len(ds.test_images), ds.num_classes, ds.test_images.shape[-1]
     size = config.data.image_size
-    batches = loop.eval_batches(ds.test_images, ds.test_labels, batch_size, jax.process_index(), jax.process_count())
+    batches = data.eval_batches(ds.test_images, ds.test_labels, batch_size, jax.process_index(), jax.process_count())
     mean, std, name = ds.mean, ds.std, ds.name
   if num_classes != arch['num_classes'] or channels != arch['in_channels']:
     raise ValueError(f'{path} classifies {arch["in_channels"]}-channel images into {arch["num_classes"]} classes; '
@@ -129,7 +131,7 @@ def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_
           'num_test': num_test, 'params': count_params(variables['params']), **shape}
 
 
-def main(argv):
+def _evaluate(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
@@ -140,20 +142,24 @@ def main(argv):
     raise app.UsageError('--pretrained needs --config FILE for the data to test on, e.g. configs/retrain_cifar10.py')
   cli.start()
   if f.workdir:
-    results = cli.run('darts_jax.evaluate', lambda: evaluate_workdir(f.workdir, f.data_dir))
+    results = cli.run(PROG, lambda: evaluate_workdir(f.workdir, f.data_dir))
   else:
-    results = cli.run('darts_jax.evaluate', lambda: evaluate_pretrained(f.pretrained, f.genotype, f.config,
-                                                                        f.data_dir))
+    results = cli.run(PROG, lambda: evaluate_pretrained(f.pretrained, f.genotype, f.config, f.data_dir))
   print(json.dumps(results))
 
 
-if __name__ == '__main__':
+def main() -> None:
+  """The command line (the ``darts-evaluate`` console script)."""
   # Defined here, not at import: importing the module (e.g. from run_retrain.py's process) must not claim flags.
   flags.DEFINE_string('workdir', None, 'Retrain run directory (written by run_retrain.py).')
   flags.DEFINE_string('pretrained', None, "A PyTorch checkpoint of the original code (e.g. cifar10_model.pt).")
   flags.DEFINE_string('genotype', 'DARTS_V2', 'With --pretrained: its genotype (a name, file, or text in any format '
-                                              'python -m darts_jax.genotypes reads).')
+                                              'python -m darts_jax.cli.genotypes reads).')
   config_flags.DEFINE_config_file('config', None, 'With --pretrained: the data to test on (data.name, data.dir, '
                                                   'data.classes, batch_size), e.g. configs/retrain_cifar10.py.')
   flags.DEFINE_string('data_dir', None, "Dataset directory, if not the config's data.dir.")
-  app.run(main)
+  app.run(_evaluate)
+
+
+if __name__ == '__main__':
+  main()

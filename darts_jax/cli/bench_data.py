@@ -1,4 +1,4 @@
-"""Times the host input pipelines: ``python -m darts_jax.bench_data``.
+"""Times the host input pipelines: ``python -m darts_jax.cli.bench_data``.
 
 ``--pipeline imagenet_train`` (default) and ``imagenet_eval`` run `data.imagenet`'s grain pipeline (JPEG decoding and
 the original's augmentation, or resize 256 + centre crop 224) over an ImageFolder tree: ``--dir`` if given, else
@@ -9,8 +9,8 @@ arrays held in memory: today's `data.epoch_batches` (a permutation and one ``np.
 
 Run it pinned to cores to get a per-core figure::
 
-  taskset -c 0 python -m darts_jax.bench_data --workers 0 --threads 0
-  taskset -c 0 python -m darts_jax.bench_data --workers 1 --threads 0
+  taskset -c 0 python -m darts_jax.cli.bench_data --workers 0 --threads 0
+  taskset -c 0 python -m darts_jax.cli.bench_data --workers 1 --threads 0
 
 ``images_per_s`` (wall clock) and ``images_per_cpu_s`` (this process's CPU time; with workers, the share left on
 the training process) are measured over ``--batches`` batches after ``--warmup`` untimed ones (worker start-up

@@ -6,10 +6,10 @@ recurrent (perplexity).
     darts-retrain --config retrain_ptb --workdir runs/ptb --config.genotype=DARTS_V2
 
 ``--config.genotype`` is a search workdir, a known name (DARTS_V2), a genotype.json, JSON or repr text. ``--config``
-takes a packaged config by name or a config file's path; ``python -m darts_jax.retrain`` and
+takes a packaged config by name or a config file's path; ``python -m darts_jax.cli.retrain`` and
 ``python run_retrain.py`` are the same command. Running it on an existing workdir resumes from its latest checkpoint;
 SIGTERM or SIGINT stop it after saving one (exit status 75). See `darts_jax.tasks.retrain` and
-`darts_jax.tasks.rnn_retrain` for what lands in the workdir and ``python -m darts_jax.evaluate`` to evaluate a trained
+`darts_jax.tasks.rnn_retrain` for what lands in the workdir and ``python -m darts_jax.cli.evaluate`` to evaluate a trained
 CNN checkpoint again.
 """
 from typing import Any
@@ -30,4 +30,4 @@ def main(prog: str = 'darts-retrain') -> None:
 
 
 if __name__ == '__main__':
-  main('python -m darts_jax.retrain')
+  main('python -m darts_jax.cli.retrain')

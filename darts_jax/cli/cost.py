@@ -1,6 +1,6 @@
 """What a genotype's network costs: parameters, multiply-adds and latency.
 
-    python -m darts_jax.cost --genotype DARTS_V2 [--network cifar|imagenet] [--C 36] [--layers 20]
+    python -m darts_jax.cli.cost --genotype DARTS_V2 [--network cifar|imagenet] [--C 36] [--layers 20]
         [--num_classes 10] [--image_size 32] [--in_channels 3] [--auxiliary] [--latency [--repeats 20]
         [--latency_cache DIR] [--depthwise_impl auto|shift|xla]] [--json]
 
@@ -24,7 +24,7 @@ from darts_jax.cnn.ops import DEPTHWISE_IMPLS
 from darts_jax.tasks.retrain import load_genotype
 from darts_jax.training import cli
 
-PROG = 'darts_jax.cost'
+PROG = 'darts-cost'
 NETWORK_DEFAULTS = {'cifar': dict(C=36, layers=20, num_classes=10, image_size=32),
                     'imagenet': dict(C=48, layers=14, num_classes=1000, image_size=224)}
 
@@ -75,7 +75,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog=f'python -m {PROG}', description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0])
   parser.add_argument('--genotype', required=True,
                       help='a known name (DARTS_V2, ...), a search or retrain workdir, a genotype.json file, or the '
                            'genotype as JSON, Genotype(...) text or NNI dict')

@@ -1,9 +1,9 @@
-"""Times the full DARTS search step on random data: ``python -m darts_jax.bench``.
+"""Times the full DARTS search step on random data: ``python -m darts_jax.cli.bench``.
 
 For example::
 
-  python -m darts_jax.bench --C 8 --layers 5 --batch 16 --image 28 --channels 1 --mode second_order_exact
-  python -m darts_jax.bench --suite accelerator --out DIR  # the prepared check of a GPU host: bench_accelerator
+  python -m darts_jax.cli.bench --C 8 --layers 5 --batch 16 --image 28 --channels 1 --mode second_order_exact
+  python -m darts_jax.cli.bench --suite accelerator --out DIR  # the prepared check of a GPU host: bench_accelerator
 
 The step is the one `run_search.py` runs (`search_step.make_search_step`: architecture step, then weight step), jitted
 once (``--seeds K``: K independent searches vmapped in one step, as ``--config.num_seeds``; ``images_per_s`` is summed
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--suite', choices=SUITES, default='step',
                       help="'step': time one step (the flags below); 'accelerator': the prepared GPU check, "
-                           "`python -m darts_jax.bench --suite accelerator --help` (darts_jax.bench_accelerator)")
+                           "`python -m darts_jax.cli.bench --suite accelerator --help` (darts_jax.cli.bench_accelerator)")
   parser.add_argument('--C', type=int, default=16, help='initial channels')
   parser.add_argument('--layers', type=int, default=8)
   parser.add_argument('--batch', type=int, default=64)
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
   suite_parser.add_argument('--suite', choices=SUITES, default='step')
   suite, rest = suite_parser.parse_known_args(argv)
   if suite.suite == 'accelerator':
-    from darts_jax import bench_accelerator  # imported here: it runs this module's steps in subprocesses
+    from darts_jax.cli import bench_accelerator  # imported here: it runs this module's steps in subprocesses
     bench_accelerator.main(rest)
     return
   args = parse_args(argv)

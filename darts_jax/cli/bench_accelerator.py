@@ -1,11 +1,11 @@
-"""The prepared accelerator check: ``python -m darts_jax.bench --suite accelerator --out DIR``.
+"""The prepared accelerator check: ``python -m darts_jax.cli.bench --suite accelerator --out DIR``.
 
 Within ``--budget-s`` seconds (480 by default) it
 
 1. runs the tests that exercise the backend (`TESTS`: the ops against lax's convolutions and pools, every
    hypergradient against autodiff and closed forms, the supernet, the search step) with pytest, where the
    repository's tests/ is there;
-2. times the search step with every hypergradient method (``python -m darts_jax.bench --mode ...``) at the paper's
+2. times the search step with every hypergradient method (``python -m darts_jax.cli.bench --mode ...``) at the paper's
    search config (`PAPER_CONFIG`: C=16, 8 cells, 4 nodes, batch 64, 32x32x3, 10 classes);
 3. times one forward+backward of the supernet against the PyTorch original (`darts_jax.torch_reference`) on the
    same GPU, where PyTorch sees one;
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import bench
+from darts_jax.cli import bench
 from darts_jax.bilevel import search_step
 from darts_jax.cnn.genotypes import derive_genotype
 
@@ -67,7 +67,7 @@ _SYNTHETIC_DATA = 'synthetic: a fixed uniform-random pattern per class at half c
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m darts_jax.bench --suite accelerator', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m darts_jax.cli.bench --suite accelerator', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--out', metavar='DIR', help='where accelerator_check.json and accelerator_check.md go')
   parser.add_argument('--dry-run', action='store_true', help='tiny sizes on any backend (automatic on CPU)')
@@ -149,7 +149,7 @@ def _short_search(config: dict) -> dict:
 
 def _torch_forward_backward(config: dict) -> dict:
   """One forward+backward of the original's supernet (`torch_reference.SearchNetwork`), timed like the
-  ``forward_backward`` mode of `darts_jax.bench`: the gradient of the training loss w.r.t. weights and alphas."""
+  ``forward_backward`` mode of `darts_jax.cli.bench`: the gradient of the training loss w.r.t. weights and alphas."""
   import torch  # optional dependency, imported only in this part's process
 
   from darts_jax import torch_reference
@@ -261,7 +261,7 @@ def _bench_flags(config: dict) -> list[str]:
 
 
 def _worker_command(worker: str, config: dict) -> list[str]:
-  return [sys.executable, '-m', 'darts_jax.bench_accelerator', '--worker', worker, '--config', json.dumps(config)]
+  return [sys.executable, '-m', 'darts_jax.cli.bench_accelerator', '--worker', worker, '--config', json.dumps(config)]
 
 
 _TEST_OUTCOME = re.compile(r'^(tests/\S.*?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b', re.M)
@@ -328,7 +328,7 @@ def _run_parts(args: argparse.Namespace, budget: _Budget, env: dict[str, str]) -
     report['dry_run_reason'] = '--dry-run' if args.dry_run else 'the backend is cpu'
 
   def bench_command(mode):
-    return [sys.executable, '-m', 'darts_jax.bench', *_bench_flags(config), '--mode', mode, '--steps', str(steps),
+    return [sys.executable, '-m', 'darts_jax.cli.bench', *_bench_flags(config), '--mode', mode, '--steps', str(steps),
             '--warmup', str(warmup)]
 
   methods = {method: _part(budget, f'method:{method}', bench_command(method), env)[0] for method in args.methods}

@@ -1,6 +1,6 @@
 """Compare search runs, finished or running, and rank runs and retrained genotypes by accuracy and cost.
 
-    python -m darts_jax.compare DIR [DIR ...] [--out compare.png] [--entropy_threshold 1.85] [--last 5]
+    python -m darts_jax.cli.compare DIR [DIR ...] [--out compare.png] [--entropy_threshold 1.85] [--last 5]
         [--cost macs|params] [--target N] [--mnasnet_alpha -0.07] [--mnasnet_beta -0.07] [--pareto_out pareto.png]
 
 For the search workdirs among DIR it prints one row per run: method (hypergradient, architecture learning rate,
@@ -21,11 +21,11 @@ import argparse
 
 from darts_jax.training import cli
 
-PROG = 'darts_jax.compare'
+PROG = 'darts-compare'
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog=f'python -m {PROG}', description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0])
   parser.add_argument('workdirs', nargs='+', metavar='DIR',
                       help='search workdirs (run_search.py --workdir) or retrain workdirs (run_retrain.py)')
   parser.add_argument('--out', default='compare.png', help='the overlay plot of the searches (default: compare.png)')

@@ -1,6 +1,6 @@
-"""Times the recurrent search step on random tokens: ``python -m darts_jax.bench_rnn``.
+"""Times the recurrent search step on random tokens: ``python -m darts_jax.cli.bench_rnn``.
 
-    python -m darts_jax.bench_rnn --ntoken 10000 --nhid 300 --batch 256 --bptt 35 --mode second_order_fd
+    python -m darts_jax.cli.bench_rnn --ntoken 10000 --nhid 300 --batch 256 --bptt 35 --mode second_order_fd
 
 The step is the one ``run_search.py`` runs for ``space = 'rnn'`` (`bilevel.rnn_search_step`: architecture step,
 then weight step, hidden states carried), jitted once; ``compile_s`` is its ahead-of-time compile,
@@ -17,7 +17,7 @@ import resource
 import jax
 import numpy as np
 
-from darts_jax.bench import time_step
+from darts_jax.cli.bench import time_step
 from darts_jax.bilevel import rnn_search_step
 from darts_jax.bilevel.search_step import arch_optimizer
 from darts_jax.rnn.model import RNNModelSearch

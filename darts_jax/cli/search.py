@@ -4,7 +4,7 @@
     darts-search --config configs/search_ptb_quick.py --workdir runs/ptb_quick
 
 ``--config`` takes a packaged config by name (``search_quick``, ``search_cifar10``, ...) or a config file's path;
-``python -m darts_jax.search`` and ``python run_search.py`` are the same command. Running it on an existing workdir
+``python -m darts_jax.cli.search`` and ``python run_search.py`` are the same command. Running it on an existing workdir
 resumes the search from its latest checkpoint; SIGTERM or SIGINT stop it after saving one (exit status 75). See
 `darts_jax.tasks.search` and `darts_jax.tasks.rnn_search` for what lands in the workdir and
 `darts_jax.training.parallel` for multi-host runs.
@@ -27,4 +27,4 @@ def main(prog: str = 'darts-search') -> None:
 
 
 if __name__ == '__main__':
-  main('python -m darts_jax.search')
+  main('python -m darts_jax.cli.search')

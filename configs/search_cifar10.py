@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.augment = True  # random crop 32 (padding 4) + horizontal flip, on device
   config.data.image_size = 0  # > 0: resize images to image_size x image_size on device
 
-  # How the alphas become the mixing weights of each edge's ops (darts_jax.relaxations); softmax at 1 is DARTS.
+  # How the alphas become the mixing weights of each edge's ops (darts_jax.dynamics.relaxations); softmax at 1 is DARTS.
   config.relaxation = ml_collections.ConfigDict()
   config.relaxation.name = 'softmax'  # softmax | gumbel_softmax | gaussian_softmax | sigmoid | dirichlet
   config.relaxation.hard = False  # one-hot argmax forward, straight-through gradient (GDAS); not for sigmoid

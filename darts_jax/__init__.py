@@ -5,22 +5,21 @@ The package is grouped by concept (docs/architecture.md has the map):
 * `darts_jax.cnn`: the CNN search space: primitives (`ops`), the supernet (`supernet`), the retraining networks
   (`networks`), genotypes and cell diagrams (`genotypes`, `plots`), what a network costs (`cost`, `latency`);
 * `darts_jax.bilevel`: the bilevel core: the generic `hypergradient` and the DARTS search step on the supernet;
-* `darts_jax.dynamics`: the search's dynamics: diagnostics (`darts_jax.diagnostics`, e.g.
-  `dominant_hessian_eigenvalue`), early-stopping rules, plots of a run and comparisons of runs, and the relaxations
-  and architecture regularisers of DARTS's variants (`darts_jax.relaxations`: temperature, Gumbel-softmax, sigmoid,
-  Dirichlet, entropy, zero-one, Beta-Decay);
+* `darts_jax.dynamics`: the search's dynamics: the relaxations and architecture regularisers of DARTS's variants
+  (temperature, Gumbel-softmax, sigmoid, Dirichlet, entropy, zero-one, Beta-Decay), diagnostics (e.g.
+  `dominant_hessian_eigenvalue`) and early-stopping rules, all named in `darts_jax.dynamics`;
 * `darts_jax.data`: datasets, batching and on-device augmentation;
 * `darts_jax.training`: the one training loop (`loop`) and its infrastructure: checkpoints, metrics, curves,
   pmap helpers, optimizers, configs, CLI start-up;
+* `darts_jax.analysis`: runs read back from their workdirs: plots of a search and comparisons of runs;
 * `darts_jax.tasks`: the training tasks on that loop: `search` (behind ``run_search.py``) and `retrain` (behind
   ``run_retrain.py``);
-* interoperability: `darts_jax.convert` (the original's PyTorch checkpoints), `darts_jax.genotypes` (NNI, pt.darts
-  and original genotype formats), `darts_jax.export` (a portable inference artifact);
-* entry points: the console scripts ``darts-search`` (`darts_jax.search`, as ``run_search.py``) and
-  ``darts-retrain`` (`darts_jax.retrain`, as ``run_retrain.py``), ``python -m darts_jax.evaluate``,
-  ``python -m darts_jax.genotypes``, ``python -m darts_jax.export``, ``python -m darts_jax.plots``,
-  ``python -m darts_jax.compare``, ``python -m darts_jax.cost``, ``python -m darts_jax.bench``; they need the
-  ``[cli]`` extra (orbax, tfds, grain, ...).
+* interoperability: `darts_jax.convert` (the original's PyTorch checkpoints), `darts_jax.export` (a portable
+  inference artifact);
+* entry points: `darts_jax.cli`, one module per command, each a console script: ``darts-search`` (as
+  ``run_search.py``), ``darts-retrain`` (as ``run_retrain.py``), ``darts-evaluate``, ``darts-export``,
+  ``darts-plots``, ``darts-compare``, ``darts-cost``, ``darts-genotypes``, ``darts-protocol``, ``darts-bench``; they
+  need the ``[cli]`` extra (orbax, tfds, grain, ...).
 
 This module exports the research API. It imports only jax, flax, optax and numpy; the plotting functions
 (graphviz, matplotlib, in the ``[cli]`` extra) are imported on first use.
@@ -42,7 +41,7 @@ __all__ = ['AmoebaNet', 'DARTS', 'DARTS_V1', 'DARTS_V2', 'Genotype', 'KNOWN_GENO
            'parse_genotype', 'plot_curves', 'plot_genotype', 'plot_search']
 
 _LAZY = {'plot_genotype': 'darts_jax.cnn.plots', 'plot_curves': 'darts_jax.training.curves',
-         'plot_search': 'darts_jax.dynamics.plots'}
+         'plot_search': 'darts_jax.analysis.plots'}
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,8 @@ from darts_jax.cli import cost as cost_cli
 from darts_jax import data
 from darts_jax.bilevel import search_step
 from darts_jax.cnn import cost, latency, networks
-from darts_jax.dynamics import compare, diagnostics
+from darts_jax.analysis import compare
+from darts_jax.dynamics import diagnostics
 from darts_jax.cnn.genotypes import DARTS_V2, EVAL_PRIMITIVES, PRIMITIVES, Genotype
 from darts_jax.tasks import search
 from darts_jax.training import optimizers, reporting

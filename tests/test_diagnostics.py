@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import diagnostics
+from darts_jax import dynamics
 from darts_jax.cnn import genotypes
 
 
@@ -17,7 +17,7 @@ def _dense_dominant(loss_fn, alphas):
 
 def _eigenvalue(loss_fn, alphas, **kwargs):
   # Jitted: eager Lanczos would dispatch (and compile) its ops one by one.
-  return jax.jit(lambda a: diagnostics.dominant_hessian_eigenvalue(loss_fn, a, **kwargs))(alphas)
+  return jax.jit(lambda a: dynamics.dominant_hessian_eigenvalue(loss_fn, a, **kwargs))(alphas)
 
 
 def _softmax_problem(seed, shapes={'normal': (5, 4), 'reduce': (5, 4)}):
@@ -55,7 +55,7 @@ def test_dominant_eigenvalue_matches_the_dense_hessian(seed):
 @pytest.mark.parametrize('method', ['exact', 'fd'])
 def test_the_gradient_comes_with_the_eigenvalue(method):
   loss_fn, alphas = _softmax_problem(0)
-  _, gradient = jax.jit(lambda a: diagnostics.hessian_eigenvalue_and_gradient(loss_fn, a, num_iterations=3,
+  _, gradient = jax.jit(lambda a: dynamics.hessian_eigenvalue_and_gradient(loss_fn, a, num_iterations=3,
                                                                                method=method))(alphas)
   # fd: the mean of gradients at α ± εv, O(ε²) = 1e-4 from the gradient at α.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), gradient, jax.grad(loss_fn)(alphas))
@@ -82,7 +82,7 @@ def test_dominant_eigenvalue_averages_hessians_over_a_named_axis():
 
   def per_device(i):
     loss_fn = lambda a: jax.lax.switch(i, losses, a)  # noqa: E731
-    return diagnostics.dominant_hessian_eigenvalue(loss_fn, alphas, num_iterations=40, axis_name='d')
+    return dynamics.dominant_hessian_eigenvalue(loss_fn, alphas, num_iterations=40, axis_name='d')
 
   values = jax.jit(jax.vmap(per_device, axis_name='d'))(jnp.arange(2))
   np.testing.assert_allclose(values, [expected] * 2, rtol=1e-4)
@@ -90,8 +90,8 @@ def test_dominant_eigenvalue_averages_hessians_over_a_named_axis():
 
 def test_entropy_and_max_weight():
   alphas = {'normal': np.zeros((14, 8)), 'reduce': np.eye(14, 8) * 100}
-  assert diagnostics.alpha_entropy(alphas)['normal'] == pytest.approx(np.log(8))
-  weights = diagnostics.alpha_max_weight(alphas)
+  assert dynamics.alpha_entropy(alphas)['normal'] == pytest.approx(np.log(8))
+  weights = dynamics.alpha_max_weight(alphas)
   assert weights['normal'] == pytest.approx(1 / 8)
   assert weights['reduce'] == pytest.approx((8 * 1.0 + 6 / 8) / 14)  # 8 committed rows, 6 uniform
 
@@ -107,21 +107,21 @@ B = [('sep_conv_3x3', 0), ('max_pool_3x3', 1), ('sep_conv_5x5', 2), ('dil_conv_3
 
 
 def test_stability_compares_each_nodes_choices_as_a_set():
-  assert diagnostics.genotype_stability(_genotype(A), _genotype(SWAPPED)) == {'normal': 1.0, 'reduce': 1.0}
-  assert diagnostics.genotype_stability(_genotype(A), _genotype(B, A)) == {'normal': 0.5, 'reduce': 1.0}
-  assert diagnostics.same_architecture(_genotype(A), _genotype(SWAPPED))
-  assert not diagnostics.same_architecture(_genotype(A), _genotype(B, A))
+  assert dynamics.genotype_stability(_genotype(A), _genotype(SWAPPED)) == {'normal': 1.0, 'reduce': 1.0}
+  assert dynamics.genotype_stability(_genotype(A), _genotype(B, A)) == {'normal': 0.5, 'reduce': 1.0}
+  assert dynamics.same_architecture(_genotype(A), _genotype(SWAPPED))
+  assert not dynamics.same_architecture(_genotype(A), _genotype(B, A))
 
 
 def test_unchanged_epochs_and_skip_count():
   history = [_genotype(B), _genotype(A), _genotype(SWAPPED), _genotype(A)]
-  assert [diagnostics.unchanged_epochs(history[:n]) for n in range(1, 5)] == [0, 0, 1, 2]
-  assert diagnostics.skip_count(_genotype(A)) == 2 and diagnostics.skip_count(_genotype(B, A), 'normal') == 0
-  entries = diagnostics.epoch_diagnostics({'normal': np.zeros((5, 8)), 'reduce': np.zeros((5, 8))}, history)
+  assert [dynamics.unchanged_epochs(history[:n]) for n in range(1, 5)] == [0, 0, 1, 2]
+  assert dynamics.skip_count(_genotype(A)) == 2 and dynamics.skip_count(_genotype(B, A), 'normal') == 0
+  entries = dynamics.epoch_diagnostics({'normal': np.zeros((5, 8)), 'reduce': np.zeros((5, 8))}, history)
   assert entries['unchanged_epochs'] == 2 and entries['skip_connect_normal'] == 2
   assert entries['stability_normal'] == 1.0 and entries['alpha_max_weight_reduce'] == pytest.approx(1 / 8)
 
 
 def test_edge_labels_follow_the_supernet_edge_order():
-  assert diagnostics.edge_labels(2) == ['(0, 0)', '(0, 1)', '(1, 0)', '(1, 1)', '(1, 2)']
-  assert len(diagnostics.edge_labels(4)) == genotypes.num_edges(4) == 14
+  assert dynamics.edge_labels(2) == ['(0, 0)', '(0, 1)', '(1, 0)', '(1, 1)', '(1, 2)']
+  assert len(dynamics.edge_labels(4)) == genotypes.num_edges(4) == 14

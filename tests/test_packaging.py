@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 # What the `[cli]` extra brings; the research API must import without any of them.
 CLI_MODULES = ('orbax', 'grain', 'tensorflow_datasets', 'tensorflow', 'matplotlib', 'tensorboardX', 'graphviz',
                'ml_collections', 'tqdm', 'PIL')
-RESEARCH_API = ('import darts_jax, darts_jax.cnn.genotypes, darts_jax.relaxations, darts_jax.diagnostics, '
+RESEARCH_API = ('import darts_jax, darts_jax.cnn.genotypes, darts_jax.dynamics, darts_jax.cnn, darts_jax.rnn, '
                 'darts_jax.cnn.networks, darts_jax.cnn.supernet, darts_jax.bilevel.hypergradient; '
                 'from darts_jax import hypergradient, SearchNetwork, NetworkCIFAR, DARTS_V2, derive_genotype')
 

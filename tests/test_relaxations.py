@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import relaxations
+from darts_jax import dynamics
 from darts_jax.bilevel.hypergradient import hypergradient, virtual_step
 from darts_jax.dynamics import regularizers
 
@@ -18,13 +18,13 @@ KEY = jax.random.key(7)
 
 # Every relaxation of the search, with parameters that make each differ from plain softmax.
 RELAXATIONS = {
-    'softmax_tau': relaxations.Relaxation('softmax', temperature=0.5),
-    'gumbel_soft': relaxations.Relaxation('gumbel_softmax', temperature=0.7),
-    'gumbel_hard': relaxations.Relaxation('gumbel_softmax', temperature=0.7, hard=True),
-    'gaussian': relaxations.Relaxation('gaussian_softmax', noise_scale=0.5),
-    'sigmoid': relaxations.Relaxation('sigmoid', temperature=2.0),
-    'dirichlet_elu': relaxations.Relaxation('dirichlet', concentration='elu'),
-    'dirichlet_softplus': relaxations.Relaxation('dirichlet', concentration='softplus'),
+    'softmax_tau': dynamics.Relaxation('softmax', temperature=0.5),
+    'gumbel_soft': dynamics.Relaxation('gumbel_softmax', temperature=0.7),
+    'gumbel_hard': dynamics.Relaxation('gumbel_softmax', temperature=0.7, hard=True),
+    'gaussian': dynamics.Relaxation('gaussian_softmax', noise_scale=0.5),
+    'sigmoid': dynamics.Relaxation('sigmoid', temperature=2.0),
+    'dirichlet_elu': dynamics.Relaxation('dirichlet', concentration='elu'),
+    'dirichlet_softplus': dynamics.Relaxation('dirichlet', concentration='softplus'),
 }
 
 
@@ -43,10 +43,10 @@ def _full(value):
 def test_temperature_limits_are_uniform_and_one_hot():
   @jax.jit
   def limits(alphas):
-    noisy = relaxations.gumbel_softmax(KEY, alphas, temperature=1e-4)
-    return (relaxations.softmax(alphas, temperature=1e4), relaxations.softmax(alphas, temperature=1e-4),
-            relaxations.one_hot_argmax(alphas), noisy, relaxations.one_hot_argmax(noisy),
-            relaxations.sigmoid(alphas, temperature=1e4))
+    noisy = dynamics.gumbel_softmax(KEY, alphas, temperature=1e-4)
+    return (dynamics.softmax(alphas, temperature=1e4), dynamics.softmax(alphas, temperature=1e-4),
+            dynamics.one_hot_argmax(alphas), noisy, dynamics.one_hot_argmax(noisy),
+            dynamics.sigmoid(alphas, temperature=1e4))
 
   flat, sharp, argmax, noisy, noisy_argmax, gates = limits(ALPHAS)
   # τ = 1e4 over alphas within 3 of each other: every weight is 1/K to within 3e-4 relative.
@@ -63,12 +63,12 @@ def test_hard_gumbel_is_one_hot_forward_with_the_soft_samples_gradient():
   c = jax.tree.map(lambda a: np.arange(a.size, dtype=np.float32).reshape(a.shape) ** 2, ALPHAS)
 
   def linear(alphas, hard):
-    weights = relaxations.gumbel_softmax(KEY, alphas, 0.7, hard)
+    weights = dynamics.gumbel_softmax(KEY, alphas, 0.7, hard)
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(weights), jax.tree.leaves(c)))
 
   @jax.jit
   def run(alphas):
-    return (relaxations.gumbel_softmax(KEY, alphas, 0.7), relaxations.gumbel_softmax(KEY, alphas, 0.7, hard=True),
+    return (dynamics.gumbel_softmax(KEY, alphas, 0.7), dynamics.gumbel_softmax(KEY, alphas, 0.7, hard=True),
             jax.grad(linear)(alphas, True), jax.grad(linear)(alphas, False))
 
   soft, hard, hard_grad, soft_grad = run(ALPHAS)
@@ -84,9 +84,9 @@ def test_gumbel_argmax_samples_the_softmax_and_dirichlet_samples_its_mean():
   @jax.jit
   def run(alphas):
     keys = jax.random.split(KEY, 20000)
-    hard = jax.vmap(lambda k: relaxations.gumbel_softmax(k, alphas, hard=True))(keys)
-    samples = jax.vmap(lambda k: relaxations.dirichlet(k, alphas))(keys)
-    return hard.mean(0), samples.sum(-1), samples.mean(0), relaxations.dirichlet_mean(alphas)
+    hard = jax.vmap(lambda k: dynamics.gumbel_softmax(k, alphas, hard=True))(keys)
+    samples = jax.vmap(lambda k: dynamics.dirichlet(k, alphas))(keys)
+    return hard.mean(0), samples.sum(-1), samples.mean(0), dynamics.dirichlet_mean(alphas)
 
   frequencies, sums, sample_mean, mean = run(alphas)
   # 20000 draws: the standard error of a frequency or a mean of weights is below 0.0036; 4 of them.
@@ -101,12 +101,12 @@ def test_concentrations_noise_and_deterministic_weights():
   @jax.jit
   def run(alphas):
     out = {name: (r.probabilities(alphas, 3), r.deterministic(alphas, 3)) for name, r in RELAXATIONS.items()}
-    expected = {'softmax_tau': relaxations.softmax(alphas, 0.5), 'gumbel_soft': relaxations.softmax(alphas, 0.7),
-                'gumbel_hard': relaxations.softmax(alphas, 0.7), 'gaussian': relaxations.softmax(alphas),
-                'sigmoid': relaxations.sigmoid(alphas, 2.0), 'dirichlet_elu': relaxations.dirichlet_mean(alphas),
-                'dirichlet_softplus': relaxations.dirichlet_mean(alphas, 'softplus')}
-    return (out, expected, relaxations.concentration(a, 'elu'), relaxations.concentration(a, 'softplus'),
-            relaxations.gaussian_softmax(KEY, alphas, noise_scale=0.0), relaxations.softmax(alphas))
+    expected = {'softmax_tau': dynamics.softmax(alphas, 0.5), 'gumbel_soft': dynamics.softmax(alphas, 0.7),
+                'gumbel_hard': dynamics.softmax(alphas, 0.7), 'gaussian': dynamics.softmax(alphas),
+                'sigmoid': dynamics.sigmoid(alphas, 2.0), 'dirichlet_elu': dynamics.dirichlet_mean(alphas),
+                'dirichlet_softplus': dynamics.dirichlet_mean(alphas, 'softplus')}
+    return (out, expected, dynamics.concentration(a, 'elu'), dynamics.concentration(a, 'softplus'),
+            dynamics.gaussian_softmax(KEY, alphas, noise_scale=0.0), dynamics.softmax(alphas))
 
   out, expected, elu, softplus, noiseless, softmax = run(ALPHAS)
   np.testing.assert_allclose(elu, [np.exp(-1.0), 1.0, 3.0], rtol=1e-6)
@@ -120,15 +120,15 @@ def test_concentrations_noise_and_deterministic_weights():
   with pytest.raises(ValueError, match='needs a PRNG key'):
     RELAXATIONS['gumbel_soft'].sample(None, ALPHAS)
   with pytest.raises(ValueError, match="Unknown relaxation 'gumbel'"):
-    relaxations.Relaxation('gumbel')
+    dynamics.Relaxation('gumbel')
 
 
 def test_uniform_perturbation_stays_a_distribution_near_the_weights():
   @jax.jit
   def run(alphas):
-    weights = relaxations.softmax(alphas)
-    return (weights, relaxations.uniform_perturbation(KEY, weights, 0.05),
-            relaxations.uniform_perturbation(KEY, weights, 0.0))
+    weights = dynamics.softmax(alphas)
+    return (weights, dynamics.uniform_perturbation(KEY, weights, 0.05),
+            dynamics.uniform_perturbation(KEY, weights, 0.0))
 
   weights, perturbed, unperturbed = run(ALPHAS)
   for w, p in zip(jax.tree.leaves(weights), jax.tree.leaves(perturbed)):
@@ -145,10 +145,10 @@ def test_uniform_perturbation_stays_a_distribution_near_the_weights():
 def test_schedules_values():
   @jax.jit
   def run(steps):
-    per_epoch = relaxations.make_schedule('exponential', 8.0, 1.0, num_epochs=4, steps_per_epoch=3)
-    return (relaxations.constant_schedule(2.0)(steps), relaxations.linear_schedule(10.0, 0.1, 10)(steps),
-            relaxations.exponential_schedule(1.0, 0.01, 10)(steps), relaxations.cosine_schedule(1.0, 0.0, 10)(steps),
-            per_epoch(jnp.arange(13)), relaxations.make_schedule('constant', 3.0, 1.0, 4, 3)(steps))
+    per_epoch = dynamics.make_schedule('exponential', 8.0, 1.0, num_epochs=4, steps_per_epoch=3)
+    return (dynamics.constant_schedule(2.0)(steps), dynamics.linear_schedule(10.0, 0.1, 10)(steps),
+            dynamics.exponential_schedule(1.0, 0.01, 10)(steps), dynamics.cosine_schedule(1.0, 0.0, 10)(steps),
+            per_epoch(jnp.arange(13)), dynamics.make_schedule('constant', 3.0, 1.0, 4, 3)(steps))
 
   constant, linear, exponential, cosine, per_epoch, constant_config = run(np.array([0, 5, 10, 20]))
   np.testing.assert_allclose(constant, 2.0)
@@ -159,13 +159,13 @@ def test_schedules_values():
   np.testing.assert_allclose(per_epoch, [8] * 3 + [4] * 3 + [2] * 3 + [1] * 4, rtol=1e-5)
   np.testing.assert_allclose(constant_config, 3.0)
   with pytest.raises(ValueError, match='positive values'):
-    relaxations.exponential_schedule(1.0, 0.0, 10)
+    dynamics.exponential_schedule(1.0, 0.0, 10)
   with pytest.raises(ValueError, match="Unknown schedule 'step'"):
-    relaxations.make_schedule('step', 1.0, 0.1, 4, 3)
+    dynamics.make_schedule('step', 1.0, 0.1, 4, 3)
 
 
 def test_regularizer_values():
-  relaxation = relaxations.Relaxation()
+  relaxation = dynamics.Relaxation()
   # β-DARTS's linear weight: 0 at the first epoch, the value at the last; summed with the entropy term.
   penalty = regularizers.sum_penalties(regularizers.make_penalties(
       {'beta_decay': 2.0, 'entropy': -0.5, 'zero_one': 0.0}, relaxation, 'linear', num_epochs=3, steps_per_epoch=2))
@@ -177,7 +177,7 @@ def test_regularizer_values():
     return (regularizers.entropy({'a': uniform, 'b': uniform}), regularizers.entropy(one_hot),
             jax.grad(regularizers.entropy)(one_hot), regularizers.zero_one_loss(one_hot),
             regularizers.zero_one_loss(uniform * 2), regularizers.beta_decay(alphas),
-            regularizers.entropy(relaxations.softmax(alphas)), [penalty(alphas, weights, s) for s in (0, 3, 5)])
+            regularizers.entropy(dynamics.softmax(alphas)), [penalty(alphas, weights, s) for s in (0, 3, 5)])
 
   entropy_uniform, entropy_one_hot, entropy_grad, zero_one, zero_one_half, beta, entropy, penalties = run(ALPHAS)
   np.testing.assert_allclose(entropy_uniform, 2 * np.log(4), rtol=1e-6)

@@ -19,7 +19,7 @@ import pytest
 
 from darts_jax.training.config_utils import load_config_module
 from darts_jax.cnn import cost, genotypes
-from darts_jax import data, relaxations
+from darts_jax import data, dynamics
 from darts_jax.training import loop, optimizers, parallel, reporting
 from darts_jax.bilevel import search_step
 from darts_jax.tasks import search
@@ -321,7 +321,7 @@ def test_default_relaxation_is_the_supernets_own_softmax(reference_run, data_dir
   default, DARTS's softmax at τ = 1, must search as the supernet mixing by its own softmax of the alphas does (the
   step without a relaxation)."""
   def own_softmax_step(model, *args, relaxation, **kwargs):
-    assert relaxation == relaxations.Relaxation()  # the default config's: softmax at τ = 1, soft
+    assert relaxation == dynamics.Relaxation()  # the default config's: softmax at τ = 1, soft
     return search_step.make_search_step(model.clone(mixing='softmax'), *args, relaxation=None, **kwargs)
 
   monkeypatch.setattr(search, 'make_search_step', own_softmax_step)

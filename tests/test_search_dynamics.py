@@ -7,10 +7,11 @@ import pytest
 from test_search import tiny_config, tiny_supernet  # noqa: F401 (an autouse fixture: these runs use TinySupernet)
 
 from darts_jax.cli import compare as compare_cli
-from darts_jax import diagnostics
+from darts_jax import dynamics
 from darts_jax.cli import plots as plots_cli
 from darts_jax.cnn import genotypes
-from darts_jax.dynamics import compare, early_stopping, run_files
+from darts_jax.analysis import compare, run_files
+from darts_jax.dynamics import early_stopping
 from darts_jax.tasks import search
 from darts_jax.training import reporting
 
@@ -54,10 +55,10 @@ def test_every_epoch_logs_the_diagnostics_and_the_alphas(runs):
   logged = [genotypes.genotype_from_json(json.dumps(r['genotype']))
             for r in reporting.read_jsonl(root / 'full' / 'genotypes.jsonl')]
   for i in range(1, 3):
-    stability = diagnostics.genotype_stability(logged[i - 1], logged[i])
+    stability = dynamics.genotype_stability(logged[i - 1], logged[i])
     assert [records[i]['stability_normal'], records[i]['stability_reduce']] == [stability['normal'],
                                                                                 stability['reduce']]
-    assert (records[i]['unchanged_epochs'] > 0) == diagnostics.same_architecture(logged[i - 1], logged[i])
+    assert (records[i]['unchanged_epochs'] > 0) == dynamics.same_architecture(logged[i - 1], logged[i])
   log = run_files.read_alphas_log(root / 'full')
   assert [r['epoch'] for r in log] == [1, 2, 3]
   np.testing.assert_array_equal(log[-1]['alphas']['normal'], full.alphas['normal'])  # float32 through JSON exactly

@@ -12,7 +12,7 @@ from test_search import (LR, MEAN, STD, TinySupernet, _batches, _epoch_records, 
                          tiny_supernet)  # noqa: F401 (an autouse fixture: these runs use TinySupernet)
 
 from darts_jax.training.config_utils import load_config_module
-from darts_jax import data, relaxations
+from darts_jax import data, dynamics
 from darts_jax.bilevel import search_step
 from darts_jax.bilevel.hypergradient import hypergradient
 from darts_jax.cnn import genotypes
@@ -49,10 +49,10 @@ def test_step_uses_one_sample_for_every_pass_the_penalty_and_the_perturbed_weigh
   loss functions (test_search checks each against `hypergradient`; the next test the perturbation's pass)."""
   model = TinySupernet(mixing='weights')
   schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=100)
-  relaxation = relaxations.Relaxation('gumbel_softmax', temperature=0.7, hard=True)
-  penalty = relaxations.sum_penalties(relaxations.make_penalties(
+  relaxation = dynamics.Relaxation('gumbel_softmax', temperature=0.7, hard=True)
+  penalty = dynamics.sum_penalties(dynamics.make_penalties(
       {'entropy': 0.3, 'zero_one': 0.5, 'beta_decay': 0.2}, relaxation))
-  perturb = lambda key, weights, step: relaxations.uniform_perturbation(key, weights, 0.2)  # noqa: E731
+  perturb = lambda key, weights, step: dynamics.uniform_perturbation(key, weights, 0.2)  # noqa: E731
   state = search_step.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
                                           optax.sgd(1.0))
   state = state.replace(alphas=jax.tree.map(lambda a: a * 1000, state.alphas))  # O(1) alphas: a non-uniform softmax
@@ -162,7 +162,7 @@ def test_gdas_search_runs_end_to_end(gdas_run):
   assert all(r['alpha_entropy_normal'] == 0.0 and r['alpha_max_weight_reduce'] == 1.0 for r in epochs)
   assert int(state.step) == 12 and (workdir / 'genotype.json').is_file()
   # The genotype ranks the noise-free softmax(α/τ) at the final τ.
-  weights = relaxations.softmax(state.alphas, 0.1)
+  weights = dynamics.softmax(state.alphas, 0.1)
   assert genotypes.derive_genotype(jax.device_get(weights), from_weights=True) == \
       genotypes.genotype_from_json((workdir / 'genotype.json').read_text())
 

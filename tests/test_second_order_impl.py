@@ -7,7 +7,7 @@ import optax
 import pytest
 from test_search import LR, MEAN, STD, TinySupernet, _batches, tiny_config
 
-from darts_jax import data, relaxations
+from darts_jax import data, dynamics
 from darts_jax.bilevel import search_step
 from darts_jax.tasks import search
 from darts_jax.training import optimizers
@@ -40,10 +40,10 @@ def _setup(variant, fd_epsilon=FD_EPSILON):
   schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=100)
   options = {}
   if variant == 'relaxed':
-    relaxation = relaxations.Relaxation('gumbel_softmax', temperature=0.7, hard=True)
-    options = dict(relaxation=relaxation, arch_penalty=relaxations.sum_penalties(relaxations.make_penalties(
+    relaxation = dynamics.Relaxation('gumbel_softmax', temperature=0.7, hard=True)
+    options = dict(relaxation=relaxation, arch_penalty=dynamics.sum_penalties(dynamics.make_penalties(
         {'entropy': 0.3, 'beta_decay': 0.2}, relaxation)),
-        weight_perturbation=lambda key, weights, step: relaxations.uniform_perturbation(key, weights, 0.2))
+        weight_perturbation=lambda key, weights, step: dynamics.uniform_perturbation(key, weights, 0.2))
   model = TinySupernet(mixing='weights' if variant == 'relaxed' else 'softmax')
   state = search_step.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
                                           search_step.arch_optimizer(0.3))

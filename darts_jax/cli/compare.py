@@ -13,7 +13,7 @@ curves to ``--out``.
 Then it ranks every DIR, search runs (by their supernet's final validation accuracy) and retrain workdirs (by their
 test accuracy, ``results.json``), by MnasNet's score ``accuracy · (cost / target)^w`` (w = ``--mnasnet_alpha`` at or
 below the target, ``--mnasnet_beta`` above; the target defaults to the median cost), marks the accuracy-cost Pareto
-front (``*``) and draws accuracy against cost to ``--pareto_out``. `darts_jax.dynamics.compare` does the work.
+front (``*``) and draws accuracy against cost to ``--pareto_out``. `darts_jax.analysis.compare` does the work.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--mnasnet_beta', type=float, default=-0.07, help='the exponent above the target')
   parser.add_argument('--pareto_out', default='pareto.png', help='accuracy against cost (default: pareto.png)')
   args = parser.parse_args(argv)
-  from darts_jax.dynamics import compare  # matplotlib: only once the arguments are valid
+  from darts_jax.analysis import compare  # matplotlib: only once the arguments are valid
 
   def run() -> str:
     searches, rows, entries = [], [], []

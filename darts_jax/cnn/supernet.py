@@ -4,7 +4,7 @@ Every edge of a cell carries the 8 `PRIMITIVES`, mixed by the softmax of its row
 ``edge(x) = Σ_k softmax(alpha_edge)_k · op_k(x)``. Normal cells share ``alphas['normal']`` and reduction cells share
 ``alphas['reduce']``; alphas are an argument of ``apply``, not a parameter, so the bilevel optimiser can
 differentiate the two separately. With ``mixing='weights'`` the argument is the mixing weights themselves, as a
-relaxation (`darts_jax.relaxations`: temperature, Gumbel-softmax, sigmoid, Dirichlet, ...) computes them from the
+relaxation (`darts_jax.dynamics`: temperature, Gumbel-softmax, sigmoid, Dirichlet, ...) computes them from the
 alphas.
 
 **Wide formulation.** The original builds a separate module for each of the 14 edges. Here all edges *leaving* one

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from darts_jax.cnn import cost, genotypes
 from darts_jax.data import DATASETS
-from darts_jax.dynamics import run_files
+from darts_jax.analysis import run_files
 from darts_jax.dynamics.diagnostics import CELL_TYPES
 
 COLUMNS = ('run', 'method', 'epochs', 'val_acc', 'best_val_acc', 'entropy', 'converged', 'stability',

@@ -18,8 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from darts_jax.analysis import run_files
 from darts_jax.cnn.genotypes import PRIMITIVES, num_edges
-from darts_jax.dynamics import run_files
 from darts_jax.dynamics.diagnostics import CELL_TYPES, edge_labels, softmax_weights
 
 EVOLUTION_PANELS = 8

@@ -118,10 +118,10 @@ def test_plot_genotype(tmp_path):
 # Models.
 
 def test_published_parameter_counts():
-  assert rnn.count_params(10000, 300, 300) == 4_810_000
-  assert rnn.count_params(10000, 850, 850, rnn.DARTS_V2) == 22_960_000
+  assert rnn.num_params(10000, 300, 300) == 4_810_000
+  assert rnn.num_params(10000, 850, 850, rnn.DARTS_V2) == 22_960_000
   with pytest.raises(ValueError, match='tied'):
-    rnn.count_params(10000, 300, 200)
+    rnn.num_params(10000, 300, 200)
 
 
 def _num_params(variables):
@@ -138,16 +138,16 @@ def tiny():
   return tokens, hidden, alphas, search, search_vars
 
 
-def test_count_params_matches_the_parameter_trees(tiny):
+def test_num_params_matches_the_parameter_trees(tiny):
   *_, search_vars = tiny
-  assert _num_params(search_vars) == rnn.count_params(NTOKEN, NHID, NHID) - (8 - STEPS) * NHID * 2 * NHID
+  assert _num_params(search_vars) == rnn.num_params(NTOKEN, NHID, NHID) - (8 - STEPS) * NHID * 2 * NHID
   variables = jax.eval_shape(lambda: rnn.RNNModelSearch(NTOKEN, NHID, NHID).init(
       jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, NHID)), jnp.zeros((36, 5)), train=False))
-  assert _num_params(variables) == rnn.count_params(NTOKEN, NHID, NHID)
+  assert _num_params(variables) == rnn.num_params(NTOKEN, NHID, NHID)
   for genotype in (rnn.DARTS_V1, rnn.ENAS):
     variables = jax.eval_shape(lambda: rnn.RNNModel(NTOKEN, NHID, NHID, genotype=genotype).init(
         jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, NHID)), train=False))
-    assert _num_params(variables) == rnn.count_params(NTOKEN, NHID, NHID, genotype)
+    assert _num_params(variables) == rnn.num_params(NTOKEN, NHID, NHID, genotype)
 
 
 def _sigmoid(x):

@@ -196,7 +196,7 @@ def test_retrain_reports_perplexity(corpus_dir, tmp_path):
                  genotype=rnn.genotype_to_repr(genotype), checkpoint_every_minutes=0.0)
   results = rnn_retrain.rnn_retrain(config, tmp_path)
   assert json.loads((tmp_path / 'results.json').read_text()) == json.loads(json.dumps(results))
-  assert results['params'] == rnn.count_params(46, 8, 8, genotype) and results['dataset'] == 'ptb'
+  assert results['params'] == rnn.num_params(46, 8, 8, genotype) and results['dataset'] == 'ptb'
   assert results['test_ppl'] == pytest.approx(np.exp(results['test_loss'])) and 1 < results['test_ppl'] < 1e3
   epochs = [r for r in reporting.read_jsonl(tmp_path / 'metrics.jsonl') if 'epoch' in r]
   assert results['valid_ppl'] == pytest.approx(min(r['valid_ppl'] for r in epochs), rel=1e-5)

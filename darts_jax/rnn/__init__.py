@@ -3,7 +3,8 @@
 * `genotypes`: `PRIMITIVES`, `Genotype`, the published `DARTS_V1`, `DARTS_V2` (= `DARTS`) and `ENAS`,
   `derive_genotype`, JSON and repr parsing;
 * `model`: `RNNModelSearch` (the supernet; alphas a separate array of shape (36, 5)), `RNNModel` (a genotype's
-  language model, for retraining), `init_alphas`, `count_params`, `sequence_losses`;
+  language model, for retraining), `init_alphas`, `num_params` (the count from the sizes, without building a
+  model), `sequence_losses`;
 * `plots`: `plot_genotype`, cell diagrams in the original's style (imported on first use: graphviz).
 """
 import importlib
@@ -12,12 +13,12 @@ from typing import Any
 from darts_jax.rnn.genotypes import (DARTS, DARTS_V1, DARTS_V2, ENAS, KNOWN_GENOTYPES, PRIMITIVES, Genotype,
                                      derive_genotype, genotype_from_json, genotype_from_repr, genotype_to_json,
                                      genotype_to_repr, parse_genotype)
-from darts_jax.rnn.model import (RNNModel, RNNModelSearch, count_params, evaluate_split, init_alphas,
+from darts_jax.rnn.model import (RNNModel, RNNModelSearch, evaluate_split, init_alphas, num_params,
                                   sequence_losses, split_log_likelihood)
 
 __all__ = ['DARTS', 'DARTS_V1', 'DARTS_V2', 'ENAS', 'Genotype', 'KNOWN_GENOTYPES', 'PRIMITIVES', 'RNNModel',
-           'RNNModelSearch', 'count_params', 'derive_genotype', 'evaluate_split', 'genotype_from_json', 'genotype_from_repr',
-           'genotype_to_json', 'genotype_to_repr', 'init_alphas', 'parse_genotype', 'plot_genotype',
+           'RNNModelSearch', 'derive_genotype', 'evaluate_split', 'genotype_from_json', 'genotype_from_repr',
+           'genotype_to_json', 'genotype_to_repr', 'init_alphas', 'num_params', 'parse_genotype', 'plot_genotype',
            'sequence_losses', 'split_log_likelihood']
 
 

@@ -50,7 +50,7 @@ def _uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> 
   return jax.random.uniform(key, shape, dtype, -INIT_RANGE, INIT_RANGE)
 
 
-def count_params(ntoken: int, ninp: int, nhid: int, genotype: Genotype | None = None) -> int:
+def num_params(ntoken: int, ninp: int, nhid: int, genotype: Genotype | None = None) -> int:
   """Parameters of the search model (``genotype=None``) or of a genotype's model, without building it.
 
   ``ntoken·ninp`` (embedding, tied to the decoder) ``+ ntoken`` (decoder bias) ``+ (ninp + nhid)·2nhid`` (W0)

@@ -1,5 +1,5 @@
 """Tests of the search diagnostics: the Hessian eigenvalue against a dense Hessian, and the host-side diagnostics of
-alphas and genotypes (darts_jax.diagnostics, darts_jax.dynamics)."""
+alphas and genotypes (darts_jax.dynamics)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

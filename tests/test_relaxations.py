@@ -1,4 +1,4 @@
-"""Relaxations, schedules and regularisers (darts_jax.relaxations): their values, limits and gradients, and the
+"""Relaxations, schedules and regularisers (darts_jax.dynamics): their values, limits and gradients, and the
 exact hypergradient through each of them (float64).
 
 Every test computes its values in one jitted function: eager JAX compiles each small op separately, which on a

@@ -1,13 +1,13 @@
 """`hypergradient(..., passes='chained')`: the passes of 'fd' and 'exact' through one compiled gradient give the
 direct form's hypergradient, on a small smooth problem (against autodiff through the virtual step too) and on a
-one-cell supernet; 'auto' chains only where it can."""
+one-cell supernet; 'auto' chains only where it can; a caller appends a pass of its own to `one_step_stages`."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from darts_jax.bilevel.hypergradient import PASSES, hypergradient, resolve_passes, virtual_step
+from darts_jax.bilevel.hypergradient import PASSES, hypergradient, one_step_stages, resolve_passes, virtual_step
 from darts_jax.cnn.supernet import SearchNetwork, init_alphas
 
 _KEYS = jax.random.split(jax.random.key(0), 7)
@@ -161,3 +161,52 @@ def test_chained_equals_direct_on_supernet(method):
 
 def _flat_jnp(tree):
   return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+@pytest.mark.parametrize('method, clip', [('fd', None), ('exact', 0.5)])
+def test_a_pass_appended_to_the_one_step_stages(method, clip):
+  # A caller's step as the search step's: the hypergradient, a gradient step of α in the method's last stage, and
+  # one more pass at (w, α') through the same compiled gradient. float64: the comparisons below are then at 1e-12.
+  with jax.enable_x64(True):
+    w, alpha, train, val, buffer = (jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+                                    for tree in (W, ALPHA, TRAIN, VAL, MOMENTUM_BUFFER))
+    options = dict(OPTIONS, momentum_buffer=buffer, grad_clip=clip)
+    arch_lr = 0.3
+
+    @jax.jit
+    def run(w, alpha):
+      plan = one_step_stages(method, loss, w, alpha, train, val, **options)
+      *head, last = plan.stages
+
+      def arch(carry, out):
+        carry, _ = last(carry, out)
+        new_alpha = jax.tree.map(lambda a, g: a - arch_lr * g, alpha, plan.finish(carry))
+        return dict(carry, new_alpha=new_alpha), (w, new_alpha, train)
+
+      def after_last_pass(carry, out):
+        return carry, (w, carry['new_alpha'], train)
+
+      def gradient_pass(i, inputs):
+        value, grads = jax.value_and_grad(loss, argnums=(0, 1))(*inputs)
+        return grads, value
+
+      carry, (grads, value) = plan.chain(gradient_pass, [*head, arch, after_last_pass],
+                                         dict(plan.carry_shapes, new_alpha=jax.eval_shape(lambda: alpha)))
+      chained = hypergradient(loss, loss, w, alpha, train, val, method=method, passes='chained', **options)
+      return plan.finish(carry), carry['new_alpha'], grads, value, chained
+
+    appended, new_alpha, grads, value, chained = run(w, alpha)
+    # The method's stages and carry as passes='chained' uses them; the appended pass reads, never writes, them: the
+    # same arithmetic, float64 rounding only. A stage out of order or a lost clip coefficient is off at 1e-2.
+    np.testing.assert_allclose(_flat(appended), _flat(chained), rtol=1e-12)
+    np.testing.assert_allclose(_flat(new_alpha), _flat(alpha) - arch_lr * _flat(chained), rtol=1e-12)
+    # The last pass, and what chain returns, is the appended one, at α': against autodiff there (and not at α).
+    expected_value, expected_grads = jax.value_and_grad(loss, argnums=(0, 1))(w, new_alpha, train)
+    np.testing.assert_allclose(_flat(grads), _flat(expected_grads), rtol=1e-12)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-12)
+    assert np.max(np.abs(_flat(grads) - _flat(jax.grad(loss, argnums=(0, 1))(w, alpha, train)))) > 1e-3
+
+
+def test_one_step_stages_are_for_fd_and_exact():
+  with pytest.raises(ValueError, match="one_step_stages is for the methods fd, exact, not 'unrolled'"):
+    one_step_stages('unrolled', loss, W, ALPHA, TRAIN, VAL, eta=0.1)

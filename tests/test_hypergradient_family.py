@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from darts_jax.bilevel import hypergradient as hg
 from darts_jax.bilevel.hypergradient import hypergradient
-from test_hypergradient import (ETA, MOMENTUM, WEIGHT_DECAY, _assert_trees_close, _loss, _nonlinear_problem,
-                                _quadratic_problem, _quadratic_train, _quadratic_val, _random, _spd)
+from test_hypergradient import (ETA, MOMENTUM, WEIGHT_DECAY, _assert_trees_close, _loss, _max_abs_diff,
+                                _nonlinear_problem, _quadratic_problem, _quadratic_train, _quadratic_val, _random, _spd)
 
 
 @pytest.fixture(autouse=True)
@@ -212,3 +213,48 @@ def test_example_learns_larger_penalties_for_noise_features(method, options):
   informative, noise = alpha[:example.NUM_INFORMATIVE], alpha[example.NUM_INFORMATIVE:]
   assert float(noise.mean()) > float(informative.mean()) + 1.0
   assert loss < 0.8 * unlearned
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One function per method behind `hypergradient`.
+
+
+def test_each_method_function_is_the_entry_with_its_method():
+  # Every option away from its default, so that an option the entry dropped or passed to another name would change
+  # the result (the last assertion checks that they do). Both sides run the same operations: equal up to float64
+  # rounding (1e-12), where a lost option is off by far more.
+  w, alpha, train, val = _nonlinear_problem()
+  buffer = jax.tree.map(lambda x: 0.1 * x, w)
+  options = dict(eta=ETA, momentum_buffer=buffer, momentum=0.5, weight_decay=WEIGHT_DECAY, fd_epsilon=0.05,
+                 unroll_steps=2, implicit_iterations=3, implicit_damping=0.5, passes='chained')
+  one_step = dict(eta=ETA, momentum_buffer=buffer, momentum=0.5, weight_decay=WEIGHT_DECAY, grad_clip=0.5,
+                  passes='chained')
+  implicit = dict(implicit_iterations=3, implicit_damping=0.5, weight_decay=WEIGHT_DECAY)
+  functions = {
+      'first_order': lambda w, a: hg.first_order_hypergradient(_loss, w, a, val),
+      'fd': lambda w, a: hg.fd_hypergradient(_loss, _loss, w, a, train, val, fd_epsilon=0.05, **one_step),
+      'exact': lambda w, a: hg.exact_hypergradient(_loss, _loss, w, a, train, val, **one_step),
+      'unrolled': lambda w, a: hg.unrolled_hypergradient(_loss, _loss, w, a, train, val, eta=ETA, unroll_steps=2,
+                                                         momentum_buffer=buffer, momentum=0.5,
+                                                         weight_decay=WEIGHT_DECAY),
+      'implicit_cg': lambda w, a: hg.implicit_cg_hypergradient(_loss, _loss, w, a, train, val, **implicit),
+      'implicit_neumann': lambda w, a: hg.implicit_neumann_hypergradient(_loss, _loss, w, a, train, val, eta=ETA,
+                                                                         **implicit),
+  }
+  assert set(functions) == set(hg.METHODS)
+
+  @jax.jit
+  def run(w, alpha):
+    clipped = ('first_order', 'fd', 'exact')  # the methods that take a grad_clip
+    entry = {method: hg.hypergradient(_loss, _loss, w, alpha, train, val, method=method,
+                                      **dict(options, grad_clip=0.5 if method in clipped else None))
+             for method in functions}
+    defaults = {method: hg.hypergradient(_loss, _loss, w, alpha, train, val, eta=ETA, method=method)
+                for method in functions}
+    return entry, {method: fn(w, alpha) for method, fn in functions.items()}, defaults
+
+  entry, per_method, defaults = run(w, alpha)
+  for method in functions:
+    _assert_trees_close(per_method[method], entry[method], rtol=1e-12, atol=1e-14)
+    if method != 'first_order':  # first order reads none of the options
+      assert _max_abs_diff(entry[method], defaults[method]) > 1e-4, method

@@ -1,11 +1,47 @@
-"""Architecture gradients of the bilevel problem: one-step (DARTS), k-step unrolled and implicit hypergradients.
+r"""Hypergradients of the bilevel problem: DARTS's architecture gradient and its family.
 
-Generic over parameter pytrees and losses: nothing here knows about the DARTS
+Generic over parameter pytrees and losses ``loss(w, alpha, batch) -> scalar``: nothing here knows about the DARTS
 supernet. Pure and jittable.
+
+**The problem.** Differentiable architecture search (DARTS, Liu et al., 2019, Eqs. 3-4) is the bilevel problem
+
+.. math::
+
+  \min_\alpha L_{val}(w^*(\alpha), \alpha) \quad \text{where} \quad
+  w^*(\alpha) = \arg\min_w L_{train}(w, \alpha) + \tfrac\lambda2 \lVert w \rVert^2,
+
+:math:`\lambda` the weight optimiser's coupled L2 decay. Its hypergradient
+:math:`\frac{d}{d\alpha} L_{val}(w^*(\alpha), \alpha)` needs :math:`w^*` and its derivative in :math:`\alpha`, which
+no search computes. Each method puts something computable in their place; one function per method, each with its
+mathematics, behind the one entry `hypergradient` (``method=`` selects):
+
+======================  ==================================  ======================================================
+``method``              function                            what stands in for :math:`w^*(\alpha)`
+======================  ==================================  ======================================================
+``'first_order'``       `first_order_hypergradient`         :math:`w`, constant in :math:`\alpha` (DARTS 1st order)
+``'fd'``                `fd_hypergradient`                  one virtual step :math:`w'(\alpha)` of the weight
+                                                            optimiser; the mixed term by a central difference
+                                                            (DARTS 2nd order)
+``'exact'``             `exact_hypergradient`               the same step; the mixed term by forward-over-reverse
+                                                            autodiff: the exact derivative through the step
+``'unrolled'``          `unrolled_hypergradient`            :math:`k` virtual steps, reverse mode through them
+``'implicit_cg'``       `implicit_cg_hypergradient`         :math:`w` as an inner optimum (implicit function
+                                                            theorem); :math:`H^{-1}` by conjugate gradients
+``'implicit_neumann'``  `implicit_neumann_hypergradient`    the same; :math:`H^{-1}` by a Neumann series (iDARTS)
+======================  ==================================  ======================================================
+
+Every function takes ``axis_name`` for data parallelism (each device holds a shard of the batches; every gradient is
+averaged over the axis, see `hypergradient`).
+
+**Building blocks**, public for research code that composes its own step: `virtual_step` (the one-step weights),
+`clip_coefficient` (global-norm clipping's factor), `fd_mixed_term` and `exact_mixed_term` (the two mixed
+second-order terms), `chain_gradient_passes` (several gradient passes through one compiled gradient),
+`one_step_stages` (the passes of ``'fd'`` and ``'exact'`` as stages of that chain, to which a caller appends its own,
+as the search step appends its weight step) and `resolve_passes`.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -165,367 +201,228 @@ def hypergradient(
     axis_name: Any = None,
     passes: str = 'direct',
 ) -> PyTree:
-  r"""Gradient of the validation loss w.r.t. ``alpha`` through the weights' dependence on it.
+  r"""Gradient of the validation loss w.r.t. ``alpha`` through the weights' dependence on it, by ``method``.
 
-  The bilevel problem is :math:`\min_\alpha L_{val}(w^*(\alpha), \alpha)` with
-  :math:`w^*(\alpha)` minimising :math:`L_{train}(\cdot, \alpha)` (plus the
-  coupled L2 term :math:`\frac\lambda2\lVert w\rVert^2` of the weight
-  optimiser). The methods differ in what stands in for :math:`w^*`.
-
-  **One virtual step** (DARTS, Liu et al., 2019, Sec. 2.3): one step of the
-  weight optimiser (heavy-ball SGD with L2 decay, as in PyTorch ``SGD`` and
-  the reference ``architect.py``):
-
-  .. math::
-
-    w'(\alpha) = w - \eta \, (\mu m + \nabla_w L_{train}(w, \alpha) + \lambda w),
-
-  where :math:`m` is the momentum buffer (the trace kept by ``optax.trace``;
-  zeros if ``None``), :math:`\mu` the momentum and :math:`\lambda` the weight
-  decay. With ``grad_clip`` (the RNN search of the original, ``architect.py``:
-  plain SGD, :math:`\mu = 0`), the training gradient is first clipped to
-  global norm ``grad_clip``: :math:`w' = w - \eta\,(\mu m + c\,\nabla_w
-  L_{train} + \lambda w)` with :math:`c = \min(1, \text{grad\_clip} /
-  (\lVert \nabla_w L_{train} \rVert_2 + 10^{-6}))` treated as a constant,
-  so the mixed term below is scaled by :math:`c` too and ``'exact'`` is still
-  ``jax.grad`` through this step (with :math:`c` under ``stop_gradient``).
-  Without it no clipping is applied to virtual steps. With
-  :math:`v = \nabla_{w'} L_{val}(w', \alpha)`:
-
-  * ``'first_order'``: :math:`\nabla_\alpha L_{val}(w, \alpha)` (DARTS 1st
-    order, i.e. :math:`\eta = 0`; no virtual step).
-  * ``'exact'``: :math:`\nabla_\alpha L_{val}(w', \alpha) - \eta\,
-    \nabla^2_{\alpha, w} L_{train}(w, \alpha)\, v`, with the mixed term by
-    forward-over-reverse differentiation (the tangent of
-    :math:`w \mapsto \nabla_\alpha L_{train}(w, \alpha)` in direction
-    :math:`v`). This *is* the total derivative
-    :math:`\frac{d}{d\alpha} L_{val}(w'(\alpha), \alpha)`, i.e. what
-    ``jax.grad`` through the unrolled step gives: by the chain rule it equals
-    :math:`\partial_\alpha L_{val}(w', \alpha) + (\partial w' / \partial
-    \alpha)^\top v`; :math:`\mu m` and :math:`\lambda w` do not depend on
-    :math:`\alpha`, so :math:`\partial w' / \partial \alpha = -\eta\,
-    \partial_\alpha \nabla_w L_{train}`, and by symmetry of mixed partials its
-    transpose applied to :math:`v` is :math:`-\eta\, \nabla^2_{\alpha, w}
-    L_{train}\, v`.
-  * ``'fd'``: as ``'exact'`` with the mixed term replaced by the paper's
-    central difference at :math:`w` (Eq. 8),
-    :math:`(\nabla_\alpha L_{train}(w^+, \alpha) - \nabla_\alpha
-    L_{train}(w^-, \alpha)) / 2R`, :math:`w^\pm = w \pm R v`,
-    :math:`R = \epsilon / \lVert v \rVert_2` (global norm over all leaves;
-    :math:`v = 0` gives a zero mixed term). Its error is
-    :math:`O(\epsilon^2)`; it is exact on quadratics.
-
-  **k virtual steps** (``'unrolled'``, truncated back-propagation; Betty's
-  DARTS example uses k = 3): :math:`k` = ``unroll_steps`` steps of the same
-  optimiser, the momentum buffer evolving with them,
-
-  .. math::
-
-    m_{i+1} = \mu m_i + \nabla_w L_{train}(w_i, \alpha; b_i) + \lambda w_i,
-    \qquad w_{i+1} = w_i - \eta\, m_{i+1},
-
-  from :math:`(w_0, m_0) = (w, m)`, and the exact
-  :math:`\frac{d}{d\alpha} L_{val}(w_k(\alpha), \alpha)` by reverse-mode
-  differentiation through the steps. The training batch :math:`b_i` is
-  ``train_batch`` at every step, or its ``i``-th slice along the leading
-  axis with ``per_step_batches``. The reverse pass is written out as a
-  reverse ``lax.scan``: the forward scan stores only the weight iterates
-  :math:`w_i`, :math:`i < k` (:math:`k` times the weights' memory; the
-  momentum enters linearly, so its iterates are not needed), and each
-  backward step recomputes its training gradient's tangent at :math:`w_i`
-  in the direction of the incoming cotangent :math:`c`, which gives both
-  :math:`\nabla^2_{ww} L_{train}\, c` (the Hessian is symmetric: its
-  vector-Jacobian product is its Jacobian-vector product) and
-  :math:`\nabla^2_{\alpha w} L_{train}\, c`. So only one step's
-  activations are alive at once, and nothing is differentiated reverse over
-  reverse (on the supernet that is the slow path: 5.5x the step time of
-  ``'exact'`` at k = 3 when left to ``jax.grad`` through a checkpointed
-  scan). ``unroll_steps=1`` equals ``'exact'``.
-
-  **Implicit** (the implicit function theorem at an inner optimum: iDARTS,
-  Zhang et al., 2021; hypertorch; TorchOpt's ``custom_root``): ``w`` itself is
-  treated as :math:`w^*(\alpha)`, where
-  :math:`\nabla_w L_{train} + \lambda w = 0`, hence
-  :math:`dw^*/d\alpha = -H^{-1} \nabla^2_{w, \alpha} L_{train}` and
-
-  .. math::
-
-    \nabla_\alpha L_{val}(w, \alpha) - \nabla^2_{\alpha, w} L_{train}\,
-    H^{-1} \nabla_w L_{val}(w, \alpha), \qquad
-    H = \nabla^2_{ww} L_{train}(w, \alpha) + \lambda I.
-
-  :math:`H^{-1}` is applied to :math:`u = \nabla_w L_{val}` approximately,
-  with Hessian-vector products by forward-over-reverse differentiation (the
-  training gradient is linearised once and its tangent reused):
-
-  * ``'implicit_cg'``: ``implicit_iterations`` conjugate-gradient iterations
-    on :math:`(H + \delta I) z = u` from :math:`z = 0` (Hestenes-Stiefel;
-    :math:`\delta` = ``implicit_damping`` makes an indefinite or
-    ill-conditioned :math:`H` tractable; at a direction of non-positive
-    curvature the iteration stops with its current iterate). On a positive
-    definite :math:`H` of dimension :math:`n`, :math:`n` iterations are
-    exact.
-  * ``'implicit_neumann'``: the truncated Neumann series
-    :math:`z = \eta \sum_{i<K} (I - \eta (H + \delta I))^i u`,
-    :math:`K` = ``implicit_iterations``, with the inner learning rate
-    ``eta`` as the series' step (iDARTS). It converges to
-    :math:`(H + \delta I)^{-1} u` as :math:`K \to \infty` when
-    :math:`0 < \eta < 2 / \lambda_{max}`, the error shrinking like
-    :math:`\max_i |1 - \eta \lambda_i|^K`.
-
-  Momentum does not move an optimum, so the implicit methods ignore
-  ``momentum_buffer`` and ``momentum``.
-
-  **Passes** (``'fd'`` and ``'exact'``, when the training and validation
-  losses are one function, as in DARTS). ``passes='direct'`` composes the
-  gradients as written above; XLA compiles each call site separately, and on
-  CPU code generation dominates compile time, so a network's gradient is
-  compiled once per pass. ``passes='chained'`` evaluates the full gradients
-  :math:`(\nabla_w, \nabla_\alpha) L` as the iterations of one loop over one
-  compiled copy (`chain_gradient_passes`, as the search step's
-  ``second_order_impl='chained'``): ``'fd'`` at
-  :math:`(w, b_{train})`, :math:`(w', b_{val})`,
-  :math:`(w^+, b_{train})`, :math:`(w^-, b_{train})`, all four at the
-  highest matmul precision; ``'exact'`` at :math:`(w, b_{train})` and
-  :math:`(w', b_{val})`, then the mixed term's ``jax.jvp``. The same
-  arithmetic in another order: equal up to rounding. It needs
-  ``train_loss is val_loss`` and batches of one structure, shape and dtype;
-  ``'auto'`` chains where it can on CPU (`AUTO_PASSES`) and is direct
-  elsewhere. The other methods ignore ``passes``: their repeated passes are
-  already loops (``lax.scan``, ``lax.fori_loop``) with one compiled body.
-
-  Cost in forward+backward (F+B) passes of the losses: ``'first_order'`` 1;
-  ``'fd'`` 4 (the training gradient for the virtual step, the validation
-  gradient at :math:`w'`, two :math:`\alpha`-gradients at :math:`w^\pm`);
-  ``'exact'`` about the same: the training gradient for the virtual step,
-  the validation gradient at :math:`w'`, and the mixed term by one
-  ``jax.jvp`` of the :math:`\alpha`-gradient (`exact_mixed_term`: a primal
-  and a tangent pass, at most about 2 F+B), each pass's memory freed before
-  the next. Under ``jit`` on a one-cell supernet (CPU) a search step with it
-  took 0.6x the time and 0.34x the temporary memory of one that linearised
-  the training gradient to share its primal pass. ``'unrolled'``: :math:`k`
-  training gradients forward, the validation gradient, and per step backward
-  one tangent pass of the training gradient (about 2 F+B). Implicit: the
-  validation gradient, the linearised training gradient, and one tangent
-  pass per iteration. docs/benchmarks.md has measured times.
+  The one entry to the methods of this module (its docstring has the problem and the table of methods): it checks
+  the options and calls the method's function with the options that method uses; the others are ignored. Each
+  function's docstring has its mathematics and cost.
 
   Args:
     train_loss: ``train_loss(w, alpha, batch) -> scalar``.
     val_loss: ``val_loss(w, alpha, batch) -> scalar``.
     w: weights (any pytree).
     alpha: architecture parameters (any pytree).
-    train_batch: batch passed to ``train_loss`` (for ``'unrolled'`` with
-      ``per_step_batches``, ``unroll_steps`` batches stacked on a leading
-      axis).
+    train_batch: batch passed to ``train_loss`` (for ``'unrolled'`` with ``per_step_batches``, ``unroll_steps``
+      batches stacked on a leading axis).
     val_batch: batch passed to ``val_loss``.
-    eta: learning rate of the virtual steps, and the Neumann series' step;
-      may be a traced scalar (e.g. a schedule value).
+    eta: learning rate :math:`\eta` of the virtual steps, and the Neumann series' step; may be a traced scalar
+      (e.g. a schedule value).
     method: one of :data:`METHODS`.
-    momentum_buffer: momentum buffer :math:`m` of the weight optimiser, a
-      pytree like ``w``; ``None`` means zeros.
+    momentum_buffer: momentum buffer :math:`m` of the weight optimiser (the trace kept by ``optax.trace``), a pytree
+      like ``w``; ``None`` means zeros.
     momentum: :math:`\mu`.
     weight_decay: :math:`\lambda` (coupled L2 decay, added to the gradient).
     fd_epsilon: :math:`\epsilon` for ``'fd'`` (DARTS uses 0.01).
     unroll_steps: :math:`k` for ``'unrolled'``.
-    per_step_batches: for ``'unrolled'``: ``train_batch`` holds one batch
-      per step, stacked on a leading axis of length ``unroll_steps``.
+    per_step_batches: for ``'unrolled'``: ``train_batch`` holds one batch per step, stacked on a leading axis of
+      length ``unroll_steps``.
     implicit_iterations: conjugate-gradient iterations, or Neumann terms.
     implicit_damping: :math:`\delta` added to the diagonal of :math:`H`.
-    grad_clip: for ``'fd'`` and ``'exact'``: clip the virtual step's training
-      gradient to this global norm (see above); ``None``: no clipping.
-    axis_name: for data parallelism where each device holds a shard of both
-      batches and the losses are per-device means: every gradient is
-      ``pmean``-ed over this axis, so the result equals the single-device
-      hypergradient on the global batches. This is for per-device gradients,
-      i.e. ``jax.pmap`` or ``jax.shard_map(..., check_vma=False)``. Under
-      ``shard_map`` with ``check_vma=True`` JAX already sums gradients of
-      replicated inputs over devices; there, make the losses global means
-      (``jax.lax.pmean`` of the per-device mean) and leave ``axis_name=None``.
-    passes: one of `PASSES`: ``'direct'``, ``'chained'`` (one compiled
-      gradient for the passes of ``'fd'`` and ``'exact'``; needs one loss
-      function and like batches) or ``'auto'`` (chained on CPU where
-      possible, else direct). See "Passes" above.
+    grad_clip: for ``'fd'`` and ``'exact'``: clip the virtual step's training gradient to this global norm
+      (`fd_hypergradient`); ``None``: no clipping.
+    axis_name: for data parallelism where each device holds a shard of both batches and the losses are per-device
+      means: every gradient is ``pmean``-ed over this axis, so the result equals the single-device hypergradient
+      on the global batches. This is for per-device gradients, i.e. ``jax.pmap`` or
+      ``jax.shard_map(..., check_vma=False)``. Under ``shard_map`` with ``check_vma=True`` JAX already sums
+      gradients of replicated inputs over devices; there, make the losses global means (``jax.lax.pmean`` of the
+      per-device mean) and leave ``axis_name=None``.
+    passes: one of `PASSES`, for ``'fd'`` and ``'exact'``: ``'direct'``, ``'chained'`` (one compiled gradient for
+      all their passes; needs one loss function and like batches) or ``'auto'`` (chained on CPU where possible,
+      else direct). See `fd_hypergradient`. The other methods' repeated passes are already loops with one compiled
+      body.
 
   Returns:
     The hypergradient, a pytree like ``alpha``.
 
   Raises:
-    ValueError: if ``method`` is not in :data:`METHODS`, a step or
-      iteration count is not positive, ``grad_clip`` is given to a method
-      other than ``'first_order'``, ``'fd'`` or ``'exact'``, ``passes`` is
-      not in `PASSES`, or ``passes='chained'`` meets two loss functions or
-      unlike batches.
+    ValueError: if ``method`` is not in :data:`METHODS`, a step or iteration count is not positive, ``grad_clip``
+      is given to a method other than ``'first_order'``, ``'fd'`` or ``'exact'``, ``passes`` is not in `PASSES`,
+      or ``passes='chained'`` meets two loss functions or unlike batches.
   """
   if method not in METHODS:
-    raise ValueError(
-        f'Unknown hypergradient method {method!r}; expected one of {METHODS}.'
-    )
+    raise ValueError(f'Unknown hypergradient method {method!r}; expected one of {METHODS}.')
   if unroll_steps < 1 or implicit_iterations < 1:
-    raise ValueError(
-        f'unroll_steps ({unroll_steps}) and implicit_iterations '
-        f'({implicit_iterations}) must be positive.'
-    )
-
+    raise ValueError(f'unroll_steps ({unroll_steps}) and implicit_iterations ({implicit_iterations}) must be '
+                     'positive.')
   if grad_clip is not None and method not in ('first_order', 'fd', 'exact'):
     raise ValueError(f'grad_clip applies to the one-step methods first_order, fd and exact, not {method!r}.')
+  resolve_passes(passes)  # checked for every method, though only 'fd' and 'exact' read it
 
-  chained = resolve_passes(passes) == 'chained' and method in _CHAINED_METHODS
-  if chained and not (train_loss is val_loss and _alike(train_batch, val_batch)):
-    if passes == 'chained':
-      raise ValueError("passes='chained' needs one loss function (train_loss is val_loss) and training and "
-                       'validation batches of one structure, shape and dtype.')
-    chained = False  # 'auto': the direct form handles two losses
-
-  def pmean(tree):
-    if axis_name is None:
-      return tree
-    return jax.lax.pmean(tree, axis_name)
-
+  losses_and_batches = (train_loss, val_loss, w, alpha, train_batch, val_batch)
+  optimizer = dict(eta=eta, momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay)
+  implicit = dict(implicit_iterations=implicit_iterations, implicit_damping=implicit_damping,
+                  weight_decay=weight_decay, axis_name=axis_name)
   if method == 'first_order':
-    return pmean(jax.grad(val_loss, argnums=1)(w, alpha, val_batch))
+    return first_order_hypergradient(val_loss, w, alpha, val_batch, axis_name=axis_name)
+  if method == 'fd':
+    return fd_hypergradient(*losses_and_batches, fd_epsilon=fd_epsilon, grad_clip=grad_clip, axis_name=axis_name,
+                            passes=passes, **optimizer)
+  if method == 'exact':
+    return exact_hypergradient(*losses_and_batches, grad_clip=grad_clip, axis_name=axis_name, passes=passes,
+                               **optimizer)
+  if method == 'unrolled':
+    return unrolled_hypergradient(*losses_and_batches, unroll_steps=unroll_steps, per_step_batches=per_step_batches,
+                                  axis_name=axis_name, **optimizer)
+  if method == 'implicit_cg':
+    return implicit_cg_hypergradient(*losses_and_batches, **implicit)
+  return implicit_neumann_hypergradient(*losses_and_batches, eta=eta, **implicit)
+
+
+def first_order_hypergradient(val_loss: Loss, w: PyTree, alpha: PyTree, val_batch: Any, *,
+                              axis_name: Any = None) -> PyTree:
+  r"""DARTS first order: :math:`\nabla_\alpha L_{val}(w, \alpha)`, the weights held constant.
+
+  :math:`w` stands in for :math:`w^*(\alpha)` with :math:`dw^*/d\alpha = 0`: the one-step methods with
+  :math:`\eta = 0`. Cost: one forward+backward (F+B) pass of the validation loss. ``axis_name``: as in
+  `hypergradient`.
+  """
+  return _pmean(axis_name)(jax.grad(val_loss, argnums=1)(w, alpha, val_batch))
+
+
+def fd_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTree, train_batch: Any, val_batch: Any,
+                     *, eta: float | jax.Array, momentum_buffer: PyTree | None = None,
+                     momentum: float | jax.Array = 0.9, weight_decay: float | jax.Array = 0.0,
+                     fd_epsilon: float = 0.01, grad_clip: float | jax.Array | None = None, axis_name: Any = None,
+                     passes: str = 'direct') -> PyTree:
+  r"""DARTS second order (Liu et al., 2019, Sec. 2.3, Eq. 8): through one virtual step, the mixed term by a central
+  difference.
+
+  **The virtual step** (`virtual_step`): one step of the weight optimiser, heavy-ball SGD with coupled L2 decay as
+  in PyTorch ``SGD`` and the reference ``architect.py``,
+
+  .. math::
+
+    w'(\alpha) = w - \eta \, (\mu m + c \, \nabla_w L_{train}(w, \alpha) + \lambda w),
+
+  :math:`m` the momentum buffer (zeros if ``None``), :math:`\mu` the momentum, :math:`\lambda` the weight decay.
+  :math:`c = 1`, or with ``grad_clip`` (the RNN search of the original ``architect.py``: plain SGD, :math:`\mu = 0`)
+  the global-norm clipping factor :math:`c = \min(1, \text{grad\_clip} / (\lVert \nabla_w L_{train} \rVert_2 +
+  10^{-6}))` (`clip_coefficient`), treated as a constant.
+
+  **The hypergradient** is the derivative of :math:`L_{val}(w'(\alpha), \alpha)`: with
+  :math:`v = \nabla_{w'} L_{val}(w', \alpha)`, by the chain rule
+  (:math:`\mu m` and :math:`\lambda w` do not depend on :math:`\alpha`, so
+  :math:`\partial w' / \partial \alpha = -\eta c\, \partial_\alpha \nabla_w L_{train}`, and by the symmetry of mixed
+  partials its transpose applied to :math:`v` is :math:`-\eta c\, \nabla^2_{\alpha w} L_{train}\, v`)
+
+  .. math::
+
+    \nabla_\alpha L_{val}(w', \alpha) - \eta c\, \nabla^2_{\alpha w} L_{train}(w, \alpha)\, v.
+
+  Here the mixed term is the paper's central difference at :math:`w` (`fd_mixed_term`),
+
+  .. math::
+
+    \nabla^2_{\alpha w} L_{train}\, v \approx \frac{\nabla_\alpha L_{train}(w^+, \alpha) - \nabla_\alpha
+    L_{train}(w^-, \alpha)}{2R}, \qquad w^\pm = w \pm R v, \quad R = \epsilon / \lVert v \rVert_2
+
+  (global norm over all leaves; :math:`v = 0` gives a zero mixed term), at the highest matmul precision. Its error
+  is :math:`O(\epsilon^2)`; it is exact on quadratics. `exact_hypergradient` takes the term by autodiff instead.
+
+  **Passes.** ``passes='direct'`` composes the gradients as written; XLA compiles each call site separately, and on
+  CPU code generation dominates compile time, so a network's gradient is compiled once per pass.
+  ``passes='chained'`` evaluates the full gradients :math:`(\nabla_w, \nabla_\alpha) L` as the iterations of one
+  loop over one compiled copy (`one_step_stages`, `chain_gradient_passes`): at :math:`(w, b_{train})`,
+  :math:`(w', b_{val})`, :math:`(w^+, b_{train})`, :math:`(w^-, b_{train})`, all four at the highest matmul
+  precision. The same arithmetic in another order: equal up to rounding. It needs ``train_loss is val_loss`` and
+  batches of one structure, shape and dtype; ``'auto'`` chains where it can on CPU (`AUTO_PASSES`) and is direct
+  elsewhere.
+
+  Cost: 4 forward+backward passes (the training gradient for the virtual step, the validation gradient at
+  :math:`w'`, two :math:`\alpha`-gradients at :math:`w^\pm`). docs/benchmarks.md has measured times.
+
+  Arguments as `hypergradient`'s.
+  """
+  return _one_step('fd', train_loss, val_loss, w, alpha, train_batch, val_batch, eta=eta,
+                   momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay,
+                   fd_epsilon=fd_epsilon, grad_clip=grad_clip, axis_name=axis_name, passes=passes)
+
+
+def exact_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTree, train_batch: Any,
+                        val_batch: Any, *, eta: float | jax.Array, momentum_buffer: PyTree | None = None,
+                        momentum: float | jax.Array = 0.9, weight_decay: float | jax.Array = 0.0,
+                        grad_clip: float | jax.Array | None = None, axis_name: Any = None,
+                        passes: str = 'direct') -> PyTree:
+  r"""The exact derivative through DARTS's virtual step: :math:`\frac{d}{d\alpha} L_{val}(w'(\alpha), \alpha)`.
+
+  With the virtual step :math:`w'` and :math:`v = \nabla_{w'} L_{val}(w', \alpha)` of `fd_hypergradient`,
+
+  .. math::
+
+    \nabla_\alpha L_{val}(w', \alpha) - \eta c\, \nabla^2_{\alpha w} L_{train}(w, \alpha)\, v,
+
+  the mixed term by forward-over-reverse differentiation (`exact_mixed_term`: the tangent of
+  :math:`w \mapsto \nabla_\alpha L_{train}(w, \alpha)` in direction :math:`v`). This *is* what ``jax.grad`` through
+  the virtual step gives (with the clip coefficient :math:`c` under ``stop_gradient``); `fd_hypergradient` derives
+  it, and approximates the mixed term instead.
+
+  ``passes='chained'``: the full gradients at :math:`(w, b_{train})` and :math:`(w', b_{val})` through one compiled
+  copy, then the mixed term's ``jax.jvp`` (`one_step_stages`; conditions as in `fd_hypergradient`).
+
+  Cost: about 4 forward+backward passes: the training gradient for the virtual step, the validation gradient at
+  :math:`w'`, and the mixed term's primal and tangent passes, each pass's memory freed before the next. Under
+  ``jit`` on a one-cell supernet (CPU) a search step with it took 0.6x the time and 0.34x the temporary memory of
+  one that linearised the training gradient to share its primal pass.
+
+  Arguments as `hypergradient`'s.
+  """
+  return _one_step('exact', train_loss, val_loss, w, alpha, train_batch, val_batch, eta=eta,
+                   momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay, fd_epsilon=None,
+                   grad_clip=grad_clip, axis_name=axis_name, passes=passes)
+
+
+def unrolled_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTree, train_batch: Any,
+                           val_batch: Any, *, eta: float | jax.Array, unroll_steps: int = 1,
+                           per_step_batches: bool = False, momentum_buffer: PyTree | None = None,
+                           momentum: float | jax.Array = 0.9, weight_decay: float | jax.Array = 0.0,
+                           axis_name: Any = None) -> PyTree:
+  r"""Through :math:`k` virtual steps (truncated back-propagation; Betty's DARTS example uses k = 3).
+
+  :math:`k` = ``unroll_steps`` steps of the weight optimiser of `fd_hypergradient`, the momentum buffer evolving
+  with them,
+
+  .. math::
+
+    m_{i+1} = \mu m_i + \nabla_w L_{train}(w_i, \alpha; b_i) + \lambda w_i,
+    \qquad w_{i+1} = w_i - \eta\, m_{i+1},
+
+  from :math:`(w_0, m_0) = (w, m)`, and the exact :math:`\frac{d}{d\alpha} L_{val}(w_k(\alpha), \alpha)` by
+  reverse-mode differentiation through the steps. The training batch :math:`b_i` is ``train_batch`` at every step,
+  or its ``i``-th slice along the leading axis with ``per_step_batches``. ``unroll_steps=1`` equals
+  `exact_hypergradient`.
+
+  The reverse pass is written out as a reverse ``lax.scan``: the forward scan stores only the weight iterates
+  :math:`w_i`, :math:`i < k` (:math:`k` times the weights' memory; the momentum enters linearly, so its iterates are
+  not needed), and each backward step recomputes its training gradient's tangent at :math:`w_i` in the direction of
+  the incoming cotangent :math:`c`, which gives both :math:`\nabla^2_{ww} L_{train}\, c` (the Hessian is symmetric:
+  its vector-Jacobian product is its Jacobian-vector product) and :math:`\nabla^2_{\alpha w} L_{train}\, c`. So
+  only one step's activations are alive at once, and nothing is differentiated reverse over reverse (on the
+  supernet that is the slow path: 5.5x the step time of ``'exact'`` at k = 3 when left to ``jax.grad`` through a
+  checkpointed scan).
+
+  Cost: :math:`k` training gradients forward, the validation gradient, and per step backward one tangent pass of
+  the training gradient (about 2 forward+backward passes).
+
+  Arguments as `hypergradient`'s.
+
+  Raises:
+    ValueError: ``unroll_steps`` is not positive.
+  """
+  if unroll_steps < 1:
+    raise ValueError(f'unroll_steps ({unroll_steps}) must be positive.')
+  pmean = _pmean(axis_name)
   if momentum_buffer is None:
     momentum_buffer = jax.tree.map(jnp.zeros_like, w)
-  if chained:
-    return _one_step_chained(train_loss, w, alpha, train_batch, val_batch, method=method, eta=eta,
-                             momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay,
-                             fd_epsilon=fd_epsilon, grad_clip=grad_clip, pmean=pmean)
-  if method == 'unrolled':
-    return _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch,
-                     eta=eta, momentum_buffer=momentum_buffer,
-                     momentum=momentum, weight_decay=weight_decay,
-                     steps=unroll_steps, per_step_batches=per_step_batches,
-                     pmean=pmean)
-
-  def train_grads(w_):
-    return jax.grad(train_loss, argnums=(0, 1))(w_, alpha, train_batch)
-
-  if method.startswith('implicit'):
-    u, grad_alpha = pmean(
-        jax.grad(val_loss, argnums=(0, 1))(w, alpha, val_batch))
-    # One linearisation serves every Hessian-vector product: its tangent maps
-    # z to (∇²_ww L_train z, ∇²_αw L_train z). The mixed term is linear in
-    # the solution, so the solvers accumulate it from the tangents they
-    # compute anyway: one compiled tangent pass, no extra one at the end.
-    _, train_grads_jvp = jax.linearize(train_grads, w)
-
-    def hessian_and_mixed(z):  # ((H + δI) z, ∇²_αw L_train z)
-      hessian_z, mixed_z = pmean(train_grads_jvp(z))
-      return _axpy(weight_decay + implicit_damping, z, hessian_z), mixed_z
-
-    solve = (_conjugate_gradient if method == 'implicit_cg' else
-             lambda matvec, b, k: _neumann(matvec, b, eta, k))
-    mixed = solve(hessian_and_mixed, u, implicit_iterations)
-    return jax.tree.map(lambda g, h: g - h, grad_alpha, mixed)
-
-  grad_w = pmean(jax.grad(train_loss)(w, alpha, train_batch))
-  mixed_scale = eta
-  if grad_clip is not None:
-    clip = jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip))
-    grad_w = jax.tree.map(lambda g: clip * g, grad_w)
-    mixed_scale = eta * clip  # w' moves along c·∇_w L_train: so does its α-derivative
-
-  w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta,
-                         momentum=momentum, weight_decay=weight_decay)
-
-  v, grad_alpha = pmean(
-      jax.grad(val_loss, argnums=(0, 1))(w_prime, alpha, val_batch)
-  )
-
-  if method == 'exact':
-    mixed = exact_mixed_term(train_loss, w, alpha, train_batch, v)
-  else:
-    mixed = fd_mixed_term(train_loss, w, alpha, train_batch, v,
-                          fd_epsilon)
-  mixed = pmean(mixed)
-
-  return jax.tree.map(lambda g, h: g - mixed_scale * h, grad_alpha, mixed)
-
-
-def _alike(x: PyTree, y: PyTree) -> bool:
-  """Whether two pytrees have one structure and leaves of one shape and dtype (one loop carry holds either)."""
-  x, y = jax.eval_shape(lambda: (x, y))
-  return jax.tree.structure(x) == jax.tree.structure(y) and all(
-      a.shape == b.shape and a.dtype == b.dtype for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
-
-
-def _one_step_chained(loss, w, alpha, train_batch, val_batch, *, method, eta, momentum_buffer, momentum,
-                      weight_decay, fd_epsilon, grad_clip, pmean):
-  """``'fd'`` / ``'exact'`` with ``passes='chained'``: the full gradient of ``loss`` compiled once.
-
-  The passes of `chain_gradient_passes`, each turning the last gradient into the next pass's point:
-
-  0. at ``(w, b_train)``: ``∇_w L_train`` (clipped) gives the virtual step ``w'``;
-  1. at ``(w', b_val)``: ``v, ∇_α L_val(w')``; ``'exact'``: the mixed term ``∇²_{αw} L_train · v`` by
-     `exact_mixed_term` (the loop ends); ``'fd'``: ``R = ε/‖v‖``, next ``w⁺ = w + Rv``;
-  2. ``'fd'``, at ``(w⁺, b_train)``: keep ``∇_α L_train(w⁺)``, next ``w⁻ = w − Rv``;
-  3. ``'fd'``, at ``(w⁻, b_train)``: the mixed term ``(∇_α L_train(w⁺) − ∇_α L_train(w⁻)) / 2R``.
-
-  The hypergradient is then ``∇_α L_val(w') − η·c·mixed`` (``c``: the clip coefficient, 1 without clipping).
-  """
-  def gradient_pass(i, point):
-    del i  # every pass is the same gradient
-    w_, batch = point
-    return pmean(jax.grad(loss, argnums=(0, 1))(w_, alpha, batch))
-
-  # What passes on between passes: ∇_α L_val(w'), the mixed term, the clip coefficient; for 'fd' also R, the
-  # stencil's offset Rv and ∇_α L_train(w⁺).
-  grad_shapes = jax.eval_shape(gradient_pass, 0, (w, train_batch))
-  carry_shapes = {'grad_alpha': grad_shapes[1], 'mixed': grad_shapes[1]}
-  if grad_clip is not None:
-    carry_shapes['clip'] = jax.eval_shape(clip_coefficient, grad_shapes[0], grad_clip)
-  if method == 'fd':
-    carry_shapes.update(r=jax.eval_shape(_global_norm, grad_shapes[0]), offset=grad_shapes[0], plus=grad_shapes[1])
-
-  def virtual(carry, grads):
-    grad_w = grads[0]
-    if grad_clip is not None:
-      carry = dict(carry, clip=jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip)))
-      grad_w = jax.tree.map(lambda g: carry['clip'] * g, grad_w)
-    w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay)
-    return carry, (w_prime, val_batch)
-
-  def at_w_prime(carry, grads):
-    v, grad_alpha = grads
-    if method == 'exact':  # the last pass
-      return dict(carry, grad_alpha=grad_alpha, mixed=pmean(exact_mixed_term(loss, w, alpha, train_batch, v))), (
-          w, train_batch)
-    norm = _global_norm(v)
-    r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)  # v == 0: w± = w, a zero mixed term
-    offset = jax.tree.map(lambda v_: r * v_, v)
-    return dict(carry, grad_alpha=grad_alpha, r=r, offset=offset), (jax.tree.map(jnp.add, w, offset), train_batch)
-
-  def at_w_plus(carry, grads):
-    return dict(carry, plus=grads[1]), (jax.tree.map(jnp.subtract, w, carry['offset']), train_batch)
-
-  def at_w_minus(carry, grads):
-    mixed = jax.tree.map(lambda p, m: (p - m) / (2 * carry['r']), carry['plus'], grads[1])
-    return dict(carry, mixed=mixed), (w, train_batch)  # the last pass
-
-  if method == 'exact':
-    carry, _ = chain_gradient_passes(gradient_pass, [virtual, at_w_prime], carry_shapes, (w, train_batch))
-  else:
-    # The central difference divides the gradients' rounding by 2R: every pass at the dtype's full precision
-    # (as `fd_mixed_term`), where TPUs default to bfloat16 passes and GPUs to TF32.
-    with jax.default_matmul_precision('highest'):
-      carry, _ = chain_gradient_passes(gradient_pass, [virtual, at_w_prime, at_w_plus, at_w_minus],
-                                       carry_shapes, (w, train_batch))
-  scale = eta if grad_clip is None else eta * carry['clip']
-  return jax.tree.map(lambda g, h: g - scale * h, carry['grad_alpha'], carry['mixed'])
-
-
-def _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta,
-              momentum_buffer, momentum, weight_decay, steps,
-              per_step_batches, pmean):
-  """``'unrolled'``: reverse mode through ``steps`` SGD steps, written out.
-
-  Forward, a scan of the steps keeps each iterate ``w_i``. Backward, a
-  reverse scan carries the cotangents ``(w̄, m̄, ᾱ)``: with
-  ``c = m̄ − η w̄`` the cotangent of ``m_{i+1}``, step i sends
-  ``w̄ ← w̄ + λc + H_i c``, ``m̄ ← μc``, ``ᾱ ← ᾱ + ∇²_{αw} L_train(w_i)·c``.
-  The Hessian is symmetric, so both products are the forward-mode tangent of
-  the training gradient at ``w_i`` in direction ``c`` (as in ``'exact'``):
-  nothing is differentiated reverse over reverse.
-  """
 
   def batch_of(step_batch):
     return step_batch if per_step_batches else train_batch
@@ -540,27 +437,300 @@ def _unrolled(train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta,
     return (_axpy(-eta, m, w_), m), w_
 
   batches = train_batch if per_step_batches else None
-  (w_k, _), iterates = jax.lax.scan(forward, (w, momentum_buffer), batches,
-                                    length=steps)
-  w_bar, alpha_bar = pmean(
-      jax.grad(val_loss, argnums=(0, 1))(w_k, alpha, val_batch))
+  (w_k, _), iterates = jax.lax.scan(forward, (w, momentum_buffer), batches, length=unroll_steps)
+  w_bar, alpha_bar = pmean(jax.grad(val_loss, argnums=(0, 1))(w_k, alpha, val_batch))
 
+  # Backward, the reverse scan carries the cotangents (w̄, m̄, ᾱ): with c = m̄ − ηw̄ the cotangent of m_{i+1}, step i
+  # sends w̄ ← w̄ + λc + H_i c, m̄ ← μc, ᾱ ← ᾱ + ∇²_{αw} L_train(w_i)·c.
   def backward(carry, xs):
     w_bar, m_bar, alpha_bar = carry
     w_i, step_batch = xs
     c = _axpy(-eta, w_bar, m_bar)
-    _, (hessian_c, mixed_c) = pmean(jax.jvp(
-        lambda w_: train_grads(w_, batch_of(step_batch)), (w_i,), (c,)))
-    w_bar = jax.tree.map(lambda wb, c_, hc: wb + weight_decay * c_ + hc,
-                         w_bar, c, hessian_c)
+    _, (hessian_c, mixed_c) = pmean(jax.jvp(lambda w_: train_grads(w_, batch_of(step_batch)), (w_i,), (c,)))
+    w_bar = jax.tree.map(lambda wb, c_, hc: wb + weight_decay * c_ + hc, w_bar, c, hessian_c)
     m_bar = jax.tree.map(lambda c_: momentum * c_, c)
     return (w_bar, m_bar, jax.tree.map(jnp.add, alpha_bar, mixed_c)), None
 
   zeros = jax.tree.map(jnp.zeros_like, w)
-  (_, _, alpha_bar), _ = jax.lax.scan(
-      backward, (w_bar, zeros, alpha_bar), (iterates, batches), length=steps,
-      reverse=True)
+  (_, _, alpha_bar), _ = jax.lax.scan(backward, (w_bar, zeros, alpha_bar), (iterates, batches),
+                                      length=unroll_steps, reverse=True)
   return alpha_bar
+
+
+def implicit_cg_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTree, train_batch: Any,
+                              val_batch: Any, *, implicit_iterations: int = 10,
+                              implicit_damping: float | jax.Array = 0.0, weight_decay: float | jax.Array = 0.0,
+                              axis_name: Any = None) -> PyTree:
+  r"""Implicit, at an inner optimum, with :math:`H^{-1}` by conjugate gradients.
+
+  The implicit function theorem (iDARTS, Zhang et al., 2021; hypertorch; TorchOpt's ``custom_root``): ``w`` itself
+  is taken as :math:`w^*(\alpha)`, where :math:`\nabla_w L_{train} + \lambda w = 0`, hence
+  :math:`dw^*/d\alpha = -H^{-1} \nabla^2_{w \alpha} L_{train}` and
+
+  .. math::
+
+    \nabla_\alpha L_{val}(w, \alpha) - \nabla^2_{\alpha w} L_{train}\, H^{-1} u, \qquad
+    u = \nabla_w L_{val}(w, \alpha), \quad H = \nabla^2_{ww} L_{train}(w, \alpha) + \lambda I.
+
+  :math:`H^{-1} u` by :math:`K` = ``implicit_iterations`` conjugate-gradient iterations on
+  :math:`(H + \delta I) z = u` from :math:`z = 0` (Hestenes-Stiefel; :math:`\delta` = ``implicit_damping`` makes
+  an indefinite or ill-conditioned :math:`H` tractable; at a direction of non-positive curvature the iteration
+  stops with its current iterate). On a positive definite :math:`H` of dimension :math:`n`, :math:`n` iterations
+  are exact. Momentum does not move an optimum: no momentum buffer.
+
+  Hessian-vector products by forward-over-reverse differentiation: the training gradient is linearised once and
+  its tangent reused; it maps :math:`z` to :math:`(\nabla^2_{ww} L_{train} z, \nabla^2_{\alpha w} L_{train} z)`,
+  and the mixed term, linear in the solution, accumulates from the tangents the solver computes anyway.
+
+  Cost: the validation gradient, the linearised training gradient, and one tangent pass per iteration.
+
+  Arguments as `hypergradient`'s.
+
+  Raises:
+    ValueError: ``implicit_iterations`` is not positive.
+  """
+  return _implicit(lambda matvecs, u: _conjugate_gradient(matvecs, u, implicit_iterations), train_loss, val_loss,
+                   w, alpha, train_batch, val_batch, implicit_iterations=implicit_iterations,
+                   implicit_damping=implicit_damping, weight_decay=weight_decay, axis_name=axis_name)
+
+
+def implicit_neumann_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTree, train_batch: Any,
+                                   val_batch: Any, *, eta: float | jax.Array, implicit_iterations: int = 10,
+                                   implicit_damping: float | jax.Array = 0.0, weight_decay: float | jax.Array = 0.0,
+                                   axis_name: Any = None) -> PyTree:
+  r"""Implicit, at an inner optimum, with :math:`H^{-1}` by a truncated Neumann series (iDARTS).
+
+  The hypergradient of `implicit_cg_hypergradient`, with :math:`H^{-1} u` approximated by
+
+  .. math::
+
+    z = \eta \sum_{i<K} (I - \eta (H + \delta I))^i u,
+
+  :math:`K` = ``implicit_iterations``, the inner learning rate ``eta`` as the series' step, :math:`\delta` =
+  ``implicit_damping``. It converges to :math:`(H + \delta I)^{-1} u` as :math:`K \to \infty` when
+  :math:`0 < \eta < 2 / \lambda_{max}`, the error shrinking like :math:`\max_i |1 - \eta \lambda_i|^K`.
+
+  Cost: the validation gradient, the linearised training gradient, and one tangent pass per term.
+
+  Arguments as `hypergradient`'s.
+
+  Raises:
+    ValueError: ``implicit_iterations`` is not positive.
+  """
+  return _implicit(lambda matvecs, u: _neumann(matvecs, u, eta, implicit_iterations), train_loss, val_loss, w,
+                   alpha, train_batch, val_batch, implicit_iterations=implicit_iterations,
+                   implicit_damping=implicit_damping, weight_decay=weight_decay, axis_name=axis_name)
+
+
+class OneStepStages(NamedTuple):
+  """The passes of ``'fd'`` or ``'exact'`` as stages of `chain_gradient_passes` (`one_step_stages`).
+
+  Attributes:
+    stages: the stages, one per gradient pass (``'exact'`` 2, ``'fd'`` 4). Stage ``i`` reads pass ``i``'s gradients
+      ``out[0] = (g_w, g_alpha)``, keeps what the hypergradient needs in the carry and gives the next pass's inputs
+      ``(w, alpha, batch)``. The last stage gives ``(w, alpha, train_batch)``: a caller that appends passes wraps
+      it to give its own next inputs.
+    carry_shapes: the carry of the stages, a dict of ``jax.ShapeDtypeStruct``; a caller's stages may add entries
+      under other keys (the stages keep entries they do not know).
+    chain: ``chain(gradient_pass, stages, carry_shapes) -> (carry, out)``: `chain_gradient_passes` from the first
+      inputs ``(w, alpha, train_batch)`` at the matmul precision the method needs (``'fd'``: the highest, for every
+      pass, appended ones included; they are one compiled gradient).
+    finish: ``finish(carry) -> hypergradient``, a pytree like ``alpha``, from a carry that has been through the
+      stages.
+  """
+  stages: list[Callable]
+  carry_shapes: dict[str, Any]
+  chain: Callable[[Callable, list[Callable], dict[str, Any]], tuple[Any, Any]]
+  finish: Callable[[dict[str, Any]], PyTree]
+
+
+def one_step_stages(method: str, loss: Loss, w: PyTree, alpha: PyTree, train_batch: Any, val_batch: Any, *,
+                    eta: float | jax.Array, momentum_buffer: PyTree | None = None, momentum: float | jax.Array = 0.9,
+                    weight_decay: float | jax.Array = 0.0, fd_epsilon: float | None = 0.01,
+                    grad_clip: float | jax.Array | None = None, axis_name: Any = None) -> OneStepStages:
+  r"""``'fd'`` / ``'exact'`` (`fd_hypergradient`, `exact_hypergradient`) as stages of `chain_gradient_passes`.
+
+  Every pass takes the full gradient of ``loss`` (the training and the validation loss in one) with one compiled
+  copy of it; a caller can append passes of its own. The passes, each stage turning the last gradient into the next
+  pass's point:
+
+  0. at ``(w, alpha, train_batch)``: ``∇_w L_train`` (clipped) gives the virtual step ``w'``;
+  1. at ``(w', alpha, val_batch)``: ``v, ∇_α L_val(w')``; ``'exact'``: the mixed term ``∇²_{αw} L_train · v`` by
+     `exact_mixed_term` (the last stage); ``'fd'``: ``R = ε/‖v‖``, next ``w⁺ = w + Rv``;
+  2. ``'fd'``, at ``(w⁺, alpha, train_batch)``: keep ``∇_α L_train(w⁺)``, next ``w⁻ = w − Rv``;
+  3. ``'fd'``, at ``(w⁻, alpha, train_batch)``: the mixed term ``(∇_α L_train(w⁺) − ∇_α L_train(w⁻)) / 2R``.
+
+  ``finish(carry)`` is then ``∇_α L_val(w') − η·c·mixed`` (``c``: the clip coefficient, 1 without clipping).
+
+  The caller's ``gradient_pass(i, (w, alpha, batch))`` returns ``((g_w, g_alpha), aux)``: the gradients of
+  ``loss`` (averaged over ``axis_name`` where there is one) and anything else (``aux``; ``None`` will do), and may
+  use ``i`` (traced) to tell an appended pass from the method's. The stages average the mixed term over
+  ``axis_name`` themselves (``'exact'``'s ``jax.jvp`` is theirs).
+
+  Example, the search step's (`darts_jax.bilevel.search_step`): the hypergradient, an Adam step of ``alpha``, and
+  the weight step's gradient at the updated ``alpha``, all through one compiled gradient::
+
+    plan = one_step_stages(method, loss_fn, params, alphas, train, val, eta=lr, momentum_buffer=m,
+                           momentum=momentum, weight_decay=weight_decay, fd_epsilon=fd_epsilon,
+                           axis_name=axis_name)
+    *head, last = plan.stages
+
+    def arch(carry, out):  # the method's last stage, then Adam: the next pass is the weight step's, at alpha'
+      carry, _ = last(carry, out)
+      arch_grads = plan.finish(carry)
+      new_alphas, arch_opt_state = arch_step(arch_grads)
+      return (dict(carry, arch_grads=arch_grads, alphas=new_alphas, arch_opt_state=arch_opt_state),
+              (params, new_alphas, train))
+
+    def after_weight_step(carry, out):  # after the last pass (the weight step's): nothing follows
+      return carry, (params, carry['alphas'], train)
+
+    stages = [*head, arch, after_weight_step]
+    mine = jax.eval_shape(lambda g: dict(zip(('alphas', 'arch_opt_state'), arch_step(g)), arch_grads=g), alphas)
+    carry, ((grads, _), aux) = plan.chain(lambda i, inputs: gradient_pass(*inputs, i == len(stages) - 1),
+                                          stages, {**plan.carry_shapes, **mine})
+    # carry['arch_grads'], carry['alphas'], carry['arch_opt_state']; grads, aux: the weight step's pass
+
+  Args:
+    method: ``'fd'`` or ``'exact'``.
+    loss: ``loss(w, alpha, batch) -> scalar``, the training and the validation loss.
+    w, alpha, train_batch, val_batch, eta, momentum_buffer, momentum, weight_decay, fd_epsilon, grad_clip,
+      axis_name: as `hypergradient`'s (``fd_epsilon`` is for ``'fd'`` only). ``train_batch`` and ``val_batch``
+      have one structure, shape and dtype (the loop carries either).
+
+  Raises:
+    ValueError: ``method`` is neither ``'fd'`` nor ``'exact'``.
+  """
+  if method not in _CHAINED_METHODS:
+    raise ValueError(f'one_step_stages is for the methods {", ".join(_CHAINED_METHODS)}, not {method!r}.')
+  pmean = _pmean(axis_name)
+  if momentum_buffer is None:
+    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
+
+  # What passes on between passes: ∇_α L_val(w'), the mixed term, the clip coefficient; for 'fd' also R, the
+  # stencil's offset Rv and ∇_α L_train(w⁺). Gradients have their parameters' shapes and dtypes.
+  w_shapes, alpha_shapes = jax.eval_shape(lambda: (w, alpha))
+  carry_shapes = {'grad_alpha': alpha_shapes, 'mixed': alpha_shapes}
+  if grad_clip is not None:
+    carry_shapes['clip'] = jax.eval_shape(clip_coefficient, w_shapes, grad_clip)
+  if method == 'fd':
+    carry_shapes.update(r=jax.eval_shape(_global_norm, w_shapes), offset=w_shapes, plus=alpha_shapes)
+
+  def virtual(carry, out):
+    grad_w = out[0][0]
+    if grad_clip is not None:
+      carry = dict(carry, clip=jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip)))
+      grad_w = jax.tree.map(lambda g: carry['clip'] * g, grad_w)
+    w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay)
+    return carry, (w_prime, alpha, val_batch)
+
+  def at_w_prime(carry, out):
+    v, grad_alpha = out[0]
+    if method == 'exact':  # the last stage
+      return dict(carry, grad_alpha=grad_alpha, mixed=pmean(exact_mixed_term(loss, w, alpha, train_batch, v))), (
+          w, alpha, train_batch)
+    norm = _global_norm(v)
+    r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)  # v == 0: w± = w, a zero mixed term
+    offset = jax.tree.map(lambda v_: r * v_, v)
+    return (dict(carry, grad_alpha=grad_alpha, r=r, offset=offset),
+            (jax.tree.map(jnp.add, w, offset), alpha, train_batch))
+
+  def at_w_plus(carry, out):
+    return dict(carry, plus=out[0][1]), (jax.tree.map(jnp.subtract, w, carry['offset']), alpha, train_batch)
+
+  def at_w_minus(carry, out):
+    mixed = jax.tree.map(lambda p, m: (p - m) / (2 * carry['r']), carry['plus'], out[0][1])
+    return dict(carry, mixed=mixed), (w, alpha, train_batch)  # the last stage
+
+  def chain(gradient_pass, stages, carry_shapes):
+    if method == 'exact':
+      return chain_gradient_passes(gradient_pass, stages, carry_shapes, (w, alpha, train_batch))
+    # The central difference divides the gradients' rounding by 2R: every pass at the dtype's full precision
+    # (as `fd_mixed_term`), where TPUs default to bfloat16 passes and GPUs to TF32.
+    with jax.default_matmul_precision('highest'):
+      return chain_gradient_passes(gradient_pass, stages, carry_shapes, (w, alpha, train_batch))
+
+  def finish(carry):
+    scale = eta if grad_clip is None else eta * carry['clip']
+    return jax.tree.map(lambda g, h: g - scale * h, carry['grad_alpha'], carry['mixed'])
+
+  stages = [virtual, at_w_prime] if method == 'exact' else [virtual, at_w_prime, at_w_plus, at_w_minus]
+  return OneStepStages(stages, carry_shapes, chain, finish)
+
+
+def _pmean(axis_name: Any) -> Callable[[PyTree], PyTree]:
+  """The average over ``axis_name`` (the identity without one)."""
+  if axis_name is None:
+    return lambda tree: tree
+  return lambda tree: jax.lax.pmean(tree, axis_name)
+
+
+def _alike(x: PyTree, y: PyTree) -> bool:
+  """Whether two pytrees have one structure and leaves of one shape and dtype (one loop carry holds either)."""
+  x, y = jax.eval_shape(lambda: (x, y))
+  return jax.tree.structure(x) == jax.tree.structure(y) and all(
+      a.shape == b.shape and a.dtype == b.dtype for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+
+
+def _one_step(method, train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta, momentum_buffer, momentum,
+              weight_decay, fd_epsilon, grad_clip, axis_name, passes):
+  """`fd_hypergradient` (``method='fd'``) or `exact_hypergradient`: the passes direct or chained."""
+  chained = resolve_passes(passes) == 'chained'
+  if chained and not (train_loss is val_loss and _alike(train_batch, val_batch)):
+    if passes == 'chained':
+      raise ValueError("passes='chained' needs one loss function (train_loss is val_loss) and training and "
+                       'validation batches of one structure, shape and dtype.')
+    chained = False  # 'auto': the direct form handles two losses
+  pmean = _pmean(axis_name)
+  if momentum_buffer is None:
+    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
+
+  if chained:
+    plan = one_step_stages(method, train_loss, w, alpha, train_batch, val_batch, eta=eta,
+                           momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay,
+                           fd_epsilon=fd_epsilon, grad_clip=grad_clip, axis_name=axis_name)
+
+    def gradient_pass(i, inputs):
+      del i  # every pass is the same gradient
+      return pmean(jax.grad(train_loss, argnums=(0, 1))(*inputs)), None
+
+    carry, _ = plan.chain(gradient_pass, plan.stages, plan.carry_shapes)
+    return plan.finish(carry)
+
+  grad_w = pmean(jax.grad(train_loss)(w, alpha, train_batch))
+  mixed_scale = eta
+  if grad_clip is not None:
+    clip = jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip))
+    grad_w = jax.tree.map(lambda g: clip * g, grad_w)
+    mixed_scale = eta * clip  # w' moves along c·∇_w L_train: so does its α-derivative
+  w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay)
+  v, grad_alpha = pmean(jax.grad(val_loss, argnums=(0, 1))(w_prime, alpha, val_batch))
+  if method == 'exact':
+    mixed = exact_mixed_term(train_loss, w, alpha, train_batch, v)
+  else:
+    mixed = fd_mixed_term(train_loss, w, alpha, train_batch, v, fd_epsilon)
+  mixed = pmean(mixed)
+  return jax.tree.map(lambda g, h: g - mixed_scale * h, grad_alpha, mixed)
+
+
+def _implicit(solve, train_loss, val_loss, w, alpha, train_batch, val_batch, *, implicit_iterations,
+              implicit_damping, weight_decay, axis_name):
+  """``∇_α L_val − S z`` with ``S z = solve(matvecs, u)``, ``z`` ≈ ``(H + δI)⁻¹ u`` (`implicit_cg_hypergradient`)."""
+  if implicit_iterations < 1:
+    raise ValueError(f'implicit_iterations ({implicit_iterations}) must be positive.')
+  pmean = _pmean(axis_name)
+  u, grad_alpha = pmean(jax.grad(val_loss, argnums=(0, 1))(w, alpha, val_batch))
+  # One linearisation serves every Hessian-vector product: its tangent maps z to (∇²_ww L_train z, ∇²_αw L_train z).
+  # The mixed term is linear in the solution, so the solvers accumulate it from the tangents they compute anyway:
+  # one compiled tangent pass, no extra one at the end.
+  _, train_grads_jvp = jax.linearize(lambda w_: jax.grad(train_loss, argnums=(0, 1))(w_, alpha, train_batch), w)
+
+  def hessian_and_mixed(z):  # ((H + δI) z, ∇²_αw L_train z)
+    hessian_z, mixed_z = pmean(train_grads_jvp(z))
+    return _axpy(weight_decay + implicit_damping, z, hessian_z), mixed_z
+
+  mixed = solve(hessian_and_mixed, u)
+  return jax.tree.map(lambda g, h: g - h, grad_alpha, mixed)
 
 
 def _tree_dot(x: PyTree, y: PyTree) -> jax.Array:

@@ -17,9 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 50
   config.batch_size = 64  # global, over all devices
   config.max_steps_per_epoch = 0  # 0: the whole training half each epoch
-  # first_order | second_order_fd | second_order_exact | unrolled | implicit_cg | implicit_neumann
-  config.hypergradient = 'second_order_exact'
-  config.fd_epsilon = 0.01  # second_order_fd: R = fd_epsilon / ||v||
+  # first_order | fd | exact | unrolled | implicit_cg | implicit_neumann (darts_jax.bilevel.hypergradient)
+  config.hypergradient = 'exact'
+  config.fd_epsilon = 0.01  # fd: R = fd_epsilon / ||v||
   config.unroll_steps = 3  # unrolled: virtual steps (Betty's DARTS example uses 3)
   config.implicit_iterations = 5  # implicit_cg: CG iterations; implicit_neumann: Neumann terms
   config.implicit_damping = 0.0  # implicit_*: added to the diagonal of the training Hessian

@@ -20,8 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.bptt_jitter = 0.0  # > 0: lengths ~ N(bptt, jitter) (the retraining's 5); the search uses int(bptt)
   config.max_seq_len_delta = 20  # with jitter, lengths are capped at bptt + max_seq_len_delta
   config.max_steps_per_epoch = 0  # > 0: cap the steps of an epoch (quick runs)
-  # first_order | second_order_fd (the original's --unrolled) | second_order_exact
-  config.hypergradient = 'second_order_fd'
+  # first_order | fd (the original's --unrolled) | exact | unrolled | implicit_cg | implicit_neumann
+  config.hypergradient = 'fd'
   config.fd_epsilon = 0.01
 
   # Weights: SGD without momentum, clipped.

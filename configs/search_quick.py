@@ -11,7 +11,7 @@ On a CPU much of the time is compilation, which the persistent compilation cache
 Hence the choices:
 
 * ``first_order``: a second-order step is about twice the program and compiles about twice as long, which alone
-  would take the run past 5 minutes; switch with ``--config.hypergradient=second_order_exact``.
+  would take the run past 5 minutes; switch with ``--config.hypergradient=exact``.
 * 3 cells of 4 initial channels (the fewest with both a normal and a reduction cell: reductions at cells 1 and 2)
   and images resized to 16x16 (divisible by 4 for the two reductions): ~0.3 s per step at batch 32.
 * 4000 training images (2000 for the weights, 2000 for the alphas): 3 epochs of 62 steps.

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from darts_jax.cli import bench, bench_accelerator
-from darts_jax.bilevel import search_step
+from darts_jax.bilevel import step as bilevel_step
+from darts_jax.spaces import cnn as cnn_space
 
 
 def test_bench_reports_one_json_line(capsys):
@@ -45,8 +46,8 @@ def test_accelerator_check_dry_run_reports_every_part(tmp_path):
   # As on an accelerator host: `--suite accelerator` in a process of its own, which on CPU shrinks itself to a dry
   # run. A budget well above the default: on a loaded machine a part must not be stopped before it reports.
   # Two methods of six keep the test's compile time down; the default is every method (checked below).
-  assert bench_accelerator._parse_args(['--out', str(tmp_path)]).methods == list(search_step.HYPERGRADIENT_METHODS)
-  methods = ['first_order', 'second_order_exact']
+  assert bench_accelerator._parse_args(['--out', str(tmp_path)]).methods == list(bilevel_step.METHODS)
+  methods = ['first_order', 'exact']
   command = [sys.executable, '-m', 'darts_jax.cli.bench', '--suite', 'accelerator', '--out', str(tmp_path),
              '--budget-s', '1800', '--methods', *methods]
   process = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
@@ -77,7 +78,7 @@ def test_accelerator_check_dry_run_reports_every_part(tmp_path):
     assert forward_backward['darts_jax_over_pytorch'] == ours['median_step_s'] / original['median_step_s']
 
   search = report['parts']['search']['result']
-  assert search['steps'] == 3 and search['mode'] == 'second_order_fd' and search['finite']
+  assert search['steps'] == 3 and search['mode'] == 'fd' and search['finite']
   assert min(search['mean_step_s'], search['loss_first'], search['loss_last']) > 0
   assert search['genotype'].startswith('Genotype(normal=[')
 

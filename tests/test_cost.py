@@ -14,7 +14,8 @@ from test_search import MEAN, STD, TinySupernet, _batches, tiny_config, tiny_sup
 from darts_jax.cli import compare as compare_cli
 from darts_jax.cli import cost as cost_cli
 from darts_jax import data
-from darts_jax.bilevel import search_step
+from darts_jax.bilevel import step as bilevel_step
+from darts_jax.spaces import cnn as cnn_space
 from darts_jax.cnn import cost, latency, networks
 from darts_jax.analysis import compare
 from darts_jax.dynamics import diagnostics
@@ -249,13 +250,12 @@ def test_cost_term_enters_the_architecture_step_and_lowers_the_expected_cost():
   schedule = optax.constant_schedule(0.025)
   # Plain SGD at rate 1 on the alphas: the architecture update is minus the gradient, so the two runs' updates
   # differ by exactly the cost term's gradient.
-  state = search_step.create_search_state(jax.random.key(0), model, (8, 8, 1),
+  state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1),
                                           optimizers.weight_optimizer(schedule), optax.sgd(1.0))
   preprocess = data.make_preprocess(MEAN, STD, augment=False)
   runs = {}
   for name, arch_penalty in (('plain', None), ('cost', penalty)):
-    step = jax.jit(search_step.make_search_step(
-        model, schedule, preprocess, hypergradient_method='first_order',
+    step = jax.jit(bilevel_step.make_search_step(cnn_space.search_problem(model, schedule, preprocess), method='first_order',
         arch_penalty=arch_penalty and (lambda alphas, weights, step, term=arch_penalty: term(alphas))))
     states = [state]
     for train, val in _batches(3):

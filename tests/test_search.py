@@ -1,4 +1,4 @@
-"""Tests for the search step (darts_jax.bilevel.search_step), the search loop (darts_jax.tasks.search) and darts_jax.training.parallel.
+"""Tests for the search step (darts_jax.bilevel.step on the CNN space), the search loop (darts_jax.tasks.search) and darts_jax.training.parallel.
 
 The supernet takes tens of seconds to compile, and neither the step's update rules nor the loop's bookkeeping
 depend on it, so these tests run on `TinySupernet`: a Linen module with `SearchNetwork`'s interface (alphas as an
@@ -18,10 +18,11 @@ import optax
 import pytest
 
 from darts_jax.training.config_utils import load_config_module
-from darts_jax.cnn import cost, genotypes
+from darts_jax.cnn import cost, genotype_formats, genotypes
 from darts_jax import data, dynamics
 from darts_jax.training import loop, optimizers, parallel, reporting
-from darts_jax.bilevel import search_step
+from darts_jax.bilevel import step as bilevel_step
+from darts_jax.spaces import cnn as cnn_space
 from darts_jax.tasks import search
 from darts_jax.training.checkpointing import Checkpointer
 from darts_jax.bilevel.hypergradient import hypergradient
@@ -105,12 +106,12 @@ def test_weight_optimizer_is_clip_then_coupled_decay_then_momentum():
     w = optax.apply_updates(w, updates)
     for k in w:
       np.testing.assert_allclose(w[k], expected[k], rtol=1e-6)  # float32
-      np.testing.assert_allclose(search_step.momentum_buffer(state)[k], buffer[k], rtol=1e-6)
+      np.testing.assert_allclose(bilevel_step.momentum_buffer(state)[k], buffer[k], rtol=1e-6)
 
 
 def test_arch_optimizer_is_adam_with_decay_added_to_the_gradient():
   alpha = jnp.array([0.5, -1.0])
-  tx = search_step.arch_optimizer(3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
+  tx = bilevel_step.arch_optimizer(3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
   updates, _ = tx.update(jnp.array([0.2, 0.0]), tx.init(alpha), alpha)
   g = np.array([0.2, 0.0]) + 1e-3 * np.array([0.5, -1.0])
   # First Adam step: the bias-corrected moments are g and g², so the update is -lr·g/(|g| + eps).
@@ -128,13 +129,13 @@ METHOD_OPTIONS = {'unrolled': dict(unroll_steps=2), 'implicit_cg': dict(implicit
                   'implicit_neumann': dict(implicit_iterations=2, implicit_damping=1.0)}
 
 
-def _step_setup(method='second_order_exact', augment=False, axis_name=None, steps_per_epoch=100):
+def _step_setup(method='exact', augment=False, axis_name=None, steps_per_epoch=100):
   model = TinySupernet(axis_name=axis_name)
   schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=steps_per_epoch)
-  state = search_step.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
-                                     search_step.arch_optimizer(ARCH_LR))
+  state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
+                                     bilevel_step.arch_optimizer(ARCH_LR))
   preprocess = data.make_preprocess(MEAN, STD, augment=augment, axis_name=axis_name)
-  step = search_step.make_search_step(model, schedule, preprocess, hypergradient_method=method,
+  step = bilevel_step.make_search_step(cnn_space.search_problem(model, schedule, preprocess), method=method,
                                       **METHOD_OPTIONS.get(method, {}))
   return model, schedule, state, step
 
@@ -154,9 +155,9 @@ def _reference_step(model, state, train, val, method, lr, alphas_for_weights='ne
                             mutable=['batch_stats'])
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
-  m = search_step.momentum_buffer(state.weight_opt_state)
+  m = bilevel_step.momentum_buffer(state.weight_opt_state)
   h = hypergradient(loss, loss, state.params, state.alphas, (x_train, train[1]), (x_val, val[1]), eta=lr,
-                    method=search_step.HYPERGRADIENT_METHODS[method], momentum_buffer=m, momentum=0.9,
+                    method=method, momentum_buffer=m, momentum=0.9,
                     weight_decay=3e-4, **METHOD_OPTIONS.get(method, {}))
   arch_updates, _ = state.arch_tx.update(h, state.arch_opt_state, state.alphas)
   alphas = optax.apply_updates(state.alphas, arch_updates)
@@ -174,7 +175,7 @@ def _reference_step(model, state, train, val, method, lr, alphas_for_weights='ne
   return alphas, params, batch_stats, buffer
 
 
-@pytest.mark.parametrize('method', list(search_step.HYPERGRADIENT_METHODS))
+@pytest.mark.parametrize('method', list(bilevel_step.METHODS))
 def test_search_step_is_arch_step_then_weight_step_with_the_new_alphas(method):
   model, _, state, step = _step_setup(method)
   step = jax.jit(step)
@@ -183,12 +184,12 @@ def test_search_step_is_arch_step_then_weight_step_with_the_new_alphas(method):
     _, stale_params, _, _ = _reference_step(model, state, train, val, method, LR, alphas_for_weights='old')
     state, metrics = step(state, train, val)
     # The same float32 computation in another op order (jit fuses): ~1e-6 relative. The central difference
-    # divides rounding errors of the gradients by 2R, hence a looser bound for 'second_order_fd'.
-    atol = 1e-5 if method == 'second_order_fd' else 1e-6
+    # divides rounding errors of the gradients by 2R, hence a looser bound for 'fd'.
+    atol = 1e-5 if method == 'fd' else 1e-6
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=atol)
     jax.tree.map(close, state.alphas, alphas)
     jax.tree.map(close, state.params, params)
-    jax.tree.map(close, search_step.momentum_buffer(state.weight_opt_state), buffer)
+    jax.tree.map(close, bilevel_step.momentum_buffer(state.weight_opt_state), buffer)
     # BN running statistics: exactly one update, by the weight step's forward pass.
     jax.tree.map(close, state.batch_stats, batch_stats)
     # The tolerance above separates the original's order from a weight step with the pre-update alphas.
@@ -221,9 +222,9 @@ def test_data_parallel_step_equals_global_batch_step():
   """A step over 2 shards of the global batch (BN, gradients and augmentation keys over a named axis) equals the
   step on the whole batch; `vmap` with an axis name stands in for `pmap` on this one-device host."""
   (train, val), = _batches(1)
-  _, _, state, step = _step_setup('second_order_exact', augment=True)
+  _, _, state, step = _step_setup('exact', augment=True)
   global_state, _ = jax.jit(step)(state, train, val)
-  _, _, _, sharded_step = _step_setup('second_order_exact', augment=True, axis_name='batch')
+  _, _, _, sharded_step = _step_setup('exact', augment=True, axis_name='batch')
   shard = lambda batch: jax.tree.map(lambda x: x.reshape((2, -1) + x.shape[1:]), batch)
   sharded_state, _ = jax.jit(jax.vmap(sharded_step, in_axes=(None, 0, 0), axis_name='batch'))(
       state, shard(train), shard(val))
@@ -257,9 +258,9 @@ def test_eval_step_uses_running_statistics_and_ignores_padding():
   rng = np.random.default_rng(2)
   state = state.replace(batch_stats=jax.tree.map(lambda x: x + rng.uniform(0.5, 1.0, x.shape), state.batch_stats))
   images, labels = _images(rng, 6)
-  eval_step = jax.jit(search_step.make_eval_step(model, data.make_preprocess(MEAN, STD)))
+  eval_step = jax.jit(cnn_space.make_eval_step(model, data.make_preprocess(MEAN, STD)))
   pad = lambda x: np.concatenate([x, x[:2]])
-  sums = eval_step(state, (pad(images), pad(labels), np.array([1.] * 6 + [0.] * 2, np.float32)))
+  _, sums = eval_step(state, state.alphas, None, (pad(images), pad(labels), np.array([1.] * 6 + [0.] * 2, np.float32)))
   x = (images / 255 - MEAN) / STD
   logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x, state.alphas, train=False)
   np.testing.assert_allclose(sums['loss_sum'], optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum(),
@@ -268,7 +269,7 @@ def test_eval_step_uses_running_statistics_and_ignores_padding():
 
 
 def test_alpha_entropy():
-  entropy = search_step.alpha_entropy({'normal': np.zeros((14, 8)), 'reduce': np.eye(14, 8) * 100})
+  entropy = dynamics.alpha_entropy({'normal': np.zeros((14, 8)), 'reduce': np.eye(14, 8) * 100})
   assert entropy['normal'] == pytest.approx(np.log(8))
   assert entropy['reduce'] == pytest.approx(6 / 14 * np.log(8), rel=1e-6)  # 6 all-zero rows of 14: uniform
 
@@ -283,7 +284,7 @@ def tiny_config(data_dir, **overrides):
   config.data.subset = 0
   config.batch_size = 8  # 48 training images: 6 steps per epoch
   config.num_epochs = 2
-  config.hypergradient = 'second_order_exact'
+  config.hypergradient = 'exact'
   config.log_every_steps = 2
   config.checkpoint_every_minutes = 1e-9  # a time-based checkpoint at every log step
   config.progress = False
@@ -299,7 +300,7 @@ def tiny_config(data_dir, **overrides):
 @pytest.fixture(scope='module', autouse=True)
 def tiny_supernet():
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(search, 'SearchNetwork', TinySupernet)
+    patch.setattr(cnn_space, 'SearchNetwork', TinySupernet)
     yield
 
 
@@ -320,11 +321,13 @@ def test_default_relaxation_is_the_supernets_own_softmax(reference_run, data_dir
   """The search mixes the ops by its relaxation's weights (config.relaxation, the model taking the weights); the
   default, DARTS's softmax at τ = 1, must search as the supernet mixing by its own softmax of the alphas does (the
   step without a relaxation)."""
-  def own_softmax_step(model, *args, relaxation, **kwargs):
+  def own_softmax_step(problem, *, relaxation, **kwargs):
     assert relaxation == dynamics.Relaxation()  # the default config's: softmax at τ = 1, soft
-    return search_step.make_search_step(model.clone(mixing='softmax'), *args, relaxation=None, **kwargs)
+    return bilevel_step.make_search_step(problem, relaxation=None, **kwargs)
 
   monkeypatch.setattr(search, 'make_search_step', own_softmax_step)
+  # The supernet softmaxes the alphas itself (the space builds it to take the relaxation's weights).
+  monkeypatch.setattr(cnn_space, 'SearchNetwork', lambda **fields: TinySupernet(**{**fields, 'mixing': 'softmax'}))
   own = search.search(tiny_config(data_dir, checkpoint_every_minutes=0.0), tmp_path)
   _, state = reference_run
   # The same float32 values in two programs, which may order them differently: identical here (and ~2e-7 apart
@@ -357,15 +360,15 @@ def test_search_writes_the_run_artifacts(reference_run):
                'reduce.dot', 'normal.png', 'reduce.png', 'curves.png'):
     assert (workdir / name).is_file(), name
   assert list((workdir / 'tensorboard').iterdir())
-  assert json.loads((workdir / 'config.json').read_text())['hypergradient'] == 'second_order_exact'
+  assert json.loads((workdir / 'config.json').read_text())['hypergradient'] == 'exact'
   alphas = np.load(workdir / 'alphas.npz')
   assert sorted(alphas) == ['normal', 'reduce']
   np.testing.assert_array_equal(alphas['normal'], state.alphas['normal'])
   final = genotypes.derive_genotype(alphas)
-  assert genotypes.genotype_from_json((workdir / 'genotype.json').read_text()) == final
+  assert genotype_formats.genotype_from_json((workdir / 'genotype.json').read_text()) == final
   lines = reporting.read_jsonl(workdir / 'genotypes.jsonl')
   assert [r['epoch'] for r in lines] == [1, 2] and [r['step'] for r in lines] == [6, 12]
-  assert genotypes.genotype_from_json(json.dumps(lines[-1]['genotype'])) == final
+  assert genotype_formats.genotype_from_json(json.dumps(lines[-1]['genotype'])) == final
   records = reporting.read_jsonl(workdir / 'metrics.jsonl')
   epochs = [r for r in records if 'epoch' in r]
   assert [r['step'] for r in epochs] == [6, 12]
@@ -380,7 +383,7 @@ def test_search_writes_the_run_artifacts(reference_run):
   assert epochs[0]['train_loss'] == pytest.approx(np.mean([r['loss'] for r in steps[:3]]))
   # What the genotypes cost (darts_jax.cnn.cost): at the search's C=4, 3 cells, 16x16, and the retrain network's
   # C=8, 5 cells at the data's 8x8; in the records, genotypes.jsonl and genotype.json.
-  logged = [genotypes.genotype_from_json(json.dumps(r['genotype'])) for r in lines]
+  logged = [genotype_formats.genotype_from_json(json.dumps(r['genotype'])) for r in lines]
   for r, line, genotype in zip(epochs, lines, logged):
     at_search = cost.network_cost(genotype, C=4, layers=3, image_size=16, in_channels=1)
     at_eval = cost.network_cost(genotype, C=8, layers=5, image_size=8, in_channels=1)
@@ -480,7 +483,7 @@ def test_eval_batches_cover_the_split_once_across_processes():
   images, labels = np.arange(10)[:, None], np.arange(10)
   seen, masks = [], []
   for process in range(2):
-    for x, y, mask in loop.eval_batches(images, labels, 4, process, 2):
+    for x, y, mask in data.eval_batches(images, labels, 4, process, 2):
       assert x.shape == (2, 1) and np.array_equal(x[:, 0], y)
       seen.append(y[mask > 0])
       masks.append(mask)

@@ -13,9 +13,10 @@ from test_search import (LR, MEAN, STD, TinySupernet, _batches, _epoch_records, 
 
 from darts_jax.training.config_utils import load_config_module
 from darts_jax import data, dynamics
-from darts_jax.bilevel import search_step
+from darts_jax.bilevel import step as bilevel_step
+from darts_jax.spaces import cnn as cnn_space
 from darts_jax.bilevel.hypergradient import hypergradient
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import genotype_formats, genotypes
 from darts_jax.tasks import search
 from darts_jax.training import optimizers, reporting
 from darts_jax.training.checkpointing import Checkpointer
@@ -53,11 +54,11 @@ def test_step_uses_one_sample_for_every_pass_the_penalty_and_the_perturbed_weigh
   penalty = dynamics.sum_penalties(dynamics.make_penalties(
       {'entropy': 0.3, 'zero_one': 0.5, 'beta_decay': 0.2}, relaxation))
   perturb = lambda key, weights, step: dynamics.uniform_perturbation(key, weights, 0.2)  # noqa: E731
-  state = search_step.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
+  state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
                                           optax.sgd(1.0))
   state = state.replace(alphas=jax.tree.map(lambda a: a * 1000, state.alphas))  # O(1) alphas: a non-uniform softmax
   preprocess = data.make_preprocess(MEAN, STD)
-  step = search_step.make_search_step(model, schedule, preprocess, hypergradient_method='first_order',
+  step = bilevel_step.make_search_step(cnn_space.search_problem(model, schedule, preprocess), method='first_order',
                                       relaxation=relaxation, arch_penalty=penalty, weight_perturbation=perturb)
   (train, val), = _batches(1)
 
@@ -109,9 +110,9 @@ def test_chained_passes_flag_only_the_weight_steps_pass():
     return grads, (loss, jnp.asarray(weight_step, jnp.float32))
 
   kwargs = dict(lr=0.1, momentum=0.9, momentum_buffer=jnp.zeros(3), weight_decay=0.0)
-  arch_grads, _, (weight_grads, (_, flagged)) = jax.jit(lambda: search_step._chained_step(
+  arch_grads, _, (weight_grads, (_, flagged)) = jax.jit(lambda: bilevel_step._chained_step(
       method, gradient_pass, loss_fn, lambda h: (alphas - h, None), w, alphas, batch, 2 * batch, fd_epsilon=1e-3,
-      pmean=lambda tree: tree, **kwargs))()
+      grad_clip=None, pmean=lambda tree: tree, **kwargs))()
   expected = hypergradient(loss_fn, loss_fn, w, alphas, batch, 2 * batch, eta=0.1, method=method, fd_epsilon=1e-3,
                            momentum_buffer=kwargs['momentum_buffer'], momentum=0.9)
   # float32; the central difference of a quadratic is exact up to rounding divided by 2R.
@@ -164,7 +165,7 @@ def test_gdas_search_runs_end_to_end(gdas_run):
   # The genotype ranks the noise-free softmax(α/τ) at the final τ.
   weights = dynamics.softmax(state.alphas, 0.1)
   assert genotypes.derive_genotype(jax.device_get(weights), from_weights=True) == \
-      genotypes.genotype_from_json((workdir / 'genotype.json').read_text())
+      genotype_formats.genotype_from_json((workdir / 'genotype.json').read_text())
 
 
 def test_resume_with_a_stochastic_relaxation_is_exact(gdas_run, data_dir, tmp_path, monkeypatch, caplog):

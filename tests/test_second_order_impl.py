@@ -1,4 +1,4 @@
-"""The two implementations of the second-order search step (`search_step.SECOND_ORDER_IMPLS`): the chained step and
+"""The two implementations of the second-order search step (`bilevel_step.PASSES`): the chained step and
 the direct composition of `hypergradient` give the same search, and 'auto' picks one per backend. On `TinySupernet`
 (tests/test_search.py): the implementations differ in how the passes are arranged, not in what the network is."""
 import jax
@@ -8,20 +8,21 @@ import pytest
 from test_search import LR, MEAN, STD, TinySupernet, _batches, tiny_config
 
 from darts_jax import data, dynamics
-from darts_jax.bilevel import search_step
+from darts_jax.bilevel import step as bilevel_step
+from darts_jax.spaces import cnn as cnn_space
 from darts_jax.tasks import search
 from darts_jax.training import optimizers
 
 
 def test_auto_resolves_per_backend():
-  assert search_step.resolve_second_order_impl('auto', backend='cpu') == 'chained'
+  assert bilevel_step.resolve_passes('auto', backend='cpu') == 'chained'
   for backend in ('gpu', 'cuda', 'rocm', 'tpu'):
-    assert search_step.resolve_second_order_impl('auto', backend=backend) == 'direct'
+    assert bilevel_step.resolve_passes('auto', backend=backend) == 'direct'
   for impl in ('chained', 'direct'):  # an explicit choice holds on every backend
-    assert search_step.resolve_second_order_impl(impl, backend='cpu') == impl
-    assert search_step.resolve_second_order_impl(impl, backend='gpu') == impl
-  with pytest.raises(ValueError, match="Unknown second_order_impl 'fast'; expected one of auto, chained, direct"):
-    search_step.resolve_second_order_impl('fast')
+    assert bilevel_step.resolve_passes(impl, backend='cpu') == impl
+    assert bilevel_step.resolve_passes(impl, backend='gpu') == impl
+  with pytest.raises(ValueError, match="Unknown passes 'fast'; expected one of auto, chained, direct"):
+    bilevel_step.resolve_passes('fast')
 
 
 def test_unknown_impl_is_a_config_error(data_dir):
@@ -45,20 +46,20 @@ def _setup(variant, fd_epsilon=FD_EPSILON):
         {'entropy': 0.3, 'beta_decay': 0.2}, relaxation)),
         weight_perturbation=lambda key, weights, step: dynamics.uniform_perturbation(key, weights, 0.2))
   model = TinySupernet(mixing='weights' if variant == 'relaxed' else 'softmax')
-  state = search_step.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
-                                          search_step.arch_optimizer(0.3))
+  state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
+                                          bilevel_step.arch_optimizer(0.3))
   state = state.replace(alphas=jax.tree.map(lambda a: a * 1000, state.alphas))  # O(1) alphas: a non-uniform softmax
   preprocess = data.make_preprocess(MEAN, STD)
 
   def make_step(method, impl):
-    return search_step.make_search_step(model, schedule, preprocess, hypergradient_method=method,
-                                        second_order_impl=impl, fd_epsilon=fd_epsilon, **options)
+    return bilevel_step.make_search_step(cnn_space.search_problem(model, schedule, preprocess), method=method,
+                                        passes=impl, fd_epsilon=fd_epsilon, **options)
 
   return state, make_step
 
 
 @pytest.mark.parametrize('variant', ['softmax', 'relaxed'])
-@pytest.mark.parametrize('method', ['second_order_fd', 'second_order_exact'])
+@pytest.mark.parametrize('method', ['fd', 'exact'])
 def test_chained_and_direct_steps_give_the_same_search(method, variant):
   state, make_step = _setup(variant)
   chained, direct, first_order = (make_step(m, impl) for m, impl in
@@ -77,7 +78,7 @@ def test_chained_and_direct_steps_give_the_same_search(method, variant):
     # The same float32 arithmetic in another order (the loop keeps XLA from fusing across passes): ~1e-6 relative,
     # as test_search's step test. The central difference divides the gradients' rounding by 2R, and Adam's
     # normalised second step passes on relative errors of the hypergradient, hence fd's looser atol.
-    atol = 1e-5 if method == 'second_order_fd' else 1e-6
+    atol = 1e-5 if method == 'fd' else 1e-6
     close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=atol)  # noqa: E731
     jax.tree.map(close, (a.params, a.alphas, a.batch_stats, a.weight_opt_state, a.arch_opt_state),
                  (b.params, b.alphas, b.batch_stats, b.weight_opt_state, b.arch_opt_state))

@@ -2,10 +2,10 @@
 
 For example::
 
-  python -m darts_jax.cli.bench --C 8 --layers 5 --batch 16 --image 28 --channels 1 --mode second_order_exact
+  python -m darts_jax.cli.bench --C 8 --layers 5 --batch 16 --image 28 --channels 1 --mode exact
   python -m darts_jax.cli.bench --suite accelerator --out DIR  # the prepared check of a GPU host: bench_accelerator
 
-The step is the one `run_search.py` runs (`search_step.make_search_step`: architecture step, then weight step), jitted
+The step is the one `run_search.py` runs (`bilevel.step.make_search_step` on the CNN space's problem: architecture step, then weight step), jitted
 once (``--seeds K``: K independent searches vmapped in one step, as ``--config.num_seeds``; ``images_per_s`` is summed
 over them); `compile_s` is its ahead-of-time compile, `median_step_s` the median over `--steps` timed steps after
 `--warmup` untimed ones; `fusions` counts the compiled step's fused kernels (on CPU, compile time is about
@@ -31,9 +31,10 @@ import numpy as np
 import optax
 
 from darts_jax import data
-from darts_jax.bilevel import search_step
+from darts_jax.bilevel import step as bilevel_step
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS, resolve_depthwise_impl
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
+from darts_jax.spaces import cnn as cnn_space
 from darts_jax.training import optimizers
 
 SUITES = ('step', 'accelerator')
@@ -51,8 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--channels', type=int, default=3, help='input channels')
   parser.add_argument('--classes', type=int, default=10)
   parser.add_argument('--nodes', type=int, default=4, help="intermediate nodes per cell (the original's `steps`)")
-  parser.add_argument('--mode', choices=list(search_step.HYPERGRADIENT_METHODS) + ['forward_backward'],
-                      default='second_order_exact',
+  parser.add_argument('--mode', choices=list(bilevel_step.METHODS) + list(bilevel_step.OLD_METHOD_NAMES) +
+                      ['forward_backward'], default='exact',
                       help="a search step's hypergradient, or 'forward_backward': one gradient of the supernet's "
                            'training loss w.r.t. weights and alphas')
   parser.add_argument('--unroll-steps', type=int, default=3, help="virtual steps of '--mode unrolled'")
@@ -61,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, default=5,
                       help="timed steps; 0 compiles only and reports XLA's memory plan (for steps that would not fit)")
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
-  parser.add_argument('--second-order-impl', choices=search_step.SECOND_ORDER_IMPLS, default='auto',
+  parser.add_argument('--second-order-impl', choices=bilevel_step.PASSES, default='auto',
                       help="'--mode second_order_*': the chained or the direct step (auto: by backend)")
   parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='auto')
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='activations and convolutions')
@@ -154,9 +155,9 @@ def build(args: argparse.Namespace):
                         depthwise_impl=args.depthwise_impl, dtype=args.dtype, remat=args.remat)
   schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
   start = time.perf_counter()
-  weight_tx, arch_tx = optimizers.weight_optimizer(schedule), search_step.arch_optimizer()
-  states = [search_step.create_search_state(jax.random.key(args.seed + s), model,
-                                            (args.image, args.image, args.channels), weight_tx, arch_tx)
+  weight_tx, arch_tx = optimizers.weight_optimizer(schedule), bilevel_step.arch_optimizer()
+  states = [cnn_space.create_search_state(jax.random.key(args.seed + s), model,
+                                          (args.image, args.image, args.channels), weight_tx, arch_tx)
             for s in range(args.seeds)]
   state = states[0] if args.seeds == 1 else jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
   jax.block_until_ready(state)
@@ -165,9 +166,10 @@ def build(args: argparse.Namespace):
   if args.mode == 'forward_backward':
     step_fn = _forward_backward_step(model, preprocess)
   else:
-    step_fn = search_step.make_search_step(model, schedule, preprocess, hypergradient_method=args.mode,
-                                           unroll_steps=args.unroll_steps, implicit_iterations=args.implicit_iterations,
-                                           second_order_impl=args.second_order_impl)
+    step_fn = bilevel_step.make_search_step(cnn_space.search_problem(model, schedule, preprocess),
+                                            method=bilevel_step.method_name(args.mode), unroll_steps=args.unroll_steps,
+                                            implicit_iterations=args.implicit_iterations,
+                                            passes=args.second_order_impl)
   step = jax.jit(step_fn if args.seeds == 1 else jax.vmap(step_fn), donate_argnums=0)
   return step, state, init_s
 
@@ -189,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
   device = jax.devices()[0]
   result = {
       'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': resolve_depthwise_impl(args.depthwise_impl),
-      'second_order_impl': search_step.resolve_second_order_impl(args.second_order_impl),
+      'second_order_impl': bilevel_step.resolve_passes(args.second_order_impl),
       'dtype': args.dtype, 'remat': args.remat, 'seeds': args.seeds,
       'params': int(sum(x.size for x in jax.tree.leaves(state.params))) // args.seeds,
       'median_step_s': median, 'min_step_s': times[0] if times else None,

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from darts_jax.cli import bench
-from darts_jax.bilevel import search_step
+from darts_jax.bilevel import step as bilevel_step
 from darts_jax.cnn.genotypes import derive_genotype
 
 PAPER_CONFIG = {'C': 16, 'layers': 8, 'nodes': 4, 'batch': 64, 'image': 32, 'channels': 3, 'classes': 10,
@@ -48,7 +48,7 @@ PAPER_CONFIG = {'C': 16, 'layers': 8, 'nodes': 4, 'batch': 64, 'image': 32, 'cha
 # 0.6x the time of the default shift-and-add loops (a dry run checks the check, its speed does not matter).
 DRY_RUN_CONFIG = {'C': 2, 'layers': 1, 'nodes': 1, 'batch': 2, 'image': 8, 'channels': 3, 'classes': 10,
                   'depthwise_impl': 'xla'}
-METHODS = tuple(search_step.HYPERGRADIENT_METHODS)
+METHODS = bilevel_step.METHODS
 # pytest node ids, relative to the repository root.
 TESTS = ('tests/test_ops.py', 'tests/test_hypergradient.py', 'tests/test_hypergradient_family.py',
          'tests/test_hypergradient_supernet.py', 'tests/test_search_network.py',
@@ -78,7 +78,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--search-steps', type=int, help='steps of the short search (default 50, dry run 3)')
   parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS), metavar='METHOD',
                       help=f"the hypergradient methods to time (default: all of {', '.join(METHODS)})")
-  parser.add_argument('--search-mode', choices=METHODS, default='second_order_fd',
+  parser.add_argument('--search-mode', choices=METHODS, default='fd',
                       help="the short search's hypergradient (default: the original's second order)")
   parser.add_argument('--tests', nargs='*', metavar='NODE_ID',
                       help='pytest node ids to run instead of the default list (none: skip the tests)')

@@ -1,9 +1,9 @@
 """Times the recurrent search step on random tokens: ``python -m darts_jax.cli.bench_rnn``.
 
-    python -m darts_jax.cli.bench_rnn --ntoken 10000 --nhid 300 --batch 256 --bptt 35 --mode second_order_fd
+    python -m darts_jax.cli.bench_rnn --ntoken 10000 --nhid 300 --batch 256 --bptt 35 --mode fd
 
-The step is the one ``run_search.py`` runs for ``space = 'rnn'`` (`bilevel.rnn_search_step`: architecture step,
-then weight step, hidden states carried), jitted once; ``compile_s`` is its ahead-of-time compile,
+The step is the one ``run_search.py`` runs for ``space = 'rnn'`` (`bilevel.step.make_search_step` on the recurrent space's problem:
+architecture step, then weight step, hidden states carried), jitted once; ``compile_s`` is its ahead-of-time compile,
 ``median_step_s`` the median over ``--steps`` timed steps after ``--warmup`` untimed ones, ``tokens_per_s`` the
 training tokens per second (batch × bptt / step), ``fusions`` the compiled step's fused kernels and ``max_rss_mb``
 the process's peak resident memory. The last line printed is one JSON object (docs/benchmarks.md).
@@ -18,9 +18,10 @@ import jax
 import numpy as np
 
 from darts_jax.cli.bench import time_step
-from darts_jax.bilevel import rnn_search_step
-from darts_jax.bilevel.search_step import arch_optimizer
+from darts_jax.bilevel import step as bilevel_step
 from darts_jax.rnn.model import RNNModelSearch
+from darts_jax.spaces import rnn as rnn_space
+from darts_jax.training import optimizers
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +31,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--nodes', type=int, default=8, help='intermediate nodes of the search cell')
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--bptt', type=int, default=35, help='time steps per batch')
-  parser.add_argument('--mode', choices=list(rnn_search_step.HYPERGRADIENT_METHODS), default='second_order_fd')
+  parser.add_argument('--mode', choices=list(bilevel_step.METHODS) + list(bilevel_step.OLD_METHOD_NAMES), default='fd')
   parser.add_argument('--steps', type=int, default=5, help='timed steps')
   parser.add_argument('--warmup', type=int, default=1, help='untimed steps after compilation')
   parser.add_argument('--seed', type=int, default=0)
@@ -39,10 +40,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
   model = RNNModelSearch(args.ntoken, args.nhid, args.nhid, steps=args.nodes)
-  state = rnn_search_step.create_rnn_search_state(jax.random.key(args.seed), model, args.batch,
-                                                  arch_optimizer(3e-3, b1=0.9, b2=0.999))
-  step = jax.jit(rnn_search_step.make_rnn_search_step(model, learning_rate=20.0, bptt=args.bptt,
-                                                      hypergradient_method=args.mode), donate_argnums=(0,))
+  state = rnn_space.create_search_state(jax.random.key(args.seed), model, args.batch,
+                                        optimizers.clipped_sgd(weight_decay=5e-7, grad_clip=0.25),
+                                        bilevel_step.arch_optimizer(3e-3, b1=0.9, b2=0.999))
+  step = jax.jit(bilevel_step.make_search_step(rnn_space.search_problem(model, learning_rate=20.0, bptt=args.bptt),
+                                               method=bilevel_step.method_name(args.mode)), donate_argnums=(0,))
   rng = np.random.default_rng(args.seed)
 
   def batch():

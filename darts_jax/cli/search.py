@@ -9,21 +9,13 @@ resumes the search from its latest checkpoint; SIGTERM or SIGINT stop it after s
 `darts_jax.tasks.search` and `darts_jax.tasks.rnn_search` for what lands in the workdir and
 `darts_jax.training.parallel` for multi-host runs.
 """
-from typing import Any
-
-import ml_collections
-
-from darts_jax.tasks import rnn_search, search
+from darts_jax.tasks import search
 from darts_jax.training import cli
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
-  return (rnn_search.rnn_search if config.get('space') == 'rnn' else search.search)(config, workdir)
 
 
 def main(prog: str = 'darts-search') -> None:
   """The command line (the ``darts-search`` console script); `prog` names the command in its messages."""
-  cli.main(prog, run, example_config='search_quick')
+  cli.main(prog, search.search, example_config='search_quick')
 
 
 if __name__ == '__main__':

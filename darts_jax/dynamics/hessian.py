@@ -14,12 +14,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
-
-from darts_jax.bilevel.search_step import SearchState
-from darts_jax.data.augment import Preprocess
 
 PyTree = Any
 HVP_METHODS = ('exact', 'fd')
@@ -135,40 +131,3 @@ def dominant_hessian_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], alphas: 
   """
   return hessian_eigenvalue_and_gradient(loss_fn, alphas, num_iterations=num_iterations, rng=rng,
                                          axis_name=axis_name, method=method, fd_epsilon=fd_epsilon)[0]
-
-
-def make_hessian_step(model: Any, preprocess: Preprocess, num_iterations: int, method: str = 'exact',
-                      mixing: Callable[[PyTree, jax.Array], PyTree] | None = None
-                      ) -> Callable[[SearchState, tuple[jax.Array, jax.Array]], dict[str, jax.Array]]:
-  """Builds ``hessian_step(state, (images, labels)) -> {'hessian_eigenvalue', 'alpha_grad_norm'}`` for the supernet.
-
-  The loss is the search's validation loss at the current weights: the mean cross-entropy over a fixed set of
-  batches (uint8 ``images`` (B, N, H, W, C) and ``labels`` (B, N): N batches of B, the example index first so that
-  `parallel.shard` splits examples, not batches, over devices), BN in training mode with batch statistics, as in
-  the architecture step (the running statistics are neither read nor updated). Only the alphas are differentiated,
-  so no weight gradient is computed. ``alpha_grad_norm`` is ``‖∇_α L_val‖``. Jit it, or pmap it with
-  ``axis_name=model.axis_name``. `method` computes the Hessian-vector products (`HVP_METHODS`); the start vector is drawn from ``(state.rng, state.step)``, so a resumed run
-  computes the same value. ``mixing(alphas, step)``, if given, computes what the model takes from the alphas (a
-  relaxation's noise-free weights, `darts_jax.relaxations.Relaxation.probabilities`); the Hessian is then that of
-  the loss through it.
-  """
-  def loss_fn(params, batch_stats, alphas, step, images, labels):
-    architecture = alphas if mixing is None else mixing(alphas, step)
-
-    def batch_loss(batch):
-      x, y = batch
-      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, preprocess(None, x), architecture,
-                              train=True, mutable=['batch_stats'])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    # lax.map: one compiled copy of the network for any number of batches.
-    return jnp.mean(lax.map(batch_loss, (jnp.swapaxes(images, 0, 1), jnp.swapaxes(labels, 0, 1))))
-
-  def hessian_step(state: SearchState, batches: tuple[jax.Array, jax.Array]) -> dict[str, jax.Array]:
-    eigenvalue, gradient = hessian_eigenvalue_and_gradient(
-        lambda alphas: loss_fn(state.params, state.batch_stats, alphas, state.step, *batches), state.alphas,
-        num_iterations=num_iterations, rng=jax.random.fold_in(state.rng, state.step), axis_name=model.axis_name,
-        method=method)
-    return {'hessian_eigenvalue': eigenvalue, 'alpha_grad_norm': optax.tree.norm(gradient)}
-
-  return hessian_step

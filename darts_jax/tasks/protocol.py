@@ -6,7 +6,7 @@ workdir)` therefore runs, on the task functions of the single-run tools (`tasks.
 `tasks.retrain.retrain`, no loops of its own):
 
 1. **search** (``workdir/search``): ``config.search`` with ``num_seeds`` = k seeds in one program
-   (`tasks.search_seeds`), giving k genotypes;
+   (`tasks.search` with num_seeds = k), giving k genotypes;
 2. **selection** (``workdir/selection/seed_<s>``): each genotype trained from scratch with ``config.selection``
    (a short schedule, ``evaluate_on='search_valid'``: on the search split's training half, scored on its validation
    half, never on the test set); the winner has the best validation accuracy (the first on a tie). A genotype equal
@@ -33,8 +33,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from darts_jax.cnn import genotypes
-from darts_jax.tasks import retrain, search, search_seeds
+from darts_jax.cnn import genotype_formats, genotypes
+from darts_jax.tasks import retrain, search
 from darts_jax.training import config_utils, loop, reporting
 
 SUMMARY_JSON, SUMMARY_MD = 'summary.json', 'summary.md'
@@ -60,11 +60,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _search_genotype_dirs(search_dir: Path, num_seeds: int) -> list[Path]:
-  return [search_dir] if num_seeds == 1 else [search_seeds.seed_dir(search_dir, s) for s in range(num_seeds)]
+  return [search_dir] if num_seeds == 1 else [search.seed_dir(search_dir, s) for s in range(num_seeds)]
 
 
 def _search_finished(search_dir: Path, num_seeds: int) -> bool:
-  final_file = 'genotype.json' if num_seeds == 1 else search_seeds.SUMMARY_FILE
+  final_file = 'genotype.json' if num_seeds == 1 else search.SUMMARY_FILE
   return (search_dir / final_file).is_file()
 
 
@@ -74,7 +74,7 @@ def _retrain(config: ml_collections.ConfigDict, genotype: genotypes.Genotype, se
   if (workdir / retrain.RESULTS_FILE).is_file():
     return json.loads((workdir / retrain.RESULTS_FILE).read_text())
   run_config = ml_collections.ConfigDict(config.to_dict())
-  run_config.genotype = genotypes.genotype_to_json(genotype)
+  run_config.genotype = genotype_formats.genotype_to_json(genotype)
   run_config.seed = seed
   return retrain.retrain(run_config, workdir)
 
@@ -109,7 +109,7 @@ def protocol(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str])
   else:
     logging.info('Search: %d seed(s) in %s.', num_seeds, search_dir)
     search.search(config.search, search_dir)
-  candidates = [genotypes.parse_genotype((d / 'genotype.json').read_text())
+  candidates = [genotype_formats.parse_genotype((d / 'genotype.json').read_text())
                 for d in _search_genotype_dirs(search_dir, num_seeds)]
 
   # 2. Selection: a short retraining of every candidate, scored on the search split's validation half.
@@ -139,10 +139,10 @@ def protocol(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str])
   errors = 100.0 * (1.0 - np.array([r['test_accuracy'] for r in final]))
   summary = {
       'search_seeds': [config.search.seed + s for s in range(num_seeds)],
-      'candidates': [{'seed': config.search.seed + s, 'genotype': json.loads(genotypes.genotype_to_json(g)),
+      'candidates': [{'seed': config.search.seed + s, 'genotype': json.loads(genotype_formats.genotype_to_json(g)),
                       **selection[s]} for s, g in enumerate(candidates)],
       'winner': winner,
-      'winner_genotype': json.loads(genotypes.genotype_to_json(candidates[winner])),
+      'winner_genotype': json.loads(genotype_formats.genotype_to_json(candidates[winner])),
       'final': final,
       'test_error_mean': float(errors.mean()),
       'test_error_std': float(errors.std(ddof=1)) if len(errors) > 1 else 0.0,
@@ -164,7 +164,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
   lines = ['# DARTS protocol', '', '| seed | genotype | selection accuracy (search validation half) | params |',
            '|---|---|---|---|']
   for s, c in enumerate(summary['candidates']):
-    genotype = genotypes.genotype_from_json(json.dumps(c['genotype']))
+    genotype = genotype_formats.genotype_from_json(json.dumps(c['genotype']))
     mark = ' **(winner)**' if s == summary['winner'] else ''
     same = f' (= seed {summary["candidates"][c["same_as"]]["seed"]})' if 'same_as' in c else ''
     lines.append(f'| {c["seed"]}{mark} | `{genotype}` | {100 * c["valid_accuracy"]:.2f}%{same} | {c["params"]:,} |')

@@ -1,96 +1,113 @@
-"""The DARTS architecture search loop (the original `train_search.py`): data, pmapped steps, logs, checkpoints.
+"""The architecture search of every space (the original ``train_search.py``): data, the bilevel step, k seeds as one
+program, logs, checkpoints, early stopping.
 
-`search(config, workdir)` runs the search described by an ml_collections config (see ``configs/search_*.py``) and
-writes to `workdir`:
+`search(config, workdir)` runs the search described by an ml_collections config (``configs/search_*.py``) on the
+space its ``space`` key names (`darts_jax.spaces`; ``'cnn'`` by default) and writes to `workdir`:
 
 * ``config.json``: the configuration;
 * ``metrics.jsonl`` and ``tensorboard/``: every ``log_every_steps`` steps the interval means of the supernet's
-  training ``loss`` and ``accuracy``, ``grad_norm``, ``arch_grad_norm``, ``lr`` and ``images_per_s``; after every
-  epoch (records with an ``epoch`` key, 1 = after the first) the running means over the epoch's steps
-  ``train_loss``/``train_accuracy``, the supernet's ``valid_loss``/``valid_accuracy`` on the whole validation split,
-  the diagnostics of the search's dynamics (`darts_jax.dynamics.diagnostics`; per cell type ``_normal``/``_reduce``):
-  ``alpha_entropy_*`` (mean entropy of the softmaxed alphas), ``alpha_max_weight_*`` (mean largest softmax weight
-  per edge), ``stability_*`` (fraction of the genotype's choices unchanged since the previous epoch),
-  ``unchanged_epochs``, ``skip_connect_normal``, and with ``diagnostics.hessian_iterations > 0``
-  ``hessian_eigenvalue`` (dominant eigenvalue of ``∇²_α L_val`` on ``diagnostics.hessian_batches`` fixed
-  validation batches, `darts_jax.dynamics.hessian`) and ``alpha_grad_norm`` (``‖∇_α L_val‖`` on the same batches);
-  the parameters and multiply-adds of the derived genotype's network at the search's C, cells and image size
-  (``genotype_params``, ``genotype_macs``) and at the retrain network's ``cost.eval_init_channels`` and
-  ``cost.eval_layers`` on the dataset's image size (``genotype_params_eval``, ``genotype_macs_eval``), and
-  ``expected_<cost.metric>``, the cost term's expected cost under the current alphas (`darts_jax.cnn.cost`);
-  then ``lr`` and ``epoch_time_s``;
-* ``genotypes.jsonl`` and ``alphas.jsonl``: the genotype derived (with its ``cost`` as in ``genotype.json``) and the
-  alphas after every epoch;
-* ``cost_model.json``: the cost of every choice of the supernet in ``cost.metric`` (`cost.ArchitectureCost`);
-* at the end ``genotype.json`` (the final genotype, and under ``cost`` its network's parameters and multiply-adds
-  at the search's and the retrain network's size), ``alphas.npz`` (``normal``, ``reduce``), the cell plots
-  ``normal.png``/``reduce.png`` (and their graphviz ``.dot`` sources), ``curves.png`` and the plots of the
-  dynamics ``convergence.png``, ``alphas.png`` and ``alphas_evolution.png`` (`darts_jax.dynamics.plots`);
+  training ``loss`` and ``accuracy``, ``grad_norm``, ``arch_grad_norm``, ``lr`` and ``images_per_s`` (and the space's
+  own, e.g. ``seq_len``); after every epoch (records with an ``epoch`` key, 1 = after the first) the running means over
+  the epoch's steps ``train_loss``/``train_accuracy``, the supernet's validation measures on the whole validation
+  split (``valid_loss``, ``valid_accuracy``, ...), the space's diagnostics of the search's dynamics (entropy and
+  largest weight of the mixing weights, stability of the genotype, ...), with ``diagnostics.hessian_iterations > 0``
+  ``hessian_eigenvalue`` (dominant eigenvalue of ``∇²_α L_val`` on ``diagnostics.hessian_batches`` fixed validation
+  batches, `darts_jax.dynamics.hessian`) and ``alpha_grad_norm`` (``‖∇_α L_val‖`` on the same batches), the space's
+  cost entries, ``temperature`` under a temperature schedule, ``lr`` and ``epoch_time_s``;
+* ``genotypes.jsonl`` and ``alphas.jsonl``: the genotype derived and the alphas after every epoch;
+* at the end ``genotype.json`` (the final genotype, with the space's cost entries), ``curves.png`` and the space's
+  artifacts (``alphas.npz``, cell diagrams, plots of the dynamics);
 * after an early stop (``early_stopping.rule``, `darts_jax.dynamics.early_stopping`) ``early_stop.json`` (rule,
   reason, the epoch of the stop and the epoch whose architecture is kept); the final artifacts then describe the
   kept architecture;
 * ``checkpoints/``: the `SearchState` and the position in the data after every epoch and every
   ``checkpoint_every_minutes``.
 
-The relaxation (``config.relaxation``, `darts_jax.relaxations`) turns the alphas into mixing weights: the steps
-draw its sample once per step; the evaluation, the entropy and largest-weight diagnostics use its deterministic
+The relaxation (``config.relaxation``, `darts_jax.dynamics.relaxations`) turns the alphas into mixing weights: the
+steps draw its sample once per step; the evaluation, the entropy and largest-weight diagnostics use its deterministic
 weights (noise off, hard → one-hot argmax, Dirichlet → mean), the genotype and the Hessian its noise-free soft
-weights (the same but for the hard rounding, which leaves nothing to rank or differentiate). Regularisers
-(``config.regularizer``, `darts_jax.dynamics.regularizers`) join the validation loss; with a temperature schedule the
-epoch records hold ``temperature``, with regularisers the interval records ``arch_penalty``.
+weights. Regularisers (``config.regularizer``, `darts_jax.dynamics.regularizers`) and the space's cost term join the
+validation loss; with them the interval records hold ``arch_penalty``.
 
 The loop is `training.loop.train`: running `search` again on the same workdir resumes from the latest checkpoint
 (refused if the configuration changed), and SIGTERM/SIGINT stop it after a checkpoint of the current step. Data
-order depends only on (seed, epoch) and augmentation only on (seed, step), so a resumed run computes exactly what an
-uninterrupted one does (bit for bit on CPU).
+order depends only on (seed, epoch) and random draws only on (seed, step), so a resumed run computes exactly what an
+uninterrupted one does (bit for bit on CPU). The steps run on every device (`parallel.data_parallel`,
+``config.parallel_impl``) with the global batch ``config.batch_size``; each process of a multi-host run loads its
+own slice of every global batch.
 
-Data parallelism: the steps run on every device (`parallel.data_parallel`, ``config.parallel_impl``); each process
-of a multi-host run loads its own slice of every global batch. The search is the original's for any number of
-devices, with the global batch ``config.batch_size``.
-
-Several seeds: with ``config.num_seeds = k > 1`` `search` runs k searches (seeds ``seed .. seed + k - 1``) as one
-step vmapped over the seeds, each seed's artifacts in ``workdir/seed_<s>/`` (`darts_jax.tasks.search_seeds`).
+**Several seeds**: with ``config.num_seeds = k > 1`` the search runs k searches (seeds ``seed .. seed + k - 1``) as
+one step, ``jax.vmap``-ed over a leading seed axis of the state. Each seed has its own weights, alphas, optimizer
+states, random draws and data order, those of a single run with its seed, so seed s of a k-seed run is that single
+run up to the float rounding of the vmapped program. The workdir then holds ``seed_<s>/`` with what a single run
+writes (its ``config.json``, ``metrics.jsonl``, logs, final artifacts, ``early_stop.json``), ``checkpoints/`` of the
+stacked state, a ``metrics.jsonl`` whose entries are the means over seeds plus each seed's as ``seed_<s>/KEY``
+(``images_per_s`` counts one seed's images), TensorBoard with every seed, and at the end ``summary.json`` (per seed
+its directory, seed, genotype, final validation measures and diagnostics, early stop; the steps, wall time and
+images/s summed over seeds). Early stopping is per seed: a seed whose rule fires stops logging there and keeps its
+architecture as a single run would; the program stops when every seed has stopped.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import flax.struct
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 
-from darts_jax import data
-from darts_jax.bilevel.search_step import (HYPERGRADIENT_METHODS, SECOND_ORDER_IMPLS, SearchState, WeightPerturbation,
-                                          arch_optimizer, create_search_state, make_eval_step, make_search_step)
-from darts_jax.cnn import cost, genotypes, plots
-from darts_jax.cnn.ops import DEPTHWISE_IMPLS
-from darts_jax.cnn.supernet import DTYPES, SearchNetwork
-from darts_jax.dynamics import diagnostics, early_stopping, hessian, regularizers, relaxations, run_files
-from darts_jax.dynamics import plots as dynamics_plots
-from darts_jax.training import curves, loop, optimizers, parallel, reporting
+from darts_jax import spaces
+from darts_jax.bilevel.step import PASSES, SearchState, WeightPerturbation, make_search_step, method_name
+from darts_jax.analysis import run_files
+from darts_jax.dynamics import early_stopping, hessian, regularizers, relaxations
+from darts_jax.training import config_utils, curves, loop, parallel, reporting
 from darts_jax.training.parallel import AXIS_NAME
 
 GENOTYPES_FILE = 'genotypes.jsonl'
 ALPHAS_FILE = run_files.ALPHAS_FILE
 EARLY_STOP_FILE = run_files.EARLY_STOP_FILE
+SUMMARY_FILE = 'summary.json'
 DIVERGENCE_ADVICE = 'Lower the learning rates (learning_rate, arch_learning_rate) or change the seed.'
-COST_MODEL_FILE = 'cost_model.json'
+
+__all__ = ['ALPHAS_FILE', 'EARLY_STOP_FILE', 'GENOTYPES_FILE', 'SUMMARY_FILE', 'SeedsState', 'relaxation_terms',
+           'search', 'seed_config', 'seed_dir', 'seed_state']
 
 
-def _write_final_artifacts(workdir: Path, alphas: dict[str, np.ndarray], genotype: genotypes.Genotype,
-                           genotype_cost: dict[str, Any]) -> None:
-  reporting.write_json(workdir / 'genotype.json',
-                       {**json.loads(genotypes.genotype_to_json(genotype)), 'cost': genotype_cost})
-  np.savez(workdir / 'alphas.npz', normal=alphas['normal'], reduce=alphas['reduce'])
-  plots.plot_genotype(genotype, f'{workdir}{os.sep}')
-  curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
-  dynamics_plots.plot_search(workdir)
+class SeedsState(flax.struct.PyTreeNode):
+  """The loop's state of a k-seed search: the step counter the loop reads, and the seeds' `SearchState`s stacked
+  with the seed first (every seed takes the same steps)."""
+  step: jax.Array
+  seeds: SearchState
+
+
+def seed_dir(workdir: str | os.PathLike[str], index: int) -> Path:
+  """The directory of the `index`-th seed (``seed + index``) of a k-seed search in `workdir`."""
+  return Path(workdir) / f'seed_{index}'
+
+
+def seed_state(state: SearchState, index: int) -> SearchState:
+  """Seed `index`'s state out of the stacked state of a k-seed search."""
+  return jax.tree.map(lambda x: x[index], state)
+
+
+def seed_config(config: ml_collections.ConfigDict, index: int) -> ml_collections.ConfigDict:
+  """The single-run configuration that seed `index` of the k-seed `config` equals."""
+  single = ml_collections.ConfigDict(config.to_dict())
+  single.seed = config.seed + index
+  single.num_seeds = 1
+  return single
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The configuration.
 
 
 def _check_dynamics_config(config: ml_collections.ConfigDict) -> None:
@@ -138,11 +155,42 @@ def _check_relaxation_config(config: ml_collections.ConfigDict) -> None:
                      f'({reg.random_smoothing_start}) must be >= 0.')
 
 
+def _check_config(config: ml_collections.ConfigDict, space: spaces.SearchSpace) -> None:
+  """Raises ValueError for an invalid search config, before any work."""
+  parallel.check_batch_size(config.batch_size)
+  method_name(config.hypergradient)
+  if config.get('second_order_impl', 'auto') not in PASSES:
+    raise ValueError(f'Unknown second_order_impl {config.second_order_impl!r}; expected one of {", ".join(PASSES)}.')
+  if config.get('unroll_steps', 1) < 1 or config.get('implicit_iterations', 1) < 1:
+    raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
+                     'must be positive.')
+  if 'compile' in config and config.compile.rare_programs_opt_level not in (0, 1, 2, 3):
+    raise ValueError(f'compile.rare_programs_opt_level must be an XLA optimisation level 0-3, got '
+                     f'{config.compile.rare_programs_opt_level!r}.')
+  num_seeds = config.get('num_seeds', 1)
+  if num_seeds < 1:
+    raise ValueError(f'num_seeds must be positive, got {config.num_seeds}.')
+  if num_seeds > 1 and not space.supports_seeds:
+    raise ValueError(f'num_seeds > 1 is not available for space {space.name!r}: its steps per epoch depend on the '
+                     'seed; run one seed per search.')
+  if 'early_stopping' in config:
+    _check_dynamics_config(config)
+  if 'relaxation' in config:
+    if not space.relaxations:
+      raise ValueError(f'space {space.name!r} mixes its ops by the softmax of the alphas: remove config.relaxation '
+                       'and config.regularizer.')
+    _check_relaxation_config(config)
+  space.check_search_config()
+
+
 def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int
-                     ) -> tuple[relaxations.Relaxation, regularizers.Penalty | None, WeightPerturbation | None]:
-  """What ``config.relaxation`` and ``config.regularizer`` add to the search step: the relaxation, the architecture
-  penalty (None without regularisers) and SDARTS-RS's perturbation of the weight step's weights (None when off).
-  Schedules run per epoch over ``config.num_epochs`` epochs of `steps_per_epoch` steps."""
+                     ) -> tuple[relaxations.Relaxation | None, regularizers.Penalty | None, WeightPerturbation | None]:
+  """What ``config.relaxation`` and ``config.regularizer`` add to the search step: the relaxation (None for a config
+  without relaxations: the network mixes by the softmax of the alphas), the architecture penalty (None without
+  regularisers) and SDARTS-RS's perturbation of the weight step's weights (None when off). Schedules run per epoch
+  over ``config.num_epochs`` epochs of `steps_per_epoch` steps."""
+  if 'relaxation' not in config:
+    return None, None, None
   relax, reg = config.relaxation, config.regularizer
   # A constant temperature stays a number: the default then equals `Relaxation()`, DARTS's softmax.
   temperature = relax.temperature if relax.temperature_schedule == 'constant' else relaxations.make_schedule(
@@ -163,192 +211,89 @@ def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int
   return relaxation, penalty, perturbation
 
 
-def _check_cost_config(config: ml_collections.ConfigDict) -> None:
-  c = config.cost
-  if c.metric not in cost.METRICS or c.form not in cost.PENALTY_FORMS:
-    raise ValueError(f'cost.metric ({c.metric!r}) must be one of {", ".join(cost.METRICS)} and cost.form '
-                     f'({c.form!r}) one of {", ".join(cost.PENALTY_FORMS)}.')
-  if c.weight < 0 or (c.weight > 0 and not c.target > 0):
-    raise ValueError(f'cost.weight ({c.weight}) must be >= 0, and with a cost term cost.target ({c.target}) positive '
-                     f'(in the metric\'s unit: {c.metric}).')
-  if c.eval_init_channels < 1 or c.eval_layers < 1:
-    raise ValueError(f'cost.eval_init_channels ({c.eval_init_channels}) and cost.eval_layers ({c.eval_layers}) must '
-                     'be positive.')
-
-
-def _genotype_cost(genotype: genotypes.Genotype, config: ml_collections.ConfigDict, num_classes: int,
-                   image_shape: tuple[int, ...], native_size: int) -> dict[str, Any]:
-  """Parameters and multiply-adds of the genotype's network at the search network's C, cells and image size, and
-  at the retrain network's (``cost.eval_*``, on the dataset's own image size)."""
-  def at(C, layers, size, stem_multiplier=3):
-    total = cost.network_cost(genotype, C=C, layers=layers, num_classes=num_classes, image_size=size,
-                              in_channels=image_shape[-1], stem_multiplier=stem_multiplier)
-    return {'C': C, 'layers': layers, 'image_size': size, 'params': total.params, 'macs': total.macs}
-  return {'search': at(config.model.init_channels, config.model.layers, image_shape[0], config.model.stem_multiplier),
-          'eval': at(config.cost.eval_init_channels, config.cost.eval_layers, native_size)}
-
-
-def _architecture_cost(config: ml_collections.ConfigDict, workdir: Path, num_classes: int,
-                       image_shape: tuple[int, ...]) -> cost.ArchitectureCost:
-  """The cost of every choice of the supernet in ``cost.metric`` (`cost.architecture_cost`). Saved in the workdir
-  and read back on resume, so that a resumed run uses the latencies its start measured; with several processes,
-  process 0's."""
-  path = workdir / COST_MODEL_FILE
-  if path.is_file():
-    saved = json.loads(path.read_text())
-    return cost.ArchitectureCost({k: np.asarray(v) for k, v in saved['tables'].items()}, np.asarray(saved['keep']),
-                                 saved['fixed'])
-  network = dict(C=config.model.init_channels, layers=config.model.layers, num_classes=num_classes,
-                 image_size=tuple(image_shape[:2]), in_channels=image_shape[-1], steps=config.model.steps,
-                 multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier)
-  if config.cost.metric == 'latency':
-    from darts_jax.cnn import latency  # pylint: disable=import-outside-toplevel
-    table = latency.LatencyTable(config.cost.latency_cache or None, depthwise_impl=config.model.depthwise_impl)
-    arch = latency.architecture_latency(table, **network)
-    table.save()
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      tables, fixed = multihost_utils.broadcast_one_to_all((dict(arch.tables), np.float64(arch.fixed)))
-      arch = cost.ArchitectureCost({k: np.asarray(v) for k, v in tables.items()}, arch.keep, float(fixed))
-  else:
-    arch = cost.architecture_cost(lambda unit: getattr(cost.unit_cost(unit), config.cost.metric), **network)
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    reporting.write_json(path, {'metric': config.cost.metric, 'fixed': arch.fixed, 'keep': arch.keep.tolist(),
-                                'tables': {k: v.tolist() for k, v in arch.tables.items()}})
-  return arch
-
-
 def rare_compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """XLA options of the programs that run a few times per epoch (the end-of-epoch evaluation and Hessian), whose
   results do not feed back into the search: ``compile.rare_programs_opt_level``. The step and the initialisation
   keep XLA's default."""
-  return parallel.compiler_options(config.compile.rare_programs_opt_level)
+  return parallel.compiler_options(config.compile.rare_programs_opt_level) if 'compile' in config else None
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for an invalid search config, before any work."""
-  parallel.check_batch_size(config.batch_size)
-  if config.hypergradient not in HYPERGRADIENT_METHODS:
-    raise ValueError(f'Unknown hypergradient {config.hypergradient!r}; expected one of '
-                     f'{", ".join(HYPERGRADIENT_METHODS)}.')
-  if config.model.dtype not in DTYPES:
-    raise ValueError(f'Unknown model.dtype {config.model.dtype!r}; expected one of {", ".join(DTYPES)}.')
-  if config.model.depthwise_impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
-                     f'{", ".join(DEPTHWISE_IMPLS)}.')
-  if config.second_order_impl not in SECOND_ORDER_IMPLS:
-    raise ValueError(f'Unknown second_order_impl {config.second_order_impl!r}; expected one of '
-                     f'{", ".join(SECOND_ORDER_IMPLS)}.')
-  if config.unroll_steps < 1 or config.implicit_iterations < 1:
-    raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
-                     'must be positive.')
-  if config.compile.rare_programs_opt_level not in (0, 1, 2, 3):
-    raise ValueError(f'compile.rare_programs_opt_level must be an XLA optimisation level 0-3, got '
-                     f'{config.compile.rare_programs_opt_level!r}.')
-  if config.get('num_seeds', 1) < 1:
-    raise ValueError(f'num_seeds must be positive, got {config.num_seeds}.')
-  _check_dynamics_config(config)
-  _check_relaxation_config(config)
-  _check_cost_config(config)
+# ---------------------------------------------------------------------------------------------------------------------
+# Records of k seeds.
 
 
-def _fixed_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, count: int) -> tuple[np.ndarray, ...]:
-  """This process's slices of the first `count` full global batches of (images, labels), stacked with the example
-  index first (the layout of `hessian.make_hessian_step`)."""
-  full = [(x, y) for x, y, mask in loop.eval_batches(images, labels, batch_size, jax.process_index(),
-                                                      jax.process_count()) if mask.all()][:count]
-  return tuple(np.stack(arrays, axis=1) for arrays in zip(*full))
+def _loop_metrics(metrics: dict[str, jax.Array], num_seeds: int) -> dict[str, jax.Array]:
+  """The vmapped step's metrics (each (k,)) for the loop: every entry's mean over seeds and each seed's value as
+  ``seed_<s>/KEY``; ``finite`` is whether every seed is."""
+  out = {key: jnp.mean(value) for key, value in metrics.items() if key != 'finite'}
+  out.update({f'seed_{s}/{key}': value[s] for s in range(num_seeds) for key, value in metrics.items()
+              if key != 'finite'})
+  out['finite'] = jnp.all(metrics['finite'])
+  return out
 
 
-def _host_alphas(alphas: Any) -> dict[str, np.ndarray]:
-  return {kind: np.asarray(a, np.float32) for kind, a in jax.device_get(alphas).items()}
+def _seed_records(records: list[dict[str, Any]], index: int, steps_per_epoch: int,
+                  last_step: int | None) -> list[dict[str, Any]]:
+  """Seed `index`'s records (as a single run writes them) out of the k-seed run's `records`, up to `last_step`.
+
+  Interval records keep the seed's entries and ``images_per_s``; epoch records the seed's entries, its
+  ``train_loss``/``train_accuracy`` (the mean of its interval means weighted by their steps: the mean over the
+  epoch's steps) and ``epoch_time_s``.
+  """
+  prefix = f'seed_{index}/'
+  out, intervals = [], []
+  for record in records:
+    if last_step is not None and record['step'] > last_step:
+      break
+    own = {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
+    if 'epoch' not in record:
+      intervals.append(record)
+      out.append({'step': record['step'], **own, 'images_per_s': record['images_per_s']})
+      continue
+    start = (record['epoch'] - 1) * steps_per_epoch
+    epoch_intervals = [r for r in intervals if start < r['step'] <= record['step']]
+    counts = np.diff([start] + [r['step'] for r in epoch_intervals])
+    means = {name: float(np.dot(counts, [r[prefix + key] for r in epoch_intervals]) / counts.sum())
+             for name, key in (('train_loss', 'loss'), ('train_accuracy', 'accuracy'))}
+    out.append({'step': record['step'], 'epoch': record['epoch'], **means, **own,
+                'epoch_time_s': record['epoch_time_s']})
+  return out
 
 
-def _model_and_init(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
-                    steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, Callable[[jax.Array], SearchState]]:
-  """The supernet, the weights' learning-rate schedule and ``init(key) -> SearchState``.
-
-  The initialisation runs once but keeps XLA's default level: at level 0 its weights round differently (by an ulp),
-  and the search would no longer compute what it did, nor a seed of `search_seeds` what a single run does."""
-  # The supernet takes the mixing weights: the step computes them with the configured relaxation.
-  model = SearchNetwork(
-      C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
-      steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
-      depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME, dtype=config.model.dtype,
-      remat=config.model.remat, mixing='weights')
-  schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
-                                              steps_per_epoch)
-  weight_tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
-                                          grad_clip=config.grad_clip)
-  # The alphas stay fixed for the first arch_warmup_epochs while the weights train (DARTS+, PC-DARTS): the
-  # architecture gradient of untrained weights favours the parameter-free ops. A zero learning rate, not a skipped
-  # step: one program for the whole run.
-  arch_lr = config.arch_learning_rate if not config.arch_warmup_epochs else optax.join_schedules(
-      [optax.constant_schedule(0.0), optax.constant_schedule(config.arch_learning_rate)],
-      [config.arch_warmup_epochs * steps_per_epoch])
-  arch_tx = arch_optimizer(arch_lr, weight_decay=config.arch_weight_decay)
-  return model, schedule, lambda key: create_search_state(key, model, image_shape, weight_tx, arch_tx)
+def _stop(records: list[dict[str, Any]], rules: ml_collections.ConfigDict) -> tuple[int, str] | None:
+  """(epoch, reason) of the first epoch after which the early-stopping `rules` stop a run with these epoch
+  records, or None."""
+  epochs = [r for r in records if 'epoch' in r]
+  for end in range(1, len(epochs) + 1):
+    if (reason := early_stopping.stop_reason(epochs[:end], **rules)) is not None:
+      return epochs[end - 1]['epoch'], reason
+  return None
 
 
-def _create_model_and_state(config: ml_collections.ConfigDict, ds: data.Dataset, image_shape: tuple[int, ...],
-                            steps_per_epoch: int) -> tuple[SearchNetwork, optax.Schedule, SearchState]:
-  model, schedule, init = _model_and_init(config, ds, image_shape, steps_per_epoch)
-  return model, schedule, init(jax.random.key(config.seed))
+# ---------------------------------------------------------------------------------------------------------------------
+# The search.
 
 
-def _search_terms(config: ml_collections.ConfigDict, workdir: Path, ds: data.Dataset, image_shape: tuple[int, ...],
-                  steps_per_epoch: int) -> tuple[Any, Any, Any, cost.ArchitectureCost | None, Callable[..., Any]]:
-  """``(relaxation, arch_penalty, weight_perturbation, arch_cost, genotype_cost)``: the relaxation and regularisers
-  (`relaxation_terms`) with the cost term joined into one penalty of the validation loss, the supernet's cost table
-  (None for latency without a cost term: E[cost] is logged every epoch, latency only with a cost term, which
-  measures its table) and the genotypes' cost."""
-  relaxation, arch_penalty, weight_perturbation = relaxation_terms(config, steps_per_epoch)
-  with_cost_term = config.cost.weight > 0
-  arch_cost = (_architecture_cost(config, workdir, ds.num_classes, image_shape)
-               if with_cost_term or config.cost.metric != 'latency' else None)
-  genotype_cost = lambda genotype: _genotype_cost(genotype, config, ds.num_classes, image_shape,
-                                                  ds.train_images.shape[1])
-  cost_term = None if not with_cost_term else cost.make_cost_penalty(
-      arch_cost, target=config.cost.target, form=config.cost.form, weight=config.cost.weight,
-      mnasnet_alpha=config.cost.mnasnet_alpha, mnasnet_beta=config.cost.mnasnet_beta)
-  # One penalty of the validation loss: the regularisers and the expected cost (a function of the alphas).
-  arch_penalty = regularizers.sum_penalties(([arch_penalty] if arch_penalty else []) + (
-      [lambda alphas, weights, step: cost_term(weights)] if cost_term else []))
-  return relaxation, arch_penalty, weight_perturbation, arch_cost, genotype_cost
+def _host(tree: Any) -> Any:
+  return jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(tree))
 
 
-def _make_steps(config: ml_collections.ConfigDict, model: SearchNetwork, schedule: optax.Schedule, ds: data.Dataset,
-                relaxation: Any, arch_penalty: Any, weight_perturbation: Any
-                ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any] | None]:
-  """The search step, the evaluation step and the Hessian step (None without ``diagnostics.hessian_iterations``)
-  of `config` with `_search_terms`'s terms, before ``pmap``: `search` runs them as they are, `search_seeds`
-  vmapped over seeds."""
-  train_preprocess, eval_preprocess = (
-      data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=config.data.image_size, axis_name=AXIS_NAME)
-      for augment in (config.data.augment, False))
-  search_step = make_search_step(
-      model, schedule, train_preprocess, hypergradient_method=config.hypergradient, momentum=config.momentum,
-      weight_decay=config.weight_decay, fd_epsilon=config.fd_epsilon, unroll_steps=config.unroll_steps,
-      implicit_iterations=config.implicit_iterations, implicit_damping=config.implicit_damping,
-      relaxation=relaxation, arch_penalty=arch_penalty, weight_perturbation=weight_perturbation,
-      second_order_impl=config.second_order_impl)
-  hessian_step = None
-  if config.diagnostics.hessian_iterations:
-    hessian_step = hessian.make_hessian_step(model, eval_preprocess, config.diagnostics.hessian_iterations,
-                                             config.diagnostics.hessian_method, relaxation.probabilities)
-  return search_step, make_eval_step(model, eval_preprocess, relaxation.deterministic), hessian_step
+def _alphas_log(directory: Path) -> list[dict[str, Any]]:
+  """The records of a run's alphas log (`ALPHAS_FILE`), oldest first; none before its first epoch."""
+  path = directory / ALPHAS_FILE
+  return reporting.read_jsonl(path) if path.is_file() else []
 
 
 def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> SearchState:
-  """Runs (or resumes) the DARTS search of `config` in `workdir` and writes its artifacts (module docstring).
+  """Runs (or resumes) the search of `config` in `workdir` and writes its artifacts (module docstring).
 
   Args:
-    config: a search config (``configs/search_cifar10.py``, ``configs/search_quick.py``).
+    config: a search config (``configs/search_cifar10.py``, ``configs/search_quick.py``, ``configs/search_ptb.py``).
     workdir: the run directory; an existing one with checkpoints is resumed.
 
   Returns:
-    The final search state, on the host.
+    The final search state, on the host; with ``num_seeds > 1`` the seeds' states stacked with the seed first
+    (`seed_state` takes one out).
 
   Raises:
     ValueError: for an invalid config (e.g. a batch size not divisible by the device count), or one that differs
@@ -358,128 +303,279 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     loop.NonFiniteLossError: when the search diverges; the checkpoints hold the last good state.
     loop.Preempted: a signal stopped the search after a checkpoint.
   """
-  if config.get('num_seeds', 1) != 1:
-    from darts_jax.tasks import search_seeds  # pylint: disable=import-outside-toplevel  (it builds on this module)
-    return search_seeds.search_seeds(config, workdir)
   workdir = loop.prepare_workdir(workdir, config)
-  _check_config(config)
-  batch_size = config.batch_size
-  ds = data.load_dataset(config.data.name, config.data.dir or None)
-  train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)
-  steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
-  logging.info('%s: %d training / %d validation images, %d steps of %d per epoch, %d devices.', ds.name,
-               len(train_images), len(valid_images), steps_per_epoch, batch_size, jax.device_count())
-  size = config.data.image_size
-  image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
-  model, schedule, init_state = _model_and_init(config, ds, image_shape, steps_per_epoch)
-  relaxation, arch_penalty, weight_perturbation, arch_cost, genotype_cost = _search_terms(
-      config, workdir, ds, image_shape, steps_per_epoch)
-  search_step, eval_step, hessian_step = _make_steps(config, model, schedule, ds, relaxation, arch_penalty,
-                                                     weight_perturbation)
+  space = spaces.get_space(config)
+  _check_config(config, space)
+  num_seeds, batch_size = config.get('num_seeds', 1), config.batch_size
+  single = num_seeds == 1
+  seeds = [config.seed + s for s in range(num_seeds)]
+  dirs = [workdir] if single else [seed_dir(workdir, s) for s in range(num_seeds)]
+  setup = space.search_setup(workdir, AXIS_NAME)
+  logging.info('%s, %d seed(s), %d devices.', setup.summary, num_seeds, jax.device_count())
+  steps_per_epoch = setup.steps_per_epoch
+  # The relaxation's schedules run per step: a space with a fixed number of steps per epoch has them.
+  relaxation, arch_penalty, weight_perturbation = relaxation_terms(
+      config, steps_per_epoch if isinstance(steps_per_epoch, int) else 0)
+  if not single and (relaxation != relaxations.Relaxation() or weight_perturbation is not None or any(
+      config.regularizer[name] for name in regularizers.REGULARIZERS)):
+    # The per-seed records and genotypes here are those of DARTS's softmax of the alphas.
+    raise ValueError('num_seeds > 1 runs the softmax relaxation without regularisers; run other relaxations and '
+                     'regularisers with num_seeds = 1.')
+  # One penalty of the validation loss: the regularisers and the space's own term (the expected cost).
+  arch_penalty = regularizers.sum_penalties([p for p in (arch_penalty, setup.arch_penalty) if p is not None])
+  search_step = make_search_step(
+      setup.problem, method=method_name(config.hypergradient), fd_epsilon=config.fd_epsilon,
+      unroll_steps=config.get('unroll_steps', 1), implicit_iterations=config.get('implicit_iterations', 10),
+      implicit_damping=config.get('implicit_damping', 0.0), relaxation=relaxation, arch_penalty=arch_penalty,
+      weight_perturbation=weight_perturbation, passes=config.get('second_order_impl', 'auto'))
+
+  def deterministic(alphas, step):  # what evaluation mixes by
+    return alphas if relaxation is None else relaxation.deterministic(alphas, step)
+
+  def probabilities(alphas, step):  # the noise-free soft weights: the genotype's and the Hessian's
+    return alphas if relaxation is None else relaxation.probabilities(alphas, step)
+
+  def eval_step(state, carry, batch):
+    return setup.eval_step(state, deterministic(state.alphas, state.step), carry, batch)
+
+  hessian_iterations = config.diagnostics.hessian_iterations if 'diagnostics' in config else 0
+  if hessian_iterations and setup.validation_loss is None:
+    raise ValueError(f'space {space.name!r} has no Hessian diagnostics: set diagnostics.hessian_iterations=0.')
+
+  def hessian_step(state, batches):
+    eigenvalue, gradient = hessian.hessian_eigenvalue_and_gradient(
+        lambda alphas: setup.validation_loss(state.params, state.batch_stats, probabilities(alphas, state.step),
+                                             batches),
+        state.alphas, num_iterations=hessian_iterations, rng=jax.random.fold_in(state.rng, state.step),
+        axis_name=AXIS_NAME, method=config.diagnostics.hessian_method)
+    return {'hessian_eigenvalue': eigenvalue, 'alpha_grad_norm': optax.tree.norm(gradient)}
+
+  def seeds_step(state: SeedsState, train_batch, val_batch):
+    # Batches carry the seed axis second: (examples, seed, ...), so that `parallel.shard` splits examples.
+    stepped, metrics = jax.vmap(search_step, in_axes=(0, 1, 1))(state.seeds, train_batch, val_batch)
+    return SeedsState(step=state.step + 1, seeds=stepped), _loop_metrics(metrics, num_seeds)
+
+  def seeds_of(fn):  # a per-seed function of the search state, vmapped over the seeds, the other arguments shared
+    return lambda state, *args: jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(state.seeds, *args)
+
+  def seeds_eval(state: SeedsState, carry, batch):
+    return jax.vmap(eval_step, in_axes=(0, 0, None))(state.seeds, carry, batch)
+
   impl, rare_options = config.get('parallel_impl', parallel.DEFAULT_IMPL), rare_compiler_options(config)
-  p_step = parallel.data_parallel(search_step, AXIS_NAME, impl=impl, donate_argnums=(0,))
-  p_eval = parallel.data_parallel(eval_step, AXIS_NAME, impl=impl, compiler_options=rare_options)
-  hessian_iterations = config.diagnostics.hessian_iterations
+  p_step = parallel.data_parallel(search_step if single else seeds_step, AXIS_NAME, impl=impl, donate_argnums=(0,))
+  p_eval = parallel.data_parallel(eval_step if single else seeds_eval, AXIS_NAME, impl=impl,
+                                  compiler_options=rare_options)
   if hessian_iterations:
-    p_hessian = parallel.data_parallel(hessian_step, AXIS_NAME, impl=impl, compiler_options=rare_options)
-    hessian_batches = parallel.shard(
-        _fixed_batches(valid_images, valid_labels, batch_size, config.diagnostics.hessian_batches), AXIS_NAME)
+    p_hessian = parallel.data_parallel(hessian_step if single else seeds_of(hessian_step), AXIS_NAME, impl=impl,
+                                       compiler_options=rare_options)
+    hessian_batches = parallel.shard(setup.hessian_batches(config.diagnostics.hessian_batches), AXIS_NAME)
+  put_eval = (lambda tree: parallel.shard(tree, AXIS_NAME)) if setup.eval_sharded else (
+      lambda tree: parallel.replicate(tree, AXIS_NAME))
+  eval_carry = setup.eval_carry if single else jax.tree.map(lambda x: jnp.stack([x] * num_seeds), setup.eval_carry)
 
   def epoch_batches(epoch: int, start: int) -> Iterator[tuple[Any, Any]]:
-    """(train, validation) batches from two separately shuffled streams, sharded over the local devices."""
-    streams = [data.epoch_batches(images, labels, batch_size=batch_size, seed=config.seed, epoch=epoch,
-                                  stream=stream, start_step=start, max_steps=steps_per_epoch,
-                                  process_index=jax.process_index(), process_count=jax.process_count())
-               for stream, (images, labels) in enumerate([(train_images, train_labels),
-                                                          (valid_images, valid_labels)])]
-    return ((parallel.shard(train, AXIS_NAME), parallel.shard(val, AXIS_NAME)) for train, val in zip(*streams))
+    """(train, validation) batches of every seed, sharded over the local devices; k seeds' stacked on axis 1."""
+    if single:
+      return ((parallel.shard(train, AXIS_NAME), parallel.shard(val, AXIS_NAME))
+              for train, val in setup.batches(epoch, start, config.seed))
+    per_seed = [setup.batches(epoch, start, seed) for seed in seeds]
+    return (tuple(parallel.shard(jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[b[split] for b in batches]),
+                                 AXIS_NAME) for split in (0, 1))
+            for batches in zip(*per_seed))
 
-  # The step compiles in the background while the state initialises (and a checkpoint is restored): it needs
-  # only the state's shapes.
-  key = jax.random.key(config.seed)
-  p_step.compile_in_background(parallel.replicated_shapes(jax.eval_shape(init_state, key), AXIS_NAME),
+  # The step compiles in the background while the state initialises (and a checkpoint is restored): it needs only
+  # the state's shapes.
+  keys = [jax.random.key(seed) for seed in seeds]
+
+  def init_state():
+    states = [setup.init(key) for key in keys]
+    if single:
+      return states[0]
+    return SeedsState(step=states[0].step, seeds=jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+
+  p_step.compile_in_background(parallel.replicated_shapes(jax.eval_shape(init_state), AXIS_NAME),
                                *next(epoch_batches(0, 0)))
-  state = init_state(key)
+  state = init_state()
 
-  # DARTS's softmax is measured from the alphas in float64, as ever; other relaxations by their weights at the step.
-  softmax = relaxation == relaxations.Relaxation()
-  host_weights = jax.jit(lambda alphas, step: (relaxation.deterministic(alphas, step),
-                                               relaxation.probabilities(alphas, step)))
+  def seed_search_state(state: Any, s: int) -> SearchState:
+    return state if single else seed_state(state.seeds, s)
 
-  def derive(alphas: dict[str, np.ndarray], step: int) -> genotypes.Genotype:
-    if softmax:
-      return genotypes.derive_genotype(alphas, steps=model.steps, multiplier=model.multiplier)
-    return genotypes.derive_genotype(_host_alphas(host_weights(alphas, step)[1]), steps=model.steps,
-                                     multiplier=model.multiplier, from_weights=True)
+  # The mixing weights on the host, from the alphas (a relaxation's deterministic and noise-free soft weights).
+  host_weights = jax.jit(lambda alphas, step: (deterministic(alphas, step), probabilities(alphas, step)))
+  softmax = relaxation is None or relaxation == relaxations.Relaxation()
+
+  def derive(alphas: Any, step: int) -> Any:
+    # DARTS's softmax is measured from the alphas in float64, as ever; other relaxations by their weights at the step.
+    return space.derive_genotype(alphas) if softmax else space.derive_genotype(
+        alphas, _host(host_weights(alphas, step)[1]))
 
   # The genotypes from epoch 0 (the initial alphas) on, for the stability diagnostics. A resumed run reads the
   # epochs before its first evaluation from the alphas log: only records of earlier steps, which the run that
   # wrote them had checkpointed past.
-  initial_alphas = _host_alphas(state.alphas)
-  history: list[genotypes.Genotype] = []
+  initial_alphas = [_host(seed_search_state(state, s).alphas) for s in range(num_seeds)]
+  histories: list[list[Any]] = [[] for _ in range(num_seeds)]
 
-  def evaluate(epoch: int, step: int, r_state: SearchState, state: SearchState) -> dict[str, Any]:
+  def evaluate_split(r_state) -> list[dict[str, float]]:
+    """The validation entries of every seed (the space's `eval_entries` of the sums over all batches)."""
+    carry, sums = put_eval(eval_carry), []
+    for batch in setup.eval_batches():
+      carry, batch_sums = p_eval(r_state, carry, put_eval(batch))
+      sums.append(batch_sums)
+      # Bounded in flight, as `loop.evaluate_batches` (XLA:CPU's collectives starve behind a long queue).
+      if len(sums) > loop.EVAL_IN_FLIGHT:
+        jax.block_until_ready(sums[-1 - loop.EVAL_IN_FLIGHT])
+    # Summed over devices (or computed whole on each): device 0's, all in one transfer.
+    totals = {k: np.sum([np.asarray(s[k])[0] for s in jax.device_get(sums)], axis=0).astype(np.float64)
+              for k in sums[0]}
+    if single:
+      return [setup.eval_entries(totals)]
+    return [setup.eval_entries({k: v[s] for k, v in totals.items()}) for s in range(num_seeds)]
+
+  def evaluate(epoch: int, step: int, r_state: Any, state: Any) -> dict[str, Any]:
     del epoch
-    valid = loop.evaluate(p_eval, r_state, valid_images, valid_labels, batch_size, AXIS_NAME)
-    if not history:
-      history.append(derive(initial_alphas, 0))
-      history.extend(derive(r['alphas'], r['step']) for r in run_files.read_alphas_log(workdir) if r['step'] < step)
-    history.append(derive(_host_alphas(state.alphas), step))
-    weights = None if softmax else _host_alphas(host_weights(state.alphas, step)[0])
-    entries = {'valid_loss': valid['loss'], 'valid_accuracy': valid['accuracy'],
-               **diagnostics.epoch_diagnostics(state.alphas, history, weights)}
-    costs = genotype_cost(history[-1])
-    entries.update({f'genotype_{k}{suffix}': costs[net][k] for net, suffix in (('search', ''), ('eval', '_eval'))
-                    for k in ('params', 'macs')})
-    if arch_cost is not None:  # the cost term's E[cost] under the current alphas (also without the term)
-      entries[f'expected_{config.cost.metric}'] = float(cost.expected_cost(
-          diagnostics.softmax_weights(_host_alphas(state.alphas)), arch_cost))
-    if callable(relaxation.temperature):
-      entries['temperature'] = float(relaxation.temperature_at(step - 1))
-    if hessian_iterations:
-      values = jax.device_get(p_hessian(r_state, hessian_batches))  # equal on every device: device 0's
-      entries.update({k: float(np.asarray(v)[0]) for k, v in values.items()})
-    return {**entries, 'lr': float(schedule(step - 1))}
+    valid = evaluate_split(r_state)
+    eigen = {}
+    if hessian_iterations:  # equal on every device: device 0's
+      eigen = {k: np.asarray(v)[0] for k, v in jax.device_get(p_hessian(r_state, hessian_batches)).items()}
+    lr = {} if setup.learning_rate is None else {'lr': setup.learning_rate(step - 1)}
+    per_seed = []
+    for s in range(num_seeds):
+      alphas = _host(seed_search_state(state, s).alphas)
+      if not histories[s]:
+        histories[s].append(derive(initial_alphas[s], 0))
+        histories[s].extend(derive(space.alphas_from_record(r), r['step'])
+                            for r in _alphas_log(dirs[s]) if r['step'] < step)
+      histories[s].append(derive(alphas, step))
+      weights = None if softmax else _host(host_weights(alphas, step)[0])
+      own = {**valid[s], **space.diagnostics(alphas, histories[s], weights),
+             **space.genotype_entries(histories[s][-1]), **space.architecture_entries(alphas)}
+      if relaxation is not None and callable(relaxation.temperature):
+        own['temperature'] = float(relaxation.temperature_at(step - 1))
+      own.update({k: float(v if single else v[s]) for k, v in eigen.items()})
+      per_seed.append({**own, **lr})
+    if single:
+      return per_seed[0]
+    entries = {'valid_loss': float(np.mean([e['valid_loss'] for e in per_seed])),
+               'valid_accuracy': float(np.mean([e['valid_accuracy'] for e in per_seed]))}
+    entries.update({f'seed_{s}/{k}': v for s, own in enumerate(per_seed) for k, v in own.items()})
+    return {**entries, **lr}
 
-  def after_epoch(epoch: int, step: int, state: SearchState, record: dict[str, Any]) -> None:
+  rules = config.get('early_stopping')
+
+  def stopped(s: int) -> tuple[int, str] | None:
+    """(epoch, reason) of seed `s`'s early stop so far, or None."""
+    if rules is None or rules.rule == 'none':
+      return None
+    return _stop(reporting.read_jsonl(dirs[s] / reporting.METRICS_FILE), rules)
+
+  def write_seed_metrics(last_steps: list[int | None]) -> None:
+    records = reporting.read_jsonl(workdir / reporting.METRICS_FILE)
+    for s, last_step in enumerate(last_steps):
+      lines = [json.dumps(r) + '\n' for r in _seed_records(records, s, steps_per_epoch, last_step)]
+      (dirs[s] / reporting.METRICS_FILE).write_text(''.join(lines))
+
+  def log_epoch(directory: Path, epoch: int, step: int, alphas: Any) -> None:
+    genotype = derive(alphas, step)
+    if single:
+      logging.info('Genotype: %s', space.genotype_text(genotype))
+    reporting.append_jsonl(directory / GENOTYPES_FILE, {
+        'step': step, 'epoch': epoch + 1, 'genotype': space.genotype_to_json(genotype),
+        **space.genotype_record(genotype)})
+    reporting.append_jsonl(directory / ALPHAS_FILE, {'step': step, 'epoch': epoch + 1,
+                                                     **space.alphas_record(alphas)})
+
+  def after_epoch(epoch: int, step: int, state: Any, record: dict[str, Any]) -> None:
     del record
-    genotype = derive(_host_alphas(state.alphas), step)
-    logging.info('Genotype: %s', genotype)
-    reporting.append_jsonl(workdir / GENOTYPES_FILE, {
-        'step': step, 'epoch': epoch + 1, 'genotype': json.loads(genotypes.genotype_to_json(genotype)),
-        'cost': genotype_cost(genotype)})
-    reporting.append_jsonl(workdir / ALPHAS_FILE, {
-        'step': step, 'epoch': epoch + 1, **{k: v.tolist() for k, v in _host_alphas(state.alphas).items()}})
+    if single:
+      log_epoch(workdir, epoch, step, _host(state.alphas))
+      return
+    last_steps = []
+    for s in range(num_seeds):
+      dirs[s].mkdir(exist_ok=True)
+      stop = stopped(s)
+      if stop is not None and stop[0] <= epoch:  # stopped after an earlier epoch: its files end there
+        last_steps.append(stop[0] * steps_per_epoch)
+        continue
+      last_steps.append(None)
+      if not (dirs[s] / loop.CONFIG_FILE).is_file():
+        (dirs[s] / loop.CONFIG_FILE).write_text(config_utils.config_to_json(seed_config(config, s)) + '\n')
+      log_epoch(dirs[s], epoch, step, _host(seed_state(state.seeds, s).alphas))
+    write_seed_metrics(last_steps)
 
-  def should_stop(epoch: int, step: int, state: SearchState, record: dict[str, Any]) -> str | None:
+  def should_stop(epoch: int, step: int, state: Any, record: dict[str, Any]) -> str | None:
     del epoch, step, state, record
-    return early_stopping.stop_reason(curves.read_epoch_records(workdir / reporting.METRICS_FILE),
-                                      **config.early_stopping)
+    if single:
+      return None if rules is None else early_stopping.stop_reason(
+          curves.read_epoch_records(workdir / reporting.METRICS_FILE), **rules)
+    stops = [stopped(s) for s in range(num_seeds)]
+    if any(stop is None for stop in stops):
+      return None
+    return 'every seed stopped early: ' + '; '.join(f'seed_{s} after epoch {e} ({reason})'
+                                                     for s, (e, reason) in enumerate(stops))
 
-  def compile_evaluation(r_state: SearchState) -> None:
-    p_eval.compile_in_background(r_state, parallel.shard(next(loop.eval_batches(
-        valid_images, valid_labels, batch_size, jax.process_index(), jax.process_count())), AXIS_NAME))
+  def compile_evaluation(r_state: Any) -> None:
+    batch = put_eval(next(iter(setup.eval_batches())))
+    p_eval.compile_in_background(r_state, put_eval(eval_carry), batch)
     if hessian_iterations:
       p_hessian.compile_in_background(r_state, hessian_batches)
 
+  logs = (GENOTYPES_FILE, ALPHAS_FILE) if single else tuple(
+      f'seed_{s}/{name}' for s in range(num_seeds) for name in (GENOTYPES_FILE, ALPHAS_FILE, reporting.METRICS_FILE))
   task = loop.Task(state=state, step=lambda r_state, batch, epoch: p_step(r_state, *batch), batches=epoch_batches,
                    steps_per_epoch=steps_per_epoch, evaluate=evaluate, after_epoch=after_epoch,
-                   should_stop=should_stop, compile_ahead=compile_evaluation, logs=(GENOTYPES_FILE, ALPHAS_FILE),
+                   should_stop=should_stop, compile_ahead=compile_evaluation, logs=logs,
                    divergence_advice=DIVERGENCE_ADVICE)
-  outcome = loop.train(task, config, workdir)
+  try:
+    outcome = loop.train(task, config, workdir)
+  finally:
+    setup.close()
   if jax.process_index() == 0:
-    alphas, final_step = _host_alphas(outcome.state.alphas), outcome.step
-    if outcome.stop_reason is not None:
-      stop_epoch = outcome.record['epoch']
-      kept = early_stopping.kept_epoch(config.early_stopping.rule, stop_epoch, config.early_stopping.window)
-      alphas, final_step = next((r['alphas'], r['step']) for r in run_files.read_alphas_log(workdir)
+    _write_final_artifacts(config, space, workdir, dirs, outcome, seed_search_state, derive, stopped,
+                           steps_per_epoch)
+  return outcome.state if single else outcome.state.seeds
+
+
+def _write_final_artifacts(config: ml_collections.ConfigDict, space: spaces.SearchSpace, workdir: Path,
+                           dirs: list[Path], outcome: loop.Outcome, seed_search_state: Callable[[Any, int], Any],
+                           derive: Callable[[Any, int], Any], stopped: Callable[[int], Any],
+                           steps_per_epoch: Any) -> None:
+  """Each seed's final artifacts, and with several seeds ``summary.json``."""
+  single = len(dirs) == 1
+  runs = []
+  for s, directory in enumerate(dirs):
+    alphas, final_step = _host(seed_search_state(outcome.state, s).alphas), outcome.step
+    early_stop = None
+    stop = ((outcome.record['epoch'], outcome.stop_reason) if outcome.stop_reason is not None else None) if single \
+        else stopped(s)
+    if stop is not None:
+      stop_epoch, reason = stop
+      rules = config.early_stopping
+      kept = early_stopping.kept_epoch(rules.rule, stop_epoch, rules.window)
+      alphas, final_step = next((space.alphas_from_record(r), r['step']) for r in _alphas_log(directory)
                                 if r['epoch'] == kept)
-      logging.info('Stopped early after epoch %d (%s); keeping the architecture of epoch %d.', stop_epoch,
-                   outcome.stop_reason, kept)
-      reporting.write_json(workdir / EARLY_STOP_FILE, {
-          'rule': config.early_stopping.rule, 'reason': outcome.stop_reason, 'stop_epoch': stop_epoch,
-          'step': outcome.step, 'kept_epoch': kept})
+      logging.info('%s stopped early after epoch %d (%s); keeping the architecture of epoch %d.', directory,
+                   stop_epoch, reason, kept)
+      early_stop = {'rule': rules.rule, 'reason': reason, 'stop_epoch': stop_epoch,
+                    'step': outcome.step if single else stop_epoch * steps_per_epoch, 'kept_epoch': kept}
+      reporting.write_json(directory / EARLY_STOP_FILE, early_stop)
     genotype = derive(alphas, final_step)
-    _write_final_artifacts(workdir, alphas, genotype, genotype_cost(genotype))
-    logging.info('Final genotype: %s', genotype)
-  return outcome.state
+    reporting.write_json(directory / 'genotype.json', {**space.genotype_to_json(genotype),
+                                                       **space.genotype_record(genotype)})
+    space.write_search_artifacts(directory, alphas, genotype)
+    curves.plot_curves(str(directory / reporting.METRICS_FILE), str(directory / 'curves.png'))
+    logging.info('%s: final genotype %s', directory, space.genotype_text(genotype))
+    if single:
+      return
+    for name in space.run_files:  # the space's tables a single run keeps in its workdir (the cost model)
+      if (workdir / name).is_file():
+        shutil.copy(workdir / name, directory / name)
+    last = [r for r in reporting.read_jsonl(directory / reporting.METRICS_FILE) if 'epoch' in r][-1]
+    runs.append({'workdir': directory.name, 'seed': config.seed + s, 'genotype': space.genotype_to_json(genotype),
+                 **{k: last[k] for k in ('epoch', 'valid_accuracy', 'valid_loss', 'alpha_entropy_normal',
+                                         'alpha_entropy_reduce', 'skip_connect_normal') if k in last},
+                 'early_stop': early_stop})
+  intervals = [r['images_per_s'] for r in reporting.read_jsonl(workdir / reporting.METRICS_FILE)
+               if 'epoch' not in r]
+  reporting.write_json(workdir / SUMMARY_FILE, {
+      'num_seeds': len(dirs), 'steps': outcome.step, 'wall_time_s': outcome.wall_time_s,
+      'images_per_s': len(dirs) * float(np.median(intervals)) if intervals else None, 'runs': runs})

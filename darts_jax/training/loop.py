@@ -42,7 +42,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from darts_jax.data import Prefetcher
+from darts_jax.data import Prefetcher, eval_batches
 from darts_jax.training import config_utils, parallel, reporting
 from darts_jax.training.checkpointing import Checkpointer
 
@@ -209,26 +209,12 @@ class EpochMetrics:
 # Evaluation over a split and multi-host agreement.
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[EvalBatch]:
-  """This process's slices of global batches covering every example once, in order.
-
-  The last global batch is padded to `batch_size` by repeating the last example, with ``mask`` 0 for the padding.
-  """
-  local = batch_size // process_count
-  for start in range(0, len(images), batch_size):
-    index = start + process_index * local + np.arange(local)
-    mask = (index < len(images)).astype(np.float32)
-    index = np.minimum(index, len(images) - 1)
-    yield images[index], labels[index], mask
-
-
 def evaluate(p_eval: Callable[[Any, EvalBatch], Metrics], replicated_state: Any, images: np.ndarray,
              labels: np.ndarray, batch_size: int, axis_name: str) -> dict[str, float]:
   """Mean ``loss`` and ``accuracy`` over all of (`images`, `labels`), split over processes and devices.
 
   `p_eval` is a data-parallel (`parallel.data_parallel`) eval step returning the psum'd ``loss_sum``, ``correct`` and ``count`` of a masked batch,
-  each a scalar per device, or an array per device (e.g. one value per seed of `tasks.search_seeds`): then the
+  each a scalar per device, or an array per device (e.g. one value per seed of a k-seed search): then the
   means are numpy arrays of that shape.
   """
   batches = eval_batches(images, labels, batch_size, jax.process_index(), jax.process_count())

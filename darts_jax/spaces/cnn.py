@@ -1,0 +1,324 @@
+"""DARTS's CNN space (cells of 8 operations on CIFAR-10, Fashion-MNIST, ImageNet) behind `SearchSpace`.
+
+The search trains `darts_jax.cnn.supernet.SearchNetwork` (C channels, ``model.layers`` cells, a normal and a
+reduction cell of ``model.steps`` nodes) on the two halves of the training set (`data.search_split`), the weights by
+SGD with momentum on a per-epoch cosine schedule, the alphas by Adam (held for ``arch_warmup_epochs``). Besides the
+common records its epoch records hold the diagnostics per cell type (``_normal``/``_reduce``), ``skip_connect_normal``,
+the parameters and multiply-adds of the derived genotype's network at the search's size and at the retrain
+network's (``genotype_params``, ``genotype_macs``, ``..._eval``) and the expected cost of the alphas' choice
+(``expected_<cost.metric>``, `darts_jax.cnn.cost`); its workdir ``cost_model.json`` (the cost of every choice),
+``alphas.npz`` (``normal``, ``reduce``), the cell diagrams and the dynamics plots.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from darts_jax import data
+from darts_jax.analysis import plots as run_plots
+from darts_jax.bilevel.step import BilevelProblem, SearchState, arch_optimizer
+from darts_jax.cnn import cost, genotype_formats, genotypes, ops, plots
+from darts_jax.cnn.supernet import DTYPES, SearchNetwork, init_alphas
+from darts_jax.data.augment import Preprocess
+from darts_jax.dynamics import diagnostics
+from darts_jax.spaces.base import Retraining, SearchSetup, SearchSpace
+from darts_jax.spaces import cnn_retraining
+from darts_jax.training import optimizers, reporting
+
+PyTree = Any
+COST_MODEL_FILE = 'cost_model.json'
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple[int, int, int],
+                        weight_tx: optax.GradientTransformation,
+                        arch_tx: optax.GradientTransformation) -> SearchState:
+  """Initialises weights (PyTorch's default init), alphas (``1e-3·N(0, 1)``) and both optimizers.
+
+  Args:
+    rng: PRNG key; split into the weights', the alphas' and the augmentation keys.
+    model: the supernet.
+    image_shape: (H, W, C) of one input image.
+    weight_tx: e.g. `training.optimizers.weight_optimizer`.
+    arch_tx: e.g. `darts_jax.bilevel.step.arch_optimizer`.
+  """
+
+  @jax.jit  # One compilation; eager Linen init of the supernet would dispatch thousands of small ops.
+  def init(rng):
+    # At XLA's default optimisation level: at level 0 the weights round differently (by an ulp).
+    params_key, alphas_key, augment_key = jax.random.split(rng, 3)
+    alphas = init_alphas(alphas_key, steps=model.steps)
+    # Weights are drawn with `ops.INIT_PRNG`: one fused kernel per parameter tensor to compile (docs/benchmarks.md).
+    variables = model.init(ops.init_key(params_key), jnp.zeros((1,) + tuple(image_shape), jnp.float32), alphas,
+                           train=False)
+    params = variables['params']
+    return SearchState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
+                       alphas=alphas, weight_opt_state=weight_tx.init(params), arch_opt_state=arch_tx.init(alphas),
+                       rng=augment_key, carry=(), weight_tx=weight_tx, arch_tx=arch_tx)
+
+  return init(rng)
+
+
+def search_problem(model: SearchNetwork, schedule: optax.Schedule, preprocess: Preprocess, *, momentum: float = 0.9,
+                   weight_decay: float = 3e-4) -> BilevelProblem:
+  """The CNN space's side of the bilevel step for batches ``(uint8 images (N, H, W, C), int32 labels (N,))``: the
+  cross-entropy of every pass, both batches preprocessed with keys from ``(state.rng, state.step)`` (with CIFAR
+  augmentation, validation batches are augmented too: the original draws them from the training set with the
+  training transform), the learning rate `schedule` of the weight optimizer (SGD with `momentum` and
+  `weight_decay`, `training.optimizers.weight_optimizer`), under ``model.axis_name``."""
+  def prepare(state, train_batch, val_batch):
+    train_key, val_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    return ((preprocess(train_key, train_batch[0]), train_batch[1]),
+            (preprocess(val_key, val_batch[0]), val_batch[1]))
+
+  def loss(params, batch_stats, weights, batch, weight_step):
+    del weight_step  # every pass is the cross-entropy
+    logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch[0], weights, train=True,
+                                  mutable=['batch_stats'])
+    return _cross_entropy(logits, batch[1]), {'logits': logits, 'batch_stats': updates['batch_stats']}
+
+  return BilevelProblem(
+      loss=loss, prepare=prepare, learning_rate=lambda step, train: schedule(step),
+      metrics=lambda train, aux: {'accuracy': jnp.mean(jnp.argmax(aux['logits'], -1) == train[1])},
+      momentum=momentum, weight_decay=weight_decay, axis_name=model.axis_name)
+
+
+def make_eval_step(model: SearchNetwork, preprocess: Preprocess
+                   ) -> Callable[[SearchState, PyTree, None, tuple[jax.Array, ...]], tuple[None, dict[str, jax.Array]]]:
+  """``eval_step(state, weights, None, (images, labels, mask)) -> (None, sums)``: the supernet with its ops mixed by
+  ``weights`` as the original's ``infer`` (``model.eval()``: BN with the running statistics), on unaugmented images
+  prepared by `preprocess`; ``mask`` (1 for real examples) lets the last batch be padded. ``sums``
+  (``loss_sum``, ``correct``, ``count``) are summed over ``model.axis_name``."""
+  axis_name = model.axis_name
+
+  def eval_step(state: SearchState, weights: PyTree, carry: None, batch):
+    images, labels, mask = batch
+    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, preprocess(None, images), weights,
+                         train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    sums = {'loss_sum': jnp.sum(losses * mask), 'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            'count': jnp.sum(mask)}
+    return carry, (sums if axis_name is None else jax.lax.psum(sums, axis_name))
+
+  return eval_step
+
+
+class CNNSpace(SearchSpace):
+  """DARTS's CNN cells: a normal and a reduction cell, each with ``steps`` nodes of two inputs."""
+
+  name: ClassVar[str] = 'cnn'
+  run_files: ClassVar[tuple[str, ...]] = (COST_MODEL_FILE,)
+  retrain_resumable_keys: ClassVar[frozenset[str]] = cnn_retraining.RESUMABLE_KEYS
+
+  # ---- the search
+
+  def check_search_config(self) -> None:
+    config = self.config
+    if config.model.dtype not in DTYPES:
+      raise ValueError(f'Unknown model.dtype {config.model.dtype!r}; expected one of {", ".join(DTYPES)}.')
+    if config.model.depthwise_impl not in ops.DEPTHWISE_IMPLS:
+      raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
+                       f'{", ".join(ops.DEPTHWISE_IMPLS)}.')
+    c = config.cost
+    if c.metric not in cost.METRICS or c.form not in cost.PENALTY_FORMS:
+      raise ValueError(f'cost.metric ({c.metric!r}) must be one of {", ".join(cost.METRICS)} and cost.form '
+                       f'({c.form!r}) one of {", ".join(cost.PENALTY_FORMS)}.')
+    if c.weight < 0 or (c.weight > 0 and not c.target > 0):
+      raise ValueError(f'cost.weight ({c.weight}) must be >= 0, and with a cost term cost.target ({c.target}) '
+                       f'positive (in the metric\'s unit: {c.metric}).')
+    if c.eval_init_channels < 1 or c.eval_layers < 1:
+      raise ValueError(f'cost.eval_init_channels ({c.eval_init_channels}) and cost.eval_layers ({c.eval_layers}) '
+                       'must be positive.')
+
+  def search_setup(self, workdir: Path, axis_name: Any) -> SearchSetup:
+    config = self.config
+    batch_size = config.batch_size
+    ds = data.load_dataset(config.data.name, config.data.dir or None)
+    train_images, train_labels, valid_images, valid_labels = data.search_split(ds, config.data.subset)
+    steps_per_epoch = data.num_batches(len(train_images), batch_size, config.max_steps_per_epoch)
+    size = config.data.image_size
+    image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
+    self._image_shape, self._num_classes, self._native_size = image_shape, ds.num_classes, ds.train_images.shape[1]
+    self._arch_cost = None
+    if config.cost.weight > 0 or config.cost.metric != 'latency':
+      # E[cost] is logged every epoch; latency only with a cost term, which measures its table.
+      self._arch_cost = _architecture_cost(config, workdir, ds.num_classes, image_shape)
+
+    # The supernet takes the mixing weights: the step computes them with the configured relaxation.
+    model = SearchNetwork(
+        C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
+        steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
+        depthwise_impl=config.model.depthwise_impl, axis_name=axis_name, dtype=config.model.dtype,
+        remat=config.model.remat, mixing='weights')
+    self._model = model
+    schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
+                                                steps_per_epoch)
+    weight_tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+                                            grad_clip=config.grad_clip)
+    # The alphas stay fixed for the first arch_warmup_epochs while the weights train (DARTS+, PC-DARTS): the
+    # architecture gradient of untrained weights favours the parameter-free ops. A zero learning rate, not a
+    # skipped step: one program for the whole run.
+    arch_lr = config.arch_learning_rate if not config.arch_warmup_epochs else optax.join_schedules(
+        [optax.constant_schedule(0.0), optax.constant_schedule(config.arch_learning_rate)],
+        [config.arch_warmup_epochs * steps_per_epoch])
+    arch_tx = arch_optimizer(arch_lr, weight_decay=config.arch_weight_decay)
+    train_preprocess, eval_preprocess = (
+        data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=config.data.image_size,
+                             axis_name=axis_name)
+        for augment in (config.data.augment, False))
+
+    init = lambda rng: create_search_state(rng, model, image_shape, weight_tx, arch_tx)
+    problem = search_problem(model, schedule, train_preprocess, momentum=config.momentum,
+                             weight_decay=config.weight_decay)
+
+    def batches(epoch: int, start: int, seed: int):
+      """(train, validation) batches from two separately shuffled streams."""
+      streams = [data.epoch_batches(images, labels, batch_size=batch_size, seed=seed, epoch=epoch, stream=stream,
+                                    start_step=start, max_steps=steps_per_epoch, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+                 for stream, (images, labels) in enumerate([(train_images, train_labels),
+                                                            (valid_images, valid_labels)])]
+      return zip(*streams)
+
+    def validation_loss(params, batch_stats, weights, batches):
+      """The mean cross-entropy over fixed batches (images (B, N, ...), labels (B, N): N batches of B, the example
+      first so that sharding splits examples), BN with batch statistics as in the architecture step."""
+      def batch_loss(batch):
+        logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, eval_preprocess(None, batch[0]),
+                                weights, train=True, mutable=['batch_stats'])
+        return _cross_entropy(logits, batch[1])
+      images, labels = batches
+      # lax.map: one compiled copy of the network for any number of batches.
+      return jnp.mean(jax.lax.map(batch_loss, (jnp.swapaxes(images, 0, 1), jnp.swapaxes(labels, 0, 1))))
+
+    def hessian_batches(count: int):
+      full = [(x, y) for x, y, mask in data.eval_batches(valid_images, valid_labels, batch_size,
+                                                          jax.process_index(), jax.process_count())
+              if mask.all()][:count]
+      return tuple(np.stack(arrays, axis=1) for arrays in zip(*full))
+
+    arch_penalty = None
+    if config.cost.weight > 0:
+      cost_term = cost.make_cost_penalty(
+          self._arch_cost, target=config.cost.target, form=config.cost.form, weight=config.cost.weight,
+          mnasnet_alpha=config.cost.mnasnet_alpha, mnasnet_beta=config.cost.mnasnet_beta)
+      arch_penalty = lambda alphas, weights, step: cost_term(weights)
+    return SearchSetup(
+        summary=(f'{ds.name}: {len(train_images)} training / {len(valid_images)} validation images, '
+                 f'{steps_per_epoch} steps of {batch_size} per epoch'),
+        steps_per_epoch=steps_per_epoch, batches=batches, init=init, problem=problem,
+        eval_step=make_eval_step(model, eval_preprocess),
+        eval_carry=None,
+        eval_batches=lambda: data.eval_batches(valid_images, valid_labels, batch_size, jax.process_index(),
+                                               jax.process_count()),
+        eval_entries=lambda totals: {'valid_loss': float(totals['loss_sum'] / totals['count']),
+                                     'valid_accuracy': float(totals['correct'] / totals['count'])},
+        validation_loss=validation_loss, hessian_batches=hessian_batches,
+        learning_rate=lambda step: float(schedule(step)), arch_penalty=arch_penalty)
+
+  def derive_genotype(self, alphas: PyTree, weights: PyTree | None = None) -> genotypes.Genotype:
+    steps, multiplier = self.config.model.steps, self.config.model.multiplier
+    if weights is None:
+      return genotypes.derive_genotype(alphas, steps=steps, multiplier=multiplier)
+    return genotypes.derive_genotype(weights, steps=steps, multiplier=multiplier, from_weights=True)
+
+  def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
+    return {kind: np.asarray(a).tolist() for kind, a in alphas.items()}
+
+  def alphas_from_record(self, record: dict[str, Any]) -> PyTree:
+    return {kind: np.asarray(record[kind], np.float32) for kind in diagnostics.CELL_TYPES}
+
+  def diagnostics(self, alphas: PyTree, history: list[Any], weights: PyTree | None) -> dict[str, float]:
+    return diagnostics.epoch_diagnostics(alphas, history, weights)
+
+  def genotype_record(self, genotype: genotypes.Genotype) -> dict[str, Any]:
+    """The genotype's network cost at the search network's C, cells and image size and at the retrain
+    network's (``cost.eval_*``, on the dataset's own image size)."""
+    config, image_shape = self.config, self._image_shape
+
+    def at(C, layers, size, stem_multiplier=3):
+      total = cost.network_cost(genotype, C=C, layers=layers, num_classes=self._num_classes, image_size=size,
+                                in_channels=image_shape[-1], stem_multiplier=stem_multiplier)
+      return {'C': C, 'layers': layers, 'image_size': size, 'params': total.params, 'macs': total.macs}
+    return {'cost': {
+        'search': at(config.model.init_channels, config.model.layers, image_shape[0], config.model.stem_multiplier),
+        'eval': at(config.cost.eval_init_channels, config.cost.eval_layers, self._native_size)}}
+
+  def genotype_entries(self, genotype: genotypes.Genotype) -> dict[str, Any]:
+    costs = self.genotype_record(genotype)['cost']
+    return {f'genotype_{k}{suffix}': costs[net][k] for net, suffix in (('search', ''), ('eval', '_eval'))
+            for k in ('params', 'macs')}
+
+  def architecture_entries(self, alphas: PyTree) -> dict[str, float]:
+    if self._arch_cost is None:
+      return {}
+    # The cost term's E[cost] under the current alphas (also without the term).
+    return {f'expected_{self.config.cost.metric}': float(cost.expected_cost(diagnostics.softmax_weights(alphas),
+                                                                             self._arch_cost))}
+
+  def write_search_artifacts(self, workdir: Path, alphas: PyTree, genotype: genotypes.Genotype) -> None:
+    np.savez(workdir / 'alphas.npz', normal=alphas['normal'], reduce=alphas['reduce'])
+    plots.plot_genotype(genotype, f'{workdir}{os.sep}')
+    run_plots.plot_search(workdir)
+
+  # ---- genotypes
+
+  def load_genotype(self, spec: str) -> genotypes.Genotype:
+    return genotype_formats.load_genotype(spec)
+
+  def genotype_to_json(self, genotype: genotypes.Genotype) -> dict[str, Any]:
+    return json.loads(genotype_formats.genotype_to_json(genotype))
+
+  def plot_genotype(self, genotype: genotypes.Genotype, prefix: str) -> None:
+    plots.plot_genotype(genotype, prefix)
+
+  # ---- retraining
+
+  def check_retrain_config(self) -> None:
+    cnn_retraining.check_config(self.config)
+
+  def retraining(self, workdir: Path, genotype: genotypes.Genotype) -> Retraining:
+    return cnn_retraining.retraining(self.config, workdir, genotype)
+
+
+def _architecture_cost(config: ml_collections.ConfigDict, workdir: Path, num_classes: int,
+                       image_shape: tuple[int, ...]) -> cost.ArchitectureCost:
+  """The cost of every choice of the supernet in ``cost.metric`` (`cost.architecture_cost`). Saved in the workdir
+  and read back on resume, so that a resumed run uses the latencies its start measured; with several processes,
+  process 0's."""
+  path = workdir / COST_MODEL_FILE
+  if path.is_file():
+    saved = json.loads(path.read_text())
+    return cost.ArchitectureCost({k: np.asarray(v) for k, v in saved['tables'].items()}, np.asarray(saved['keep']),
+                                 saved['fixed'])
+  network = dict(C=config.model.init_channels, layers=config.model.layers, num_classes=num_classes,
+                 image_size=tuple(image_shape[:2]), in_channels=image_shape[-1], steps=config.model.steps,
+                 multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier)
+  if config.cost.metric == 'latency':
+    from darts_jax.cnn import latency  # pylint: disable=import-outside-toplevel  (measures on the device: slow)
+    table = latency.LatencyTable(config.cost.latency_cache or None, depthwise_impl=config.model.depthwise_impl)
+    arch = latency.architecture_latency(table, **network)
+    table.save()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      tables, fixed = multihost_utils.broadcast_one_to_all((dict(arch.tables), np.float64(arch.fixed)))
+      arch = cost.ArchitectureCost({k: np.asarray(v) for k, v in tables.items()}, arch.keep, float(fixed))
+  else:
+    arch = cost.architecture_cost(lambda unit: getattr(cost.unit_cost(unit), config.cost.metric), **network)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(path, {'metric': config.cost.metric, 'fixed': arch.fixed, 'keep': arch.keep.tolist(),
+                                'tables': {k: v.tolist() for k, v in arch.tables.items()}})
+  return arch

@@ -28,8 +28,9 @@ import importlib
 from typing import Any
 
 from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.cnn.genotype_formats import genotype_from_json, genotype_to_json, parse_genotype
 from darts_jax.cnn.genotypes import (DARTS, DARTS_V1, DARTS_V2, KNOWN_GENOTYPES, PRIMITIVES, AmoebaNet, Genotype,
-                                     NASNet, derive_genotype, genotype_from_json, genotype_to_json, parse_genotype)
+                                     NASNet, derive_genotype)
 from darts_jax.cnn.networks import NetworkCIFAR, NetworkImageNet, count_params
 from darts_jax.cnn.supernet import SearchNetwork, init_alphas
 from darts_jax.dynamics.hessian import dominant_hessian_eigenvalue

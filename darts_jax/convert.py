@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax.cnn import genotypes, networks
+from darts_jax.cnn import genotype_formats, genotypes, networks
 from darts_jax.cnn.genotypes import PRIMITIVES, Genotype
 from darts_jax.cnn.supernet import SearchNetwork, edge_index
 
@@ -379,7 +379,9 @@ def _unstack_runs(variables: Mapping[str, Any]) -> Variables:
 
 
 def _genotype(genotype: Genotype | str) -> Genotype:
-  return genotypes.parse_genotype(genotype) if isinstance(genotype, str) else genotypes.validate_genotype(genotype)
+  if isinstance(genotype, str):
+    return genotype_formats.parse_genotype(genotype)
+  return genotypes.validate_genotype(genotype)
 
 
 def infer_architecture(state_dict: StateDict) -> dict[str, Any]:

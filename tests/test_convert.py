@@ -17,7 +17,7 @@ from darts_jax import torch_reference as torch_darts  # noqa: E402  (needs torch
 from darts_jax.training.config_utils import load_config_module  # noqa: E402
 from darts_jax import convert  # noqa: E402
 from darts_jax.cli import evaluate  # noqa: E402
-from darts_jax.cnn import genotypes, networks  # noqa: E402
+from darts_jax.cnn import genotype_formats, networks  # noqa: E402
 from darts_jax.data import imagenet  # noqa: E402
 from darts_jax.cnn.genotypes import Genotype  # noqa: E402
 from darts_jax.cnn.supernet import SearchNetwork  # noqa: E402
@@ -117,7 +117,7 @@ def test_imagenet_checkpoint_of_data_parallel_converts_with_matching_logits(tmp_
   torch.save({'epoch': 3, 'best_acc_top1': 0.5, 'state_dict': {f'module.{k}': v for k, v in
                                                                torch_net.state_dict().items()}}, path)
   variables = convert.from_torch_state_dict(convert.load_torch_checkpoint(path), network='imagenet',
-                                            genotype=genotypes.genotype_to_json(SMALL))  # a genotype given as text
+                                            genotype=genotype_formats.genotype_to_json(SMALL))  # as text
   net = convert.network_for(SMALL, C=8, num_classes=5, layers=4, auxiliary=True, network='imagenet')
   # 224x224: the auxiliary head reads the 7x7 map after the second reduction.
   x = np.random.default_rng(1).normal(size=(2, 3, 224, 224)).astype(np.float32)
@@ -145,7 +145,7 @@ def test_pretrained_imagenet_checkpoint_evaluates_on_an_image_folder(tmp_path):
     logits, _ = torch_net(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32)))
   config = retrain_cifar10.get_config()
   config.batch_size = 4  # two batches, the second padded
-  results = evaluate.evaluate_pretrained(tmp_path / 'model.pt', genotypes.genotype_to_json(SMALL), config,
+  results = evaluate.evaluate_pretrained(tmp_path / 'model.pt', genotype_formats.genotype_to_json(SMALL), config,
                                          str(tmp_path / 'val'))
   assert (results['network'], results['num_classes'], results['num_test']) == ('imagenet', 3, 6)
   assert results['test_accuracy'] == np.mean(logits.numpy().argmax(-1) == np.array(labels))

@@ -1,11 +1,12 @@
-"""Tests for the genotype formats of other tools (darts_jax.genotypes, darts_jax.cnn.genotypes): NNI's architecture
-dict and pt.darts's genotype text, with the examples their documentation prints, and the conversion CLI."""
+"""Tests for the genotype formats of other tools (darts_jax.cnn.genotype_formats, darts_jax.cli.genotypes): NNI's
+architecture dict and pt.darts's genotype text, with the examples their documentation prints, and the conversion
+CLI."""
 import json
 import pytest
 
-from darts_jax import genotypes
+from darts_jax.cli import genotypes as genotypes_cli
+from darts_jax.cnn import genotype_formats
 from darts_jax.cnn.genotypes import Genotype
-from darts_jax.tasks import retrain
 
 # The two architecture dicts NNI's DARTS tutorial (examples/tutorials/darts.py) prints, verbatim.
 NNI_TUTORIAL_SEARCHED = {
@@ -38,14 +39,14 @@ PT_DARTS_CIFAR10 = """Genotype(
 
 
 def test_nni_tutorial_dicts_read_as_the_cells_they_draw():
-  assert genotypes.genotype_from_nni(NNI_TUTORIAL_SEARCHED) == Genotype(
+  assert genotype_formats.genotype_from_nni(NNI_TUTORIAL_SEARCHED) == Genotype(
       normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2),
               ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('max_pool_3x3', 0)],
       normal_concat=ALL_NODES,
       reduce=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('dil_conv_5x5', 2), ('sep_conv_3x3', 0),
               ('dil_conv_5x5', 2), ('sep_conv_5x5', 1), ('sep_conv_5x5', 4), ('dil_conv_5x5', 2)],
       reduce_concat=ALL_NODES)
-  assert genotypes.genotype_from_nni(NNI_TUTORIAL_REPRODUCED) == Genotype(
+  assert genotype_formats.genotype_from_nni(NNI_TUTORIAL_REPRODUCED) == Genotype(
       normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0),
               ('sep_conv_3x3', 0), ('max_pool_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)],
       normal_concat=ALL_NODES,
@@ -56,21 +57,21 @@ def test_nni_tutorial_dicts_read_as_the_cells_they_draw():
 
 @pytest.mark.parametrize('arch', [NNI_TUTORIAL_SEARCHED, NNI_TUTORIAL_REPRODUCED])
 def test_nni_dicts_round_trip_exactly_and_parse_as_printed_or_as_json(arch):
-  genotype = genotypes.genotype_from_nni(arch)
-  written = genotypes.genotype_to_nni(genotype)
+  genotype = genotype_formats.genotype_from_nni(arch)
+  written = genotype_formats.genotype_to_nni(genotype)
   assert written == arch and list(written) == list(arch)  # NNI's key order too
-  assert genotypes.parse_genotype(repr(arch)) == genotype  # as NNI prints it (single quotes)
-  assert genotypes.parse_genotype(json.dumps(arch)) == genotype
-  assert genotypes.parse_genotype(genotypes.format_genotype(genotype, 'nni')) == genotype
+  assert genotype_formats.parse_genotype(repr(arch)) == genotype  # as NNI prints it (single quotes)
+  assert genotype_formats.parse_genotype(json.dumps(arch)) == genotype
+  assert genotype_formats.parse_genotype(genotype_formats.format_genotype(genotype, 'nni')) == genotype
 
 
 def test_nni_single_element_input_lists_are_read():
   arch = {k: [v] if '/input_' in k else v for k, v in NNI_TUTORIAL_SEARCHED.items()}
-  assert genotypes.genotype_from_nni(arch) == genotypes.genotype_from_nni(NNI_TUTORIAL_SEARCHED)
+  assert genotype_formats.genotype_from_nni(arch) == genotype_formats.genotype_from_nni(NNI_TUTORIAL_SEARCHED)
 
 
 def test_pt_darts_readme_genotype_parses_and_is_written_back():
-  genotype = genotypes.parse_genotype(PT_DARTS_CIFAR10)
+  genotype = genotype_formats.parse_genotype(PT_DARTS_CIFAR10)
   assert genotype == Genotype(
       normal=[('sep_conv_3x3', 0), ('dil_conv_5x5', 1), ('skip_connect', 0), ('dil_conv_3x3', 2),
               ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('skip_connect', 0)],
@@ -79,18 +80,18 @@ def test_pt_darts_readme_genotype_parses_and_is_written_back():
               ('skip_connect', 3), ('max_pool_3x3', 0), ('skip_connect', 2), ('max_pool_3x3', 0)],
       reduce_concat=ALL_NODES)
   # The same text up to white space (pt.darts prints it on one line; the README breaks the lines).
-  assert ''.join(genotypes.genotype_to_pt_darts(genotype).split()) == ''.join(PT_DARTS_CIFAR10.split())
+  assert ''.join(genotype_formats.genotype_to_pt_darts(genotype).split()) == ''.join(PT_DARTS_CIFAR10.split())
 
 
 @pytest.mark.parametrize('name', ['DARTS_V1', 'DARTS_V2', 'NASNet', 'AmoebaNet'])
-@pytest.mark.parametrize('fmt', genotypes.GENOTYPE_FORMATS)
+@pytest.mark.parametrize('fmt', genotype_formats.GENOTYPE_FORMATS)
 def test_every_format_round_trips_through_parse_genotype(name, fmt):
-  genotype = genotypes.parse_genotype(name)
+  genotype = genotype_formats.parse_genotype(name)
   if fmt == 'nni' and name in ('NASNet', 'AmoebaNet'):  # cells that leave nodes out of the concat: not in NNI's space
     with pytest.raises(ValueError, match=r'_concat=\[4, 5, 6\] leaves out some of 2\.\.6'):
-      genotypes.format_genotype(genotype, fmt)
+      genotype_formats.format_genotype(genotype, fmt)
     return
-  assert genotypes.parse_genotype(genotypes.format_genotype(genotype, fmt)) == genotype
+  assert genotype_formats.parse_genotype(genotype_formats.format_genotype(genotype, fmt)) == genotype
 
 
 @pytest.mark.parametrize('arch,message', [
@@ -102,24 +103,26 @@ def test_every_format_round_trips_through_parse_genotype(name, fmt):
 ])
 def test_malformed_nni_dicts_are_rejected_with_the_reason(arch, message):
   with pytest.raises(ValueError, match=message):
-    genotypes.genotype_from_nni(arch)
+    genotype_formats.genotype_from_nni(arch)
 
 
 def test_pt_darts_node_with_three_inputs_is_rejected():
   with pytest.raises(ValueError, match=r'normal\[0\] \(node 0\) has 3 \(op, input\) pairs'):
-    genotypes.parse_genotype(PT_DARTS_CIFAR10.replace("('dil_conv_5x5', 1)]", "('dil_conv_5x5', 1), ('none', 0)]", 1))
+    genotype_formats.parse_genotype(
+        PT_DARTS_CIFAR10.replace("('dil_conv_5x5', 1)]", "('dil_conv_5x5', 1), ('none', 0)]", 1))
 
 
 def test_retrain_accepts_nni_and_pt_darts_genotypes(tmp_path):
   (tmp_path / 'arch.json').write_text(json.dumps(NNI_TUTORIAL_REPRODUCED))
-  assert retrain.load_genotype(str(tmp_path / 'arch.json')) == genotypes.genotype_from_nni(NNI_TUTORIAL_REPRODUCED)
-  assert retrain.load_genotype(PT_DARTS_CIFAR10) == genotypes.parse_genotype(PT_DARTS_CIFAR10)
+  assert (genotype_formats.load_genotype(str(tmp_path / 'arch.json'))
+          == genotype_formats.genotype_from_nni(NNI_TUTORIAL_REPRODUCED))
+  assert genotype_formats.load_genotype(PT_DARTS_CIFAR10) == genotype_formats.parse_genotype(PT_DARTS_CIFAR10)
 
 
 def test_convert_cli_prints_the_conversion_and_refuses_bad_input_in_one_line(capsys):
-  genotypes.main(['convert', '--to', 'nni', PT_DARTS_CIFAR10])
-  assert genotypes.parse_genotype(capsys.readouterr().out) == genotypes.parse_genotype(PT_DARTS_CIFAR10)
+  genotypes_cli.main(['convert', '--to', 'nni', PT_DARTS_CIFAR10])
+  assert genotype_formats.parse_genotype(capsys.readouterr().out) == genotype_formats.parse_genotype(PT_DARTS_CIFAR10)
   with pytest.raises(SystemExit) as exit_:
-    genotypes.main(['convert', '--to', 'pt_darts', "{'normal/op_2_0': 'sep_conv_3x3'}"])
+    genotypes_cli.main(['convert', '--to', 'pt_darts', "{'normal/op_2_0': 'sep_conv_3x3'}"])
   # cli.run's exit: status 1 and this one line on stderr.
-  assert exit_.value.code == "darts_jax.genotypes: error: the NNI architecture dict has no 'normal/input_2_0'"
+  assert exit_.value.code == f"{genotypes_cli.PROG}: error: the NNI architecture dict has no 'normal/input_2_0'"

@@ -1,4 +1,4 @@
-"""Tests for darts_jax.cnn.genotypes: derivation, published genotypes, parsing."""
+"""Tests for darts_jax.cnn.genotypes (derivation, published genotypes) and darts_jax.cnn.genotype_formats (parsing)."""
 
 import json
 
@@ -13,11 +13,8 @@ from darts_jax.cnn.genotypes import (
     KNOWN_GENOTYPES,
     PRIMITIVES,
     derive_genotype,
-    genotype_from_json,
-    genotype_from_repr,
-    genotype_to_json,
-    parse_genotype,
 )
+from darts_jax.cnn.genotype_formats import genotype_from_json, genotype_from_repr, genotype_to_json, parse_genotype
 
 NONE = PRIMITIVES.index('none')
 

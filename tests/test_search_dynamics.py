@@ -9,7 +9,7 @@ from test_search import tiny_config, tiny_supernet  # noqa: F401 (an autouse fix
 from darts_jax.cli import compare as compare_cli
 from darts_jax import dynamics
 from darts_jax.cli import plots as plots_cli
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import genotype_formats, genotypes
 from darts_jax.analysis import compare, run_files
 from darts_jax.dynamics import early_stopping
 from darts_jax.tasks import search
@@ -52,7 +52,7 @@ def test_every_epoch_logs_the_diagnostics_and_the_alphas(runs):
     assert 1 / 8 < r['alpha_max_weight_normal'] <= 1 and 0 <= r['stability_reduce'] <= 1
     assert np.isfinite(r['hessian_eigenvalue']) and r['alpha_grad_norm'] > 0
   # The stability and unchanged-epoch counts agree with the logged genotypes.
-  logged = [genotypes.genotype_from_json(json.dumps(r['genotype']))
+  logged = [genotype_formats.genotype_from_json(json.dumps(r['genotype']))
             for r in reporting.read_jsonl(root / 'full' / 'genotypes.jsonl')]
   for i in range(1, 3):
     stability = dynamics.genotype_stability(logged[i - 1], logged[i])
@@ -80,7 +80,7 @@ def test_darts_es_stops_and_keeps_the_architecture_from_window_epochs_before(run
   kept = run_files.read_alphas_log(workdir)[0]['alphas']
   final = np.load(workdir / 'alphas.npz')
   np.testing.assert_array_equal(final['normal'], kept['normal'])
-  assert genotypes.genotype_from_json((workdir / 'genotype.json').read_text()) == genotypes.derive_genotype(kept)
+  assert genotype_formats.genotype_from_json((workdir / 'genotype.json').read_text()) == genotypes.derive_genotype(kept)
   # Running it again does not train on: the stop is part of the last checkpoint.
   again = search.search(config, workdir)
   assert int(again.step) == 12 and [r['epoch'] for r in _epochs(workdir)] == [1, 2]

@@ -7,19 +7,19 @@ cell's initial state ``s0``, computed from ``x_t`` and ``h_{t-1}``). ``concat`` 
 cell output ``h_t``.
 
 Pure Python/NumPy: the published genotypes, `derive_genotype` from architecture weights, and JSON / repr
-(de)serialisation with validation, by the rules of the CNN genotypes (`darts_jax.cnn.genotypes`).
+(de)serialisation with validation, by the text rules both spaces share (`darts_jax.genotype_text`).
 """
 from __future__ import annotations
 
 import collections
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# The safe-literal text helpers are the CNN genotypes' (one parser rule set for both spaces).
-from darts_jax.cnn.genotypes import _concat_text, _is_int, _repr_fields, _softmax
+from darts_jax.genotype_text import concat_text, is_int, repr_fields, softmax
 
 # The recurrent search space, in the order of the original; the columns of the architecture weights follow it.
 PRIMITIVES = ('none', 'tanh', 'relu', 'sigmoid', 'identity')
@@ -83,7 +83,7 @@ def derive_genotype(alphas: Any, steps: int = STEPS) -> Genotype:
                      'len(PRIMITIVES))')
   if not np.all(np.isfinite(a)):
     raise ValueError('alphas contains NaN or inf; the search diverged')
-  weights = _softmax(a)
+  weights = softmax(a)
   weights[:, PRIMITIVES.index('none')] = -np.inf  # 'none' never wins
   recurrent, start = [], 0
   for i in range(steps):
@@ -114,14 +114,14 @@ def validate_genotype(genotype: Genotype) -> Genotype:
     op, j = pair
     if not isinstance(op, str) or op not in _ACTIVATIONS:
       raise ValueError(f'unknown activation {op!r} at {where}; known: {", ".join(_ACTIVATIONS)}')
-    if not _is_int(j) or not 0 <= j <= i:
+    if not is_int(j) or not 0 <= j <= i:
       raise ValueError(f'predecessor {j!r} at {where} is out of range: node {i} may read states 0..{i}')
     recurrent.append((op, int(j)))
   if isinstance(concat, (str, bytes, Mapping)) or not isinstance(concat, (Sequence, range)):
     raise ValueError(f'concat must be a list of state indices, got {type(concat).__name__}')
   out = []
   for c in concat:  # lazily: a huge range() fails within len(ops) + 2 items
-    if not _is_int(c) or not 0 <= c <= len(recurrent):
+    if not is_int(c) or not 0 <= c <= len(recurrent):
       raise ValueError(f'concat index {c!r} is out of range: the states of a {len(recurrent)}-node cell are '
                        f'0..{len(recurrent)}')
     if c in out:
@@ -171,14 +171,14 @@ def genotype_from_repr(text: str) -> Genotype:
   Raises:
     ValueError: if `text` is not such a repr or the genotype is invalid.
   """
-  fields = _repr_fields(text, Genotype._fields, "'Genotype(recurrent=[...], concat=[...])'")
+  fields = repr_fields(text, Genotype._fields, "'Genotype(recurrent=[...], concat=[...])'")
   return _from_fields(fields, 'Genotype(...) repr')
 
 
 def genotype_to_repr(genotype: Genotype) -> str:
   """The original's ``Genotype(recurrent=[('relu', 0), ...], concat=range(1, 9))``."""
   g = validate_genotype(genotype)
-  return f'Genotype(recurrent={g.recurrent!r}, concat={_concat_text(g.concat)})'
+  return f'Genotype(recurrent={g.recurrent!r}, concat={concat_text(g.concat)})'
 
 
 def parse_genotype(text_or_name: str) -> Genotype:
@@ -201,3 +201,32 @@ def parse_genotype(text_or_name: str) -> Genotype:
     if str(e).startswith('not a Genotype(...) repr'):
       raise ValueError(f'not a known recurrent genotype name, JSON, nor a Genotype(...) repr: {text[:80]!r}') from None
     raise
+
+
+GENOTYPE_FILE = 'genotype.json'
+"""The file a search or retrain workdir holds its genotype in (`genotype_to_json`)."""
+
+
+def load_genotype(spec: str) -> Genotype:
+  """The recurrent genotype of `spec`: a name (``DARTS_V2``), a workdir holding ``genotype.json``, a file with
+  JSON or a ``Genotype(...)`` repr, or the JSON or repr text itself.
+
+  Raises:
+    ValueError: for an empty, malformed or invalid genotype; FileNotFoundError: a directory without genotype.json.
+  """
+  spec = spec.strip()
+  if not spec:
+    raise ValueError('no genotype given: pass --config.genotype=NAME (e.g. DARTS_V2), a search workdir, a '
+                     'genotype.json file, or the genotype as JSON or Genotype(...) text.')
+  try:
+    path = Path(spec).expanduser()
+    exists = len(spec) < 4096 and path.exists()
+  except OSError:
+    exists = False
+  if not exists:
+    return parse_genotype(spec)
+  if path.is_dir():
+    if not (path / GENOTYPE_FILE).is_file():
+      raise FileNotFoundError(f'{path} holds no {GENOTYPE_FILE} (a finished recurrent search writes one).')
+    path = path / GENOTYPE_FILE
+  return parse_genotype(path.read_text())

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax.bilevel import hypergradient as hg
-from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.bilevel.hypergradient import (METHODS, exact_hypergradient, fd_hypergradient, first_order_hypergradient,
+                                             hypergradient, implicit_cg_hypergradient, implicit_neumann_hypergradient,
+                                             unrolled_hypergradient)
 from test_hypergradient import (ETA, MOMENTUM, WEIGHT_DECAY, _assert_trees_close, _loss, _max_abs_diff,
                                 _nonlinear_problem, _quadratic_problem, _quadratic_train, _quadratic_val, _random, _spd)
 
@@ -231,25 +232,25 @@ def test_each_method_function_is_the_entry_with_its_method():
                   passes='chained')
   implicit = dict(implicit_iterations=3, implicit_damping=0.5, weight_decay=WEIGHT_DECAY)
   functions = {
-      'first_order': lambda w, a: hg.first_order_hypergradient(_loss, w, a, val),
-      'fd': lambda w, a: hg.fd_hypergradient(_loss, _loss, w, a, train, val, fd_epsilon=0.05, **one_step),
-      'exact': lambda w, a: hg.exact_hypergradient(_loss, _loss, w, a, train, val, **one_step),
-      'unrolled': lambda w, a: hg.unrolled_hypergradient(_loss, _loss, w, a, train, val, eta=ETA, unroll_steps=2,
-                                                         momentum_buffer=buffer, momentum=0.5,
-                                                         weight_decay=WEIGHT_DECAY),
-      'implicit_cg': lambda w, a: hg.implicit_cg_hypergradient(_loss, _loss, w, a, train, val, **implicit),
-      'implicit_neumann': lambda w, a: hg.implicit_neumann_hypergradient(_loss, _loss, w, a, train, val, eta=ETA,
-                                                                         **implicit),
+      'first_order': lambda w, a: first_order_hypergradient(_loss, w, a, val),
+      'fd': lambda w, a: fd_hypergradient(_loss, _loss, w, a, train, val, fd_epsilon=0.05, **one_step),
+      'exact': lambda w, a: exact_hypergradient(_loss, _loss, w, a, train, val, **one_step),
+      'unrolled': lambda w, a: unrolled_hypergradient(_loss, _loss, w, a, train, val, eta=ETA, unroll_steps=2,
+                                                      momentum_buffer=buffer, momentum=0.5,
+                                                      weight_decay=WEIGHT_DECAY),
+      'implicit_cg': lambda w, a: implicit_cg_hypergradient(_loss, _loss, w, a, train, val, **implicit),
+      'implicit_neumann': lambda w, a: implicit_neumann_hypergradient(_loss, _loss, w, a, train, val, eta=ETA,
+                                                                      **implicit),
   }
-  assert set(functions) == set(hg.METHODS)
+  assert set(functions) == set(METHODS)
 
   @jax.jit
   def run(w, alpha):
     clipped = ('first_order', 'fd', 'exact')  # the methods that take a grad_clip
-    entry = {method: hg.hypergradient(_loss, _loss, w, alpha, train, val, method=method,
-                                      **dict(options, grad_clip=0.5 if method in clipped else None))
+    entry = {method: hypergradient(_loss, _loss, w, alpha, train, val, method=method,
+                                   **dict(options, grad_clip=0.5 if method in clipped else None))
              for method in functions}
-    defaults = {method: hg.hypergradient(_loss, _loss, w, alpha, train, val, eta=ETA, method=method)
+    defaults = {method: hypergradient(_loss, _loss, w, alpha, train, val, eta=ETA, method=method)
                 for method in functions}
     return entry, {method: fn(w, alpha) for method, fn in functions.items()}, defaults
 

@@ -34,8 +34,8 @@ from jax import lax
 
 from darts_jax import data
 from darts_jax.cnn import genotype_formats, ops
-from darts_jax.data import imagenet
-from darts_jax.tasks import retrain
+from darts_jax.data import imagenet, retrain_data
+from darts_jax.spaces.cnn_retraining import restore_workdir
 
 ARTIFACT = 'model.jax_export'
 SPEC = 'model.json'
@@ -58,12 +58,12 @@ def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[st
     The output directory, holding ``model.jax_export`` and ``model.json``.
 
   Raises:
-    FileNotFoundError, ValueError: as `retrain.restore_workdir` (not a retrain workdir, no checkpoint).
+    FileNotFoundError, ValueError: as `spaces.cnn_retraining.restore_workdir` (not a retrain workdir, no checkpoint).
   """
-  restored = retrain.restore_workdir(workdir)
+  restored = restore_workdir(workdir)
   config = restored.config
-  if retrain.is_imagenet(config):  # inputs are the evaluation crops (resize 256, centre crop 224)
-    h, w, c = retrain.image_shape(config)
+  if retrain_data.is_imagenet(config):  # inputs are the evaluation crops (resize 256, centre crop 224)
+    h, w, c = retrain_data.image_shape(config)
     preprocess = data.make_preprocess(imagenet.MEAN, imagenet.STD)
   else:
     spec = data.DATASETS[config.data.name]
@@ -88,7 +88,7 @@ def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[st
   output = Path(output) if output else Path(workdir) / 'export'
   output.mkdir(parents=True, exist_ok=True)
   (output / ARTIFACT).write_bytes(exported.serialize())
-  names = retrain.class_names(config)
+  names = retrain_data.class_names(config)
   (output / SPEC).write_text(json.dumps({
       'input_shape': [None, h, w, c], 'input_dtype': 'uint8', 'layout': 'NHWC, pixel values 0..255',
       'output': f'float32 logits (N, {len(names)})', 'class_names': names, 'num_classes': len(names),

@@ -23,8 +23,10 @@ import pytest
 from darts_jax.training.config_utils import load_config_module
 from darts_jax import data
 from darts_jax.cli import evaluate
-from darts_jax.cnn import genotypes, networks
+from darts_jax.cnn import genotype_formats, genotypes, networks, train_step
 from darts_jax.training import loop, parallel, reporting
+from darts_jax.cnn.genotype_formats import load_genotype
+from darts_jax.spaces import cnn_retraining
 from darts_jax.tasks import retrain
 from darts_jax.training.checkpointing import Checkpointer
 from darts_jax.cnn.genotypes import Genotype
@@ -68,15 +70,15 @@ def _genotype_file(directory, text, name='genotype.json'):
 
 
 def test_load_genotype_accepts_names_workdirs_files_and_text(tmp_path):
-  as_json, as_repr = genotypes.genotype_to_json(SMALL), repr(SMALL)
+  as_json, as_repr = genotype_formats.genotype_to_json(SMALL), repr(SMALL)
   search_workdir = _genotype_file(tmp_path / 'search', as_json).parent
   inputs = [as_json, as_repr, str(search_workdir), str(search_workdir / 'genotype.json'),
             str(_genotype_file(tmp_path, as_repr, 'cell.txt'))]
   for spec in inputs:
-    assert retrain.load_genotype(spec) == genotypes.validate_genotype(SMALL), spec
+    assert load_genotype(spec) == genotypes.validate_genotype(SMALL), spec
   darts_v2 = genotypes.validate_genotype(genotypes.DARTS_V2)
-  assert retrain.load_genotype(' DARTS_V2 ') == darts_v2
-  assert retrain.load_genotype(genotypes.genotype_to_json(darts_v2)) == darts_v2  # longer than a file name can be
+  assert load_genotype(' DARTS_V2 ') == darts_v2
+  assert load_genotype(genotype_formats.genotype_to_json(darts_v2)) == darts_v2  # longer than a file name can be
 
 
 @pytest.mark.parametrize('spec,error,message', [
@@ -87,16 +89,16 @@ def test_load_genotype_accepts_names_workdirs_files_and_text(tmp_path):
 ])
 def test_load_genotype_rejects_malformed_input(spec, error, message):
   with pytest.raises(error, match=message):
-    retrain.load_genotype(spec)
+    load_genotype(spec)
 
 
 def test_load_genotype_names_a_bad_file_or_a_directory_without_genotype(tmp_path):
   bad = _genotype_file(tmp_path / 'bad', '{"normal": 3}')
   with pytest.raises(ValueError, match=f'{bad}: '):
-    retrain.load_genotype(str(bad))
+    load_genotype(str(bad))
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='without a genotype.json'):
-    retrain.load_genotype(str(tmp_path / 'empty'))
+    load_genotype(str(tmp_path / 'empty'))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -125,15 +127,15 @@ def cifar_step():
   """``(make_step, state, step)``: the training step of a 3-cell NetworkCIFAR with the auxiliary head on 32x32 RGB
   batches of 8 (augmentation, cutout, drop path), built by ``make_step(axis_name) -> (model, step)``; ``step`` is the
   jitted one-device step, one compilation for the tests of the step."""
-  tx, schedule = retrain.create_optimizer(retrain_cifar10.get_config(), steps_per_epoch=10)
+  tx, schedule = cnn_retraining.create_optimizer(retrain_cifar10.get_config(), steps_per_epoch=10)
 
   def make_step(axis_name):
     model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3, auxiliary=True, axis_name=axis_name)
     preprocess = data.make_preprocess(np.full(3, 0.5), np.full(3, 0.25), augment=True, axis_name=axis_name)
-    return model, retrain.make_train_step(model, schedule, preprocess, cutout=8, auxiliary_weight=AUXILIARY_WEIGHT)
+    return model, train_step.make_train_step(model, schedule, preprocess, cutout=8, auxiliary_weight=AUXILIARY_WEIGHT)
 
   model, single = make_step(None)
-  state = retrain.create_train_state(jax.random.key(0), model, (32, 32, 3), tx)  # axis_name does not change params
+  state = train_step.create_train_state(jax.random.key(0), model, (32, 32, 3), tx)  # axis_name does not change params
   return make_step, state, jax.jit(single)
 
 
@@ -215,7 +217,7 @@ def test_training_lowers_the_loss_on_fashion_mnist(cifar_step):
 def reference(tmp_path_factory, data_dir):
   """A finished tiny retraining of SMALL, read from a search workdir, through the CLI."""
   search_workdir = tmp_path_factory.mktemp('search')
-  (search_workdir / 'genotype.json').write_text(genotypes.genotype_to_json(SMALL))
+  (search_workdir / 'genotype.json').write_text(genotype_formats.genotype_to_json(SMALL))
   workdir = tmp_path_factory.mktemp('runs') / 'reference'
   returncode, stderr = run_retrain(workdir, f'--config.genotype={search_workdir}', f'--config.data.dir={data_dir}',
                                    *TINY)
@@ -232,8 +234,9 @@ def test_cli_writes_results_metrics_curves_and_checkpoints(reference):
   results = json.loads((reference / 'results.json').read_text())
   assert results['epochs'] == 2 and results['steps'] == 4 and results['dataset'] == 'fashion_mnist'
   assert 0 <= results['test_accuracy'] <= 1 and np.isfinite(results['test_loss']) and results['wall_time_s'] > 0
-  assert genotypes.genotype_from_json(json.dumps(results['genotype'])) == genotypes.validate_genotype(SMALL)
-  assert genotypes.parse_genotype((reference / 'genotype.json').read_text()) == genotypes.validate_genotype(SMALL)
+  assert genotype_formats.genotype_from_json(json.dumps(results['genotype'])) == genotypes.validate_genotype(SMALL)
+  assert (genotype_formats.parse_genotype((reference / 'genotype.json').read_text())
+          == genotypes.validate_genotype(SMALL))
   records = _epoch_records(reference)
   assert [r['epoch'] for r in records] == [1, 2]
   assert [r['drop_path_prob'] for r in records] == [0.0, 0.1]  # 0.2 · epoch / 2, as the original
@@ -286,9 +289,9 @@ def test_divergence_stops_with_the_step_and_keeps_the_checkpoints(reference, tmp
   checkpoints = workdir / 'checkpoints'
   assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [2, 3, 4]
   model = networks.NetworkCIFAR(SMALL, C=2, num_classes=10, layers=3, axis_name=parallel.AXIS_NAME)
-  tx, _ = retrain.create_optimizer(_config(workdir), steps_per_epoch=2)
+  tx, _ = cnn_retraining.create_optimizer(_config(workdir), steps_per_epoch=2)
   with Checkpointer(checkpoints) as checkpointer:
-    step, state, _ = checkpointer.restore_latest(retrain.create_train_state(jax.random.key(0), model, (8, 8, 1), tx))
+    step, state, _ = checkpointer.restore_latest(train_step.create_train_state(jax.random.key(0), model, (8, 8, 1), tx))
   assert step == 4 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
@@ -308,7 +311,7 @@ def test_evaluate_needs_a_retrain_workdir(tmp_path):
 
 def test_sigterm_mid_epoch_saves_exits_75_and_resumes_identically(reference, data_dir, tmp_path):
   search_workdir = tmp_path / 'search'
-  _genotype_file(search_workdir, genotypes.genotype_to_json(SMALL))
+  _genotype_file(search_workdir, genotype_formats.genotype_to_json(SMALL))
   workdir = tmp_path / 'preempted'
   command = [sys.executable, 'run_retrain.py', '--config', 'configs/retrain_quick.py', '--workdir', str(workdir),
              f'--config.compilation_cache_dir={os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}',
@@ -351,7 +354,7 @@ def errors(reference, tmp_path_factory, run_cli_cases):
   search_like = tmp / 'search'
   search_like.mkdir()
   (search_like / 'config.json').write_text('{"seed": 0, "model": {"layers": 3}}')
-  (search_like / 'genotype.json').write_text(genotypes.genotype_to_json(SMALL))
+  (search_like / 'genotype.json').write_text(genotype_formats.genotype_to_json(SMALL))
   damaged = tmp / 'damaged'
   shutil.copytree(reference, damaged)
   (damaged / 'config.json').write_text('{"seed": ')

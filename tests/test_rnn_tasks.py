@@ -10,8 +10,9 @@ import pytest
 from darts_jax.training.config_utils import load_config_module
 from darts_jax import rnn
 from darts_jax.data import DatasetNotFoundError, text
-from darts_jax.tasks import rnn_retrain, rnn_search
-from darts_jax.training import reporting
+from darts_jax.spaces import rnn_retraining
+from darts_jax.tasks import retrain, search
+from darts_jax.training import optimizers, reporting
 from darts_jax.training.checkpointing import Checkpointer
 
 retrain_ptb = load_config_module('retrain_ptb')
@@ -125,7 +126,7 @@ def test_lm_batches_read_the_streams_as_the_original():
 @pytest.fixture(scope='module')
 def reference_search(tmp_path_factory, corpus_dir):
   workdir = tmp_path_factory.mktemp('rnn_search')
-  state = rnn_search.rnn_search(search_config(corpus_dir, checkpoint_every_minutes=0.0), workdir)
+  state = search.search(search_config(corpus_dir, checkpoint_every_minutes=0.0), workdir)
   return workdir, state
 
 
@@ -166,10 +167,10 @@ def test_search_resumes_bit_identically_after_an_interruption(reference_search, 
 
   monkeypatch.setattr(Checkpointer, 'save', interrupted_save)
   with pytest.raises(KeyboardInterrupt):
-    rnn_search.rnn_search(search_config(corpus_dir), tmp_path)
+    search.search(search_config(corpus_dir), tmp_path)
   monkeypatch.setattr(Checkpointer, 'save', save)
   with caplog.at_level(logging.INFO):
-    resumed = rnn_search.rnn_search(search_config(corpus_dir), tmp_path)
+    resumed = search.search(search_config(corpus_dir), tmp_path)
   assert 'Resuming from step 4 (epoch 1, step 1 of the epoch)' in caplog.text
   for field in ('alphas', 'params', 'batch_stats', 'hidden', 'hidden_valid', 'arch_opt_state'):
     jax.tree.map(np.testing.assert_array_equal, getattr(resumed, field), getattr(state, field))
@@ -179,11 +180,11 @@ def test_search_resumes_bit_identically_after_an_interruption(reference_search, 
 
 def test_search_config_errors(corpus_dir, tmp_path):
   with pytest.raises(ValueError, match='Unknown hypergradient'):
-    rnn_search.rnn_search(search_config(corpus_dir, hypergradient='implicit_cg'), tmp_path / 'a')
+    search.search(search_config(corpus_dir, hypergradient='implicit_cg'), tmp_path / 'a')
   with pytest.raises(ValueError, match='must equal model.nhid'):
-    rnn_search.rnn_search(search_config(corpus_dir, **{'model.emsize': 4}), tmp_path / 'b')
+    search.search(search_config(corpus_dir, **{'model.emsize': 4}), tmp_path / 'b')
   with pytest.raises(DatasetNotFoundError, match='put ptb.train.txt'):
-    rnn_search.rnn_search(search_config(tmp_path), tmp_path / 'c')
+    search.search(search_config(tmp_path), tmp_path / 'c')
   assert not (tmp_path / 'c' / 'checkpoints').exists()
 
 
@@ -194,7 +195,7 @@ def test_retrain_reports_perplexity(corpus_dir, tmp_path):
   genotype = rnn.Genotype(recurrent=[('relu', 0), ('tanh', 1)], concat=[1, 2])  # 2 nodes: a fast compile
   config = _tiny(retrain_ptb.get_config(), corpus_dir, num_epochs=2, test_batch_size=2,  # shares the valid program
                  genotype=rnn.genotype_to_repr(genotype), checkpoint_every_minutes=0.0)
-  results = rnn_retrain.rnn_retrain(config, tmp_path)
+  results = retrain.retrain(config, tmp_path)
   assert json.loads((tmp_path / 'results.json').read_text()) == json.loads(json.dumps(results))
   assert results['params'] == rnn.num_params(46, 8, 8, genotype) and results['dataset'] == 'ptb'
   assert results['test_ppl'] == pytest.approx(np.exp(results['test_loss'])) and 1 < results['test_ppl'] < 1e3
@@ -203,7 +204,7 @@ def test_retrain_reports_perplexity(corpus_dir, tmp_path):
   assert (tmp_path / 'recurrent.png').is_file() and (tmp_path / 'curves.png').is_file()
   assert rnn.genotype_from_json((tmp_path / 'genotype.json').read_text()) == genotype
   with pytest.raises(ValueError, match='another'):
-    rnn_retrain.rnn_retrain(_override(config, {'genotype': 'DARTS_V2'}), tmp_path)
+    retrain.retrain(_override(config, {'genotype': 'DARTS_V2'}), tmp_path)
 
 
 def _host_state(**fields):
@@ -212,19 +213,19 @@ def _host_state(**fields):
               avg_params=params, best_params=params, best_valid_loss=np.asarray(np.inf, np.float32),
               valid_history=np.zeros(10, np.float32), history_length=np.asarray(0), hidden=np.zeros((1, 1)),
               rng=jax.random.key(0))
-  return rnn_retrain.RNNTrainState(**{**base, **fields})
+  return rnn_retraining.RNNTrainState(**{**base, **fields})
 
 
 def test_nt_asgd_switches_when_validation_is_worse_than_nonmono_epochs_back():
   state = _host_state()
   for epoch, loss in enumerate([5.0, 4.0, 4.5, 4.2]):  # 4.2 is worse than 4.0, two evaluations back
     state = state.replace(params={'w': np.full(2, epoch, np.float32)})
-    state = rnn_retrain.nt_asgd_update(state, loss, nonmono=1)
+    state = optimizers.nt_asgd_update(state, loss, nonmono=1)
     assert bool(state.averaging) == (epoch == 3), epoch
   assert float(state.best_valid_loss) == 4.0 and state.best_params['w'][0] == 1  # the weights evaluated at 4.0
   np.testing.assert_array_equal(state.avg_params['w'], [3, 3])
   assert int(state.history_length) == 4
-  after = rnn_retrain.nt_asgd_update(state.replace(avg_params={'w': np.full(2, 7.0, np.float32)}), 3.0, nonmono=1)
+  after = optimizers.nt_asgd_update(state.replace(avg_params={'w': np.full(2, 7.0, np.float32)}), 3.0, nonmono=1)
   assert after.best_params['w'][0] == 7.0 and int(after.history_length) == 4  # averaged weights are evaluated
 
 
@@ -232,5 +233,5 @@ def test_asgd_average_is_the_mean_of_the_iterates_from_the_second_on():
   iterates = [1.0, 2.0, 4.0, 9.0]
   average = 0.0
   for k, w in enumerate(iterates, 1):
-    average = float(rnn_retrain.asgd_average(jnp.float32(average), jnp.float32(w), jnp.int32(k)))
+    average = float(optimizers.asgd_average(jnp.float32(average), jnp.float32(w), jnp.int32(k)))
   assert average == pytest.approx(np.mean(iterates[1:]))

@@ -9,10 +9,10 @@ normalised on the device.
 """
 from darts_jax.data.augment import (Preprocess, cutout, example_keys, make_cutout, make_preprocess, normalize,
                                     random_crop_flip)
-from darts_jax.data.batching import Prefetcher, epoch_batches, num_batches, search_split, sharded
+from darts_jax.data.batching import Prefetcher, epoch_batches, eval_batches, num_batches, search_split, sharded
 from darts_jax.data.sources import (DATA_DIR_ENV, DATASETS, Dataset, DatasetNotFoundError, class_names, load_dataset,
                                     select_classes)
 
 __all__ = ['DATASETS', 'DATA_DIR_ENV', 'Dataset', 'DatasetNotFoundError', 'Prefetcher', 'Preprocess', 'class_names',
-           'cutout', 'epoch_batches', 'example_keys', 'load_dataset', 'make_cutout', 'make_preprocess', 'normalize',
-           'num_batches', 'random_crop_flip', 'search_split', 'select_classes', 'sharded']
+           'cutout', 'epoch_batches', 'eval_batches', 'example_keys', 'load_dataset', 'make_cutout', 'make_preprocess',
+           'normalize', 'num_batches', 'random_crop_flip', 'search_split', 'select_classes', 'sharded']

@@ -206,3 +206,16 @@ def sharded(batch: Any, num_devices: int) -> Any:
     return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
   return jax.tree.map(reshape, batch)
 
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """This process's slices of global batches covering every example once, in order.
+
+  The last global batch is padded to `batch_size` by repeating the last example, with ``mask`` 0 for the padding.
+  """
+  local = batch_size // process_count
+  for start in range(0, len(images), batch_size):
+    index = start + process_index * local + np.arange(local)
+    mask = (index < len(images)).astype(np.float32)
+    index = np.minimum(index, len(images) - 1)
+    yield images[index], labels[index], mask

@@ -385,7 +385,7 @@ def eval_batches(source: Sequence, batch_size: int, *, image_size: int = CROP, r
                  process_index: int = 0, process_count: int = 1, workers: int = 0, threads: int = 8
                  ) -> Iterator[EvalBatch]:
   """This process's slices of global batches covering `source` once, in order: uint8 centre crops, int32 labels
-  and a float32 mask; the last global batch is padded (mask 0) to `batch_size`, as `training.loop.eval_batches`."""
+  and a float32 mask; the last global batch is padded (mask 0) to `batch_size`, as `data.batching.eval_batches`."""
   examples = grain.MapDataset.source(source).map(EvalTransform(image_size, resize))
   dataset = _ProcessBatches(examples, epoch_size=len(source), batches_per_epoch=-(-len(source) // batch_size),
                             num_epochs=1, batch_size=batch_size, process_index=process_index,

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from darts_jax.cnn import cost, genotypes
+from darts_jax.cnn import cost, genotype_formats, genotypes
 from darts_jax.data import DATASETS
 from darts_jax.analysis import run_files
 from darts_jax.dynamics.diagnostics import CELL_TYPES
@@ -146,7 +146,7 @@ def summarize_retrain(workdir: str | os.PathLike[str]) -> dict[str, Any]:
   macs = results.get('macs')
   if macs is None:
     config = run_files.read_config(workdir)
-    genotype = genotypes.parse_genotype(json.dumps(results['genotype']))
+    genotype = genotype_formats.parse_genotype(json.dumps(results['genotype']))
     if config['data']['name'] == 'imagenet':  # NetworkImageNet (configs/retrain_imagenet.py)
       macs = cost.network_cost(genotype, network='imagenet', C=config['model']['init_channels'],
                                layers=config['model']['layers'], num_classes=config['data']['num_classes'],

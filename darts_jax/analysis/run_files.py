@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import genotype_formats, genotypes
 from darts_jax.training import curves, loop, reporting
 
 ALPHAS_FILE = 'alphas.jsonl'
@@ -84,7 +84,7 @@ def final_alphas(workdir: Path) -> tuple[dict[str, np.ndarray], str]:
 def final_genotype(workdir: Path) -> genotypes.Genotype | None:
   """``genotype.json``, or while the run runs the latest genotype of ``genotypes.jsonl``; None before epoch 1."""
   if (workdir / 'genotype.json').is_file():
-    return genotypes.genotype_from_json((workdir / 'genotype.json').read_text())
+    return genotype_formats.genotype_from_json((workdir / 'genotype.json').read_text())
   path = workdir / GENOTYPES_FILE
   records = reporting.read_jsonl(path) if path.is_file() else []
-  return genotypes.genotype_from_json(json.dumps(records[-1]['genotype'])) if records else None
+  return genotype_formats.genotype_from_json(json.dumps(records[-1]['genotype'])) if records else None

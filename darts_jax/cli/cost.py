@@ -20,8 +20,8 @@ import json
 from typing import Any
 
 from darts_jax.cnn import cost
+from darts_jax.cnn.genotype_formats import load_genotype
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS
-from darts_jax.tasks.retrain import load_genotype
 from darts_jax.training import cli
 
 PROG = 'darts-cost'

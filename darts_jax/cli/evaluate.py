@@ -29,8 +29,10 @@ from ml_collections import config_flags
 
 from darts_jax import convert, data
 from darts_jax.cnn.networks import count_params
-from darts_jax.data import imagenet
-from darts_jax.tasks import retrain
+from darts_jax.cnn.genotype_formats import load_genotype
+from darts_jax.cnn.train_step import make_eval_step
+from darts_jax.data import imagenet, retrain_data
+from darts_jax.spaces.cnn_retraining import restore_workdir
 from darts_jax.training import cli, loop, parallel
 from darts_jax.training.parallel import AXIS_NAME
 
@@ -46,7 +48,7 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
   """Evaluates the latest checkpoint of the retrain run in `workdir` on its dataset's whole test set.
 
   Args:
-    workdir: a `retrain.retrain` run directory.
+    workdir: a `tasks.retrain.retrain` run directory of the CNN space.
     data_dir: where the dataset is, if not where the run found it (``config.data.dir``, else the defaults of
       `data.load_dataset`).
 
@@ -58,11 +60,11 @@ def evaluate_workdir(workdir: str | os.PathLike[str], data_dir: str | None = Non
     FileNotFoundError: when `workdir` has no ``config.json`` or no checkpoint, or the dataset is not found.
     ValueError: when `workdir` is not a retrain workdir or its files are damaged.
   """
-  restored = retrain.restore_workdir(workdir)
+  restored = restore_workdir(workdir)
   config = restored.config
-  inputs = retrain.open_data(config, data_dir, train=False)
+  inputs = retrain_data.open_data(config, data_dir, train=False, axis_name=AXIS_NAME)
   model = restored.model.clone(axis_name=AXIS_NAME)
-  p_eval = parallel.data_parallel(retrain.make_eval_step(model, inputs.eval_preprocess, top5=inputs.top5), AXIS_NAME,
+  p_eval = parallel.data_parallel(make_eval_step(model, inputs.eval_preprocess, top5=inputs.top5), AXIS_NAME,
                                   impl=config.get('parallel_impl', parallel.DEFAULT_IMPL))
   test = loop.evaluate_batches(p_eval, parallel.replicate(restored.state, AXIS_NAME),
                                inputs.test_batches(_batch_size(config)), AXIS_NAME)
@@ -98,7 +100,7 @@ def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_
   """
   state_dict = convert.load_torch_checkpoint(path)
   arch = convert.infer_architecture(state_dict)
-  genotype = retrain.load_genotype(genotype)
+  genotype = load_genotype(genotype)
   batch_size = _batch_size(config)
   if arch['network'] == 'imagenet':
     source = data_dir or config.data.dir
@@ -110,7 +112,7 @@ def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_
     batches, channels, size = imagenet.eval_batches(val, batch_size), 3, 0
     mean, std, name = imagenet.MEAN, imagenet.STD, 'ImageNet'
   else:
-    ds = retrain.load_data(config, data_dir)
+    ds = retrain_data.load_data(config, data_dir)
     num_test, num_classes, channels = len(ds.test_images), ds.num_classes, ds.test_images.shape[-1]
     size = config.data.image_size
     batches = data.eval_batches(ds.test_images, ds.test_labels, batch_size, jax.process_index(), jax.process_count())
@@ -123,7 +125,7 @@ def evaluate_pretrained(path: str | os.PathLike[str], genotype: str, config: ml_
   shape = {k: arch[k] for k in ('network', 'C', 'layers', 'num_classes', 'auxiliary')}
   model = convert.network_for(genotype, **shape, depthwise_impl=config.model.depthwise_impl, axis_name=AXIS_NAME)
   preprocess = data.make_preprocess(mean, std, image_size=size, axis_name=AXIS_NAME)
-  p_eval = parallel.data_parallel(retrain.make_eval_step(model, preprocess, top5=True), AXIS_NAME,
+  p_eval = parallel.data_parallel(make_eval_step(model, preprocess, top5=True), AXIS_NAME,
                                   impl=config.get('parallel_impl', parallel.DEFAULT_IMPL))
   weights = parallel.replicate(Weights(variables['params'], variables['batch_stats']), AXIS_NAME)
   test = loop.evaluate_batches(p_eval, weights, batches, AXIS_NAME)

@@ -5,15 +5,14 @@ NNI's architecture dict.
 
 prints GENOTYPE (a known name such as ``DARTS_V2``, a ``genotype.json`` file or a search workdir, or the text in any
 of the formats) in the chosen format. The library functions (`genotype_from_nni`, `genotype_to_nni`,
-`genotype_to_pt_darts`, `genotype_to_repr`, `format_genotype`, `parse_genotype`) and the published cells are
-`darts_jax.cnn.genotypes`.
+`genotype_to_pt_darts`, `genotype_to_repr`, `format_genotype`, `parse_genotype`) are `darts_jax.cnn.genotype_formats`,
+the published cells `darts_jax.cnn.genotypes`.
 """
 from __future__ import annotations
 
 import argparse
 
-from darts_jax.cnn.genotypes import GENOTYPE_FORMATS, format_genotype
-from darts_jax.tasks.retrain import load_genotype
+from darts_jax.cnn.genotype_formats import GENOTYPE_FORMATS, format_genotype, load_genotype
 from darts_jax.training import cli
 
 PROG = 'darts-genotypes'

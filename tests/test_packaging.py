@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import genotype_formats, genotypes
 
 REPO = Path(__file__).resolve().parents[1]
 # What the `[cli]` extra brings; the research API must import without any of them.
@@ -117,5 +117,5 @@ def test_installed_wheel_runs_outside_the_checkout(venv, data_dir, tmp_path):
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
   assert process.returncode == 0, process.stderr[-3000:]
   assert json.loads((workdir / 'config.json').read_text())['model']['layers'] == 1
-  genotype = genotypes.genotype_from_json((workdir / 'genotype.json').read_text())
+  genotype = genotype_formats.genotype_from_json((workdir / 'genotype.json').read_text())
   assert len(genotype.normal) == 4  # 2 nodes of 2 inputs

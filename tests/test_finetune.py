@@ -21,8 +21,9 @@ import pytest
 from darts_jax.training.config_utils import load_config_module
 from darts_jax import convert, data, export
 from darts_jax.cli import evaluate
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import genotype_formats, genotypes, train_step
 from darts_jax.cnn.genotypes import Genotype
+from darts_jax.spaces import cnn_retraining
 from darts_jax.tasks import retrain
 
 retrain_quick = load_config_module('retrain_quick')
@@ -33,8 +34,8 @@ SMALL = Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1)], normal_conca
 
 def _config(data_dir, **overrides):
   config = retrain_quick.get_config()
-  config.update(dict(genotype=genotypes.genotype_to_json(SMALL), batch_size=16, num_epochs=1, max_steps_per_epoch=2,
-                     progress=False, compilation_cache_dir='', log_every_steps=1))
+  config.update(dict(genotype=genotype_formats.genotype_to_json(SMALL), batch_size=16, num_epochs=1,
+                     max_steps_per_epoch=2, progress=False, compilation_cache_dir='', log_every_steps=1))
   config.model.update(init_channels=2, layers=3)
   config.data.update(dir=str(data_dir), subset=0, cutout=0, classes='0,1,2,3,4,5')
   for key, value in overrides.items():
@@ -48,7 +49,7 @@ def pretrained(tmp_path_factory, data_dir):
   """A retrain workdir on classes 0-5 and its restored run."""
   workdir = tmp_path_factory.mktemp('pretrained') / 'run'
   retrain.retrain(_config(data_dir), workdir)
-  return workdir, retrain.restore_workdir(workdir)
+  return workdir, cnn_retraining.restore_workdir(workdir)
 
 
 @pytest.fixture(scope='module')
@@ -81,7 +82,7 @@ def test_export_serves_the_networks_logits_for_any_batch_size(pretrained, tmp_pa
   served = export.load(output)  # no model code: the artifact and jax
   assert served.spec['class_names'] == ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal']
   assert served.spec['input_shape'] == [None, 28, 28, 1] and served.spec['input_dtype'] == 'uint8'
-  assert genotypes.genotype_from_json(json.dumps(served.spec['genotype'])) == genotypes.validate_genotype(SMALL)
+  assert genotype_formats.genotype_from_json(json.dumps(served.spec['genotype'])) == genotypes.validate_genotype(SMALL)
   spec = data.DATASETS['fashion_mnist']
   preprocess = data.make_preprocess(np.asarray(spec.mean), np.asarray(spec.std))
   variables = {'params': restored.state.params, 'batch_stats': restored.state.batch_stats}
@@ -106,13 +107,14 @@ def test_export_serves_the_networks_logits_for_any_batch_size(pretrained, tmp_pa
 def test_pretrained_checkpoint_evaluates_like_the_workdir(pretrained, checkpoint, data_dir):
   workdir, _ = pretrained
   expected = evaluate.evaluate_workdir(workdir)
-  results = evaluate.evaluate_pretrained(checkpoint, genotypes.genotype_to_pt_darts(SMALL), _config(data_dir))
+  results = evaluate.evaluate_pretrained(checkpoint, genotype_formats.genotype_to_pt_darts(SMALL), _config(data_dir))
   assert (results['network'], results['C'], results['layers'], results['num_classes']) == ('cifar', 2, 3, 6)
   assert results['test_accuracy'] == expected['test_accuracy'] and results['num_test'] == expected['num_test']
   np.testing.assert_allclose(results['test_loss'], expected['test_loss'], rtol=1e-5)
   assert results['test_top5'] >= results['test_accuracy']
   with pytest.raises(ValueError, match='into 6 classes; fashion_mnist has 1-channel images of 10 classes'):
-    evaluate.evaluate_pretrained(checkpoint, genotypes.genotype_to_json(SMALL), _config(data_dir, data_classes=''))
+    evaluate.evaluate_pretrained(checkpoint, genotype_formats.genotype_to_json(SMALL),
+                                 _config(data_dir, data_classes=''))
 
 
 def test_finetune_from_the_pytorch_checkpoint_on_other_classes_with_frozen_cells(pretrained, checkpoint, data_dir,
@@ -122,7 +124,7 @@ def test_finetune_from_the_pytorch_checkpoint_on_other_classes_with_frozen_cells
   config = _config(data_dir, init_from=str(checkpoint), freeze_epochs=1, data_classes='6,7,8,9')
   results = retrain.retrain(config, workdir)
   assert results['steps'] == 2 and 0 <= results['test_accuracy'] <= 1
-  tuned = retrain.restore_workdir(workdir).state
+  tuned = cnn_retraining.restore_workdir(workdir).state
   # Frozen: the stem and cells are the pre-trained ones, bit for bit; the new 4-class classifier trained.
   for name in ('stem_conv', 'stem_bn', 'cells'):
     jax.tree.map(np.testing.assert_array_equal, tuned.params[name], source.state.params[name])
@@ -134,7 +136,7 @@ def test_finetune_from_the_pytorch_checkpoint_on_other_classes_with_frozen_cells
 def test_freezing_zeroes_the_features_updates_for_the_first_epochs_only():
   config = retrain_quick.get_config()
   config.freeze_epochs = 1
-  tx, _ = retrain.create_optimizer(config, steps_per_epoch=2)
+  tx, _ = cnn_retraining.create_optimizer(config, steps_per_epoch=2)
   params = {'cells': {'w': jnp.ones(3)}, 'stem_conv': {'kernel': jnp.ones(2)}, 'classifier': {'kernel': jnp.ones(2)}}
   grads = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)
@@ -150,19 +152,20 @@ def test_freezing_zeroes_the_features_updates_for_the_first_epochs_only():
 def test_init_from_a_workdir_keeps_all_but_a_new_classifier(pretrained, data_dir):
   workdir, source = pretrained
   config = _config(data_dir, data_classes='6,7,8,9', init_from=str(workdir))
-  model = retrain.create_model(config, SMALL, 4, axis_name=None)
-  tx, _ = retrain.create_optimizer(config, 1)
-  fresh = retrain.create_train_state(jax.random.key(5), model, (8, 8, 1), tx)
-  params, batch_stats = retrain.load_initial_weights(str(workdir), config, SMALL, fresh.params, fresh.batch_stats)
+  model = cnn_retraining.create_model(config, SMALL, 4, axis_name=None)
+  tx, _ = cnn_retraining.create_optimizer(config, 1)
+  fresh = train_step.create_train_state(jax.random.key(5), model, (8, 8, 1), tx)
+  params, batch_stats = cnn_retraining.load_initial_weights(str(workdir), config, SMALL, fresh.params,
+                                                            fresh.batch_stats)
   jax.tree.map(np.testing.assert_array_equal, params['cells'], source.state.params['cells'])
   jax.tree.map(np.testing.assert_array_equal, batch_stats, source.state.batch_stats)
   jax.tree.map(np.testing.assert_array_equal, params['classifier'], fresh.params['classifier'])
   deeper = _config(data_dir, init_from=str(workdir))
   deeper.model.layers = 4
-  deeper_model = retrain.create_model(deeper, SMALL, 6, axis_name=None)
-  deeper_state = jax.eval_shape(lambda: retrain.create_train_state(jax.random.key(5), deeper_model, (8, 8, 1), tx))
+  deeper_model = cnn_retraining.create_model(deeper, SMALL, 6, axis_name=None)
+  deeper_state = jax.eval_shape(lambda: train_step.create_train_state(jax.random.key(5), deeper_model, (8, 8, 1), tx))
   with pytest.raises(ValueError, match=r"does not fit this network .*: cells\['cell_3'\]"):
-    retrain.load_initial_weights(str(workdir), deeper, SMALL, deeper_state.params, deeper_state.batch_stats)
+    cnn_retraining.load_initial_weights(str(workdir), deeper, SMALL, deeper_state.params, deeper_state.batch_stats)
 
 
 def test_cli_bad_pretrained_input_is_one_error_line_and_the_package_never_imports_torch(tmp_path):

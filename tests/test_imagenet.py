@@ -15,9 +15,9 @@ from PIL import Image
 
 from darts_jax.training.config_utils import load_config_module
 from darts_jax.cli import evaluate
-from darts_jax.cnn import genotypes
+from darts_jax.cnn import genotype_formats, train_step
 from darts_jax.cnn.genotypes import Genotype
-from darts_jax.data import imagenet
+from darts_jax.data import imagenet, retrain_data
 from darts_jax.tasks import retrain
 from darts_jax.training import optimizers, reporting
 
@@ -149,16 +149,16 @@ def test_missing_or_malformed_trees_are_one_line_errors(tree, tmp_path):
   cases.append((mismatched, 'the train and val splits have different classes .*n01484850'))
   for path, message in cases:
     with pytest.raises((FileNotFoundError, ValueError), match=message) as error:
-      retrain.open_data(_config(path))
+      retrain_data.open_data(_config(path))
     assert '\n' not in str(error.value)
   with pytest.raises(ValueError, match='holds 3 classes but data.num_classes=1000; set --config.data.num_classes=3'):
-    retrain.open_data(_config(tree, num_classes=1000))
+    retrain_data.open_data(_config(tree, num_classes=1000))
   broken = write_tree(tmp_path / 'broken', {'train': 1, 'val': 1})
   (broken / 'train' / CLASSES[0] / f'{CLASSES[0]}_0.JPEG').write_bytes(b'not a jpeg')
   config = _config(broken)
   config.batch_size = 3  # one batch of all three images
   with pytest.raises(ValueError, match=f'{CLASSES[0]}_0.JPEG is not a readable image'):
-    next(iter(retrain.open_data(config).train_batches(0, 0)))
+    next(iter(retrain_data.open_data(config).train_batches(0, 0)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_imagenet_config_is_the_paper_recipe():
   logits, labels = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32), np.array([0, 3, 6, 2, 2])
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   targets = 0.9 * np.eye(7)[labels] + 0.1 / 7
-  np.testing.assert_allclose(retrain._cross_entropy(logits, labels, 0.1), (-targets * log_p).sum(-1).mean(),
+  np.testing.assert_allclose(train_step.cross_entropy(logits, labels, 0.1), (-targets * log_p).sum(-1).mean(),
                              rtol=1e-6)  # float32
 
 
@@ -192,7 +192,7 @@ def reference(tree, tmp_path_factory):
   """A finished tiny retraining with configs/retrain_imagenet.py: 2 epochs of 2 steps, checkpoints at every step."""
   workdir = tmp_path_factory.mktemp('runs') / 'imagenet'
   config = _config(tree, threads=2)
-  config.genotype = genotypes.genotype_to_json(SMALL)
+  config.genotype = genotype_formats.genotype_to_json(SMALL)
   config.model.update({'init_channels': 4, 'layers': 1, 'auxiliary': False})
   config.update({'num_epochs': 2, 'max_steps_per_epoch': 2, 'log_every_steps': 1, 'checkpoint_every_minutes': 1e-9,
                  'progress': False, 'compilation_cache_dir': ''})

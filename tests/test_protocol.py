@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from darts_jax.training.config_utils import load_config_module
-from darts_jax.cnn import genotypes
-from darts_jax.tasks import protocol, retrain, search, search_seeds
+from darts_jax.cnn import genotype_formats, genotypes
+from darts_jax.tasks import protocol, retrain, search
 from darts_jax.training import reporting
 
 protocol_quick = load_config_module('protocol_quick')
 CANDIDATES = [genotypes.DARTS_V1, genotypes.DARTS_V2, genotypes.DARTS_V1]  # seed 2 finds seed 0's genotype
-ACCURACY = {genotypes.genotype_to_json(genotypes.DARTS_V1): 0.5, genotypes.genotype_to_json(genotypes.DARTS_V2): 0.7}
+ACCURACY = {genotype_formats.genotype_to_json(genotypes.DARTS_V1): 0.5,
+            genotype_formats.genotype_to_json(genotypes.DARTS_V2): 0.7}
 
 
 class StandIns:
@@ -26,13 +27,13 @@ class StandIns:
   def search(self, config, workdir):
     self.calls.append(('search', config.num_seeds))
     for s in range(config.num_seeds):
-      search_seeds.seed_dir(workdir, s).mkdir(parents=True)
-      (search_seeds.seed_dir(workdir, s) / 'genotype.json').write_text(genotypes.genotype_to_json(CANDIDATES[s]))
+      search.seed_dir(workdir, s).mkdir(parents=True)
+      (search.seed_dir(workdir, s) / 'genotype.json').write_text(genotype_formats.genotype_to_json(CANDIDATES[s]))
     reporting.append_jsonl(workdir / 'metrics.jsonl', {'step': 6, 'epoch': 1, 'epoch_time_s': 30.0})
-    reporting.write_json(workdir / search_seeds.SUMMARY_FILE, {})
+    reporting.write_json(workdir / search.SUMMARY_FILE, {})
 
   def retrain(self, config, workdir):
-    genotype = genotypes.genotype_to_json(genotypes.parse_genotype(config.genotype))
+    genotype = genotype_formats.genotype_to_json(genotype_formats.parse_genotype(config.genotype))
     self.calls.append((config.evaluate_on, config.seed, genotype, workdir.name))
     split = 'valid' if config.evaluate_on == 'search_valid' else 'test'
     accuracy = ACCURACY[genotype] + (0.01 * config.seed if split == 'test' else 0.0)
@@ -60,7 +61,7 @@ def _config(**overrides):
 def test_selects_on_validation_then_tests_the_winner_over_repeats(stand_ins, tmp_path):
   config = _config()
   summary = protocol.protocol(config, tmp_path)
-  v2 = genotypes.genotype_to_json(genotypes.DARTS_V2)
+  v2 = genotype_formats.genotype_to_json(genotypes.DARTS_V2)
   selection = [c for c in stand_ins.calls if c[0] == 'search_valid']
   final = [c for c in stand_ins.calls if c[0] == 'test']
   assert stand_ins.calls[0] == ('search', 3)
@@ -124,7 +125,7 @@ def test_selection_retraining_trains_and_scores_on_the_search_split_only(data_di
   monkeypatch.setattr(loop, 'evaluate_batches', evaluate_batches)
   monkeypatch.setattr(loop, 'train', train)
   config = retrain_quick.get_config()
-  config.update({'genotype': genotypes.genotype_to_json(SMALL), 'evaluate_on': 'search_valid', 'batch_size': 16,
+  config.update({'genotype': genotype_formats.genotype_to_json(SMALL), 'evaluate_on': 'search_valid', 'batch_size': 16,
                  'num_epochs': 1, 'progress': False})
   config.data.update({'dir': str(data_dir), 'subset': 0, 'cutout': 0})
   config.model.update({'init_channels': 2, 'layers': 3})

@@ -10,7 +10,7 @@ space's perplexity after NT-ASGD (`darts_jax.spaces.rnn_retraining`).
 It writes to `workdir`:
 
 * ``config.json``, ``genotype.json`` (the genotype trained) and the space's cell diagrams (``normal.png`` and
-  ``reduction.png``, ``recurrent.png``, with their ``.dot``);
+  ``reduce.png``, ``recurrent.png``, with their ``.dot``);
 * ``metrics.jsonl`` and ``tensorboard/``: the space's interval and epoch records; ``curves.png``;
 * ``checkpoints/``: the space's state and the position in the data after every epoch and every
   ``checkpoint_every_minutes``;

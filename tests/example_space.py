@@ -2,15 +2,16 @@
 
 **The space.** A cell of two nodes over the input ``x`` (``data.dim`` features): three edges ``x→h1``, ``h1→h2``,
 ``x→h2``, each mixing the ops of `OPS` (``zero``, ``identity``, ``tanh``, ``relu`` and ``dense``, a learnt
-``dim × dim`` affine map) by its row of mixing weights; the logits are an affine read-out of ``h2``. The alphas are
-one ``(edges, ops)`` array; the genotype is one op per edge (each row's argmax, ``zero`` excluded), e.g.
+``dim × dim`` affine map) by its row of mixing weights; the logits are an affine read-out of ``(h1, h2)``. The
+alphas are one ``(edges, ops)`` array; the genotype is one op per edge (each row's argmax, ``zero`` excluded), e.g.
 ``('relu', 'identity', 'relu')``. Retraining trains the discrete cell (each edge its op alone) from scratch.
 
 **The data** (`make_data`, deterministic from ``data.seed``): ``x ~ N(0, I)`` and the label is whether
 ``Σ_j |x_j|`` exceeds its median (``dim · sqrt(2/π)`` in expectation). The label is an even function of ``x``, so
-the odd ops (identity, tanh, the dense map's linear part) carry no information about it to the affine read-out:
-only ``relu(x) = (x + |x|) / 2`` does. A search should therefore give the edges from ``x`` the op ``relu``, which
-tests/test_example_space.py checks.
+the odd ops (identity, tanh, the dense map's linear part) carry no information about it to the affine read-out of
+the nodes: only ``relu(x) = (x + |x|) / 2`` does. A search should therefore give the edge ``x→h1`` the op ``relu``
+(tests/test_example_space.py checks it); once ``h1`` brings ``relu(x)`` to the read-out, the other two edges have
+no single best op.
 
 **What the tasks get** (`ExampleSpace`, a `darts_jax.spaces.SearchSpace`): the search's `SearchSetup` (batches from
 `darts_jax.data.epoch_batches`, the `BilevelProblem` whose loss takes the mixing weights, the evaluation, the
@@ -341,6 +342,11 @@ class ExampleSpace(SearchSpace):
     entries = {'alpha_entropy': entropy[''], 'alpha_max_weight': largest['']}
     if len(history) > 1:  # the fraction of edges whose op the last epoch kept
       entries['stability'] = float(np.mean([a == b for a, b in zip(history[-2], history[-1])]))
+    # For how many epochs the genotype has not changed (the 'stability' early-stopping rule reads it).
+    unchanged = 0
+    while unchanged + 1 < len(history) and history[-2 - unchanged] == history[-1]:
+      unchanged += 1
+    entries['unchanged_epochs'] = unchanged
     return entries
 
   def genotype_record(self, genotype: Genotype) -> dict[str, Any]:

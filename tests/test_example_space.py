@@ -31,7 +31,7 @@ RELU = OPS.index('relu')
 COMMON_EPOCH_KEYS = {'epoch', 'step', 'train_loss', 'train_accuracy', 'valid_loss', 'valid_accuracy', 'lr',
                      'epoch_time_s'}
 COMMON_INTERVAL_KEYS = {'step', 'loss', 'accuracy', 'grad_norm', 'arch_grad_norm', 'lr', 'images_per_s'}
-EXAMPLE_KEYS = {'alpha_entropy', 'alpha_max_weight', 'genotype_params'}
+EXAMPLE_KEYS = {'alpha_entropy', 'alpha_max_weight', 'unchanged_epochs', 'genotype_params'}
 
 
 def _config(**overrides):
@@ -98,6 +98,12 @@ def test_search_writes_the_common_records_and_the_spaces_own(exact_run):
   np.testing.assert_array_equal(np.load(workdir / 'alphas.npz')['alphas'], alphas)
   lines = reporting.read_jsonl(workdir / 'genotypes.jsonl')
   assert [r['epoch'] for r in lines] == [1, 2, 3, 4] and tuple(lines[-1]['genotype']['ops']) == genotype
+  # The genotype diagnostics against the logged genotypes (epoch 0: the initial alphas', not logged).
+  ops = [r['genotype']['ops'] for r in lines]
+  for e in range(1, 4):
+    assert epochs[e]['stability'] == np.mean([a == b for a, b in zip(ops[e - 1], ops[e])])
+    assert epochs[e]['unchanged_epochs'] == (0 if ops[e] != ops[e - 1] else epochs[e - 1]['unchanged_epochs'] + 1)
+  assert all(r['genotype_params'] == example_space.num_params(o, 8) for r, o in zip(epochs, ops))
   logged = reporting.read_jsonl(workdir / 'alphas.jsonl')
   np.testing.assert_array_equal(space.alphas_from_record(logged[-1]), alphas)
   dot = (workdir / 'cell.dot').read_text()
@@ -126,7 +132,7 @@ def test_search_gives_the_rewarded_edge_the_rewarded_op(method, first_order_run,
   """Every hypergradient method must find what the data reward: ``relu`` on ``x→h1``, clearly (its weight from
   1/5 to above 1/2), while the supernet learns (validation accuracy from 1/2, chance, to above 0.7). An alpha step
   in the wrong direction, or one that ignores the validation batch, fails here (measured: relu's weight 0.81 to
-  0.91, accuracy 0.85 to 0.88)."""
+  0.91, accuracy 0.85 to 0.87)."""
   if method == 'first_order':
     workdir, state = first_order_run
   elif method == 'exact':
@@ -215,6 +221,8 @@ def test_two_seeds_run_as_two_single_runs(first_order_run, tmp_path):
   assert stacked.alphas.shape == (2, len(EDGES), len(OPS))
   np.testing.assert_allclose(search.seed_state(stacked, 0).alphas, state.alphas, rtol=1e-4, atol=1e-5)
   assert not np.allclose(stacked.alphas[0], stacked.alphas[1], atol=1e-2)  # seed 1 is another search
+  # ... which finds the rewarded op too (measured: relu's weight 0.72 on x→h1).
+  assert np.argmax(stacked.alphas[1][0]) == RELU
   for s in (0, 1):
     directory = search.seed_dir(tmp_path, s)
     assert {'config.json', 'metrics.jsonl', 'genotypes.jsonl', 'alphas.jsonl', 'genotype.json', 'alphas.npz',
@@ -243,7 +251,7 @@ def test_relaxation_weights_reach_the_loss_and_the_diagnostics(tmp_path):
 
 def test_retrain_trains_the_searched_genotype_and_writes_its_results(first_order_run, tmp_path):
   """The searched cell (relu from x) learns the even label; the all-linear cell cannot beat chance by much: the
-  retraining builds the genotype it is given (measured: test accuracy 0.9 and 0.5)."""
+  retraining builds the genotype it is given (measured: test accuracy 0.80 and 0.49)."""
   workdir, _ = first_order_run
   config = example_space.retrain_config()
   config.genotype = str(workdir)
@@ -256,7 +264,7 @@ def test_retrain_trains_the_searched_genotype_and_writes_its_results(first_order
   assert (tmp_path / 'searched' / 'cell.dot').is_file() and (tmp_path / 'searched' / 'genotype.json').is_file()
   config.genotype = 'LINEAR'
   linear = retrain.retrain(config, tmp_path / 'linear')
-  assert results['test_accuracy'] > 0.75 and linear['test_accuracy'] < 0.6
+  assert results['test_accuracy'] > 0.7 and linear['test_accuracy'] < 0.6
 
 
 def test_genotype_formats_round_trip(tmp_path):

@@ -38,12 +38,7 @@ def _config(**overrides):
   """`example_space.search_config` (4 epochs of 16 steps: 512 examples per half, batch 32), the given keys changed
   (dotted names for nested ones)."""
   config = example_space.search_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

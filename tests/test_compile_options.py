@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from darts_jax import spaces
 from darts_jax.tasks import search
 from darts_jax.training import config_utils, parallel
 from darts_jax.training.parallel import AXIS_NAME
@@ -60,7 +61,7 @@ def test_search_chooses_the_configured_level_for_rare_programs():
   assert search.rare_compiler_options(config) == {'xla_backend_optimization_level': 0}
   config.compile.rare_programs_opt_level = 7
   with pytest.raises(ValueError, match='rare_programs_opt_level'):
-    search._check_config(config)  # pylint: disable=protected-access
+    search._check_config(config, spaces.get_space(config))  # pylint: disable=protected-access
 
 
 def test_options_reach_the_compiler():

@@ -461,8 +461,16 @@ def test_divergence_stops_without_checkpointing_the_bad_state(data_dir, tmp_path
   jax.tree.map(np.testing.assert_array_equal, restored.params, first.params)
 
 
+def test_earlier_method_spellings_are_accepted_with_a_notice(caplog):
+  with caplog.at_level(logging.WARNING):
+    assert bilevel_step.method_name('second_order_fd') == 'fd'
+    assert bilevel_step.method_name('second_order_exact') == 'exact'
+  assert "hypergradient='second_order_fd' is deprecated: write 'fd'" in caplog.text
+  assert bilevel_step.method_name('exact') == 'exact' and caplog.text.count('deprecated') == 2
+
+
 def test_config_errors_are_reported_before_any_work(data_dir, tmp_path):
-  with pytest.raises(ValueError, match=r"hypergradient 'second_order'.*first_order, second_order_fd"):
+  with pytest.raises(ValueError, match=r"hypergradient 'second_order'.*first_order, fd, exact"):
     search.search(tiny_config(data_dir, hypergradient='second_order'), tmp_path)
   with pytest.raises(ValueError, match=r'unroll_steps \(0\) and implicit_iterations \(5\) must be positive'):
     search.search(tiny_config(data_dir, hypergradient='unrolled', unroll_steps=0), tmp_path)

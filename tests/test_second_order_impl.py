@@ -10,6 +10,7 @@ from test_search import LR, MEAN, STD, TinySupernet, _batches, tiny_config
 from darts_jax import data, dynamics
 from darts_jax.bilevel import step as bilevel_step
 from darts_jax.spaces import cnn as cnn_space
+from darts_jax import spaces
 from darts_jax.tasks import search
 from darts_jax.training import optimizers
 
@@ -27,7 +28,8 @@ def test_auto_resolves_per_backend():
 
 def test_unknown_impl_is_a_config_error(data_dir):
   with pytest.raises(ValueError, match="Unknown second_order_impl 'fast'"):
-    search._check_config(tiny_config(data_dir, second_order_impl='fast'))
+    config = tiny_config(data_dir, second_order_impl='fast')
+    search._check_config(config, spaces.get_space(config))
 
 
 # Far from the default 0.01: a step that dropped fd_epsilon would differ at O(1e-3) in the hypergradients; and a

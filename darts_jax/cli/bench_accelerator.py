@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax.cli import bench
+from darts_jax.cli import bench_step
 from darts_jax.bilevel import step as bilevel_step
 from darts_jax.cnn.genotypes import derive_genotype
 
@@ -119,9 +119,9 @@ def synthetic_batches(key: jax.Array, count: int, batch: int, image_shape: tuple
 
 
 def _short_search(config: dict) -> dict:
-  """``search_steps`` search steps of `bench.build`'s step on fresh synthetic batches; losses and the genotype."""
-  args = bench.parse_args(_bench_flags(config) + ['--mode', config['mode']])
-  step, state, init_s = bench.build(args)
+  """``search_steps`` search steps of `bench_step.build`'s step on fresh synthetic batches; losses and the genotype."""
+  args = bench_step.parse_args(_bench_flags(config) + ['--mode', config['mode']])
+  step, state, init_s = bench_step.build(args)
   count = config['search_steps']
   images, labels = synthetic_batches(jax.random.key(args.seed), 2 * count, args.batch,
                                      (args.image, args.image, args.channels), args.classes)

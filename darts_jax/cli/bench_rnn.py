@@ -17,7 +17,7 @@ import resource
 import jax
 import numpy as np
 
-from darts_jax.cli.bench import time_step
+from darts_jax.cli.bench_step import time_step
 from darts_jax.bilevel import step as bilevel_step
 from darts_jax.rnn.model import RNNModelSearch
 from darts_jax.spaces import rnn as rnn_space

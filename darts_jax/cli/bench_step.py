@@ -1,11 +1,11 @@
-"""Times the full DARTS search step on random data: ``python -m darts_jax.cli.bench``.
+"""Times the full DARTS search step on random data: ``python -m darts_jax.cli.bench`` (``--suite step``, the default).
 
 For example::
 
   python -m darts_jax.cli.bench --C 8 --layers 5 --batch 16 --image 28 --channels 1 --mode exact
-  python -m darts_jax.cli.bench --suite accelerator --out DIR  # the prepared check of a GPU host: bench_accelerator
 
-The step is the one `run_search.py` runs (`bilevel.step.make_search_step` on the CNN space's problem: architecture step, then weight step), jitted
+The step is the one `run_search.py` runs (`bilevel.step.make_search_step` on the CNN space's problem: the
+architecture step, then the weight step), jitted
 once (``--seeds K``: K independent searches vmapped in one step, as ``--config.num_seeds``; ``images_per_s`` is summed
 over them); `compile_s` is its ahead-of-time compile, `median_step_s` the median over `--steps` timed steps after
 `--warmup` untimed ones; `fusions` counts the compiled step's fused kernels (on CPU, compile time is about
@@ -37,14 +37,8 @@ from darts_jax.cnn.supernet import DTYPES, SearchNetwork
 from darts_jax.spaces import cnn as cnn_space
 from darts_jax.training import optimizers
 
-SUITES = ('step', 'accelerator')
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--suite', choices=SUITES, default='step',
-                      help="'step': time one step (the flags below); 'accelerator': the prepared GPU check, "
-                           "`python -m darts_jax.cli.bench --suite accelerator --help` (darts_jax.cli.bench_accelerator)")
   parser.add_argument('--C', type=int, default=16, help='initial channels')
   parser.add_argument('--layers', type=int, default=8)
   parser.add_argument('--batch', type=int, default=64)
@@ -216,13 +210,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-  suite_parser = argparse.ArgumentParser(add_help=False)
-  suite_parser.add_argument('--suite', choices=SUITES, default='step')
-  suite, rest = suite_parser.parse_known_args(argv)
-  if suite.suite == 'accelerator':
-    from darts_jax.cli import bench_accelerator  # imported here: it runs this module's steps in subprocesses
-    bench_accelerator.main(rest)
-    return
   args = parse_args(argv)
   if args.profile:  # XLA:CPU emits per-kernel trace events only with this flag, read when the backend is created
     os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true'

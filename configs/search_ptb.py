@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   # first_order | fd (the original's --unrolled) | exact | unrolled | implicit_cg | implicit_neumann
   config.hypergradient = 'fd'
   config.fd_epsilon = 0.01
+  config.second_order_impl = 'auto'  # fd/exact: chained | direct gradient passes (auto: chained on CPU)
+  config.implicit_iterations = 10  # implicit_cg / implicit_neumann: CG iterations or Neumann terms
+  config.implicit_damping = 0.0
 
   # Weights: SGD without momentum, clipped.
   config.learning_rate = 20.0

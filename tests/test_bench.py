@@ -11,7 +11,6 @@ import pytest
 
 from darts_jax.cli import bench, bench_accelerator
 from darts_jax.bilevel import step as bilevel_step
-from darts_jax.spaces import cnn as cnn_space
 
 
 def test_bench_reports_one_json_line(capsys):

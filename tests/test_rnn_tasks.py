@@ -152,7 +152,8 @@ def test_search_writes_the_run_artifacts(reference_search):
   steps = [r for r in records if 'epoch' not in r]
   assert all(r['arch_grad_norm'] > 0 and r['seq_len'] in (2, 5) and r['lr'] == 20.0 * r['seq_len'] / 5
              for r in steps)
-  assert state.hidden.shape == state.hidden_valid.shape == (2, 8) and np.abs(state.hidden).sum() > 0
+  hidden, hidden_valid = state.carry['hidden'], state.carry['hidden_valid']
+  assert hidden.shape == hidden_valid.shape == (2, 8) and np.abs(hidden).sum() > 0
 
 
 def test_search_resumes_bit_identically_after_an_interruption(reference_search, corpus_dir, tmp_path, monkeypatch,
@@ -172,15 +173,32 @@ def test_search_resumes_bit_identically_after_an_interruption(reference_search, 
   with caplog.at_level(logging.INFO):
     resumed = search.search(search_config(corpus_dir), tmp_path)
   assert 'Resuming from step 4 (epoch 1, step 1 of the epoch)' in caplog.text
-  for field in ('alphas', 'params', 'batch_stats', 'hidden', 'hidden_valid', 'arch_opt_state'):
+  for field in ('alphas', 'params', 'batch_stats', 'carry', 'arch_opt_state'):
     jax.tree.map(np.testing.assert_array_equal, getattr(resumed, field), getattr(state, field))
   assert _records(tmp_path) == _records(workdir)
   assert (tmp_path / 'alphas.jsonl').read_text() == (workdir / 'alphas.jsonl').read_text()
 
 
+@pytest.mark.parametrize('method', ['fd', 'exact'])
+def test_second_order_search_passes_chained_equal_direct(corpus_dir, tmp_path, method):
+  """The recurrent space clips its virtual step (grad_clip) and adds TAR to the weight step only: the chained passes
+  (one compiled gradient, the weight step's pass selected inside the loop) must compute what the direct ones do."""
+  states = {impl: search.search(search_config(corpus_dir, hypergradient=method, num_epochs=1, max_steps_per_epoch=2,
+                                              second_order_impl=impl, arch_learning_rate=3e-2), tmp_path / impl)
+            for impl in ('chained', 'direct')}
+  # The same float32 arithmetic in two programs that XLA orders differently; fd divides the gradients' rounding by
+  # 2R (measured: 5e-6 through Adam, whose step m/sqrt(v) magnifies differences of small gradients).
+  atol = 3e-5 if method == 'fd' else 1e-6
+  for field in ('alphas', 'params'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol),
+                 getattr(states['chained'], field), getattr(states['direct'], field))
+  # Two Adam steps of 3e-2 take the alphas from 1e-3 · N(0, 1) to about ±6e-2: far beyond the tolerance.
+  assert np.abs(np.asarray(states['direct'].alphas)).max() > 3e-2
+
+
 def test_search_config_errors(corpus_dir, tmp_path):
-  with pytest.raises(ValueError, match='Unknown hypergradient'):
-    search.search(search_config(corpus_dir, hypergradient='implicit_cg'), tmp_path / 'a')
+  with pytest.raises(ValueError, match="'unrolled' takes unclipped SGD steps"):
+    search.search(search_config(corpus_dir, hypergradient='unrolled'), tmp_path / 'a')
   with pytest.raises(ValueError, match='must equal model.nhid'):
     search.search(search_config(corpus_dir, **{'model.emsize': 4}), tmp_path / 'b')
   with pytest.raises(DatasetNotFoundError, match='put ptb.train.txt'):

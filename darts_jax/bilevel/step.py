@@ -200,6 +200,11 @@ def make_search_step(problem: BilevelProblem, *, method: str, fd_epsilon: float 
   chained = method in _CHAINED_METHODS and resolve_passes(passes, name='passes') == 'chained'
   if relaxation is None and weight_perturbation is not None:
     raise ValueError('A weight perturbation needs a relaxation (the mixing weights).')
+  if method == 'unrolled' and problem.grad_clip is not None:
+    raise ValueError("hypergradient 'unrolled' takes unclipped SGD steps, and this space clips its virtual step "
+                     '(grad_clip): use first_order, fd, exact or an implicit method.')
+  # The clip is the virtual step's: the implicit methods take none.
+  grad_clip = problem.grad_clip if method in ('fd', 'exact') else None
   axis_name = problem.axis_name
 
   def pmean(tree):
@@ -243,6 +248,8 @@ def make_search_step(problem: BilevelProblem, *, method: str, fd_epsilon: float 
       return optax.apply_updates(state.alphas, arch_updates), arch_opt_state
 
     m = momentum_buffer(state.weight_opt_state)
+    if m is None:  # an optimizer without momentum: the virtual step's buffer is zero
+      m = jax.tree.map(jnp.zeros_like, state.params)
     validation_aux = None
     if chained:
       arch_grads, (alphas, arch_opt_state), ((grads, _), (loss, aux)) = _chained_step(
@@ -258,7 +265,7 @@ def make_search_step(problem: BilevelProblem, *, method: str, fd_epsilon: float 
             loss_fn, loss_fn, state.params, state.alphas, train, val, eta=lr, method=method, momentum_buffer=m,
             momentum=problem.momentum, weight_decay=problem.weight_decay, fd_epsilon=fd_epsilon,
             unroll_steps=unroll_steps, implicit_iterations=implicit_iterations, implicit_damping=implicit_damping,
-            grad_clip=problem.grad_clip, axis_name=axis_name, passes='direct')
+            grad_clip=grad_clip, axis_name=axis_name, passes='direct')
       alphas, arch_opt_state = arch_step(arch_grads)
       # The weight step with the updated alphas; it also advances the BN running statistics.
       (loss, aux), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params, alphas, train, True)

@@ -6,7 +6,7 @@
 ``--config`` takes a packaged config by name (``search_quick``, ``search_cifar10``, ...) or a config file's path;
 ``python -m darts_jax.cli.search`` and ``python run_search.py`` are the same command. Running it on an existing workdir
 resumes the search from its latest checkpoint; SIGTERM or SIGINT stop it after saving one (exit status 75). See
-`darts_jax.tasks.search` and `darts_jax.tasks.rnn_search` for what lands in the workdir and
+`darts_jax.tasks.search` and the spaces (`darts_jax.spaces`) for what lands in the workdir and
 `darts_jax.training.parallel` for multi-host runs.
 """
 from darts_jax.tasks import search

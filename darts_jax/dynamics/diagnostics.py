@@ -17,7 +17,7 @@ deterministic weights instead (rows normalised to sum 1 for the entropy: sigmoid
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,12 +100,13 @@ def same_architecture(a: Genotype, b: Genotype) -> bool:
   return same_concat and all(s == 1.0 for s in genotype_stability(a, b).values())
 
 
-def unchanged_epochs(genotypes: Sequence[Genotype]) -> int:
+def unchanged_epochs(genotypes: Sequence[Any], same: Callable[[Any, Any], bool] = same_architecture) -> int:
   """How many of the last transitions of a per-epoch genotype sequence left the architecture unchanged: 0 if the
-  last epoch changed it, ``n`` if the last ``n + 1`` genotypes are the same architecture."""
+  last epoch changed it, ``n`` if the last ``n + 1`` genotypes are the same architecture (`same`: by default the
+  CNN cells' `same_architecture`; ``operator.eq`` for genotypes that have one form per architecture)."""
   count = 0
   for previous, current in zip(genotypes[-2::-1], genotypes[::-1]):
-    if not same_architecture(previous, current):
+    if not same(previous, current):
       break
     count += 1
   return count

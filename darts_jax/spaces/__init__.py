@@ -10,14 +10,14 @@ import importlib
 
 import ml_collections
 
-from darts_jax.spaces.base import Retraining, SearchSpace
+from darts_jax.spaces.base import Retraining, SearchSetup, SearchSpace
 from darts_jax.spaces.cnn import CNNSpace
 from darts_jax.spaces.rnn import RNNSpace
 
 SPACES: dict[str, type[SearchSpace]] = {space.name: space for space in (CNNSpace, RNNSpace)}
 """The spaces of the package by their ``space`` name."""
 
-__all__ = ['CNNSpace', 'RNNSpace', 'Retraining', 'SPACES', 'SearchSpace', 'get_space', 'space_class']
+__all__ = ['CNNSpace', 'RNNSpace', 'Retraining', 'SPACES', 'SearchSetup', 'SearchSpace', 'get_space', 'space_class']
 
 
 def space_class(name: str) -> type[SearchSpace]:

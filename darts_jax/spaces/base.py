@@ -48,8 +48,8 @@ class SearchSetup:
     eval_carry: the carry before the first evaluation batch.
     eval_batches: ``eval_batches() -> batches`` of the validation split, this process's slices.
     eval_sharded: whether evaluation batches are split over devices (else every device evaluates all of each).
-    eval_entries: ``eval_entries(totals) -> entries`` of the epoch record (``valid_loss``, ...) from the sums over
-      all batches (float64 numpy).
+    eval_entries: ``eval_entries(totals) -> entries`` of the epoch record from the sums over all batches (float64
+      numpy): at least ``valid_loss`` and ``valid_accuracy`` (the k-seed records average them).
     validation_loss: ``validation_loss(params, batch_stats, weights, batches) -> scalar``: the validation loss on
       fixed batches (`hessian_batches`) for the Hessian diagnostics; None where the space has none.
     hessian_batches: ``hessian_batches(count) -> batches``: `count` fixed validation batches (host), the layout
@@ -117,6 +117,12 @@ class SearchSpace(abc.ABC):
   run_files: ClassVar[tuple[str, ...]] = ()
   """Files the space writes to a search workdir at the start (tables a resumed run reads back); each seed of a
   k-seed search gets a copy."""
+  early_stopping_rules: ClassVar[tuple[str, ...]] = ('none', 'stability')
+  """The early-stopping rules (`darts_jax.dynamics.early_stopping.RULES`) whose record entries the space's
+  diagnostics give: ``stability`` reads ``unchanged_epochs``, ``darts_plus`` ``skip_connect_normal``, ``darts_es``
+  the Hessian's ``hessian_eigenvalue``."""
+  summary_keys: ClassVar[tuple[str, ...]] = ()
+  """Diagnostics of the last epoch record that a k-seed search's ``summary.json`` lists per seed."""
   relaxations: ClassVar[bool] = True
   """Whether the network takes mixing weights from a relaxation (``config.relaxation``); else it mixes by the
   softmax of the alphas itself."""

@@ -29,7 +29,7 @@ from darts_jax.bilevel.step import BilevelProblem, SearchState, arch_optimizer
 from darts_jax.cnn import cost, genotype_formats, genotypes, ops, plots
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork, init_alphas
 from darts_jax.data.augment import Preprocess
-from darts_jax.dynamics import diagnostics
+from darts_jax.dynamics import diagnostics, early_stopping
 from darts_jax.spaces.base import Retraining, SearchSetup, SearchSpace
 from darts_jax.spaces import cnn_retraining
 from darts_jax.training import optimizers, reporting
@@ -120,6 +120,8 @@ class CNNSpace(SearchSpace):
 
   name: ClassVar[str] = 'cnn'
   run_files: ClassVar[tuple[str, ...]] = (COST_MODEL_FILE,)
+  early_stopping_rules: ClassVar[tuple[str, ...]] = early_stopping.RULES
+  summary_keys: ClassVar[tuple[str, ...]] = ('alpha_entropy_normal', 'alpha_entropy_reduce', 'skip_connect_normal')
   retrain_resumable_keys: ClassVar[frozenset[str]] = cnn_retraining.RESUMABLE_KEYS
 
   # ---- the search

@@ -60,7 +60,7 @@ from darts_jax.cnn.train_step import (TRAINED_WHEN_FROZEN, Network, TrainState, 
                                       make_train_step)
 from darts_jax.data import retrain_data
 from darts_jax.spaces.base import Retraining
-from darts_jax.training import curves, loop, optimizers, parallel, reporting
+from darts_jax.training import loop, optimizers, parallel
 from darts_jax.training.checkpointing import Checkpointer
 from darts_jax.training.parallel import AXIS_NAME
 
@@ -243,7 +243,6 @@ def retraining(config: ml_collections.ConfigDict, workdir: Path, genotype: Genot
       state=state,
       step=lambda r_state, batch, epoch: p_step(r_state, batch, np.float32(drop_path_prob(epoch))),
       batches=epoch_batches, steps_per_epoch=steps_per_epoch, evaluate=evaluate,
-      after_epoch=lambda *_: curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png')),
       interval_entries=lambda epoch: {'drop_path_prob': drop_path_prob(epoch)},
       divergence_advice='Lower the learning_rate or change the seed.')
   return Retraining(task=task, results=results, close=inputs.close)

@@ -23,6 +23,7 @@ previous epoch); interval records add ``seq_len``. The workdir: ``alphas.npz`` (
 from __future__ import annotations
 
 import json
+import operator
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -204,6 +205,7 @@ class RNNSpace(SearchSpace):
                'alpha_max_weight': diagnostics.alpha_max_weight({'': alphas})['']}
     if len(history) > 1:  # a node has one (activation, predecessor) choice: same or changed
       entries['stability'] = float(np.mean([x == y for x, y in zip(history[-2].recurrent, history[-1].recurrent)]))
+    entries['unchanged_epochs'] = diagnostics.unchanged_epochs(history, operator.eq)
     return entries
 
   def genotype_text(self, genotype: genotypes.Genotype) -> str:

@@ -188,10 +188,6 @@ def retraining(config: ml_collections.ConfigDict, workdir: Path, genotype: genot
     return {'valid_loss': valid_loss, 'valid_ppl': perplexity(valid_loss), 'valid_accuracy': valid_accuracy,
             'averaging': int(state.averaging), 'best_valid_ppl': perplexity(best)}
 
-  def after_epoch(epoch: int, step: int, state: RNNTrainState, record: dict[str, Any]) -> None:
-    del epoch, step, state, record
-    curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
-
   def results(outcome: loop.Outcome) -> dict[str, Any]:
     final = outcome.state
     best = final.best_params if np.isfinite(final.best_valid_loss) else final.evaluated_params()
@@ -206,7 +202,7 @@ def retraining(config: ml_collections.ConfigDict, workdir: Path, genotype: genot
     return entries
 
   task = loop.Task(state=state, step=lambda r_state, batch, epoch: p_step(r_state, batch), batches=batches,
-                   steps_per_epoch=lambda epoch: len(lengths(epoch)), evaluate=evaluate, after_epoch=after_epoch,
+                   steps_per_epoch=lambda epoch: len(lengths(epoch)), evaluate=evaluate,
                    update_state=lambda epoch, state, record: optimizers.nt_asgd_update(state, record['valid_loss'],
                                                                                         config.nonmono),
                    divergence_advice=DIVERGENCE_ADVICE)

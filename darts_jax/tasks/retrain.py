@@ -22,6 +22,7 @@ genotype changed), and SIGTERM/SIGINT stop it after a checkpoint of the current 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from absl import logging
 
 from darts_jax import spaces
 from darts_jax.spaces.base import SearchSpace
-from darts_jax.training import loop, reporting
+from darts_jax.training import curves, loop, reporting
 
 GENOTYPE_FILE = 'genotype.json'
 RESULTS_FILE = 'results.json'
@@ -78,8 +79,13 @@ def retrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) 
     space.plot_genotype(genotype, f'{workdir}{os.sep}')
 
   retraining = space.retraining(workdir, genotype)
+
+  def after_epoch(epoch: int, step: int, state: Any, record: dict[str, Any]) -> None:
+    retraining.task.after_epoch(epoch, step, state, record)
+    curves.plot_curves(str(workdir / reporting.METRICS_FILE), str(workdir / 'curves.png'))
+
   try:
-    outcome = loop.train(retraining.task, config, workdir)
+    outcome = loop.train(dataclasses.replace(retraining.task, after_epoch=after_epoch), config, workdir)
   finally:
     retraining.close()
   results = {**retraining.results(outcome), 'epochs': config.num_epochs, 'steps': outcome.step,

@@ -155,10 +155,10 @@ def _check_relaxation_config(config: ml_collections.ConfigDict) -> None:
                      f'({reg.random_smoothing_start}) must be >= 0.')
 
 
-def _check_config(config: ml_collections.ConfigDict, space: spaces.SearchSpace) -> None:
-  """Raises ValueError for an invalid search config, before any work."""
+def _check_config(config: ml_collections.ConfigDict, space: spaces.SearchSpace) -> str:
+  """Raises ValueError for an invalid search config, before any work; returns the hypergradient method."""
   parallel.check_batch_size(config.batch_size)
-  method_name(config.hypergradient)
+  method = method_name(config.hypergradient)
   if config.get('second_order_impl', 'auto') not in PASSES:
     raise ValueError(f'Unknown second_order_impl {config.second_order_impl!r}; expected one of {", ".join(PASSES)}.')
   if config.get('unroll_steps', 1) < 1 or config.get('implicit_iterations', 1) < 1:
@@ -175,22 +175,27 @@ def _check_config(config: ml_collections.ConfigDict, space: spaces.SearchSpace) 
                      'seed; run one seed per search.')
   if 'early_stopping' in config:
     _check_dynamics_config(config)
+    if config.early_stopping.rule not in space.early_stopping_rules:
+      raise ValueError(f'early_stopping.rule {config.early_stopping.rule!r} reads records that space {space.name!r} '
+                       f'does not write; its rules: {", ".join(space.early_stopping_rules)}.')
   if 'relaxation' in config:
     if not space.relaxations:
       raise ValueError(f'space {space.name!r} mixes its ops by the softmax of the alphas: remove config.relaxation '
                        'and config.regularizer.')
     _check_relaxation_config(config)
   space.check_search_config()
+  return method
 
 
-def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int
+def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int, mixing_weights: bool = True
                      ) -> tuple[relaxations.Relaxation | None, regularizers.Penalty | None, WeightPerturbation | None]:
-  """What ``config.relaxation`` and ``config.regularizer`` add to the search step: the relaxation (None for a config
-  without relaxations: the network mixes by the softmax of the alphas), the architecture penalty (None without
-  regularisers) and SDARTS-RS's perturbation of the weight step's weights (None when off). Schedules run per epoch
-  over ``config.num_epochs`` epochs of `steps_per_epoch` steps."""
+  """What ``config.relaxation`` and ``config.regularizer`` add to the search step: the relaxation, the architecture
+  penalty (None without regularisers) and SDARTS-RS's perturbation of the weight step's weights (None when off).
+  Without ``config.relaxation`` the relaxation is DARTS's softmax for a network that takes mixing weights
+  (`mixing_weights`), else None (the network softmaxes the alphas itself). Schedules run per epoch over
+  ``config.num_epochs`` epochs of `steps_per_epoch` steps."""
   if 'relaxation' not in config:
-    return None, None, None
+    return (relaxations.Relaxation() if mixing_weights else None), None, None
   relax, reg = config.relaxation, config.regularizer
   # A constant temperature stays a number: the default then equals `Relaxation()`, DARTS's softmax.
   temperature = relax.temperature if relax.temperature_schedule == 'constant' else relaxations.make_schedule(
@@ -305,8 +310,8 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   """
   workdir = loop.prepare_workdir(workdir, config)
   space = spaces.get_space(config)
-  _check_config(config, space)
-  num_seeds, batch_size = config.get('num_seeds', 1), config.batch_size
+  method = _check_config(config, space)
+  num_seeds = config.get('num_seeds', 1)
   single = num_seeds == 1
   seeds = [config.seed + s for s in range(num_seeds)]
   dirs = [workdir] if single else [seed_dir(workdir, s) for s in range(num_seeds)]
@@ -315,16 +320,16 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
   steps_per_epoch = setup.steps_per_epoch
   # The relaxation's schedules run per step: a space with a fixed number of steps per epoch has them.
   relaxation, arch_penalty, weight_perturbation = relaxation_terms(
-      config, steps_per_epoch if isinstance(steps_per_epoch, int) else 0)
-  if not single and (relaxation != relaxations.Relaxation() or weight_perturbation is not None or any(
-      config.regularizer[name] for name in regularizers.REGULARIZERS)):
+      config, steps_per_epoch if isinstance(steps_per_epoch, int) else 0, space.relaxations)
+  if not single and (relaxation not in (None, relaxations.Relaxation()) or weight_perturbation is not None
+                     or arch_penalty is not None):
     # The per-seed records and genotypes here are those of DARTS's softmax of the alphas.
     raise ValueError('num_seeds > 1 runs the softmax relaxation without regularisers; run other relaxations and '
                      'regularisers with num_seeds = 1.')
   # One penalty of the validation loss: the regularisers and the space's own term (the expected cost).
   arch_penalty = regularizers.sum_penalties([p for p in (arch_penalty, setup.arch_penalty) if p is not None])
   search_step = make_search_step(
-      setup.problem, method=method_name(config.hypergradient), fd_epsilon=config.fd_epsilon,
+      setup.problem, method=method, fd_epsilon=config.fd_epsilon,
       unroll_steps=config.get('unroll_steps', 1), implicit_iterations=config.get('implicit_iterations', 10),
       implicit_damping=config.get('implicit_damping', 0.0), relaxation=relaxation, arch_penalty=arch_penalty,
       weight_perturbation=weight_perturbation, passes=config.get('second_order_impl', 'auto'))
@@ -571,8 +576,7 @@ def _write_final_artifacts(config: ml_collections.ConfigDict, space: spaces.Sear
         shutil.copy(workdir / name, directory / name)
     last = [r for r in reporting.read_jsonl(directory / reporting.METRICS_FILE) if 'epoch' in r][-1]
     runs.append({'workdir': directory.name, 'seed': config.seed + s, 'genotype': space.genotype_to_json(genotype),
-                 **{k: last[k] for k in ('epoch', 'valid_accuracy', 'valid_loss', 'alpha_entropy_normal',
-                                         'alpha_entropy_reduce', 'skip_connect_normal') if k in last},
+                 **{k: v for k, v in last.items() if k == 'epoch' or k.startswith('valid_') or k in space.summary_keys},
                  'early_stop': early_stop})
   intervals = [r['images_per_s'] for r in reporting.read_jsonl(workdir / reporting.METRICS_FILE)
                if 'epoch' not in r]

@@ -53,7 +53,7 @@ def test_step_uses_one_sample_for_every_pass_the_penalty_and_the_perturbed_weigh
   relaxation = dynamics.Relaxation('gumbel_softmax', temperature=0.7, hard=True)
   penalty = dynamics.sum_penalties(dynamics.make_penalties(
       {'entropy': 0.3, 'zero_one': 0.5, 'beta_decay': 0.2}, relaxation))
-  perturb = lambda key, weights, step: dynamics.uniform_perturbation(key, weights, 0.2)  # noqa: E731
+  perturb = lambda key, weights, step, loss=None: dynamics.uniform_perturbation(key, weights, 0.2)  # noqa: E731
   state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
                                           optax.sgd(1.0))
   state = state.replace(alphas=jax.tree.map(lambda a: a * 1000, state.alphas))  # O(1) alphas: a non-uniform softmax

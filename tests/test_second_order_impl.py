@@ -46,7 +46,7 @@ def _setup(variant, fd_epsilon=FD_EPSILON):
     relaxation = dynamics.Relaxation('gumbel_softmax', temperature=0.7, hard=True)
     options = dict(relaxation=relaxation, arch_penalty=dynamics.sum_penalties(dynamics.make_penalties(
         {'entropy': 0.3, 'beta_decay': 0.2}, relaxation)),
-        weight_perturbation=lambda key, weights, step: dynamics.uniform_perturbation(key, weights, 0.2))
+        weight_perturbation=lambda key, weights, step, loss: dynamics.uniform_perturbation(key, weights, 0.2))
   model = TinySupernet(mixing='weights' if variant == 'relaxed' else 'softmax')
   state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
                                           bilevel_step.arch_optimizer(0.3))

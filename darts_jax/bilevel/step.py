@@ -21,8 +21,9 @@ alphas; ``key = fold_in(fold_in(rng, step), 1)`` is drawn once per step, so the 
 gradient, the mixed term and the weight step all see the same sample, and ``h`` is the exact derivative of one
 well-defined one-step objective (reproducible from the seed and the step: resume stays bit-identical). An
 `arch_penalty` ``P(alpha, weights, step)`` joins the validation loss: it does not depend on ``w``, so it adds
-``∇_alpha P`` to ``h`` for every method. A `weight_perturbation` (SDARTS-RS) perturbs the weight step's mixing
-weights only.
+``∇_alpha P`` to ``h`` for every method. A `weight_perturbation` perturbs the weight step's mixing weights only:
+at random (SDARTS-RS) or at the worst case of the weight step's loss near them (SDARTS-ADV), for which it gets that
+loss as a function of the mixing weights; the architecture step, and so ``h``, is the unperturbed one.
 
 Batch normalisation uses batch statistics in every forward pass, as the original's ``model.train()``; the losses of
 the architecture step read the running statistics and discard their updates, only the weight step updates them (one
@@ -122,8 +123,10 @@ class SearchState(flax.struct.PyTreeNode):
 
 # An architecture penalty ``P(alphas, mixing weights, step) -> scalar`` (`darts_jax.dynamics.regularizers`).
 ArchPenalty = Callable[[PyTree, PyTree, jax.Array], jax.Array]
-# A perturbation of the weight step's mixing weights ``(key, weights, step) -> weights`` (SDARTS-RS).
-WeightPerturbation = Callable[[jax.Array, PyTree, jax.Array], PyTree]
+# A perturbation of the weight step's mixing weights ``(key, weights, step, loss_and_grad) -> weights``:
+# ``loss_and_grad(weights) -> (loss, d loss / d weights)`` is the weight step's loss at the step's network weights and
+# training batch, averaged over devices (SDARTS-ADV's attack reads it; SDARTS-RS's noise does not).
+WeightPerturbation = Callable[[jax.Array, PyTree, jax.Array, Callable[[PyTree], tuple[jax.Array, PyTree]]], PyTree]
 
 
 def _no_carry(state, train, weight_aux, validation_aux):
@@ -185,8 +188,8 @@ def make_search_step(problem: BilevelProblem, *, method: str, fd_epsilon: float 
       ``sample(key, alphas, step)`` gives the mixing weights (`darts_jax.dynamics.relaxations.Relaxation`).
     arch_penalty: ``P(alphas, weights, step)`` added to the validation loss, ``weights`` the step's sample (the
       alphas themselves without a `relaxation`): the regularisers, the expected cost.
-    weight_perturbation: ``(key, weights, step) -> weights`` applied to the weight step's mixing weights only
-      (needs a `relaxation`).
+    weight_perturbation: ``(key, weights, step, loss_and_grad) -> weights`` applied to the weight step's mixing
+      weights only (needs a `relaxation`); a constant of the weight step (no gradient flows through it).
     passes: for ``'fd'`` / ``'exact'``: a key of `PASSES`; ``'auto'`` is resolved here, for the default backend.
 
   Returns:
@@ -219,11 +222,22 @@ def make_search_step(problem: BilevelProblem, *, method: str, fd_epsilon: float 
     def mixing(alphas):  # what the network takes: the alphas, or the step's sample of the mixing weights
       return alphas if relaxation is None else relaxation.sample(sample_key, alphas, state.step)
 
+    def perturbed(params, weights, batch):  # the weight step's mixing weights
+      def loss_and_grad(w):  # the weight step's loss at these network weights, as the attack sees it
+        value, grads = jax.value_and_grad(
+            lambda w: problem.loss(params, state.batch_stats, w, batch, True)[0])(w)
+        return pmean((value, grads))
+
+      return jax.lax.stop_gradient(weight_perturbation(perturbation_key, weights, state.step, loss_and_grad))
+
     def loss_and_aux(params, alphas, batch, weight_step=False):
       weights = mixing(alphas)
-      if weight_perturbation is not None:  # a select: the architecture passes differentiate the unperturbed weights
-        perturbed = weight_perturbation(perturbation_key, weights, state.step)
-        weights = jax.tree.map(lambda p, w: jnp.where(weight_step, p, w), perturbed, weights)
+      if weight_perturbation is not None:  # only the weight step's pass: the architecture passes see the unperturbed
+        if isinstance(weight_step, bool):
+          weights = perturbed(jax.lax.stop_gradient(params), weights, batch) if weight_step else weights
+        else:  # the chained passes decide at run time: the attack runs in the weight step's pass only
+          weights = jax.lax.cond(weight_step, lambda w: perturbed(jax.lax.stop_gradient(params), w, batch),
+                                 lambda w: w, weights)
       return problem.loss(params, state.batch_stats, weights, batch, weight_step)
 
     def loss_fn(params, alphas, batch):  # the architecture passes' loss

@@ -21,6 +21,10 @@ hypergradient differentiates.
   DrNAS, Chen et al. 2021). Its mean :math:`c / \sum c` is `dirichlet_mean`.
 * `uniform_perturbation`: :math:`\mathrm{clip}(w + u, 0, 1)`, renormalised, :math:`u \sim U[-\epsilon, \epsilon]`:
   SDARTS-RS's random smoothing of the weights for the weight step (Chen & Hsieh 2020).
+* `adversarial_perturbation`: the worst case of the weight step's loss within :math:`\epsilon` of the weights, by
+  projected gradient ascent (`project_to_ball`): SDARTS-ADV's.
+* `uniform_path`: one op per row drawn uniformly, one-hot (random search with weight sharing, Li & Talwalkar 2019):
+  the alphas play no part.
 
 `Relaxation` bundles one choice with its temperature schedule, as the search step uses it: `Relaxation.sample` for
 training, `Relaxation.deterministic` for evaluation (noise off, hard → argmax, Dirichlet → mean) and
@@ -43,7 +47,7 @@ import jax.numpy as jnp
 PyTree = Any
 Schedule = Callable[[jax.Array | int], jax.Array]
 
-RELAXATIONS = ('softmax', 'gumbel_softmax', 'gaussian_softmax', 'sigmoid', 'dirichlet')
+RELAXATIONS = ('softmax', 'gumbel_softmax', 'gaussian_softmax', 'sigmoid', 'dirichlet', 'uniform_path')
 """The names `Relaxation` accepts."""
 CONCENTRATIONS = ('elu', 'softplus')
 """The Dirichlet concentrations of `dirichlet`: ``elu(α) + 1`` (DrNAS's code) or ``softplus(α)``."""
@@ -152,6 +156,69 @@ def uniform_perturbation(rng: jax.Array, weights: PyTree, epsilon: float | jax.A
   return _map_with_keys(perturb, rng, weights)
 
 
+def project_to_ball(weights: PyTree, center: PyTree, epsilon: float | jax.Array, simplex: bool = True,
+                    iterations: int = 40) -> PyTree:
+  r"""The Euclidean projection of every row of `weights` onto :math:`\{v : |v - c|_\infty \le \epsilon,
+  0 \le v \le 1\}` around the row `center` c, with ``simplex`` also :math:`\sum_k v_k = 1` (c's rows must sum to
+  1, so the set holds c). On the simplex the projection is ``clip(u - tau, lo, hi)`` with the scalar ``tau`` found by
+  bisection (`iterations` halvings: float32's resolution of the row's range after ~30)."""
+  def project(u, c):
+    lo, hi = jnp.maximum(c - epsilon, 0.0), jnp.minimum(c + epsilon, 1.0)
+    if not simplex:
+      return jnp.clip(u, lo, hi)
+    # sum(clip(u - tau, lo, hi)) falls from sum(hi) >= 1 to sum(lo) <= 1 as tau runs over [min(u - hi), max(u - lo)].
+    low = jnp.min(u - hi, axis=-1, keepdims=True)
+    high = jnp.max(u - lo, axis=-1, keepdims=True)
+
+    def halve(_, bounds):
+      low, high = bounds
+      tau = (low + high) / 2
+      above = jnp.sum(jnp.clip(u - tau, lo, hi), axis=-1, keepdims=True) > 1
+      return jnp.where(above, tau, low), jnp.where(above, high, tau)
+
+    low, high = jax.lax.fori_loop(0, iterations, halve, (low, high))
+    return jnp.clip(u - (low + high) / 2, lo, hi)
+
+  return jax.tree.map(project, weights, center)
+
+
+def adversarial_perturbation(rng: jax.Array, weights: PyTree, epsilon: float | jax.Array,
+                             loss_and_grad: Callable[[PyTree], tuple[jax.Array, PyTree]], *, steps: int = 7,
+                             step_size: float | jax.Array | None = None, simplex: bool = True) -> PyTree:
+  r"""SDARTS-ADV's worst-case mixing weights: projected gradient ascent (PGD, :math:`L_\infty`) of the weight step's
+  loss in the :math:`\epsilon`-ball around `weights` (Chen & Hsieh 2020, the released ``Linf_PGD_alpha``).
+
+  A uniform random start in the ball, then `steps` signed ascent steps of `step_size` (default
+  :math:`2\epsilon / \mathrm{steps}`, the code's), each followed by the projection onto the ball intersected with
+  :math:`[0, 1]` and, with ``simplex``, the rows' simplex (`project_to_ball`; the code clamps to the ball and then
+  renormalises, which can leave it). If the loss at the result is below the loss at `weights`, `weights` are kept
+  (as the code). ``loss_and_grad(weights) -> (loss, d loss / d weights)`` is the weight step's loss at the step's
+  network weights. The result is a constant of the weight step (no gradient flows through the attack).
+  """
+  weights = jax.lax.stop_gradient(weights)
+  if step_size is None:
+    step_size = 2 * epsilon / steps
+  start = _map_with_keys(lambda key, w: w + jax.random.uniform(key, w.shape, w.dtype, -epsilon, epsilon), rng,
+                         weights)
+
+  def ascend(_, current):
+    grads = loss_and_grad(current)[1]
+    moved = jax.tree.map(lambda w, g: w + step_size * jnp.sign(g), current, grads)
+    return project_to_ball(moved, weights, epsilon, simplex)
+
+  attacked = jax.lax.fori_loop(0, steps, ascend, project_to_ball(start, weights, epsilon, simplex))
+  better = loss_and_grad(attacked)[0] >= loss_and_grad(weights)[0]
+  return jax.lax.stop_gradient(jax.tree.map(lambda a, w: jnp.where(better, a, w), attacked, weights))
+
+
+def uniform_path(rng: jax.Array, alphas: PyTree) -> PyTree:
+  """One op per row drawn uniformly, as a one-hot row: the single path of random search with weight sharing (Li &
+  Talwalkar 2019); independent of the alphas (no gradient reaches them)."""
+  return _map_with_keys(
+      lambda key, a: jax.nn.one_hot(jax.random.randint(key, a.shape[:-1], 0, a.shape[-1]), a.shape[-1],
+                                    dtype=a.dtype), rng, alphas)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Schedules.
 
@@ -237,7 +304,7 @@ class Relaxation:
   @property
   def stochastic(self) -> bool:
     """Whether `sample` draws noise (and needs a key)."""
-    return self.name in ('gumbel_softmax', 'gaussian_softmax', 'dirichlet')
+    return self.name in ('gumbel_softmax', 'gaussian_softmax', 'dirichlet', 'uniform_path')
 
   def temperature_at(self, step: jax.Array | int) -> jax.Array:
     return self.temperature(step) if callable(self.temperature) else jnp.asarray(self.temperature, jnp.float32)
@@ -256,11 +323,16 @@ class Relaxation:
       return gaussian_softmax(rng, alphas, self.noise_scale, tau, self.hard)
     if self.name == 'sigmoid':
       return sigmoid(alphas, tau)
+    if self.name == 'uniform_path':
+      return uniform_path(rng, alphas)
     return dirichlet(rng, alphas, self.concentration, self.hard)
 
   def probabilities(self, alphas: PyTree, step: jax.Array | int = 0) -> PyTree:
     """The noise-free soft weights: ``softmax(α/τ)`` for the softmax family, ``sigmoid(α/τ)``, the Dirichlet
-    mean. What the genotype is derived from and the built-in regularisers measure."""
+    mean, for ``'uniform_path'`` the uniform mean of its one-hot samples. What the genotype is derived from and the
+    built-in regularisers measure."""
+    if self.name == 'uniform_path':
+      return jax.tree.map(lambda a: jnp.full_like(a, 1 / a.shape[-1]), alphas)
     if self.name == 'sigmoid':
       return sigmoid(alphas, self.temperature_at(step))
     if self.name == 'dirichlet':

@@ -153,6 +153,15 @@ def _check_relaxation_config(config: ml_collections.ConfigDict) -> None:
   if reg.random_smoothing < 0 or reg.random_smoothing_start < 0:
     raise ValueError(f'regularizer.random_smoothing ({reg.random_smoothing}) and regularizer.random_smoothing_start '
                      f'({reg.random_smoothing_start}) must be >= 0.')
+  if reg.get('adversarial_epsilon', 0.0):
+    if reg.random_smoothing:
+      raise ValueError('regularizer.random_smoothing (SDARTS-RS) and regularizer.adversarial_epsilon (SDARTS-ADV) '
+                       'perturb the same weights: set one of them to 0.')
+    if reg.adversarial_epsilon < 0 or reg.adversarial_epsilon_start < 0 or reg.adversarial_steps < 1 \
+        or reg.adversarial_step_size < 0:
+      raise ValueError(f'regularizer.adversarial_epsilon ({reg.adversarial_epsilon}), adversarial_epsilon_start '
+                       f'({reg.adversarial_epsilon_start}) and adversarial_step_size ({reg.adversarial_step_size}) '
+                       f'must be >= 0 and adversarial_steps ({reg.adversarial_steps}) positive.')
 
 
 def _check_config(config: ml_collections.ConfigDict, space: spaces.SearchSpace) -> str:
@@ -190,7 +199,8 @@ def _check_config(config: ml_collections.ConfigDict, space: spaces.SearchSpace) 
 def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int, mixing_weights: bool = True
                      ) -> tuple[relaxations.Relaxation | None, regularizers.Penalty | None, WeightPerturbation | None]:
   """What ``config.relaxation`` and ``config.regularizer`` add to the search step: the relaxation, the architecture
-  penalty (None without regularisers) and SDARTS-RS's perturbation of the weight step's weights (None when off).
+  penalty (None without regularisers) and the perturbation of the weight step's weights (None when off):
+  SDARTS-RS's ``regularizer.random_smoothing`` or SDARTS-ADV's ``regularizer.adversarial_*`` (ε, PGD steps, step size).
   Without ``config.relaxation`` the relaxation is DARTS's softmax for a network that takes mixing weights
   (`mixing_weights`), else None (the network softmaxes the alphas itself). Schedules run per epoch over
   ``config.num_epochs`` epochs of `steps_per_epoch` steps."""
@@ -205,15 +215,23 @@ def relaxation_terms(config: ml_collections.ConfigDict, steps_per_epoch: int, mi
   penalty = regularizers.sum_penalties(regularizers.make_penalties(
       {name: reg[name] for name in regularizers.REGULARIZERS}, relaxation, reg.schedule, num_epochs=config.num_epochs,
       steps_per_epoch=steps_per_epoch))
-  if not reg.random_smoothing:
+  adversarial = reg.get('adversarial_epsilon', 0.0)
+  if not (reg.random_smoothing or adversarial):
     return relaxation, penalty, None
-  epsilon = relaxations.make_schedule('linear', reg.random_smoothing_start, reg.random_smoothing, config.num_epochs,
-                                      steps_per_epoch)
+  start, end = ((reg.random_smoothing_start, reg.random_smoothing) if reg.random_smoothing
+                else (reg.adversarial_epsilon_start, adversarial))
+  epsilon = relaxations.make_schedule('linear', start, end, config.num_epochs, steps_per_epoch)
 
-  def perturbation(key, weights, step):
+  def random_smoothing(key, weights, step, loss_and_grad):
+    del loss_and_grad
     return relaxations.uniform_perturbation(key, weights, epsilon(step))
 
-  return relaxation, penalty, perturbation
+  def adversarial_attack(key, weights, step, loss_and_grad):
+    return relaxations.adversarial_perturbation(
+        key, weights, epsilon(step), loss_and_grad, steps=reg.adversarial_steps,
+        step_size=reg.adversarial_step_size or None, simplex=relax.name != 'sigmoid')
+
+  return relaxation, penalty, (random_smoothing if reg.random_smoothing else adversarial_attack)
 
 
 def rare_compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:

@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # How the alphas become the mixing weights of each edge's ops (darts_jax.dynamics.relaxations); softmax at 1 is DARTS.
   config.relaxation = ml_collections.ConfigDict()
-  config.relaxation.name = 'softmax'  # softmax | gumbel_softmax | gaussian_softmax | sigmoid | dirichlet
+  config.relaxation.name = 'softmax'  # softmax | gumbel_softmax | gaussian_softmax | sigmoid | dirichlet | uniform_path
   config.relaxation.hard = False  # one-hot argmax forward, straight-through gradient (GDAS); not for sigmoid
   config.relaxation.temperature = 1.0  # tau at the first epoch (softmax, gumbel_softmax, gaussian_softmax, sigmoid)
   config.relaxation.final_temperature = 1.0  # tau at the last epoch, reached by temperature_schedule
@@ -71,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.regularizer.schedule = 'constant'  # constant | linear: each weight from 0 at the first epoch (beta-DARTS)
   config.regularizer.random_smoothing = 0.0  # SDARTS-RS: max |noise| on the weight step's weights, last epoch; 0: off
   config.regularizer.random_smoothing_start = 0.03  # SDARTS-RS: the same at the first epoch (linear in between)
+  config.regularizer.adversarial_epsilon = 0.0  # SDARTS-ADV: radius of the PGD attack on the weight step's weights,
+  # last epoch; 0: off (configs/search_sdarts_adv.py)
+  config.regularizer.adversarial_epsilon_start = 0.03  # SDARTS-ADV: the radius at the first epoch (linear in between)
+  config.regularizer.adversarial_steps = 7  # SDARTS-ADV: PGD steps per weight step
+  config.regularizer.adversarial_step_size = 0.0  # SDARTS-ADV: PGD step; 0: 2 * radius / steps (the code's)
 
   # Diagnostics of the search's dynamics (darts_jax.dynamics), logged every epoch.
   config.diagnostics = ml_collections.ConfigDict()

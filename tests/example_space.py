@@ -355,6 +355,9 @@ class ExampleSpace(SearchSpace):
   def genotype_entries(self, genotype: Genotype) -> dict[str, Any]:
     return {'genotype_params': num_params(genotype, self.config.data.dim)}
 
+  def genotype_weights(self, genotype: Genotype, alphas: PyTree) -> jax.Array:
+    return np.eye(len(OPS), dtype=np.asarray(alphas).dtype)[[OPS.index(op) for op in genotype]]
+
   def genotype_text(self, genotype: Genotype) -> str:
     return ', '.join(f'{src}->{dst}: {op}' for (src, dst), op in zip(EDGES, genotype))
 

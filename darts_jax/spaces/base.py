@@ -165,6 +165,13 @@ class SearchSpace(abc.ABC):
     del genotype
     return {}
 
+  def genotype_weights(self, genotype: Any, alphas: PyTree) -> PyTree:
+    """The supernet's mixing weights (the shapes of `alphas`) that run the discrete `genotype` alone: its ops at
+    weight 1, every other op and edge at 0 (the selections that score architectures on the supernet,
+    `darts_jax.tasks.selection`). Spaces without it cannot score sampled architectures."""
+    raise ValueError(f'space {self.name!r} cannot turn a genotype into mixing weights '
+                     '(SearchSpace.genotype_weights).')
+
   def genotype_text(self, genotype: Any) -> str:
     """The genotype for the log."""
     return str(genotype)

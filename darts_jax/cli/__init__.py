@@ -11,6 +11,7 @@
     darts-protocol   protocol        the paper's protocol: seeds, selection, final retraining
     darts-select     select          a genotype from a finished search's supernet: DARTS-PT, magnitude, best of N
     darts-random     random_genotypes  random genotypes of a space, for the retrain task
+    darts-pdarts     pdarts          P-DARTS's staged search (CNN space), one workdir
     darts-bench      bench           the search step's timing (``--suite accelerator``: bench_accelerator)
                      bench_data      the host input pipelines' throughput
                      bench_rnn       the recurrent search step's timing
@@ -19,4 +20,4 @@
 loads none of them.
 """
 __all__ = ['bench', 'bench_accelerator', 'bench_data', 'bench_rnn', 'compare', 'cost', 'evaluate', 'export',
-           'genotypes', 'plots', 'protocol', 'random_genotypes', 'retrain', 'search', 'select']
+           'genotypes', 'pdarts', 'plots', 'protocol', 'random_genotypes', 'retrain', 'search', 'select']

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from darts_jax.cnn import genotypes
+from darts_jax.dynamics import relaxations
 from darts_jax.tasks import pdarts
 from darts_jax.training import reporting
 from darts_jax.training.config_utils import load_config_module
@@ -48,10 +49,10 @@ def test_final_rule_is_dartss_and_the_skip_limit_drops_the_weakest_selected_skip
                       ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)]
 
 
-def test_skip_dropout_decays_as_the_code():
-  assert pdarts.skip_dropout_rate(0.1, 0, 25, 10) == pytest.approx(0.1 * 24 / 25)
-  assert pdarts.skip_dropout_rate(0.1, 10, 25, 10) == pytest.approx(0.1)
-  assert pdarts.skip_dropout_rate(0.1, 15, 25, 10) == pytest.approx(0.1 * np.exp(-1))
+def test_skip_dropout_decays_per_epoch_as_the_code():
+  schedule = relaxations.skip_dropout_schedule(0.1, num_epochs=25, warmup_epochs=10, steps_per_epoch=7)
+  rates = np.asarray([schedule(step) for step in (0, 6, 7, 70, 105)])
+  np.testing.assert_allclose(rates, [0.1 * 24 / 25, 0.1 * 24 / 25, 0.1 * 23 / 25, 0.1, 0.1 * np.exp(-1)], rtol=1e-6)
 
 
 def _config():

@@ -272,6 +272,19 @@ def make_schedule(kind: str, init: float, end: float, num_epochs: int, steps_per
   return per_epoch(make(init, end, num_epochs - 1), steps_per_epoch)
 
 
+def skip_dropout_schedule(rate: float, num_epochs: int, warmup_epochs: int, steps_per_epoch: int,
+                          decay: float = 0.2) -> Schedule:
+  r"""P-DARTS's dropout rate on the skip connections at a step, per epoch :math:`e` of a stage of :math:`E`: during
+  the weight-only warm-up of :math:`W` epochs ``rate`` :math:`\cdot (E - e - 1) / E`, then ``rate``
+  :math:`\cdot \exp(-\mathrm{decay} \cdot (e - W))` (the released code's)."""
+  def schedule(step):
+    epoch = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32)
+    return jnp.where(epoch < warmup_epochs, rate * (num_epochs - epoch - 1) / num_epochs,
+                     rate * jnp.exp(-decay * (epoch - warmup_epochs)))
+
+  return schedule
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The relaxation of a search.
 

@@ -9,7 +9,8 @@ stage ``i`` in ``<workdir>/stage_<i>/`` (a search workdir of its own, resumable 
   smallest ``softmax(alpha)`` over the edge's ops dropped; ``none`` is dropped first before the last stage, as the
   code's ``get_min_k_no_zero``), written to the stage's config as ``model.edge_ops``;
 * dropout on the skip connections at ``pdarts.skip_dropout[i]``, decayed per epoch as the code
-  (`skip_dropout_rate`), and the first ``pdarts.arch_warmup_epochs`` epochs train the weights only;
+  (`darts_jax.dynamics.relaxations.skip_dropout_schedule`, which the space applies), and the first
+  ``pdarts.arch_warmup_epochs`` epochs train the weights only;
 * a finished stage (its ``genotype.json`` written) is not run again: running `pdarts` again on the workdir resumes
   the first unfinished stage from its checkpoint.
 
@@ -48,7 +49,7 @@ STAGE_KEYS = ('model.edge_ops', 'model.skip_dropout', 'arch_warmup_epochs')
 PDARTS_FILE = 'pdarts.json'
 
 __all__ = ['PDARTS_FILE', 'STAGE_KEYS', 'OpSets', 'limit_skips', 'parse_cell', 'pdarts', 'prune_op_sets',
-           'skip_dropout_rate', 'stage_config', 'stage_dir']
+           'stage_config', 'stage_dir']
 
 
 def stage_dir(workdir: str | os.PathLike[str], stage: int) -> Path:
@@ -80,14 +81,6 @@ def prune_op_sets(op_sets: OpSets, probs: Mapping[str, np.ndarray], keep: int, d
         alive.remove(min(alive, key=lambda k: (weights[k], k)))
       pruned[kind].append([ops[k] for k in alive])
   return pruned
-
-
-def skip_dropout_rate(rate: float, epoch: int, num_epochs: int, warmup_epochs: int, decay: float = 0.2) -> float:
-  """The skip connections' dropout in `epoch` (from 0) of a stage at `rate`, as the code: ``rate · (E - e - 1) / E``
-  during the weight-only warm-up, then ``rate · exp(-decay · (e - warmup))``."""
-  if epoch < warmup_epochs:
-    return rate * (num_epochs - epoch - 1) / num_epochs
-  return rate * float(np.exp(-decay * (epoch - warmup_epochs)))
 
 
 def parse_cell(probs: np.ndarray, edge_ops: Sequence[Sequence[str]], steps: int) -> list[tuple[str, int]]:

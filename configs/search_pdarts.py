@@ -1,9 +1,9 @@
 """P-DARTS (Chen et al., ICCV 2019) on CIFAR-10: three stages of 5, 11 and 17 cells on 8, 5 and 3 ops per edge.
 
 The released code's CIFAR-10 command: 25 epochs per stage, the first 10 training the weights only; dropout on the
-skip connections 0.1, 0.4, 0.7 per stage (decayed per epoch, `darts_jax.dynamics.relaxations.skip_dropout_schedule`); batch 96;
-SGD at 0.025 cosine-annealed to 0; Adam at 6e-4 (betas 0.5, 0.999, decay 1e-3) on the alphas, first order; at most 2
-skip connections in the final normal cell. Run with ``darts-pdarts`` (``python -m darts_jax.cli.pdarts``):
+skip connections 0.1, 0.4, 0.7 per stage (decayed per epoch, `darts_jax.dynamics.relaxations.skip_dropout_schedule`);
+batch 96; SGD at 0.025 cosine-annealed to 0; Adam at 6e-4 (betas 0.5, 0.999, decay 1e-3) on the alphas, first
+order; at most 2 skip connections in the final normal cell. Run with ``darts-pdarts`` (``python -m darts_jax.cli.pdarts``):
 
     darts-pdarts --config configs/search_pdarts.py --workdir runs/pdarts
     darts-pdarts --config configs/search_pdarts.py:quick --workdir runs/pdarts_quick

@@ -7,11 +7,12 @@ space's cost entries; retrain it with ``--config.genotype=<workdir>/selection_<m
 
 * ``'magnitude'``: DARTS's rule, the space's `derive_genotype` of the final alphas (the search's own genotype).
 * ``'pt'``: perturbation-based selection (DARTS-PT; Wang et al., "Rethinking Architecture Selection in
-  Differentiable NAS", ICLR 2021). The edges (rows of the mixing weights, every leaf's) are decided one at a time in a
-  random order (``seed``): for each candidate op of the edge, its mixing weight is zeroed (the others unchanged) and
-  the supernet's accuracy on the validation split is measured; the op whose removal lowers the accuracy most is kept,
-  and the edge is fixed to it (a one-hot row) from then on. Between two edges the supernet trains ``tune_steps``
-  search steps of the search's own bilevel step (alphas too, as the paper's code) with the decided edges fixed.
+  Differentiable NAS", ICLR 2021). The edges (the rows of the mixing weights' leaves of two or more dimensions) are
+  decided one at a time in a random order (``seed``): for each candidate op of the edge, its mixing weight is
+  zeroed (the others unchanged) and the supernet's accuracy on the validation split is measured; the op whose
+  removal lowers the accuracy most is kept, and the edge is fixed to it (a one-hot row) from then on. Between two
+  edges the supernet trains ``tune_steps`` search steps of the search's own bilevel step (alphas too, as the paper's
+  code) with the decided edges fixed.
   The space's rule then makes the genotype from weights that hold, on each edge, its kept op at a weight that ranks
   the edge by the accuracy lost when the edge is removed from the discretised supernet (the CNN rule keeps the two
   strongest inputs of a node). ``selection.json`` holds the order, each edge's accuracy and per-op drops and the edges'
@@ -171,8 +172,10 @@ class _Evaluator:
 
 
 def _rows(weights: PyTree) -> list[tuple[int, tuple[int, ...]]]:
-  """Every edge as (leaf index, row index) of the weights' leaves (each leaf ``(..., ops)``), in leaf order."""
-  return [(i, row) for i, leaf in enumerate(jax.tree.leaves(weights)) for row in np.ndindex(leaf.shape[:-1])]
+  """Every edge as (leaf index, row index) of the weights' leaves of shape ``(edges..., ops)``, in leaf order; leaves
+  of one dimension (PC-DARTS's edge normalisation: one weight per input of a node) hold no edges."""
+  return [(i, row) for i, leaf in enumerate(jax.tree.leaves(weights)) if np.ndim(leaf) >= 2
+          for row in np.ndindex(leaf.shape[:-1])]
 
 
 def _edge_names(weights: PyTree) -> list[str]:
@@ -248,7 +251,7 @@ def _pt(supernet: Supernet, options: ml_collections.ConfigDict) -> tuple[Any, di
   tune = _tuning(supernet, options.tune_steps)
   weights = supernet.weights(supernet.state)
   rows, names = _rows(weights), _edge_names(weights)
-  num_ops = jax.tree.leaves(weights)[0].shape[-1]
+  num_ops = jax.tree.leaves(weights)[rows[0][0]].shape[-1]
   candidates = [k for k in range(num_ops) if k not in set(options.excluded_columns)]
   order = np.random.default_rng(options.seed).permutation(len(rows))
   decided: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
@@ -277,7 +280,8 @@ def _pt(supernet: Supernet, options: ml_collections.ConfigDict) -> tuple[Any, di
   # The discretised supernet; each edge ranked by the accuracy lost without it.
   discrete = _set_rows(weights, decided)
   accuracy = evaluate(r_state, discrete)['valid_accuracy']
-  edge_drops = [accuracy - evaluate(r_state, _set_rows(discrete, {row: np.zeros(num_ops, np.float32)}))['valid_accuracy']
+  removed = {row: np.zeros(num_ops, np.float32) for row in rows}
+  edge_drops = [accuracy - evaluate(r_state, _set_rows(discrete, {row: removed[row]}))['valid_accuracy']
                 for row in rows]
   offset = 1 - min(edge_drops)  # positive strengths, in the order of the drops
   strengths = _set_rows(weights, {row: decided[row] * (offset + drop) for row, drop in zip(rows, edge_drops)})

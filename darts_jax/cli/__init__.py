@@ -1,4 +1,4 @@
-"""The command lines, one module per command; each module's ``main`` is its console script.
+"""The command lines, one module per command; each module's ``main`` is its console script::
 
     darts-search     search          an architecture search (CNN or recurrent space); also ``run_search.py``
     darts-retrain    retrain         retraining a genotype from scratch and testing it; also ``run_retrain.py``

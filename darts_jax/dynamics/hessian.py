@@ -111,7 +111,7 @@ def dominant_hessian_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], alphas: 
   Computed by `num_iterations` Lanczos steps over Hessian-vector products
   :math:`\nabla^2 f\, v = \frac{d}{dt} \nabla f(\alpha + t v)|_{t=0}` (forward over reverse: ``jax.linearize`` of
   ``jax.grad(loss_fn)``), so the Hessian is never formed: each step costs about one more backward pass. With
-  ``num_iterations >= `` the number of parameters the result is exact up to rounding; with fewer it converges from
+  ``num_iterations`` at least the number of parameters the result is exact up to rounding; with fewer it converges from
   below in magnitude, fast when the dominant eigenvalue is separated from the rest of the spectrum. Jittable and
   pmappable.
 

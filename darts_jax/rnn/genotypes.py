@@ -166,7 +166,7 @@ def genotype_from_json(text: str) -> Genotype:
 
 def genotype_from_repr(text: str) -> Genotype:
   """Parses ``Genotype(recurrent=[...], concat=range(1, 9))`` as the original prints it (keyword or positional
-  fields, an optional module prefix or ``NAME = `` assignment). Only literals are interpreted.
+  fields, an optional module prefix or ``NAME =`` assignment). Only literals are interpreted.
 
   Raises:
     ValueError: if `text` is not such a repr or the genotype is invalid.

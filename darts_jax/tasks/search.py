@@ -82,7 +82,7 @@ __all__ = ['ALPHAS_FILE', 'EARLY_STOP_FILE', 'GENOTYPES_FILE', 'SUMMARY_FILE', '
 
 
 class SeedsState(flax.struct.PyTreeNode):
-  """The loop's state of a k-seed search: the step counter the loop reads, and the seeds' `SearchState`s stacked
+  """The loop's state of a k-seed search: the step counter the loop reads, and the seeds' states (`SearchState`) stacked
   with the seed first (every seed takes the same steps)."""
   step: jax.Array
   seeds: SearchState

@@ -193,7 +193,7 @@ class Checkpointer:
     Args:
       target: a state with the structure, shapes and dtypes of the saved one,
         typically the freshly initialised state. Leaves may be
-        `jax.ShapeDtypeStruct`s, except typed PRNG keys, whose implementation
+        `jax.ShapeDtypeStruct` leaves, except typed PRNG keys, whose implementation
         is read from the concrete key. Arrays are restored with the target's
         sharding.
 

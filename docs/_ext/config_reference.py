@@ -1,0 +1,187 @@
+"""The config-key reference of the docs, generated from ``configs/*.py`` at build time so that it cannot drift.
+
+Every config's ``get_config()`` is called and flattened to its keys. A base config (one that loads no other config)
+gets a table of all its keys with their defaults; a config built on others (``load_config_module``) gets a table
+of the keys it adds or changes. A key's description is the comment on the line that assigns it (else the comment
+lines right above), in the config itself or, where it only inherits the key, in the config it builds on.
+
+`config_reference()` is plain Python (tests/test_docs_config_reference.py checks its coverage without Sphinx); the
+``config-reference`` directive renders it as docutils tables.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs'
+_BASE_LOAD = re.compile(r"load_config_module\('(\w+)'")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRow:
+  key: str
+  value: str
+  comment: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigPage:
+  name: str
+  summary: str  # the first paragraph of the config's docstring
+  bases: tuple[str, ...]  # the configs it is built on
+  rows: tuple[KeyRow, ...]  # every key for a base config; the added or changed keys otherwise
+
+
+def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
+  """``{'model.layers': 8, ...}`` of a ConfigDict (or dict), leaves only."""
+  items = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      items.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      items[f'{prefix}{key}'] = value
+  return items
+
+
+def _comments(path: Path) -> dict[str, str]:
+  """Key -> the comment of the line assigning ``config.KEY`` (else the comment lines right above it)."""
+  lines = path.read_text().splitlines()
+  comments = {}
+  for i, line in enumerate(lines):
+    match = re.match(r'\s*config\.([\w.]+)\s*=(.*)$', line)
+    if not match:
+      continue
+    key, rest = match.groups()
+    inline = re.search(r"#\s*(.*)$", rest)
+    if inline and "'" not in rest[inline.start():] and '"' not in rest[inline.start():]:
+      text = inline.group(1).strip()
+    else:
+      above, j = [], i - 1
+      while j >= 0 and lines[j].strip().startswith('#'):
+        above.insert(0, lines[j].strip().lstrip('#').strip())
+        j -= 1
+      text = ' '.join(above)
+    if 'ConfigDict({' in rest:  # a group written as one literal: its comment describes each of its keys
+      for inner in ast.literal_eval(rest[rest.index('{'):rest.rindex('}') + 1]):
+        comments.setdefault(f'{key}.{inner}', text)
+    elif text:
+      comments.setdefault(key, text)
+  return comments
+
+
+def _bases(path: Path) -> tuple[str, ...]:
+  return tuple(_BASE_LOAD.findall(path.read_text()))
+
+
+def _comment(name: str, key: str) -> str:
+  """The comment describing `key` in config `name`, looked up through the configs it is built on."""
+  path = CONFIG_DIR / f'{name}.py'
+  own = _comments(path).get(key)
+  if own:
+    return own
+  for base in _bases(path):
+    found = _comment(base, key) or (_comment(base, key.split('.', 1)[1]) if '.' in key else '')
+    if found:
+      return found
+  return ''
+
+
+def _summary(module: Any) -> str:
+  doc = (module.__doc__ or '').strip()
+  return ' '.join(doc.split('\n\n')[0].split())
+
+
+def _load(name: str) -> Any:
+  from darts_jax.training.config_utils import load_config_module  # pylint: disable=import-outside-toplevel
+  return load_config_module(name, CONFIG_DIR / f'{name}.py')
+
+
+def _base_values(values: dict[str, Any], bases: tuple[str, ...]) -> dict[str, Any]:
+  """The keys a derived config inherits: its single base's or, with several bases, each sub-config's from the base
+  with the same keys (the protocol's ``search.*`` from a search config, ``selection.*``, ``final.*`` from a retrain
+  config)."""
+  base_values = [flatten(_load(base).get_config()) for base in bases]
+  if len(base_values) == 1:
+    return base_values[0]
+  inherited = {}
+  for prefix in {key.split('.', 1)[0] for key in values if '.' in key}:
+    sub = {key.split('.', 1)[1]: value for key, value in values.items() if key.startswith(prefix + '.')}
+    for base in base_values:
+      if set(base) == set(sub):
+        inherited.update({f'{prefix}.{key}': value for key, value in base.items()})
+        break
+  return inherited
+
+
+def config_names() -> list[str]:
+  return sorted(path.stem for path in CONFIG_DIR.glob('*.py') if not path.name.startswith('_'))
+
+
+def config_reference() -> list[ConfigPage]:
+  """One `ConfigPage` per config: base configs first (their tables list every key), then the derived ones."""
+  pages = []
+  for name in config_names():
+    module = _load(name)
+    values = flatten(module.get_config())
+    bases = _bases(CONFIG_DIR / f'{name}.py')
+    inherited = _base_values(values, bases)
+    rows = tuple(KeyRow(key, repr(value), _comment(name, key)) for key, value in values.items()
+                 if key not in inherited or repr(inherited[key]) != repr(value))
+    pages.append(ConfigPage(name, _summary(module), bases, rows))
+  return sorted(pages, key=lambda page: (bool(page.bases), page.name))
+
+
+def _table(rows: tuple[KeyRow, ...]):
+  from docutils import nodes  # pylint: disable=import-outside-toplevel
+  table = nodes.table(classes=['config-keys'])
+  group = nodes.tgroup(cols=3)
+  table += group
+  for width in (30, 20, 50):
+    group += nodes.colspec(colwidth=width)
+  head = nodes.thead()
+  group += head
+  header = nodes.row()
+  for title in ('key', 'default', 'what'):
+    header += nodes.entry('', nodes.paragraph(text=title))
+  head += header
+  body = nodes.tbody()
+  group += body
+  for row in rows:
+    line = nodes.row()
+    line += nodes.entry('', nodes.paragraph('', '', nodes.literal(text=row.key)))
+    line += nodes.entry('', nodes.paragraph('', '', nodes.literal(text=row.value)))
+    line += nodes.entry('', nodes.paragraph(text=row.comment))
+    body += line
+  return table
+
+
+def setup(app):
+  from docutils import nodes  # pylint: disable=import-outside-toplevel
+  from sphinx.util.docutils import SphinxDirective  # pylint: disable=import-outside-toplevel
+
+  class ConfigReference(SphinxDirective):
+    """``.. config-reference::``: a section per config with its table of keys."""
+
+    def run(self):
+      for path in CONFIG_DIR.glob('*.py'):
+        self.env.note_dependency(str(path))
+      sections = []
+      for page in config_reference():
+        section = nodes.section(ids=[f'config-{page.name}'], names=[page.name])
+        section += nodes.title(text=page.name)
+        section += nodes.paragraph('', '', nodes.literal(text=f'--config {page.name}'), nodes.Text(
+            f' (configs/{page.name}.py)' + (f', built on {", ".join(page.bases)}' if page.bases else '') + '.'))
+        if page.summary:
+          section += nodes.paragraph(text=page.summary)
+        if page.bases:
+          section += nodes.paragraph(text='The keys it adds or changes; every other key as in '
+                                     + ' and '.join(page.bases) + '.')
+        section += _table(page.rows)
+        sections.append(section)
+      return sections
+
+  app.add_directive('config-reference', ConfigReference)
+  return {'version': '1', 'parallel_read_safe': True, 'parallel_write_safe': True}

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import io
 import re
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ class ConfigPage:
   summary: str  # the first paragraph of the config's docstring
   bases: tuple[str, ...]  # the configs it is built on
   rows: tuple[KeyRow, ...]  # every key for a base config; the added or changed keys otherwise
+  inherits: tuple[tuple[str, str], ...] = ()  # (key prefix, base config): where its other keys come from
 
 
 def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
@@ -46,6 +49,15 @@ def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
   return items
 
 
+def _inline_comment(line: str) -> str:
+  """The comment at the end of one line of Python ('' if none), found by the tokenizer (not fooled by quotes)."""
+  try:
+    tokens = list(tokenize.generate_tokens(io.StringIO(line).readline))
+  except (tokenize.TokenError, SyntaxError):
+    return ''
+  return next((token.string.lstrip('#').strip() for token in tokens if token.type == tokenize.COMMENT), '')
+
+
 def _comments(path: Path) -> dict[str, str]:
   """Key -> the comment of the line assigning ``config.KEY`` (else the comment lines right above it)."""
   lines = path.read_text().splitlines()
@@ -55,9 +67,9 @@ def _comments(path: Path) -> dict[str, str]:
     if not match:
       continue
     key, rest = match.groups()
-    inline = re.search(r"#\s*(.*)$", rest)
-    if inline and "'" not in rest[inline.start():] and '"' not in rest[inline.start():]:
-      text = inline.group(1).strip()
+    inline = _inline_comment(line)
+    if inline:
+      text = inline
     else:
       above, j = [], i - 1
       while j >= 0 and lines[j].strip().startswith('#'):
@@ -99,21 +111,22 @@ def _load(name: str) -> Any:
   return load_config_module(name, CONFIG_DIR / f'{name}.py')
 
 
-def _base_values(values: dict[str, Any], bases: tuple[str, ...]) -> dict[str, Any]:
-  """The keys a derived config inherits: its single base's or, with several bases, each sub-config's from the base
-  with the same keys (the protocol's ``search.*`` from a search config, ``selection.*``, ``final.*`` from a retrain
-  config)."""
-  base_values = [flatten(_load(base).get_config()) for base in bases]
-  if len(base_values) == 1:
-    return base_values[0]
-  inherited = {}
-  for prefix in {key.split('.', 1)[0] for key in values if '.' in key}:
+def _inheritance(values: dict[str, Any], bases: tuple[str, ...]) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+  """The keys a derived config inherits and from where: its single base's keys or, with several bases, each
+  sub-config's from the base with the same keys (the protocol's ``search.*`` from a search config, ``selection.*``
+  and ``final.*`` from a retrain config)."""
+  base_values = {base: flatten(_load(base).get_config()) for base in bases}
+  if len(bases) == 1:
+    return base_values[bases[0]], (('', bases[0]),)
+  inherited, sources = {}, []
+  for prefix in sorted({key.split('.', 1)[0] for key in values if '.' in key}):
     sub = {key.split('.', 1)[1]: value for key, value in values.items() if key.startswith(prefix + '.')}
-    for base in base_values:
-      if set(base) == set(sub):
-        inherited.update({f'{prefix}.{key}': value for key, value in base.items()})
+    for base, base_flat in base_values.items():
+      if set(base_flat) == set(sub):
+        inherited.update({f'{prefix}.{key}': value for key, value in base_flat.items()})
+        sources.append((prefix, base))
         break
-  return inherited
+  return inherited, tuple(sources)
 
 
 def config_names() -> list[str]:
@@ -127,10 +140,10 @@ def config_reference() -> list[ConfigPage]:
     module = _load(name)
     values = flatten(module.get_config())
     bases = _bases(CONFIG_DIR / f'{name}.py')
-    inherited = _base_values(values, bases)
+    inherited, sources = _inheritance(values, bases)
     rows = tuple(KeyRow(key, repr(value), _comment(name, key)) for key, value in values.items()
                  if key not in inherited or repr(inherited[key]) != repr(value))
-    pages.append(ConfigPage(name, _summary(module), bases, rows))
+    pages.append(ConfigPage(name, _summary(module), bases, rows, sources))
   return sorted(pages, key=lambda page: (bool(page.bases), page.name))
 
 
@@ -176,9 +189,9 @@ def setup(app):
             f' (configs/{page.name}.py)' + (f', built on {", ".join(page.bases)}' if page.bases else '') + '.'))
         if page.summary:
           section += nodes.paragraph(text=page.summary)
-        if page.bases:
-          section += nodes.paragraph(text='The keys it adds or changes; every other key as in '
-                                     + ' and '.join(page.bases) + '.')
+        if page.inherits:
+          origin = '; '.join(f'{prefix}.* as in {base}' if prefix else f'as in {base}' for prefix, base in page.inherits)
+          section += nodes.paragraph(text=f'The keys it adds or changes; every other key {origin}.')
         section += _table(page.rows)
         sections.append(section)
       return sections

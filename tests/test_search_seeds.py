@@ -1,4 +1,4 @@
-"""Several searches in one program (darts_jax.tasks.search_seeds), on test_search's TinySupernet and tiny data.
+"""Several searches in one program (darts_jax.tasks.search with num_seeds = k), on test_search's TinySupernet and tiny data.
 
 Seed s of a k-seed run must be the single run with seed + s. The vmapped program is another XLA program than the
 single run's (batched dot products and reductions may be fused and ordered differently), so they agree to float32
@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from darts_jax.tasks import search, search_seeds
+from darts_jax.spaces import cnn as cnn_space
+from darts_jax.tasks import search
 from darts_jax.training import reporting
 from darts_jax.training.checkpointing import Checkpointer
 from test_search import TinySupernet, tiny_config
@@ -21,7 +22,7 @@ RTOL = 1e-4
 @pytest.fixture(scope='module', autouse=True)
 def tiny_supernet():
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(search, 'SearchNetwork', TinySupernet)
+    patch.setattr(cnn_space, 'SearchNetwork', TinySupernet)
     yield
 
 
@@ -66,9 +67,9 @@ def test_each_seed_is_the_single_run_with_that_seed_through_a_resume(two_seeds, 
   single = search.search(_config(data_dir, seed=3, checkpoint_every_minutes=1e-9), single_dir)
   seed_dir = workdir / 'seed_1'
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-6),
-               search_seeds.seed_state(state, 1).alphas, single.alphas)
+               search.seed_state(state, 1).alphas, single.alphas)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-6),
-               search_seeds.seed_state(state, 1).params, single.params)
+               search.seed_state(state, 1).params, single.params)
   # The seed's directory holds what the single run writes, with the same records: those logged after the
   # interruption's checkpoint were dropped on resume and logged again, once.
   expected = sorted(p.name for p in single_dir.iterdir() if p.name not in ('checkpoints', 'tensorboard'))
@@ -90,18 +91,18 @@ def test_a_seed_stops_early_at_its_first_epoch_the_rule_fires():
   rules = {'rule': 'stability', 'window': 5, 'factor': 1.3, 'start_epoch': 10, 'max_skip': 2, 'patience': 2}
   records = [{'step': 3 * e, 'epoch': e, 'unchanged_epochs': u} for e, u in zip(range(1, 6), [0, 1, 2, 3, 0])]
   records.insert(0, {'step': 2, 'loss': 1.0})  # interval records are ignored
-  assert search_seeds._stop(records, rules) == (3, 'stability: the architecture has not changed for 2 epochs '
+  assert search._stop(records, rules) == (3, 'stability: the architecture has not changed for 2 epochs '
                                                    '(patience 2)')
-  assert search_seeds._stop(records[:3], rules) is None
+  assert search._stop(records[:3], rules) is None
 
 
 def test_seed_records_take_the_seeds_entries_and_weigh_interval_means_by_their_steps():
   records = [{'step': 2, 'loss': 0.0, 'seed_1/loss': 1.0, 'seed_1/accuracy': 0.5, 'images_per_s': 9.0},
              {'step': 3, 'loss': 0.0, 'seed_1/loss': 4.0, 'seed_1/accuracy': 0.2, 'images_per_s': 8.0},
              {'step': 3, 'epoch': 1, 'seed_1/valid_accuracy': 0.7, 'valid_accuracy': 0.1, 'epoch_time_s': 5.0}]
-  ours = search_seeds._seed_records(records, 1, steps_per_epoch=3, last_step=None)
+  ours = search._seed_records(records, 1, steps_per_epoch=3, last_step=None)
   assert ours[:2] == [{'step': 2, 'loss': 1.0, 'accuracy': 0.5, 'images_per_s': 9.0},
                       {'step': 3, 'loss': 4.0, 'accuracy': 0.2, 'images_per_s': 8.0}]
   assert ours[2] == pytest.approx({'step': 3, 'epoch': 1, 'train_loss': 2.0, 'train_accuracy': 0.4,
                                    'valid_accuracy': 0.7, 'epoch_time_s': 5.0})
-  assert search_seeds._seed_records(records, 1, steps_per_epoch=3, last_step=2) == ours[:1]
+  assert search._seed_records(records, 1, steps_per_epoch=3, last_step=2) == ours[:1]

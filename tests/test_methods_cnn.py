@@ -24,7 +24,8 @@ def tiny_supernet():
     yield
 
 
-def test_sdarts_adv_step_on_the_cnn_space_attacks_the_weight_step_only():
+@pytest.mark.parametrize('passes', ['direct', 'chained'])
+def test_sdarts_adv_step_on_the_cnn_space_attacks_the_weight_step_only(passes):
   model = TinySupernet(mixing='weights')
   schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=100)
   state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
@@ -38,7 +39,7 @@ def test_sdarts_adv_step_on_the_cnn_space_attacks_the_weight_step_only():
 
   def run(perturbation):
     step = bilevel_step.make_search_step(problem, method='exact', relaxation=dynamics.Relaxation(),
-                                        weight_perturbation=perturbation, passes='direct')
+                                        weight_perturbation=perturbation, passes=passes)
     return jax.jit(step)(state, train, val)
 
   (attacked, attacked_metrics), (plain, plain_metrics) = run(attack), run(None)

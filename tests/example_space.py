@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from darts_jax import data
-from darts_jax.bilevel.step import BilevelProblem, SearchState, arch_optimizer
+from darts_jax.bilevel.step import BilevelProblem, SearchState
 from darts_jax.dynamics import diagnostics
 from darts_jax.spaces import Retraining, SearchSpace
 from darts_jax.spaces.base import SearchSetup
@@ -287,7 +287,7 @@ class ExampleSpace(SearchSpace):
     steps_per_epoch = data.num_batches(d.train_size, batch_size)
     weight_tx = optimizers.weight_optimizer(config.learning_rate, momentum=config.momentum,
                                             weight_decay=config.weight_decay, grad_clip=config.grad_clip)
-    arch_tx = arch_optimizer(config.arch_learning_rate, weight_decay=config.arch_weight_decay)
+    arch_tx = optimizers.arch_optimizer(config.arch_learning_rate, weight_decay=config.arch_weight_decay)
     where = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
     def batches(epoch: int, start: int, seed: int) -> Iterator[tuple[Any, Any]]:

@@ -192,7 +192,7 @@ def test_second_order_passes_chained_equal_direct(method):
   problem = rnn_space.search_problem(model, learning_rate=20.0, bptt=5, weight_decay=5e-7, grad_clip=0.25, tar=1e-3)
   state = rnn_space.create_search_state(jax.random.key(0), model, 2, optimizers.clipped_sgd(weight_decay=5e-7,
                                                                                              grad_clip=0.25),
-                                        bilevel_step.arch_optimizer(3e-2, b1=0.9, b2=0.999, weight_decay=1e-3))
+                                        optimizers.arch_optimizer(3e-2, b1=0.9, b2=0.999, weight_decay=1e-3))
   rng = np.random.default_rng(0)
   batches = [tuple((rng.integers(0, 20, (2, 5), np.int32), rng.integers(0, 20, (2, 5), np.int32),
                     np.full(2, 5, np.int32), np.full(2, int(i == 0), np.int32)) for _ in range(2)) for i in range(2)]

@@ -111,7 +111,7 @@ def test_weight_optimizer_is_clip_then_coupled_decay_then_momentum():
 
 def test_arch_optimizer_is_adam_with_decay_added_to_the_gradient():
   alpha = jnp.array([0.5, -1.0])
-  tx = bilevel_step.arch_optimizer(3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
+  tx = optimizers.arch_optimizer(3e-4, b1=0.5, b2=0.999, weight_decay=1e-3)
   updates, _ = tx.update(jnp.array([0.2, 0.0]), tx.init(alpha), alpha)
   g = np.array([0.2, 0.0]) + 1e-3 * np.array([0.5, -1.0])
   # First Adam step: the bias-corrected moments are g and g², so the update is -lr·g/(|g| + eps).
@@ -133,7 +133,7 @@ def _step_setup(method='exact', augment=False, axis_name=None, steps_per_epoch=1
   model = TinySupernet(axis_name=axis_name)
   schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=steps_per_epoch)
   state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
-                                     bilevel_step.arch_optimizer(ARCH_LR))
+                                     optimizers.arch_optimizer(ARCH_LR))
   preprocess = data.make_preprocess(MEAN, STD, augment=augment, axis_name=axis_name)
   step = bilevel_step.make_search_step(cnn_space.search_problem(model, schedule, preprocess), method=method,
                                       **METHOD_OPTIONS.get(method, {}))

@@ -49,7 +49,7 @@ def _setup(variant, fd_epsilon=FD_EPSILON):
         weight_perturbation=lambda key, weights, step, loss: dynamics.uniform_perturbation(key, weights, 0.2))
   model = TinySupernet(mixing='weights' if variant == 'relaxed' else 'softmax')
   state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
-                                          bilevel_step.arch_optimizer(0.3))
+                                          optimizers.arch_optimizer(0.3))
   state = state.replace(alphas=jax.tree.map(lambda a: a * 1000, state.alphas))  # O(1) alphas: a non-uniform softmax
   preprocess = data.make_preprocess(MEAN, STD)
 

@@ -6,8 +6,6 @@
   `make_search_step`: the architecture step, then the weight step, for every space.
 """
 from darts_jax.bilevel.hypergradient import hypergradient
-from darts_jax.bilevel.step import (METHODS, BilevelProblem, SearchState, arch_optimizer, make_search_step,
-                                    method_name)
+from darts_jax.bilevel.step import METHODS, BilevelProblem, SearchState, make_search_step, method_name
 
-__all__ = ['METHODS', 'BilevelProblem', 'SearchState', 'arch_optimizer', 'hypergradient', 'make_search_step',
-           'method_name']
+__all__ = ['METHODS', 'BilevelProblem', 'SearchState', 'hypergradient', 'make_search_step', 'method_name']

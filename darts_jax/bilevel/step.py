@@ -3,7 +3,7 @@
 One search step (the original ``train_search.py``'s inner loop: ``Architect.step``, then the weight update) is
 
 1. **architecture step** on a training batch and a validation batch: ``alpha <- arch_tx(alpha, h)`` (Adam with
-   decoupled-first weight decay, `arch_optimizer`), with ``h`` the hypergradient of the validation loss
+   coupled weight decay, `training.optimizers.arch_optimizer`), with ``h`` the hypergradient of the validation loss
    (`darts_jax.bilevel.hypergradient`; the method is one of `METHODS`): first order, or second order through the
    virtual step ``w' = w - eta·(mu·m + c·grad_w L_train(w, alpha) + lambda·w)`` of the space's weight optimizer
    (``eta`` the step's learning rate, ``m`` its momentum buffer, ``c`` the clip coefficient where the space clips
@@ -62,7 +62,7 @@ OLD_METHOD_NAMES = {'second_order_fd': 'fd', 'second_order_exact': 'exact'}
 """Earlier config spellings of `METHODS`, still accepted (`method_name` logs a one-line notice)."""
 
 __all__ = ['METHODS', 'OLD_METHOD_NAMES', 'PASSES', 'ArchPenalty', 'BilevelProblem', 'SearchState',
-           'WeightPerturbation', 'arch_optimizer', 'make_search_step', 'method_name', 'momentum_buffer',
+           'WeightPerturbation', 'make_search_step', 'method_name', 'momentum_buffer',
            'resolve_passes']
 
 
@@ -79,12 +79,6 @@ def method_name(name: str) -> str:
   if name not in METHODS:
     raise ValueError(f'Unknown hypergradient {name!r}; expected one of {", ".join(METHODS)}.')
   return name
-
-
-def arch_optimizer(learning_rate: optax.ScalarOrSchedule = 3e-4, *, b1: float = 0.5, b2: float = 0.999,
-                   weight_decay: float = 1e-3) -> optax.GradientTransformation:
-  """The architecture optimizer: ``Adam(lr, betas=(b1, b2), weight_decay)`` as in PyTorch (decay added first)."""
-  return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate, b1=b1, b2=b2))
 
 
 def momentum_buffer(weight_opt_state: optax.OptState) -> PyTree | None:

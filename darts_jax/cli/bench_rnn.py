@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
   model = RNNModelSearch(args.ntoken, args.nhid, args.nhid, steps=args.nodes)
   state = rnn_space.create_search_state(jax.random.key(args.seed), model, args.batch,
                                         optimizers.clipped_sgd(weight_decay=5e-7, grad_clip=0.25),
-                                        bilevel_step.arch_optimizer(3e-3, b1=0.9, b2=0.999))
+                                        optimizers.arch_optimizer(3e-3, b1=0.9, b2=0.999))
   step = jax.jit(bilevel_step.make_search_step(rnn_space.search_problem(model, learning_rate=20.0, bptt=args.bptt),
                                                method=bilevel_step.method_name(args.mode)), donate_argnums=(0,))
   rng = np.random.default_rng(args.seed)

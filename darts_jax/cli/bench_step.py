@@ -149,7 +149,7 @@ def build(args: argparse.Namespace):
                         depthwise_impl=args.depthwise_impl, dtype=args.dtype, remat=args.remat)
   schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
   start = time.perf_counter()
-  weight_tx, arch_tx = optimizers.weight_optimizer(schedule), bilevel_step.arch_optimizer()
+  weight_tx, arch_tx = optimizers.weight_optimizer(schedule), optimizers.arch_optimizer()
   states = [cnn_space.create_search_state(jax.random.key(args.seed + s), model,
                                           (args.image, args.image, args.channels), weight_tx, arch_tx)
             for s in range(args.seeds)]

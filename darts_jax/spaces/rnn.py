@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from darts_jax.bilevel.step import BilevelProblem, SearchState, arch_optimizer
+from darts_jax.bilevel.step import BilevelProblem, SearchState
 from darts_jax.data import text
 from darts_jax.dynamics import diagnostics
 from darts_jax.rnn import genotypes, plots
@@ -147,7 +147,7 @@ class RNNSpace(SearchSpace):
                            dropouth=m.dropouth, dropoutx=m.dropoutx, dropouti=m.dropouti, dropoute=m.dropoute,
                            axis_name=axis_name)
     weight_tx = optimizers.clipped_sgd(weight_decay=config.weight_decay, grad_clip=config.grad_clip)
-    arch_tx = arch_optimizer(config.arch_learning_rate, b1=0.9, b2=0.999, weight_decay=config.arch_weight_decay)
+    arch_tx = optimizers.arch_optimizer(config.arch_learning_rate, b1=0.9, b2=0.999, weight_decay=config.arch_weight_decay)
     init = lambda rng: create_search_state(rng, model, batch_size, weight_tx, arch_tx)
     problem = search_problem(model, learning_rate=config.learning_rate, bptt=config.bptt,
                              weight_decay=config.weight_decay, grad_clip=config.grad_clip, tar=config.tar, ar=config.ar)

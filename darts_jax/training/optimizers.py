@@ -72,6 +72,12 @@ def weight_optimizer(learning_rate: optax.ScalarOrSchedule, *, momentum: float =
   )
 
 
+def arch_optimizer(learning_rate: optax.ScalarOrSchedule = 3e-4, *, b1: float = 0.5, b2: float = 0.999,
+                   weight_decay: float = 1e-3) -> optax.GradientTransformation:
+  """The architecture optimizer: ``Adam(lr, betas=(b1, b2), weight_decay)`` as in PyTorch (decay added first)."""
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate, b1=b1, b2=b2))
+
+
 def clip_by_global_norm_as_pytorch(max_norm: float) -> optax.GradientTransformation:
   """Global-norm clipping as PyTorch's ``clip_grad_norm``: ``g · min(1, max_norm / (‖g‖₂ + 1e-6))`` (the 1e-6 makes
   it differ from `optax.clip_by_global_norm` near the threshold; the recurrent original clips so)."""

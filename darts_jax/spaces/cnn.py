@@ -25,7 +25,7 @@ import optax
 
 from darts_jax import data
 from darts_jax.analysis import plots as run_plots
-from darts_jax.bilevel.step import BilevelProblem, SearchState, arch_optimizer
+from darts_jax.bilevel.step import BilevelProblem, SearchState
 from darts_jax.cnn import cost, genotype_formats, genotypes, ops, plots
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork, init_alphas
 from darts_jax.data.augment import Preprocess
@@ -52,7 +52,7 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
     model: the supernet.
     image_shape: (H, W, C) of one input image.
     weight_tx: e.g. `training.optimizers.weight_optimizer`.
-    arch_tx: e.g. `darts_jax.bilevel.step.arch_optimizer`.
+    arch_tx: e.g. `darts_jax.training.optimizers.arch_optimizer`.
   """
 
   @jax.jit  # One compilation; eager Linen init of the supernet would dispatch thousands of small ops.
@@ -175,7 +175,7 @@ class CNNSpace(SearchSpace):
     arch_lr = config.arch_learning_rate if not config.arch_warmup_epochs else optax.join_schedules(
         [optax.constant_schedule(0.0), optax.constant_schedule(config.arch_learning_rate)],
         [config.arch_warmup_epochs * steps_per_epoch])
-    arch_tx = arch_optimizer(arch_lr, weight_decay=config.arch_weight_decay)
+    arch_tx = optimizers.arch_optimizer(arch_lr, weight_decay=config.arch_weight_decay)
     train_preprocess, eval_preprocess = (
         data.make_preprocess(ds.mean, ds.std, augment=augment, image_size=config.data.image_size,
                              axis_name=axis_name)

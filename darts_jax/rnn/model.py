@@ -28,7 +28,7 @@ parameters.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -310,19 +310,27 @@ def split_log_likelihood(apply_fn, inputs: jax.Array, targets: jax.Array, length
   return hidden, {'nll_sum': nll_sum, 'correct': correct, 'count': count}
 
 
-def evaluate_split(evaluate_block, chunks: tuple, nhid: int, dtype: jnp.dtype = jnp.float32) -> tuple[float, float]:
-  """``(mean NLL, next-word accuracy)`` of a split: `evaluate_block(inputs, targets, lengths, hidden) -> (hidden,
-  sums)` (a jitted `split_log_likelihood`) over blocks of `EVAL_BLOCK` chunks, the last padded with empty chunks.
-  The hidden state starts as zeros of `dtype` (the model's: float64 for a float64 model)."""
+def eval_blocks(chunks: tuple[np.ndarray, np.ndarray, np.ndarray]
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """A split's ``(inputs, targets, lengths)`` chunks (`darts_jax.data.text.eval_chunks`) in blocks of `EVAL_BLOCK`
+  chunks, the last padded with empty chunks (length 0: no effect), so that one compiled program reads them all."""
   inputs, targets, lengths = chunks
   pad = -len(lengths) % EVAL_BLOCK
   inputs, targets = (np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in (inputs, targets))
   lengths = np.concatenate([lengths, np.zeros(pad, lengths.dtype)])
-  hidden = jnp.zeros((inputs.shape[1], nhid), dtype)
-  totals = []
   for start in range(0, len(lengths), EVAL_BLOCK):
     block = slice(start, start + EVAL_BLOCK)
-    hidden, sums = evaluate_block(inputs[block], targets[block], lengths[block], hidden)
+    yield inputs[block], targets[block], lengths[block]
+
+
+def evaluate_split(evaluate_block, chunks: tuple, nhid: int, dtype: jnp.dtype = jnp.float32) -> tuple[float, float]:
+  """``(mean NLL, next-word accuracy)`` of a split: `evaluate_block(inputs, targets, lengths, hidden) -> (hidden,
+  sums)` (a jitted `split_log_likelihood`) over its `eval_blocks`. The hidden state starts as zeros of `dtype` (the
+  model's: float64 for a float64 model)."""
+  hidden = jnp.zeros((chunks[0].shape[1], nhid), dtype)
+  totals = []
+  for block in eval_blocks(chunks):
+    hidden, sums = evaluate_block(*block, hidden)
     totals.append(sums)
   totals = jax.device_get(totals)
   nll, correct, count = (float(sum(np.float64(t[k]) for t in totals)) for k in ('nll_sum', 'correct', 'count'))

@@ -37,7 +37,7 @@ from darts_jax.bilevel.step import BilevelProblem, SearchState
 from darts_jax.data import text
 from darts_jax.dynamics import diagnostics
 from darts_jax.rnn import genotypes, plots
-from darts_jax.rnn.model import EVAL_BLOCK, RNNModelSearch, init_alphas, sequence_losses, split_log_likelihood
+from darts_jax.rnn.model import RNNModelSearch, eval_blocks, init_alphas, sequence_losses, split_log_likelihood
 from darts_jax.spaces.base import Retraining, SearchSetup, SearchSpace
 from darts_jax.spaces.language_model import (check_lm_config, device_rows, epoch_lengths, gather_rows, masked_accuracy,
                                              perplexity, step_key)
@@ -161,16 +161,6 @@ class RNNSpace(SearchSpace):
       val = text.lm_batches(search_streams, epoch_lengths_, read_length=config.bptt, **where)
       return zip(train, val)
 
-    def eval_blocks():
-      """The validation chunks in blocks of `EVAL_BLOCK`, the last padded with empty chunks (no effect)."""
-      inputs, targets, chunk_lengths = valid_chunks
-      pad = -len(chunk_lengths) % EVAL_BLOCK
-      inputs, targets = (np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) for x in (inputs, targets))
-      chunk_lengths = np.concatenate([chunk_lengths, np.zeros(pad, chunk_lengths.dtype)])
-      for start in range(0, len(chunk_lengths), EVAL_BLOCK):
-        block = slice(start, start + EVAL_BLOCK)
-        yield inputs[block], targets[block], chunk_lengths[block]
-
     def eval_step(state: SearchState, alphas: jax.Array, hidden: jax.Array, block):
       apply = lambda tokens, hidden, length: model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                                                          tokens, hidden, alphas, train=False, length=length)
@@ -187,7 +177,7 @@ class RNNSpace(SearchSpace):
                  'epoch'),
         steps_per_epoch=lambda epoch: len(lengths(epoch)), batches=batches, init=init, problem=problem,
         eval_step=eval_step, eval_carry=jnp.zeros((config.eval_batch_size, m.nhid), jnp.float32),
-        eval_batches=eval_blocks, eval_entries=eval_entries, eval_sharded=False)
+        eval_batches=lambda: eval_blocks(valid_chunks), eval_entries=eval_entries, eval_sharded=False)
 
   def derive_genotype(self, alphas: PyTree, weights: PyTree | None = None) -> genotypes.Genotype:
     del weights  # the softmax of the alphas: no other relaxation here

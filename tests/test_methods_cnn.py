@@ -29,7 +29,7 @@ def test_sdarts_adv_step_on_the_cnn_space_attacks_the_weight_step_only(passes):
   model = TinySupernet(mixing='weights')
   schedule = optimizers.epoch_cosine_schedule(LR, 0.001, num_epochs=3, steps_per_epoch=100)
   state = cnn_space.create_search_state(jax.random.key(0), model, (8, 8, 1), optimizers.weight_optimizer(schedule),
-                                        bilevel_step.arch_optimizer(0.3))
+                                        optimizers.arch_optimizer(0.3))
   state = state.replace(alphas=jax.tree.map(lambda a: a * 1000, state.alphas))
   problem = cnn_space.search_problem(model, schedule, data.make_preprocess(MEAN, STD))
   (train, val), = _batches(1)

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 import example_space
-from darts_jax.bilevel.step import arch_optimizer, make_search_step
+from darts_jax.bilevel.step import make_search_step
+from darts_jax.training.optimizers import arch_optimizer
 from darts_jax.dynamics import relaxations
 from darts_jax.tasks import search
 from darts_jax.training import optimizers

@@ -110,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.compilation_cache_dir = '~/.cache/darts_jax/jax_cache'
   config.parallel_impl = 'shard_map'  # or 'pmap': the same bits (darts_jax/training/parallel.py)
   # XLA:CPU's backend optimisation level (0-3) of the end-of-epoch evaluation and Hessian: 0 compiles them 2-4x
-  # faster but runs them 2-6x slower, a loss once they compile during the first epoch (docs/benchmarks.md); the step
+  # faster but runs them 2-6x slower, a loss once they compile during the first epoch (docs/results.md); the step
   # and the initialisation always keep XLA's default (3).
   config.compile = ml_collections.ConfigDict({'rare_programs_opt_level': 3})
   return config

@@ -7,7 +7,7 @@ The text is Debian's ``bible-kjv`` (``apt-get install bible-kjv``), tokenised li
 64 hidden units, batch 32, 50 steps per epoch (of ~660), 3 epochs, first order (a second-order step compiles about
 twice as long), and the alphas' learning rate 3e-2: at 3e-3 over 150 steps Adam moves no alpha by more than 0.45, so
 the genotype would be the initialisation's. On a CPU the 8-node search cell's many small kernels per time step, not
-its arithmetic, set the step time (docs/benchmarks.md).
+its arithmetic, set the step time (docs/results.md).
 
 Lower dropouts (0.25 output, 0.1 h, 0.25 x, 0.1 input; the paper's 0.75/0.25/0.75/0.2 regularise 300 units over 50
 epochs): with the paper's dropouts the 64-unit supernet does not learn in 150 steps, in this code and in a PyTorch

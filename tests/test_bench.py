@@ -1,4 +1,4 @@
-"""`python -m darts_jax.cli.bench` runs end to end and reports what docs/benchmarks.md quotes."""
+"""`python -m darts_jax.cli.bench` runs end to end and reports what docs/results.md quotes."""
 import importlib.util
 import json
 import os

@@ -71,7 +71,7 @@ def test_bfloat16_activations_and_remat_keep_the_exact_hypergradient(float32):
 
 @pytest.mark.parametrize('backend, expected', [('cpu', 'shift'), ('gpu', 'xla'), ('tpu', 'xla')])
 def test_auto_depthwise_impl_is_shift_on_cpu_and_xla_elsewhere(monkeypatch, backend, expected):
-  """'auto' picks per default backend (the measurements: docs/benchmarks.md); the named impls stay as named."""
+  """'auto' picks per default backend (the measurements: docs/results.md); the named impls stay as named."""
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   assert ops.resolve_depthwise_impl('auto') == expected
   assert ops.resolve_depthwise_impl('xla') == 'xla' and ops.resolve_depthwise_impl('shift') == 'shift'

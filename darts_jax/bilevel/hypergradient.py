@@ -57,7 +57,7 @@ PASSES = ('auto', 'chained', 'direct')
 ``second_order_impl``)."""
 # What 'auto' picks per backend (`jax.default_backend()`). On XLA:CPU code generation dominates compile time; the
 # chained passes compile the gradient once instead of once per pass: 37-43% fewer kernels in the search step and less
-# temporary memory (docs/benchmarks.md). Elsewhere compiling weighs less, and the direct form leaves XLA free to fuse
+# temporary memory (docs/results.md). Elsewhere compiling weighs less, and the direct form leaves XLA free to fuse
 # across the passes, which the loop and its switch prevent (not yet measured on a GPU).
 AUTO_PASSES = {'cpu': 'chained'}
 AUTO_PASSES_ELSEWHERE = 'direct'
@@ -172,7 +172,7 @@ def exact_mixed_term(train_loss: Loss, w: PyTree, alpha: PyTree,
   shared the primal pass but kept its residuals (forward and backward
   activations) alive across the validation pass and carried the tangents of
   the weight gradient. Measured on a one-cell supernet under ``jit`` (CPU,
-  docs/benchmarks.md): 40% less time per search step, 66% less temporary
+  docs/results.md): 40% less time per search step, 66% less temporary
   memory and a third fewer kernels to compile, for the same values.
   """
   return jax.jvp(lambda w_: jax.grad(train_loss, argnums=1)(w_, alpha, train_batch),
@@ -339,7 +339,7 @@ def fd_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTree,
   elsewhere.
 
   Cost: 4 forward+backward passes (the training gradient for the virtual step, the validation gradient at
-  :math:`w'`, two :math:`\alpha`-gradients at :math:`w^\pm`). docs/benchmarks.md has measured times.
+  :math:`w'`, two :math:`\alpha`-gradients at :math:`w^\pm`). docs/results.md has measured times.
 
   Arguments as `hypergradient`'s.
   """

@@ -4,7 +4,7 @@
     python -m darts_jax.cli.bench --suite accelerator --out DIR
 
 ``--suite step`` (the default) times one search step (`darts_jax.cli.bench_step`, its flags); ``--suite accelerator``
-runs the prepared check of a GPU/TPU host (`darts_jax.cli.bench_accelerator`, its flags). docs/benchmarks.md has the
+runs the prepared check of a GPU/TPU host (`darts_jax.cli.bench_accelerator`, its flags). docs/results.md has the
 results.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ The step is the one ``run_search.py`` runs for ``space = 'rnn'`` (`bilevel.step.
 architecture step, then weight step, hidden states carried), jitted once; ``compile_s`` is its ahead-of-time compile,
 ``median_step_s`` the median over ``--steps`` timed steps after ``--warmup`` untimed ones, ``tokens_per_s`` the
 training tokens per second (batch × bptt / step), ``fusions`` the compiled step's fused kernels and ``max_rss_mb``
-the process's peak resident memory. The last line printed is one JSON object (docs/benchmarks.md).
+the process's peak resident memory. The last line printed is one JSON object (docs/results.md).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Depthwise convolutions have two formulations (`DEPTHWISE_IMPLS`), chosen by meas
   convolution (forward+backward of a 5x5 depthwise conv at batch 16, 28², 16 channels: 6.3 ms vs 48 ms). It is a
   JAX primitive (`depthwise_p`) whose derivatives are written in the same shifted-window form (see there).
 * ``'xla'``: ``lax.conv_general_dilated`` with ``feature_group_count``: cuDNN's depthwise kernels on GPU.
-* ``'auto'`` (the default): ``'shift'`` on CPU, ``'xla'`` elsewhere (`resolve_depthwise_impl`; docs/benchmarks.md).
+* ``'auto'`` (the default): ``'shift'`` on CPU, ``'xla'`` elsewhere (`resolve_depthwise_impl`; docs/results.md).
 
 Everything follows its inputs' dtype (float64 with ``jax_enable_x64``): parameters and BN statistics are created in
 the modules' ``param_dtype``, by default `default_param_dtype` of the input: its dtype, at least float32.
@@ -36,7 +36,7 @@ from jax.interpreters import ad, batching, mlir
 
 DepthwiseImpl = Literal['auto', 'shift', 'xla']
 DEPTHWISE_IMPLS = ('auto', 'shift', 'xla')
-# What 'auto' picks per backend (`jax.default_backend()`): the measurements behind it are in docs/benchmarks.md.
+# What 'auto' picks per backend (`jax.default_backend()`): the measurements behind it are in docs/results.md.
 AUTO_DEPTHWISE_IMPL = {'cpu': 'shift'}
 AUTO_DEPTHWISE_IMPL_ELSEWHERE = 'xla'
 

@@ -60,7 +60,7 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
     # At XLA's default optimisation level: at level 0 the weights round differently (by an ulp).
     params_key, alphas_key, augment_key = jax.random.split(rng, 3)
     alphas = init_alphas(alphas_key, steps=model.steps)
-    # Weights are drawn with `ops.INIT_PRNG`: one fused kernel per parameter tensor to compile (docs/benchmarks.md).
+    # Weights are drawn with `ops.INIT_PRNG`: one fused kernel per parameter tensor to compile (docs/results.md).
     variables = model.init(ops.init_key(params_key), jnp.zeros((1,) + tuple(image_shape), jnp.float32), alphas,
                            train=False)
     params = variables['params']

@@ -113,8 +113,8 @@ def compiler_options(backend_opt_level: int | None) -> dict[str, Any] | None:
   """XLA options compiling a program at LLVM optimisation level `backend_opt_level` (0-3; None: XLA's default, 3).
 
   Level 0 about halves XLA:CPU's compile time of the supernet's programs (XLA code-generates every fused kernel
-  separately) and slows their run; worth it for programs that run rarely (docs/benchmarks.md, "Compile time of the
-  search CLI"). The options are part of the persistent compilation cache's key.
+  separately) and slows their run; worth it for programs that run rarely (docs/results.md, "Compile
+  time"). The options are part of the persistent compilation cache's key.
   """
   return None if backend_opt_level is None else {'xla_backend_optimization_level': int(backend_opt_level)}
 

@@ -172,7 +172,7 @@ def exact_mixed_term(train_loss: Loss, w: PyTree, alpha: PyTree,
   shared the primal pass but kept its residuals (forward and backward
   activations) alive across the validation pass and carried the tangents of
   the weight gradient. Measured on a one-cell supernet under ``jit`` (CPU,
-  docs/results.md): 40% less time per search step, 66% less temporary
+  docs/archive/measurements.md): 40% less time per search step, 66% less temporary
   memory and a third fewer kernels to compile, for the same values.
   """
   return jax.jvp(lambda w_: jax.grad(train_loss, argnums=1)(w_, alpha, train_batch),

@@ -304,7 +304,7 @@ def make_search_step(problem: BilevelProblem, *, method: str, fd_epsilon: float 
 
 # The methods whose passes run as one chain of the same compiled gradient (`_chained_step`). First order is not one:
 # its validation pass needs only the α-gradient, and computing the weight gradient there too (as the shared pass
-# does) cost 39% more CPU time per step for 17% fewer kernels to compile (docs/results.md).
+# does) cost 39% more CPU time per step for 17% fewer kernels to compile (docs/archive/measurements.md).
 _CHAINED_METHODS = ('fd', 'exact')
 
 

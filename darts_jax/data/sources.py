@@ -1,8 +1,9 @@
 """Datasets from their official files: `load_dataset` and the formats it reads.
 
-`load_dataset` reads Fashion-MNIST, MNIST, CIFAR-10 or CIFAR-100 from the official files (IDX, CIFAR python pickles
-or CIFAR binary records, archived or extracted) or from tensorflow-datasets prepared data, into uint8 NHWC images
-and int32 labels held in host memory. TensorFlow is never needed; nothing is downloaded.
+`load_dataset` reads Fashion-MNIST, MNIST, CIFAR-10, CIFAR-100 or ImageNet16-120 from the official files (IDX, CIFAR
+python pickles or CIFAR binary records, archived or extracted; downsampled ImageNet's pickles) or from
+tensorflow-datasets prepared data, into uint8 NHWC images and int32 labels held in host memory. TensorFlow is never
+needed; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -156,6 +157,27 @@ def _cifar_python_parser(label_key: bytes) -> _Parser:
   return parse
 
 
+def _downsampled_imagenet_parser(size: int, classes: int) -> _Parser:
+  """Downsampled ImageNet's python pickles (Chrabaszcz et al., 2017), as
+  NAS-Bench-201's ImageNet16-120 reads them: a dict of ``data`` (N, 3·size²)
+  channel-major rows and ``labels`` 1..1000, of which only labels
+  1..`classes` are kept, as 0..`classes` - 1."""
+  def parse(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
+    batch = _ArrayUnpickler(io.BytesIO(data), encoding='latin1').load()
+    if isinstance(batch, dict):
+      batch = {k.decode() if isinstance(k, bytes) else k: v
+               for k, v in batch.items()}
+    if not isinstance(batch, dict) or not {'data', 'labels'} <= batch.keys():
+      raise ValueError(f'{path}: not a downsampled ImageNet batch (needs '
+                       "keys 'data' and 'labels').")
+    rows = np.asarray(batch['data'], np.uint8).reshape(-1, 3, size, size)
+    labels = np.asarray(batch['labels'], np.int64)
+    keep = (labels >= 1) & (labels <= classes)
+    return (np.ascontiguousarray(rows[keep].transpose(0, 2, 3, 1)),
+            (labels[keep] - 1).astype(np.int32))
+  return parse
+
+
 def _cifar_binary_parser(label_bytes: int) -> _Parser:
   """Records of `label_bytes` label bytes then 3072 pixel bytes; the last
   label byte is the (fine) label (CIFAR-100 stores coarse, fine)."""
@@ -221,7 +243,7 @@ def _find_cifar(formats: Sequence[_CifarFormat],
     if os.path.isdir(folder):
       return fmt, folder
     archive = os.path.join(directory, fmt.archive)
-    if os.path.isfile(archive):
+    if fmt.archive and os.path.isfile(archive):
       return fmt, archive
   return None
 
@@ -234,6 +256,11 @@ _CIFAR10_FORMATS = (
     _CifarFormat('cifar-10-binary.tar.gz', 'cifar-10-batches-bin',
                  tuple(f'{b}.bin' for b in _CIFAR10_BATCHES),
                  ('test_batch.bin',), _cifar_binary_parser(1)),
+)
+_IMAGENET16_FORMATS = (  # the extracted Imagenet16_train.zip and Imagenet16_val.zip
+    _CifarFormat('', 'ImageNet16',
+                 tuple(f'train_data_batch_{i}' for i in range(1, 11)),
+                 ('val_data',), _downsampled_imagenet_parser(16, 120)),
 )
 _CIFAR100_FORMATS = (
     _CifarFormat('cifar-100-python.tar.gz', 'cifar-100-python', ('train',),
@@ -298,6 +325,7 @@ class _Spec:
   system_dirs: tuple[str, ...] = ()  # Searched when no data_dir is given.
   image_shape: tuple[int, int, int] = (28, 28, 1)  # (H, W, C) of the images.
   class_names: tuple[str, ...] = ()  # By label; empty: the labels' numbers.
+  tfds: bool = True  # Whether tensorflow-datasets has it (the fallback).
 
 
 _INTO_DIR = ('into a directory and pass it as data_dir (--config.data.dir) '
@@ -344,6 +372,19 @@ DATASETS: dict[str, _Spec] = {
         how_to_get=('download cifar-100-python.tar.gz from '
                     f'https://www.cs.toronto.edu/~kriz/cifar.html {_INTO_DIR}'
                     '; ' + _TFDS_HINT)),
+    # NAS-Bench-201's ImageNet16-120: 16x16 downsampled ImageNet, its first
+    # 120 classes; mean and std are the benchmark's constants.
+    'imagenet16_120': _Spec(
+        num_classes=120, mean=(122.68 / 255, 116.66 / 255, 104.01 / 255),
+        std=(63.22 / 255, 61.26 / 255, 65.09 / 255),
+        subdirs=('imagenet16_120', 'imagenet16'),
+        cifar_formats=_IMAGENET16_FORMATS,
+        image_shape=(16, 16, 3), tfds=False,
+        how_to_get=('download Imagenet16_train.zip and Imagenet16_val.zip '
+                    '(Downsampled ImageNet 16x16, https://image-net.org) and '
+                    'extract both into a folder ImageNet16 (train_data_batch_1 '
+                    '.. train_data_batch_10, val_data), put it '
+                    f'{_INTO_DIR}.')),
 }
 """Known dataset names and their constants."""
 
@@ -366,13 +407,16 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
       `cifar-10-batches-bin/` or `cifar-10-binary.tar.gz`.
     - cifar100: `cifar-100-python/`, `cifar-100-python.tar.gz`,
       `cifar-100-binary/` or `cifar-100-binary.tar.gz`.
+    - imagenet16_120: `ImageNet16/` holding `train_data_batch_1` ..
+      `train_data_batch_10` and `val_data` (not in tensorflow-datasets).
 
   * tensorflow-datasets data prepared (in array_record format) under
     `data_dir`, else `$DARTS_JAX_DATA`, else tfds' default data directory.
     Data is never downloaded or prepared here: that needs TensorFlow.
 
   Args:
-    name: One of 'fashion_mnist', 'mnist', 'cifar10', 'cifar100'.
+    name: One of 'fashion_mnist', 'mnist', 'cifar10', 'cifar100',
+      'imagenet16_120'.
     data_dir: Directory holding the data, or None for the defaults above.
 
   Returns:
@@ -405,6 +449,10 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     if arrays is not None:
       break
   else:
+    if not spec.tfds:
+      raise DatasetNotFoundError(
+          f'{name} not found. Looked in directories: '
+          f'{", ".join(directories) or "none"}. To get it: {spec.how_to_get}')
     builder = _tfds_builder(name, root)
     if not builder.is_prepared():
       looked = ', '.join(directories) or 'none'

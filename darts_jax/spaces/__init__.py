@@ -1,8 +1,9 @@
 """Search spaces behind one interface (`SearchSpace`): the tasks find a space by the config's ``space`` key.
 
 ``space = 'cnn'`` (the default) is DARTS's CNN cells (`darts_jax.spaces.cnn`), ``'rnn'`` the recurrent cell
-(`darts_jax.spaces.rnn`). A space of your own is a `SearchSpace` subclass named by ``'module:Class'`` (its module
-importable), e.g. ``--config.space=my_package.my_space:MySpace``; docs/architecture.md walks through one.
+(`darts_jax.spaces.rnn`), ``'nb201'`` NAS-Bench-201's cell (`darts_jax.spaces.nb201`). A space of your own is a
+`SearchSpace` subclass named by ``'module:Class'`` (its module importable), e.g.
+``--config.space=my_package.my_space:MySpace``; docs/architecture.md walks through one.
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import ml_collections
 
 from darts_jax.spaces.base import Retraining, SearchSetup, SearchSpace
 from darts_jax.spaces.cnn import CNNSpace
+from darts_jax.spaces.nb201 import NB201Space
 from darts_jax.spaces.rnn import RNNSpace
 
-SPACES: dict[str, type[SearchSpace]] = {space.name: space for space in (CNNSpace, RNNSpace)}
+SPACES: dict[str, type[SearchSpace]] = {space.name: space for space in (CNNSpace, RNNSpace, NB201Space)}
 """The spaces of the package by their ``space`` name."""
 
-__all__ = ['CNNSpace', 'RNNSpace', 'Retraining', 'SPACES', 'SearchSetup', 'SearchSpace', 'get_space', 'space_class']
+__all__ = ['CNNSpace', 'NB201Space', 'RNNSpace', 'Retraining', 'SPACES', 'SearchSetup', 'SearchSpace', 'get_space',
+           'space_class']
 
 
 def space_class(name: str) -> type[SearchSpace]:

@@ -77,3 +77,18 @@ def test_the_comment_on_a_keys_line_is_its_description(pages):
         assert rows[match.group(1)] == match.group(2).strip(), (name, match.group(1))
         checked += 1
   assert checked > 50  # the configs comment most of their keys: the regex found them
+
+
+def test_the_notes_describe_keys_that_exist_and_have_no_line_comment():
+  keys = set()
+  for name in config_names():
+    for key in _flat(load_config_module(name).get_config()):
+      keys |= {key, key.split('.', 1)[-1]}  # the protocol's search.KEY is a search config's KEY
+  comments = config_reference.line_comments()
+  for key in config_reference.KEY_NOTES:
+    assert key in keys, f'{key}: no config has it'
+    assert key not in comments, f'{key}: a config comments it; the note is not used'
+
+
+def test_every_key_has_a_description(pages):
+  assert not [(page.name, row.key) for page in pages.values() for row in page.rows if not row.comment]

@@ -19,6 +19,34 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs'
+
+# Descriptions of the keys that no config comments on its line (tests/test_docs_config_reference.py checks that each
+# is a key of some config and that none has a line comment, which would take precedence).
+KEY_NOTES = {
+    'seed': 'random seed of the weights, the alphas, the data order and the augmentation',
+    'num_epochs': 'epochs of training',
+    'learning_rate_min': "the weights' learning rate at the end of the cosine schedule",
+    'momentum': "SGD momentum of the weights (the second-order methods' virtual step uses it too)",
+    'weight_decay': "L2 weight decay of the weights, added to the gradient",
+    'grad_clip': "global norm the weights' gradient is clipped to",
+    'arch_weight_decay': "weight decay of the alphas' Adam (L2 on the alphas)",
+    'auxiliary_weight': "weight of the auxiliary head's loss",
+    'log_every_steps': 'steps between interval records (loss, accuracy, learning rate, images/s) in metrics.jsonl',
+    'keep_checkpoints': 'checkpoints kept in the workdir (the oldest are deleted)',
+    'eval_batch_size': 'batch size of the validation passes',
+    'test_batch_size': 'batch size of the test pass',
+    'lr_decay': "step schedule: the factor applied every lr_decay_epochs epochs",
+    'lr_decay_epochs': 'step schedule: epochs between two decays',
+    'repeats': "final retrainings of the selected genotype (seeds final.seed + r); more repeats train only the new ones",
+    'model.init_channels': 'C: the channels of the first cells (doubled at each reduction cell)',
+    'model.layers': 'cells in the network (reduction cells at 1/3 and 2/3 of them)',
+    'model.steps': "intermediate nodes per cell (the original's steps)",
+    'model.multiplier': "nodes concatenated into a cell's output",
+    'model.stem_multiplier': "the stem's output channels: stem_multiplier x init_channels",
+    'model.emsize': 'size of the word embedding',
+    'model.nhid': 'units of the recurrent cell',
+    'cost.mnasnet_beta': 'mnasnet: the exponent w above the target (mnasnet_alpha at or below it)',
+}
 _BASE_LOAD = re.compile(r"load_config_module\('(\w+)'")
 
 
@@ -88,16 +116,40 @@ def _bases(path: Path) -> tuple[str, ...]:
   return tuple(_BASE_LOAD.findall(path.read_text()))
 
 
-def _comment(name: str, key: str) -> str:
-  """The comment describing `key` in config `name`, looked up through the configs it is built on."""
+def _chain_comment(name: str, key: str) -> str:
+  """The comment on `key`'s line in config `name` or in the configs it is built on."""
   path = CONFIG_DIR / f'{name}.py'
   own = _comments(path).get(key)
   if own:
     return own
   for base in _bases(path):
-    found = _comment(base, key) or (_comment(base, key.split('.', 1)[1]) if '.' in key else '')
+    found = _chain_comment(base, key) or (_chain_comment(base, key.split('.', 1)[1]) if '.' in key else '')
     if found:
       return found
+  return ''
+
+
+def line_comments() -> dict[str, str]:
+  """Every key any config comments on its line, with the first such comment (configs in name order)."""
+  comments = {}
+  for name in config_names():
+    for key, text in _comments(CONFIG_DIR / f'{name}.py').items():
+      comments.setdefault(key, text)
+  return comments
+
+
+def _comment(name: str, key: str) -> str:
+  """`key`'s description in config `name`: its line comment there or in the configs it is built on, else the same
+  key's line comment in another config (the same key means the same thing in every config), else `KEY_NOTES`."""
+  found = _chain_comment(name, key)
+  if found:
+    return found
+  others = line_comments()
+  for candidate in (key, key.split('.', 1)[-1]):
+    if candidate in others:
+      return others[candidate]
+    if candidate in KEY_NOTES:
+      return KEY_NOTES[candidate]
   return ''
 
 

@@ -45,6 +45,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.depthwise_impl = 'auto'  # auto (shift on CPU, xla elsewhere) | shift | xla (see darts_jax.cnn.ops)
   config.model.dtype = 'float32'  # float32 | bfloat16: activations and convolutions (parameters stay float32)
   config.model.remat = False  # recompute each cell's elementwise work in the backward pass: less memory
+  # Variants of the supernet (darts_jax.cnn.supernet), all off here:
+  config.model.search_space = 'darts'  # darts | s1 | s2 | s3 | s4: the ops of each edge (RobustDARTS's S1-S4)
+  config.model.partial_channels = 1  # K > 1: PC-DARTS's partial channels (1/K of them through the ops)
+  config.model.edge_normalization = False  # PC-DARTS's softmax-weighted inputs of every node (parameters beside the alphas)
+  config.model.aux_skip_weight = 0.0  # > 0: DARTS-'s auxiliary skip on every edge, starting at this weight
+  config.model.aux_skip_decay = 'linear'  # linear | cosine | constant: how that weight falls to 0 over the epochs
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax.cnn.genotypes import EVAL_PRIMITIVES, PRIMITIVES, Genotype, validate_genotype
+from darts_jax.cnn.genotypes import (EVAL_PRIMITIVES, PRIMITIVES, SEARCH_ONLY_PRIMITIVES, EdgePrimitives, Genotype,
+                                     validate_genotype)
 from darts_jax.cnn.ops import conv_output_size
 
 NETWORKS = ('cifar', 'imagenet')
@@ -134,7 +135,7 @@ def unit_cost(unit: Unit, count_padding: bool = True) -> Cost:
   op, c_in, c, h, w, s, affine = (unit.op, unit.in_channels, unit.out_channels, unit.height, unit.width, unit.stride,
                                   unit.affine)
   conv = lambda *args, **kw: conv_macs(*args, count_padding=count_padding, **kw)
-  if op in ('none', 'max_pool_3x3', 'avg_pool_3x3'):
+  if op in ('none', 'max_pool_3x3', 'avg_pool_3x3', 'noise'):
     return Cost()
   if op == 'skip_connect':
     return Cost() if s == 1 else _factorized_reduce(c, c, h, w, affine)
@@ -166,7 +167,8 @@ def unit_cost(unit: Unit, count_padding: bool = True) -> Cost:
     return _auxiliary(c_in, h, w, c, 3, True)
   if op == AUXILIARY_IMAGENET:
     return _auxiliary(c_in, h, w, c, 2, False)
-  raise ValueError(f'unknown op {op!r}; expected one of {", ".join(EVAL_PRIMITIVES + FIXED_UNITS)}')
+  raise ValueError(f'unknown op {op!r}; expected one of '
+                   f'{", ".join(EVAL_PRIMITIVES + SEARCH_ONLY_PRIMITIVES + FIXED_UNITS)}')
 
 
 def total_cost(units: Iterable[Unit], count_padding: bool = True) -> Cost:
@@ -315,21 +317,25 @@ class ArchitectureCost:
 def architecture_cost(unit_value: Callable[[Unit], float], *, C: int, layers: int, num_classes: int = 10,
                       image_size: int | tuple[int, int] = 32, in_channels: int = 3, steps: int = 4,
                       multiplier: int = 4, stem_multiplier: int = 3,
-                      primitives: Sequence[str] = PRIMITIVES) -> ArchitectureCost:
+                      primitives: Sequence[str] | EdgePrimitives = PRIMITIVES) -> ArchitectureCost:
   """The `ArchitectureCost` of the CIFAR-style network of `C` channels and `layers` cells (the `SearchNetwork`'s
   layout, and that of the `NetworkCIFAR` it derives), each unit valued by `unit_value` (e.g. ``lambda u:
-  unit_cost(u).macs``, or a latency table's lookup)."""
+  unit_cost(u).macs``, or a latency table's lookup). `primitives`: the ops of the alphas' columns, the same on every
+  edge or per cell type one sequence per edge (`genotypes.edge_primitives`)."""
   frame, stem_channels, input_hw, _ = _network_frame('cifar', C, layers, _hw(image_size), in_channels,
                                                      stem_multiplier)
   cells = cell_shapes(C, layers, stem_channels, input_hw, False, multiplier)
   edges = [(node, source) for node in range(steps) for source in range(2 + node)]
-  tables = {kind: np.zeros((len(edges), len(primitives))) for kind in ('normal', 'reduce')}
+  if not isinstance(primitives, Mapping):
+    primitives = {kind: (tuple(primitives),) * len(edges) for kind in ('normal', 'reduce')}
+  tables = {kind: np.zeros((len(edges), len(primitives[kind][0]))) for kind in ('normal', 'reduce')}
   fixed = sum(unit_value(u) for u in frame)
   for cell in cells:
     fixed += sum(unit_value(u) for u in _preprocessing(cell, True))
-    table = tables['reduce' if cell.reduction else 'normal']
+    kind = 'reduce' if cell.reduction else 'normal'
+    table = tables[kind]
     for e, (_, source) in enumerate(edges):
-      for k, op in enumerate(primitives):
+      for k, op in enumerate(primitives[kind][e]):
         table[e, k] += unit_value(edge_unit(op, cell, source))
   last = cells[-1]
   final_hw = [conv_output_size(n, 1, 2, 0) if last.reduction else n for n in (last.height, last.width)]

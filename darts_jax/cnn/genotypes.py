@@ -39,6 +39,10 @@ PRIMITIVES = (
 # of the published NASNet and AmoebaNet cells.
 EVAL_PRIMITIVES = PRIMITIVES + ('sep_conv_7x7', 'conv_7x1_1x7')
 
+# Ops of the supernet that a genotype may name but a retrained network cannot
+# build: RobustDARTS's 'noise' (S4), standard normal noise of its input's shape.
+SEARCH_ONLY_PRIMITIVES = ('noise',)
+
 Genotype = collections.namedtuple(
     'Genotype', 'normal normal_concat reduce reduce_concat'
 )
@@ -172,26 +176,96 @@ def num_edges(steps: int) -> int:
   return sum(2 + i for i in range(steps))
 
 
+SEARCH_SPACES = ('darts', 's1', 's2', 's3', 's4')
+"""The supernet's cell spaces: DARTS's 8 ops on every edge, and RobustDARTS's
+reduced spaces S1-S4 (Zela et al. 2020), built to make DARTS fail."""
+
+# S1: two ops per edge, per cell type, in the supernet's edge order (node 0's
+# two inputs, node 1's three, ...); RobustDARTS's src/spaces.py, verbatim.
+_S1 = {
+    'normal': (
+        ('skip_connect', 'dil_conv_3x3'), ('skip_connect', 'dil_conv_5x5'),
+        ('skip_connect', 'dil_conv_5x5'), ('skip_connect', 'sep_conv_3x3'),
+        ('skip_connect', 'dil_conv_3x3'), ('max_pool_3x3', 'skip_connect'),
+        ('skip_connect', 'sep_conv_3x3'), ('skip_connect', 'sep_conv_3x3'),
+        ('skip_connect', 'dil_conv_3x3'), ('skip_connect', 'sep_conv_3x3'),
+        ('max_pool_3x3', 'skip_connect'), ('skip_connect', 'dil_conv_3x3'),
+        ('dil_conv_3x3', 'dil_conv_5x5'), ('dil_conv_3x3', 'dil_conv_5x5'),
+    ),
+    'reduce': (
+        ('max_pool_3x3', 'avg_pool_3x3'), ('max_pool_3x3', 'dil_conv_3x3'),
+        ('max_pool_3x3', 'avg_pool_3x3'), ('max_pool_3x3', 'avg_pool_3x3'),
+        ('skip_connect', 'dil_conv_5x5'), ('max_pool_3x3', 'avg_pool_3x3'),
+        ('max_pool_3x3', 'sep_conv_3x3'), ('skip_connect', 'dil_conv_3x3'),
+        ('skip_connect', 'dil_conv_5x5'), ('max_pool_3x3', 'avg_pool_3x3'),
+        ('max_pool_3x3', 'avg_pool_3x3'), ('skip_connect', 'dil_conv_5x5'),
+        ('skip_connect', 'dil_conv_5x5'), ('skip_connect', 'dil_conv_5x5'),
+    ),
+}
+# S2-S4: the same ops on every edge.
+_UNIFORM_SPACES = {
+    'darts': PRIMITIVES,
+    's2': ('skip_connect', 'sep_conv_3x3'),
+    's3': ('none', 'skip_connect', 'sep_conv_3x3'),
+    's4': ('noise', 'sep_conv_3x3'),
+}
+
+EdgePrimitives = Mapping[str, Sequence[Sequence[str]]]
+"""Per cell type, the op names of every edge: the columns of its row of
+alphas."""
+
+
+def edge_primitives(
+    space: str = 'darts', steps: int = 4
+) -> dict[str, tuple[tuple[str, ...], ...]]:
+  """The ops of every edge of `space` (`SEARCH_SPACES`), per cell type: the
+  columns of that edge's row of alphas, in order."""
+  if space not in SEARCH_SPACES:
+    raise ValueError(
+        f'Unknown search space {space!r}; expected one of '
+        f'{", ".join(SEARCH_SPACES)}.'
+    )
+  if space == 's1':
+    if steps != 4:
+      raise ValueError(
+          f'RobustDARTS S1 is defined for cells of 4 nodes, got steps={steps}.'
+      )
+    return dict(_S1)
+  edge = _UNIFORM_SPACES[space]
+  return {kind: (edge,) * num_edges(steps) for kind in CELL_TYPES}
+
+
+def edges_key(cell_type: str) -> str:
+  """The alphas' key of a cell type's edge-normalisation parameters (PC-DARTS):
+  one array per node, one entry per input of the node."""
+  return f'edges_{cell_type}'
+
+
 def _parse_cell(
-    weights: np.ndarray, steps: int, primitives: Sequence[str]
+    weights: np.ndarray,
+    steps: int,
+    primitives: Sequence[Sequence[str]],
+    edge_weights: Sequence[np.ndarray] | None = None,
 ) -> list[tuple[str, int]]:
-  """Discretizes one cell's softmaxed weights, as in the original ``_parse``."""
-  candidates = np.ones(len(primitives), dtype=bool)
-  if 'none' in primitives:
-    candidates[primitives.index('none')] = False
+  """Discretizes one cell's softmaxed weights, as in the original ``_parse``;
+  ``primitives[e]``: the ops of edge e's columns; ``edge_weights[i]``: node
+  i's edge-normalisation weights, which scale its edges (PC-DARTS)."""
   # 'none' never wins: mask it to -inf so argmax returns the first best
   # non-none op, like the original's loop with a strict '>'.
+  candidates = np.array([[op != 'none' for op in ops] for ops in primitives])
   masked = np.where(candidates, weights, -np.inf)
   gene = []
   start = 0
   for i in range(steps):
     n = 2 + i
     w = masked[start : start + n]
+    if edge_weights is not None:
+      w = w * edge_weights[i][:, None]
     strength = w.max(axis=1)
     # Python's sort is stable: equally strong edges keep the lower input first.
     edges = sorted(range(n), key=lambda j: -strength[j])[:2]
     for j in edges:
-      gene.append((primitives[int(np.argmax(w[j]))], j))
+      gene.append((primitives[start + j][int(np.argmax(w[j]))], j))
     start += n
   return gene
 
@@ -199,7 +273,7 @@ def _parse_cell(
 def derive_genotype(
     alphas: Mapping[str, Any],
     steps: int = 4,
-    primitives: Sequence[str] = PRIMITIVES,
+    primitives: Sequence[str] | EdgePrimitives = PRIMITIVES,
     multiplier: int | None = None,
     from_weights: bool = False,
 ) -> Genotype:
@@ -211,18 +285,24 @@ def derive_genotype(
   the largest ``max_{o != none} w[j, o]`` (strongest first; ties keep the lower
   input first) and, on each, the op ``argmax_{o != none} w[j, o]`` (ties keep
   the first op). This reproduces ``Network.genotype()`` of the original code,
-  computed in float64 on the host.
+  computed in float64 on the host. With PC-DARTS's edge normalisation (alphas
+  key `edges_key`, one array of its inputs per node) each edge's weights are
+  first scaled by ``softmax`` of its node's array (PC-DARTS's rule).
 
   Args:
     alphas: ``{'normal': a, 'reduce': a}`` with ``a`` of shape
-      ``(num_edges(steps), len(primitives))`` (NumPy or JAX arrays).
+      ``(num_edges(steps), ops per edge)`` (NumPy or JAX arrays), and
+      optionally ``{edges_key(kind): [b_0, ..., b_{steps-1}]}`` with ``b_i``
+      of shape ``(2 + i,)``.
     steps: number of intermediate nodes per cell.
-    primitives: op names of the weight columns.
+    primitives: op names of the weight columns, the same on every edge, or per
+      cell type one sequence per edge (`edge_primitives`: RobustDARTS's
+      spaces).
     multiplier: number of trailing states concatenated into the cell output;
       defaults to ``steps`` (all intermediate nodes, as in DARTS).
     from_weights: ``alphas`` already holds the mixing weights ``w`` (a
-      relaxation's, e.g. independent sigmoid gates): ranked as they are,
-      without the softmax.
+      relaxation's, e.g. independent sigmoid gates), edge weights included:
+      ranked as they are, without the softmax.
 
   Returns:
     The derived ``Genotype``; concat lists are ``[2 + steps - multiplier, ...,
@@ -231,27 +311,49 @@ def derive_genotype(
   multiplier = steps if multiplier is None else multiplier
   if not 1 <= multiplier <= steps:
     raise ValueError(f'multiplier must be in 1..steps={steps}, got {multiplier}')
-  if not any(p != 'none' for p in primitives):
-    raise ValueError(f"primitives need an op other than 'none': {primitives}")
-  primitives = tuple(primitives)
-  expected = (num_edges(steps), len(primitives))
+  if isinstance(primitives, Mapping):
+    per_edge = {kind: tuple(map(tuple, primitives[kind])) for kind in CELL_TYPES}
+  else:
+    per_edge = {kind: (tuple(primitives),) * num_edges(steps) for kind in CELL_TYPES}
   genes = {}
   for cell_type in CELL_TYPES:
     if cell_type not in alphas:
       raise ValueError(
           f"alphas needs keys 'normal' and 'reduce', got {sorted(alphas)}"
       )
+    ops = per_edge[cell_type]
+    if len(ops) != num_edges(steps) or len({len(o) for o in ops}) != 1:
+      raise ValueError(
+          f'primitives of {cell_type!r} cells need {num_edges(steps)} edges '
+          'with the same number of ops each'
+      )
+    if not all(any(p != 'none' for p in o) for o in ops):
+      raise ValueError(f"primitives need an op other than 'none': {ops}")
     a = np.asarray(alphas[cell_type], dtype=np.float64)
+    expected = (num_edges(steps), len(ops[0]))
     if a.shape != expected:
       raise ValueError(
           f"alphas['{cell_type}'] has shape {a.shape}; expected {expected} "
           f'(edges of a {steps}-step cell, len(primitives))'
       )
-    if not np.all(np.isfinite(a)):
+    edge_weights = None
+    if edges_key(cell_type) in alphas:
+      edge_weights = [np.asarray(b, np.float64)
+                      for b in alphas[edges_key(cell_type)]]
+      if [b.shape for b in edge_weights] != [(2 + i,) for i in range(steps)]:
+        raise ValueError(
+            f"alphas['{edges_key(cell_type)}'] needs one array of shape "
+            f'(2 + i,) per node i of {steps}'
+        )
+      if not from_weights:
+        edge_weights = [softmax(b) for b in edge_weights]
+    if not all(np.all(np.isfinite(x)) for x in [a] + (edge_weights or [])):
       raise ValueError(
           f"alphas['{cell_type}'] contains NaN or inf; the search diverged"
       )
-    genes[cell_type] = _parse_cell(a if from_weights else softmax(a), steps, primitives)
+    genes[cell_type] = _parse_cell(
+        a if from_weights else softmax(a), steps, ops, edge_weights
+    )
   concat = list(range(2 + steps - multiplier, steps + 2))
   return Genotype(
       normal=genes['normal'],
@@ -325,7 +427,8 @@ def _validate_concat(concat: Any, name: str, num_nodes: int) -> list[int]:
 
 
 def validate_genotype(
-    genotype: Genotype, primitives: Sequence[str] = EVAL_PRIMITIVES
+    genotype: Genotype,
+    primitives: Sequence[str] = EVAL_PRIMITIVES + SEARCH_ONLY_PRIMITIVES,
 ) -> Genotype:
   """Checks a genotype and returns it normalized.
 

@@ -38,14 +38,57 @@ PyTree = Any
 COST_MODEL_FILE = 'cost_model.json'
 
 
+AUX_SKIP_DECAYS = ('linear', 'cosine', 'constant')
+"""How DARTS-'s auxiliary skip weight falls from ``model.aux_skip_weight`` over the epochs (DARTS-'s schedules)."""
+# The RNG stream of RobustDARTS's noise op in the evaluation and the Hessian: fixed, so that both measure one function.
+_FIXED_NOISE_SEED = 0
+
+
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def aux_skip_schedule(initial: float, decay: str, num_epochs: int, steps_per_epoch: int) -> optax.Schedule:
+  """DARTS-'s auxiliary skip weight at a step: constant within an epoch, at epoch e ``initial · (1 - e/E)``
+  (``'linear'``, the paper's), ``initial · (1 + cos(π e/E)) / 2`` (``'cosine'``) or ``initial`` (``'constant'``), E the
+  number of epochs (DARTS-'s ``DecayScheduler`` with its defaults: the last epoch's weight is ``initial / E``)."""
+  if decay not in AUX_SKIP_DECAYS:
+    raise ValueError(f'Unknown aux skip decay {decay!r}; expected one of {", ".join(AUX_SKIP_DECAYS)}.')
+
+  def schedule(step):
+    progress = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32) / num_epochs
+    if decay == 'linear':
+      return initial * (1 - progress)
+    if decay == 'cosine':
+      return initial * (1 + jnp.cos(jnp.pi * progress)) / 2
+    return jnp.full((), initial, jnp.float32)
+
+  return schedule
+
+
+def _uses_noise(model: SearchNetwork) -> bool:
+  """Whether the supernet has RobustDARTS's noise op (it then needs a ``'noise'`` RNG stream)."""
+  space = getattr(model, 'search_space', 'darts')
+  return any('noise' in ops for edges in genotypes.edge_primitives(space, model.steps).values() for ops in edges)
+
+
+def _apply_options(model: SearchNetwork, extras: dict[str, Any] | None) -> dict[str, Any]:
+  """The keyword arguments of ``model.apply`` for a pass with a prepared batch's `extras` (None: evaluation or the
+  Hessian, whose noise stream is fixed and whose auxiliary skip weight is the network's stored one)."""
+  options = {}
+  if _uses_noise(model):
+    options['rngs'] = {'noise': jax.random.key(_FIXED_NOISE_SEED) if extras is None else extras['noise']}
+  if extras is not None and 'aux_skip_weight' in extras:
+    options['aux_skip_weight'] = extras['aux_skip_weight']
+  return options
+
+
 def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple[int, int, int],
-                        weight_tx: optax.GradientTransformation,
-                        arch_tx: optax.GradientTransformation) -> SearchState:
-  """Initialises weights (PyTorch's default init), alphas (``1e-3·N(0, 1)``) and both optimizers.
+                        weight_tx: optax.GradientTransformation, arch_tx: optax.GradientTransformation,
+                        aux_skip_weight: float = 1.0) -> SearchState:
+  """Initialises weights (PyTorch's default init), alphas (``1e-3·N(0, 1)``, a column per op of the model's
+  ``search_space``, with its edge normalisation's parameters) and both optimizers; a model with DARTS-'s auxiliary
+  skip stores `aux_skip_weight` as its weight.
 
   Args:
     rng: PRNG key; split into the weights', the alphas' and the augmentation keys.
@@ -55,14 +98,22 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
     arch_tx: e.g. `darts_jax.training.optimizers.arch_optimizer`.
   """
 
+  space = getattr(model, 'search_space', 'darts')
+  num_ops = len(genotypes.edge_primitives(space, model.steps)['normal'][0])
+  options = _apply_options(model, None)
+  noise_rngs = options.pop('rngs', {})
+  if getattr(model, 'aux_skip', False):
+    options['aux_skip_weight'] = aux_skip_weight
+
   @jax.jit  # One compilation; eager Linen init of the supernet would dispatch thousands of small ops.
   def init(rng):
     # At XLA's default optimisation level: at level 0 the weights round differently (by an ulp).
     params_key, alphas_key, augment_key = jax.random.split(rng, 3)
-    alphas = init_alphas(alphas_key, steps=model.steps)
+    alphas = init_alphas(alphas_key, steps=model.steps, num_ops=num_ops,
+                         edge_normalization=getattr(model, 'edge_normalization', False))
     # Weights are drawn with `ops.INIT_PRNG`: one fused kernel per parameter tensor to compile (docs/results.md).
-    variables = model.init(ops.init_key(params_key), jnp.zeros((1,) + tuple(image_shape), jnp.float32), alphas,
-                           train=False)
+    rngs = {'params': ops.init_key(params_key), **noise_rngs}
+    variables = model.init(rngs, jnp.zeros((1,) + tuple(image_shape), jnp.float32), alphas, train=False, **options)
     params = variables['params']
     return SearchState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
                        alphas=alphas, weight_opt_state=weight_tx.init(params), arch_opt_state=arch_tx.init(alphas),
@@ -72,21 +123,39 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
 
 
 def search_problem(model: SearchNetwork, schedule: optax.Schedule, preprocess: Preprocess, *, momentum: float = 0.9,
-                   weight_decay: float = 3e-4) -> BilevelProblem:
+                   weight_decay: float = 3e-4, aux_skip: optax.Schedule | None = None) -> BilevelProblem:
   """The CNN space's side of the bilevel step for batches ``(uint8 images (N, H, W, C), int32 labels (N,))``: the
   cross-entropy of every pass, both batches preprocessed with keys from ``(state.rng, state.step)`` (with CIFAR
   augmentation, validation batches are augmented too: the original draws them from the training set with the
   training transform), the learning rate `schedule` of the weight optimizer (SGD with `momentum` and
-  `weight_decay`, `training.optimizers.weight_optimizer`), under ``model.axis_name``."""
+  `weight_decay`, `training.optimizers.weight_optimizer`), under ``model.axis_name``.
+
+  The supernet's variants take their inputs from the prepared batches, a third entry beside images and labels:
+  DARTS-'s auxiliary skip weight of the step (the `aux_skip` schedule) and the key of RobustDARTS's noise op, one per
+  batch and step, so that every pass over a batch sees the same noise and the hypergradient differentiates one
+  function."""
   def prepare(state, train_batch, val_batch):
-    train_key, val_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    return ((preprocess(train_key, train_batch[0]), train_batch[1]),
-            (preprocess(val_key, val_batch[0]), val_batch[1]))
+    base = jax.random.fold_in(state.rng, state.step)
+    train_key, val_key = jax.random.split(base)
+    train = (preprocess(train_key, train_batch[0]), train_batch[1])
+    val = (preprocess(val_key, val_batch[0]), val_batch[1])
+    if aux_skip is None and not _uses_noise(model):
+      return train, val
+    extras = [{}, {}]
+    if aux_skip is not None:
+      for entry in extras:
+        entry['aux_skip_weight'] = aux_skip(state.step)
+    if _uses_noise(model):  # a stream of its own beside the augmentation's and the relaxation's (fold_in 1)
+      for entry, key in zip(extras, jax.random.split(jax.random.fold_in(base, 3))):
+        entry['noise'] = key
+    return train + (extras[0],), val + (extras[1],)
 
   def loss(params, batch_stats, weights, batch, weight_step):
     del weight_step  # every pass is the cross-entropy
+    extras = batch[2] if len(batch) > 2 else {}
+    options = _apply_options(model, extras) if extras else {}
     logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch[0], weights, train=True,
-                                  mutable=['batch_stats'])
+                                  mutable=['batch_stats'], **options)
     return _cross_entropy(logits, batch[1]), {'logits': logits, 'batch_stats': updates['batch_stats']}
 
   return BilevelProblem(
@@ -106,13 +175,23 @@ def make_eval_step(model: SearchNetwork, preprocess: Preprocess
   def eval_step(state: SearchState, weights: PyTree, carry: None, batch):
     images, labels, mask = batch
     logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, preprocess(None, images), weights,
-                         train=False)
+                         train=False, **_apply_options(model, None))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     sums = {'loss_sum': jnp.sum(losses * mask), 'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
             'count': jnp.sum(mask)}
     return carry, (sums if axis_name is None else jax.lax.psum(sums, axis_name))
 
   return eval_step
+
+
+def _variants(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`SearchNetwork`'s variant fields that the config turns on (RobustDARTS's spaces, PC-DARTS, DARTS-)."""
+  model = config.model
+  variants = {'search_space': model.get('search_space', 'darts'), 'partial_channels': model.get('partial_channels', 1),
+              'edge_normalization': model.get('edge_normalization', False),
+              'aux_skip': model.get('aux_skip_weight', 0.0) > 0}
+  defaults = {'search_space': 'darts', 'partial_channels': 1, 'edge_normalization': False, 'aux_skip': False}
+  return {name: value for name, value in variants.items() if value != defaults[name]}
 
 
 class CNNSpace(SearchSpace):
@@ -133,6 +212,19 @@ class CNNSpace(SearchSpace):
     if config.model.depthwise_impl not in ops.DEPTHWISE_IMPLS:
       raise ValueError(f'Unknown model.depthwise_impl {config.model.depthwise_impl!r}; expected one of '
                        f'{", ".join(ops.DEPTHWISE_IMPLS)}.')
+    model = config.model
+    if model.get('search_space', 'darts') not in genotypes.SEARCH_SPACES:
+      raise ValueError(f'Unknown model.search_space {model.search_space!r}; expected one of '
+                       f'{", ".join(genotypes.SEARCH_SPACES)}.')
+    if model.get('search_space', 'darts') == 's1' and model.steps != 4:
+      raise ValueError(f'model.search_space s1 is defined for cells of 4 nodes: set model.steps=4 (got {model.steps}).')
+    groups = model.get('partial_channels', 1)
+    if groups < 1 or model.init_channels % groups or (groups > 1 and (model.init_channels // groups) % 2):
+      raise ValueError(f'model.partial_channels ({groups}) must divide model.init_channels ({model.init_channels}) '
+                       'into an even number of channels (1: every channel through the ops).')
+    if model.get('aux_skip_weight', 0.0) < 0 or model.get('aux_skip_decay', 'linear') not in AUX_SKIP_DECAYS:
+      raise ValueError(f'model.aux_skip_weight ({model.get("aux_skip_weight")}) must be >= 0 (0: no auxiliary skip) '
+                       f'and model.aux_skip_decay one of {", ".join(AUX_SKIP_DECAYS)}.')
     c = config.cost
     if c.metric not in cost.METRICS or c.form not in cost.PENALTY_FORMS:
       raise ValueError(f'cost.metric ({c.metric!r}) must be one of {", ".join(cost.METRICS)} and cost.form '
@@ -158,12 +250,13 @@ class CNNSpace(SearchSpace):
       # E[cost] is logged every epoch; latency only with a cost term, which measures its table.
       self._arch_cost = _architecture_cost(config, workdir, ds.num_classes, image_shape)
 
-    # The supernet takes the mixing weights: the step computes them with the configured relaxation.
+    # The supernet takes the mixing weights: the step computes them with the configured relaxation. Its variants are
+    # named only where they are on.
     model = SearchNetwork(
         C=config.model.init_channels, num_classes=ds.num_classes, layers=config.model.layers,
         steps=config.model.steps, multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
         depthwise_impl=config.model.depthwise_impl, axis_name=axis_name, dtype=config.model.dtype,
-        remat=config.model.remat, mixing='weights')
+        remat=config.model.remat, mixing='weights', **_variants(config))
     self._model = model
     schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
                                                 steps_per_epoch)
@@ -181,9 +274,14 @@ class CNNSpace(SearchSpace):
                              axis_name=axis_name)
         for augment in (config.data.augment, False))
 
-    init = lambda rng: create_search_state(rng, model, image_shape, weight_tx, arch_tx)
+    aux_skip = None
+    if config.model.get('aux_skip_weight', 0.0) > 0:
+      aux_skip = aux_skip_schedule(config.model.aux_skip_weight, config.model.aux_skip_decay, config.num_epochs,
+                                   steps_per_epoch)
+    init = lambda rng: create_search_state(rng, model, image_shape, weight_tx, arch_tx,
+                                           aux_skip_weight=float(aux_skip(0)) if aux_skip else 1.0)
     problem = search_problem(model, schedule, train_preprocess, momentum=config.momentum,
-                             weight_decay=config.weight_decay)
+                             weight_decay=config.weight_decay, aux_skip=aux_skip)
 
     def batches(epoch: int, start: int, seed: int):
       """(train, validation) batches from two separately shuffled streams."""
@@ -199,7 +297,7 @@ class CNNSpace(SearchSpace):
       first so that sharding splits examples), BN with batch statistics as in the architecture step."""
       def batch_loss(batch):
         logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, eval_preprocess(None, batch[0]),
-                                weights, train=True, mutable=['batch_stats'])
+                                weights, train=True, mutable=['batch_stats'], **_apply_options(model, None))
         return _cross_entropy(logits, batch[1])
       images, labels = batches
       # lax.map: one compiled copy of the network for any number of batches.
@@ -230,20 +328,32 @@ class CNNSpace(SearchSpace):
         validation_loss=validation_loss, hessian_batches=hessian_batches,
         learning_rate=lambda step: float(schedule(step)), arch_penalty=arch_penalty)
 
+  def _primitives(self) -> genotypes.EdgePrimitives:
+    return genotypes.edge_primitives(self.config.model.get('search_space', 'darts'), self.config.model.steps)
+
   def derive_genotype(self, alphas: PyTree, weights: PyTree | None = None) -> genotypes.Genotype:
     steps, multiplier = self.config.model.steps, self.config.model.multiplier
     if weights is None:
-      return genotypes.derive_genotype(alphas, steps=steps, multiplier=multiplier)
-    return genotypes.derive_genotype(weights, steps=steps, multiplier=multiplier, from_weights=True)
+      return genotypes.derive_genotype(alphas, steps=steps, multiplier=multiplier, primitives=self._primitives())
+    return genotypes.derive_genotype(weights, steps=steps, multiplier=multiplier, from_weights=True,
+                                     primitives=self._primitives())
 
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
-    return {kind: np.asarray(a).tolist() for kind, a in alphas.items()}
+    # Edge normalisation's parameters are one list per node.
+    return {kind: np.asarray(a).tolist() if kind in diagnostics.CELL_TYPES else [np.asarray(b).tolist() for b in a]
+            for kind, a in alphas.items()}
 
   def alphas_from_record(self, record: dict[str, Any]) -> PyTree:
-    return {kind: np.asarray(record[kind], np.float32) for kind in diagnostics.CELL_TYPES}
+    alphas = {kind: np.asarray(record[kind], np.float32) for kind in diagnostics.CELL_TYPES}
+    for kind in diagnostics.CELL_TYPES:
+      if genotypes.edges_key(kind) in record:
+        alphas[genotypes.edges_key(kind)] = [np.asarray(b, np.float32) for b in record[genotypes.edges_key(kind)]]
+    return alphas
 
   def diagnostics(self, alphas: PyTree, history: list[Any], weights: PyTree | None) -> dict[str, float]:
-    return diagnostics.epoch_diagnostics(alphas, history, weights)
+    # The ops' weights per cell type (edge normalisation's are not rows of ops).
+    ops_only = lambda tree: None if tree is None else {kind: tree[kind] for kind in diagnostics.CELL_TYPES}
+    return diagnostics.epoch_diagnostics(ops_only(alphas), history, ops_only(weights))
 
   def genotype_record(self, genotype: genotypes.Genotype) -> dict[str, Any]:
     """The genotype's network cost at the search network's C, cells and image size and at the retrain
@@ -267,7 +377,8 @@ class CNNSpace(SearchSpace):
     if self._arch_cost is None:
       return {}
     # The cost term's E[cost] under the current alphas (also without the term).
-    return {f'expected_{self.config.cost.metric}': float(cost.expected_cost(diagnostics.softmax_weights(alphas),
+    ops_alphas = {kind: alphas[kind] for kind in diagnostics.CELL_TYPES}
+    return {f'expected_{self.config.cost.metric}': float(cost.expected_cost(diagnostics.softmax_weights(ops_alphas),
                                                                              self._arch_cost))}
 
   def write_search_artifacts(self, workdir: Path, alphas: PyTree, genotype: genotypes.Genotype) -> None:
@@ -307,7 +418,8 @@ def _architecture_cost(config: ml_collections.ConfigDict, workdir: Path, num_cla
                                  saved['fixed'])
   network = dict(C=config.model.init_channels, layers=config.model.layers, num_classes=num_classes,
                  image_size=tuple(image_shape[:2]), in_channels=image_shape[-1], steps=config.model.steps,
-                 multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier)
+                 multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
+                 primitives=genotypes.edge_primitives(config.model.get('search_space', 'darts'), config.model.steps))
   if config.cost.metric == 'latency':
     from darts_jax.cnn import latency  # pylint: disable=import-outside-toplevel  (measures on the device: slow)
     table = latency.LatencyTable(config.cost.latency_cache or None, depthwise_impl=config.model.depthwise_impl)

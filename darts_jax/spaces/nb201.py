@@ -30,14 +30,14 @@ import optax
 
 from darts_jax import data
 from darts_jax.analysis import nb201_plots
-from darts_jax.bilevel.step import SearchState
+from darts_jax.bilevel.step import BilevelProblem, SearchState
 from darts_jax.cnn import ops
+from darts_jax.data.augment import Preprocess
 from darts_jax.dynamics import diagnostics, early_stopping
 from darts_jax.nb201 import benchmark, genotypes
 from darts_jax.nb201.model import Network, network_cost
 from darts_jax.spaces import nb201_retraining
 from darts_jax.spaces.base import Retraining, SearchSetup, SearchSpace
-from darts_jax.spaces.cnn import make_eval_step, search_problem
 from darts_jax.training import optimizers
 
 PyTree = Any
@@ -59,6 +59,49 @@ def create_search_state(rng: jax.Array, model: Network, image_shape: tuple[int, 
   return SearchState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
                      alphas=alphas, weight_opt_state=weight_tx.init(params), arch_opt_state=arch_tx.init(alphas),
                      rng=augment_key, carry=(), weight_tx=weight_tx, arch_tx=arch_tx)
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def search_problem(model: Network, schedule: optax.Schedule, preprocess: Preprocess, *, momentum: float = 0.9,
+                   weight_decay: float = 5e-4) -> BilevelProblem:
+  """The space's side of the bilevel step for batches ``(images (N, H, W, C), int32 labels (N,))``: the
+  cross-entropy of the supernet mixed by the step's weights in every pass (BN with batch statistics), both batches
+  prepared by `preprocess` with keys from ``(state.rng, state.step)``, the learning rate `schedule` of the weight
+  optimizer (SGD with `momentum` and `weight_decay`), under ``model.axis_name``."""
+  def prepare(state, train_batch, val_batch):
+    train_key, val_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    return ((preprocess(train_key, train_batch[0]), train_batch[1]),
+            (preprocess(val_key, val_batch[0]), val_batch[1]))
+
+  def loss(params, batch_stats, weights, batch, weight_step):
+    del weight_step  # every pass is the cross-entropy
+    logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch[0], weights, train=True,
+                                  mutable=['batch_stats'])
+    return _cross_entropy(logits, batch[1]), {'logits': logits, 'batch_stats': updates['batch_stats']}
+
+  return BilevelProblem(
+      loss=loss, prepare=prepare, learning_rate=lambda step, train: schedule(step),
+      metrics=lambda train, aux: {'accuracy': jnp.mean(jnp.argmax(aux['logits'], -1) == train[1])},
+      momentum=momentum, weight_decay=weight_decay, axis_name=model.axis_name)
+
+
+def make_eval_step(model: Network, preprocess: Preprocess):
+  """``eval_step(state, weights, None, (images, labels, mask)) -> (None, sums)``: the supernet mixed by ``weights``
+  in evaluation mode (BN with the running statistics) on images prepared by `preprocess`; ``mask`` (1 for real
+  examples) lets the last batch be padded; ``loss_sum``, ``correct`` and ``count`` summed over ``model.axis_name``."""
+  def eval_step(state: SearchState, weights: PyTree, carry: None, batch):
+    images, labels, mask = batch
+    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, preprocess(None, images), weights,
+                         train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    sums = {'loss_sum': jnp.sum(losses * mask), 'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            'count': jnp.sum(mask)}
+    return carry, (sums if model.axis_name is None else jax.lax.psum(sums, model.axis_name))
+
+  return eval_step
 
 
 def load_genotype(spec: str) -> Genotype:
@@ -145,7 +188,7 @@ class NB201Space(SearchSpace):
       def batch_loss(batch):
         logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, eval_preprocess(None, batch[0]),
                                 weights, train=True, mutable=['batch_stats'])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+        return _cross_entropy(logits, batch[1])
       images, labels = batches
       return jnp.mean(jax.lax.map(batch_loss, (jnp.swapaxes(images, 0, 1), jnp.swapaxes(labels, 0, 1))))
 

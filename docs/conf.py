@@ -1,6 +1,6 @@
 """Sphinx configuration of the darts-jax documentation.
 
-Build: ``pip install -e '.[docs]' && sphinx-build -W --keep-going -b html docs docs/_build/html``.
+Build: ``pip install -e '.[docs]' && sphinx-build -j auto -W --keep-going -b html docs docs/_build/html``.
 """
 import os
 import sys

@@ -12,6 +12,7 @@ from flax import traverse_util
 from test_search_network import _random_variables
 
 from darts_jax.bilevel.hypergradient import hypergradient
+from darts_jax.cnn import genotypes
 from darts_jax.cnn.genotypes import PRIMITIVES, derive_genotype, edge_primitives, edges_key
 from darts_jax.cnn.supernet import MixedEdges, SearchNetwork, channel_shuffle, edge_index, init_alphas
 from darts_jax.spaces import cnn as cnn_space
@@ -238,3 +239,32 @@ def test_exact_hypergradient_is_autodiff_through_the_virtual_step_with_pc_darts_
     assert np.all(flat(jax.tree.map(lambda x: x != 0, [exact['reduce'], exact[edges_key('reduce')]])))
     # float64: the two orders of the same derivatives agree to rounding (~1e-13); an error would be O(1).
     np.testing.assert_allclose(flat(exact), flat(reference), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_search_on_s4_with_pc_darts_and_darts_minus_end_to_end(data_dir, tmp_path):
+  """The search task on the real supernet with the variants on together: RobustDARTS's S4 (noise), partial channels,
+  edge normalisation and the auxiliary skip; records with the skip count and the Hessian eigenvalue, a genotype of
+  S4's ops, the edge parameters in the alphas records, and the auxiliary skip weight of the last epoch stored."""
+  from test_search import tiny_config  # pylint: disable=import-outside-toplevel
+  from darts_jax.tasks import search  # pylint: disable=import-outside-toplevel
+  from darts_jax.training import reporting  # pylint: disable=import-outside-toplevel
+
+  config = tiny_config(data_dir, **{'hypergradient': 'first_order', 'model.search_space': 's4',
+                                    'model.partial_channels': 2, 'model.edge_normalization': True,
+                                    'model.aux_skip_weight': 1.0, 'data.image_size': 8})
+  state = search.search(config, tmp_path)
+  records = [r for r in reporting.read_jsonl(tmp_path / 'metrics.jsonl') if 'hessian_eigenvalue' in r]
+  assert len(records) == 2 and all(np.isfinite(r['hessian_eigenvalue']) for r in records)
+  assert all(r['skip_connect_normal'] == 0 for r in records)  # S4 has no skip connection
+  genotype = genotypes.validate_genotype(state_genotype(tmp_path))
+  assert {op for op, _ in genotype.normal + genotype.reduce} <= {'noise', 'sep_conv_3x3'}
+  last = reporting.read_jsonl(tmp_path / search.ALPHAS_FILE)[-1]
+  assert [len(b) for b in last[edges_key('normal')]] == [2, 3, 4, 5]
+  # Epoch 1 of 2: the linear schedule's 1 - 1/2.
+  assert float(state.batch_stats['aux_skip_weight']) == pytest.approx(0.5)
+
+
+def state_genotype(workdir):
+  from darts_jax.cnn import genotype_formats  # pylint: disable=import-outside-toplevel
+  return genotype_formats.load_genotype(str(workdir / 'genotype.json'))

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='auto')
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='activations and convolutions')
   parser.add_argument('--remat', action='store_true', help="rematerialise each cell's elementwise work")
+  parser.add_argument('--partial-channels', type=int, default=1,
+                      help="PC-DARTS's K: 1/K of each node's channels through the mixed ops (1: all)")
+  parser.add_argument('--edge-normalization', action='store_true', help="PC-DARTS's edge normalisation")
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--profile', metavar='DIR',
                       help='trace one more step into DIR (XLA:CPU per-kernel events, TensorBoard/Perfetto) and report '
@@ -146,7 +149,8 @@ def build(args: argparse.Namespace):
   """The jitted step that `args` describe (its state donated) and its initial state; returns (step, state, seconds
   the initialisation took)."""
   model = SearchNetwork(args.C, args.classes, args.layers, steps=args.nodes, multiplier=args.nodes,
-                        depthwise_impl=args.depthwise_impl, dtype=args.dtype, remat=args.remat)
+                        depthwise_impl=args.depthwise_impl, dtype=args.dtype, remat=args.remat,
+                        partial_channels=args.partial_channels, edge_normalization=args.edge_normalization)
   schedule = optimizers.epoch_cosine_schedule(0.025, 0.001, num_epochs=50, steps_per_epoch=1000)
   start = time.perf_counter()
   weight_tx, arch_tx = optimizers.weight_optimizer(schedule), optimizers.arch_optimizer()
@@ -186,7 +190,8 @@ def run(args: argparse.Namespace) -> dict:
   result = {
       'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': resolve_depthwise_impl(args.depthwise_impl),
       'second_order_impl': bilevel_step.resolve_passes(args.second_order_impl),
-      'dtype': args.dtype, 'remat': args.remat, 'seeds': args.seeds,
+      'dtype': args.dtype, 'remat': args.remat, 'seeds': args.seeds, 'partial_channels': args.partial_channels,
+      'edge_normalization': args.edge_normalization,
       'params': int(sum(x.size for x in jax.tree.leaves(state.params))) // args.seeds,
       'median_step_s': median, 'min_step_s': times[0] if times else None,
       'images_per_s': args.seeds * args.batch / median if times else None,

@@ -278,8 +278,9 @@ class CNNSpace(SearchSpace):
     if config.model.get('aux_skip_weight', 0.0) > 0:
       aux_skip = aux_skip_schedule(config.model.aux_skip_weight, config.model.aux_skip_decay, config.num_epochs,
                                    steps_per_epoch)
+    # Every schedule starts at model.aux_skip_weight.
     init = lambda rng: create_search_state(rng, model, image_shape, weight_tx, arch_tx,
-                                           aux_skip_weight=float(aux_skip(0)) if aux_skip else 1.0)
+                                           aux_skip_weight=config.model.get('aux_skip_weight', 0.0) or 1.0)
     problem = search_problem(model, schedule, train_preprocess, momentum=config.momentum,
                              weight_decay=config.weight_decay, aux_skip=aux_skip)
 

@@ -1,7 +1,9 @@
 """The DARTS supernet: mixed operations, search cells and the search network, as in the original `model_search.py`.
 
-Every edge of a cell carries the 8 `PRIMITIVES`, mixed by the softmax of its row of alphas:
-``edge(x) = Σ_k softmax(alpha_edge)_k · op_k(x)``. Normal cells share ``alphas['normal']`` and reduction cells share
+Every edge of a cell carries the 8 `PRIMITIVES` (or the ops of its edge in RobustDARTS's reduced spaces,
+`genotypes.edge_primitives`), mixed by the softmax of its row of alphas:
+``edge(x) = Σ_k softmax(alpha_edge)_k · op_k(x)``. PC-DARTS's partial channels and edge normalisation and DARTS-'s
+auxiliary skip are options of `SearchNetwork`, off by default. Normal cells share ``alphas['normal']`` and reduction cells share
 ``alphas['reduce']``; alphas are an argument of ``apply``, not a parameter, so the bilevel optimiser can
 differentiate the two separately. With ``mixing='weights'`` the argument is the mixing weights themselves, as a
 relaxation (`darts_jax.dynamics`: temperature, Gumbel-softmax, sigmoid, Dirichlet, ...) computes them from the

@@ -8,6 +8,12 @@ the parameters and multiply-adds of the derived genotype's network at the search
 network's (``genotype_params``, ``genotype_macs``, ``..._eval``) and the expected cost of the alphas' choice
 (``expected_<cost.metric>``, `darts_jax.cnn.cost`); its workdir ``cost_model.json`` (the cost of every choice),
 ``alphas.npz`` (``normal``, ``reduce``), the cell diagrams and the dynamics plots.
+
+The supernet's variants are ``model`` keys: ``search_space`` (``darts``, RobustDARTS's ``s1``..``s4``: the ops of
+every edge, in the supernet, the genotype rule and the cost), ``partial_channels`` and ``edge_normalization``
+(PC-DARTS; the edge parameters are alphas ``edges_normal``/``edges_reduce``, one list per node, which the
+relaxation maps like the ops' rows and every hypergradient differentiates), ``aux_skip_weight`` and
+``aux_skip_decay`` (DARTS-: the weight's schedule, `aux_skip_schedule`).
 """
 from __future__ import annotations
 

@@ -212,7 +212,9 @@ def test_two_seeds_run_as_two_single_runs(first_order_run, tmp_path):
   (batched products and reductions may be fused and ordered otherwise), so they agree to float32 rounding grown
   over 64 steps, not bit for bit: rtol 1e-4."""
   workdir, state = first_order_run
-  stacked = search.search(_config(num_seeds=2), tmp_path)
+  # An early-stopping rule that never fires reads each seed's records from the first epoch on.
+  stacked = search.search(_config(num_seeds=2, **{'early_stopping.rule': 'stability', 'early_stopping.patience': 100}),
+                          tmp_path)
   assert stacked.alphas.shape == (2, len(EDGES), len(OPS))
   np.testing.assert_allclose(search.seed_state(stacked, 0).alphas, state.alphas, rtol=1e-4, atol=1e-5)
   assert not np.allclose(stacked.alphas[0], stacked.alphas[1], atol=1e-2)  # seed 1 is another search

@@ -487,9 +487,10 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
 
   def stopped(s: int) -> tuple[int, str] | None:
     """(epoch, reason) of seed `s`'s early stop so far, or None."""
-    if rules is None or rules.rule == 'none':
+    path = dirs[s] / reporting.METRICS_FILE
+    if rules is None or rules.rule == 'none' or not path.is_file():  # not yet written before the first epoch's end
       return None
-    return _stop(reporting.read_jsonl(dirs[s] / reporting.METRICS_FILE), rules)
+    return _stop(reporting.read_jsonl(path), rules)
 
   def write_seed_metrics(last_steps: list[int | None]) -> None:
     records = reporting.read_jsonl(workdir / reporting.METRICS_FILE)

@@ -26,6 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.model = ml_collections.ConfigDict()
   config.model.init_channels = 16
-  config.model.cells = 5
+  config.model.cells = 5  # N: cells per stage
   config.data.cutout = 0
   return config

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from darts_jax.cnn.genotypes import Genotype, validate_genotype
+from darts_jax.cnn.genotypes import SEARCH_ONLY_PRIMITIVES, Genotype, validate_genotype
 from darts_jax.cnn.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, avg_pool_3x3, depthwise_conv,
                            max_pool_3x3, default_param_dtype, torch_default_init)
 
@@ -203,6 +203,9 @@ def make_op(name: str, channels: int, stride: int, depthwise_impl: DepthwiseImpl
     return DilConv(channels, int(name[-1]), stride, **conv_kw)
   if name == 'conv_7x1_1x7':
     return Conv7x1x1x7(channels, stride, axis_name=axis_name, name=module_name)
+  if name in SEARCH_ONLY_PRIMITIVES:
+    raise ValueError(f"the {name!r} op (RobustDARTS's S4) is an op of the supernet only: a genotype with it cannot be "
+                     'retrained')
   raise ValueError(f'unknown operation {name!r}')
 
 

@@ -53,3 +53,8 @@ def __getattr__(name: str) -> Any:
       raise ModuleNotFoundError(f"{name} needs {e.name}: pip install 'darts-jax[cli]'", name=e.name) from e
     return getattr(module, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+  """The module's names with the lazy ones (PEP 562), so that `dir` and documentation tools list them."""
+  return sorted(set(globals()) | set(_LAZY))

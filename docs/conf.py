@@ -54,6 +54,10 @@ autodoc_typehints = 'signature'
 autodoc_mock_imports = ['torch']  # torch_reference documents without the [torch] extra
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+napoleon_use_ivar = True  # 'Attributes:' as fields of the class: undoc-members documents the attributes themselves
+# A package's page repeats its modules' classes unindexed (the template), so a field name there (e.g. an attribute
+# `momentum`) has no local target and can match several classes' attributes: Sphinx then warns and links the first.
+suppress_warnings = ['ref.python']
 
 html_theme = 'sphinx_book_theme'
 html_title = 'darts-jax'

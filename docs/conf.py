@@ -29,6 +29,7 @@ extensions = [
     'sphinx.ext.mathjax',
     'sphinx.ext.viewcode',
     'config_reference',  # docs/_ext: the config-key reference generated from configs/*.py
+    'api_exports',  # docs/_ext: a package's __all__ as a table on its API page
 ]
 
 source_suffix = {'.rst': 'restructuredtext', '.md': 'myst-nb', '.ipynb': 'myst-nb'}

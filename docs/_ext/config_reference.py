@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import io
 import re
 import tokenize
@@ -86,6 +87,7 @@ def _inline_comment(line: str) -> str:
   return next((token.string.lstrip('#').strip() for token in tokens if token.type == tokenize.COMMENT), '')
 
 
+@functools.cache  # each config file is read once per build
 def _comments(path: Path) -> dict[str, str]:
   """Key -> the comment of the line assigning ``config.KEY`` (else the comment lines right above it)."""
   lines = path.read_text().splitlines()
@@ -158,6 +160,7 @@ def _summary(module: Any) -> str:
   return ' '.join(doc.split('\n\n')[0].split())
 
 
+@functools.cache  # each config module is loaded once; get_config() builds a fresh ConfigDict per call
 def _load(name: str) -> Any:
   from darts_jax.training.config_utils import load_config_module  # pylint: disable=import-outside-toplevel
   return load_config_module(name, CONFIG_DIR / f'{name}.py')

@@ -175,12 +175,10 @@ def test_exact_hypergradient_is_autodiff_through_the_virtual_step_in_float64():
 # The benchmark lookup.
 
 
-def write_benchmark(path, results: dict[str, dict[str, list[float]]]) -> None:
-  """A NAS-Bench-201 file (the ``NAS-Bench-201-v1_*.pth`` layout: ``meta_archs``, ``arch2infos`` of the API's
-  ``ArchResults`` state dicts for hp '12' and '200', ``evaluated_indexes``) of the architectures in `results`:
-  ``{arch: {api dataset: [test accuracy (%) of each trial]}}``, written with the API's own classes."""
-  api_utils = pytest.importorskip('nas_201_api.api_utils', reason="the benchmark's package: pip install nas-bench-201")
-  torch = pytest.importorskip('torch')
+def _arch_results(api_utils, results: dict[str, dict[str, list[float]]]) -> dict[int, dict[str, dict]]:
+  """``{index: {hp: ArchResults state dict}}`` of `results` (``{arch: {api dataset: [test accuracy (%) of each
+  trial]}}``) for hp '12' and '200', built with the API's own classes (`api_utils`: NAS-Bench-201's or NATS-Bench's
+  ``api_utils``, which share them)."""
   arch2infos = {}
   for index, (arch, per_dataset) in enumerate(results.items()):
     arch_results = api_utils.ArchResults(index, arch)
@@ -191,18 +189,49 @@ def write_benchmark(path, results: dict[str, dict[str, list[float]]]) -> None:
                                        None)
         trial.update_eval({f'{eval_set}@0': accuracy}, {f'{eval_set}@0': 0.5}, {f'{eval_set}@0': 1.0})
         arch_results.update(dataset, seed, trial)
-    arch2infos[index] = {'less': arch_results.state_dict(), 'full': arch_results.state_dict()}
+    arch2infos[index] = {'12': arch_results.state_dict(), '200': arch_results.state_dict()}
+  return arch2infos
+
+
+def write_benchmark(path, results: dict[str, dict[str, list[float]]]) -> None:
+  """A NAS-Bench-201 file of `results` (`_arch_results`) in the ``NAS-Bench-201-v1_*.pth`` layout: ``meta_archs``,
+  ``arch2infos`` (``'less'``: hp 12, ``'full'``: hp 200), ``evaluated_indexes``."""
+  api_utils = pytest.importorskip('nas_201_api.api_utils', reason="the benchmark's package: pip install nas-bench-201")
+  torch = pytest.importorskip('torch')
+  arch2infos = {index: {'less': hps['12'], 'full': hps['200']}
+                for index, hps in _arch_results(api_utils, results).items()}
   torch.save({'meta_archs': list(results), 'arch2infos': arch2infos, 'evaluated_indexes': list(range(len(results)))},
              path)
+
+
+def write_nats_benchmark(path, results: dict[str, dict[str, list[float]]], *, archive: bool) -> None:
+  """A NATS-Bench topology benchmark of `results` (`_arch_results`): its archive directory (``meta.pickle.pbz2``
+  with ``meta_archs``, one ``{index:06d}.pickle.pbz2`` of ``{hp: ArchResults}`` per architecture) or its single
+  ``.pickle.pbz2`` file (``meta_archs``, ``arch2infos``, ``evaluated_indexes``), written with its ``pickle_save``."""
+  api_utils = pytest.importorskip('nats_bench.api_utils', reason="NATS-Bench's package: pip install nats_bench")
+  arch2infos = _arch_results(api_utils, results)
+  if archive:
+    path.mkdir()
+    api_utils.pickle_save({'meta_archs': list(results)}, str(path / 'meta.pickle'))
+    for index, hps in arch2infos.items():
+      api_utils.pickle_save(hps, str(path / f'{index:06d}.pickle'))
+  else:
+    api_utils.pickle_save({'meta_archs': list(results), 'arch2infos': arch2infos,
+                           'evaluated_indexes': list(range(len(results)))}, str(path).removesuffix('.pbz2'))
 
 
 BENCHMARK = {ALL_SKIP: {'cifar10': [54.0, 55.0], 'cifar100': [15.5], 'ImageNet16-120': [16.0, 17.0, 18.0]},
              ALL_CONV3: {'cifar10': [94.0], 'cifar100': [73.0, 74.0], 'ImageNet16-120': [46.0]}}
 
 
-def test_lookup_reports_the_mean_test_accuracy_of_the_benchmarks_trials(tmp_path):
-  path = tmp_path / 'NAS-Bench-201-v1_1-test.pth'
-  write_benchmark(path, BENCHMARK)
+@pytest.mark.parametrize('kind', ['nas-bench-201', 'nats-archive', 'nats-file'])
+def test_lookup_reports_the_mean_test_accuracy_of_the_benchmarks_trials(kind, tmp_path):
+  if kind == 'nas-bench-201':
+    path = tmp_path / 'NAS-Bench-201-v1_1-test.pth'
+    write_benchmark(path, BENCHMARK)
+  else:
+    path = tmp_path / ('NATS-tss-test-simple' if kind == 'nats-archive' else 'NATS-tss-test.pickle.pbz2')
+    write_nats_benchmark(path, BENCHMARK, archive=kind == 'nats-archive')
   bench = benchmark.open_benchmark(path)
   for arch, per_dataset in BENCHMARK.items():
     got = bench.test_accuracies(genotypes.from_arch_str(arch))
@@ -217,8 +246,10 @@ def test_lookup_fails_in_one_line_without_the_file_or_the_extra(tmp_path, monkey
     benchmark.open_benchmark(tmp_path / 'missing.pth')
   (tmp_path / 'bench.pth').write_bytes(b'')
   monkeypatch.setitem(sys.modules, 'nas_201_api', None)  # as if not installed
-  with pytest.raises(ValueError, match=r"needs the optional extra: pip install 'darts-jax\[nb201\]'"):
-    benchmark.open_benchmark(tmp_path / 'bench.pth')
+  monkeypatch.setitem(sys.modules, 'nats_bench', None)
+  for path in (tmp_path / 'bench.pth', tmp_path):  # NAS-Bench-201's file, NATS-Bench's archive directory
+    with pytest.raises(ValueError, match=r"needs the optional extra: pip install 'darts-jax\[nb201\]'"):
+      benchmark.open_benchmark(path)
   with pytest.raises(ValueError, match='benchmark.hp must be one of 12, 200'):
     benchmark.open_benchmark(tmp_path / 'bench.pth', hp='100')
 

@@ -2,8 +2,9 @@
 user's benchmark file (never downloaded by this project).
 
 Files read: NAS-Bench-201's ``NAS-Bench-201-v1_0-e61699.pth`` / ``NAS-Bench-201-v1_1-096897.pth`` through its
-package (``pip install 'darts-jax[nb201]'``: ``nas-bench-201``), or NATS-Bench's topology benchmark
-(``NATS-tss-v1_0-3ffb9-simple``, a directory or file) through ``nats_bench``. The accuracies are the API's
+package (``pip install 'darts-jax[nb201]'``: ``nas-bench-201``), or NATS-Bench's topology benchmark through
+``nats_bench`` (also in the extra): its archive directory (``NATS-tss-v1_0-3ffb9-simple``, read an architecture at a
+time) or its single ``.pickle.pbz2`` file. The accuracies are the API's
 ``get_more_info(index, dataset, hp, is_random=False)['test-accuracy']`` (the mean over the benchmark's trials) on
 CIFAR-10 (trained on train + valid, tested on the test set), CIFAR-100 and ImageNet16-120 (their ``x-test`` halves),
 after ``hp`` = 200 (or 12) epochs, as fractions in [0, 1].
@@ -78,4 +79,8 @@ def open_benchmark(path: str | Path, hp: str = '200') -> Benchmark:
     import nats_bench  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise _missing_extra('nats_bench', path) from None
-  return Benchmark(nats_bench.create(str(path), 'tss', fast_mode=True, verbose=False), hp)
+  # Its archive directory is read an architecture at a time (the API's fast mode), its single file at once.
+  try:
+    return Benchmark(nats_bench.create(str(path), 'tss', fast_mode=path.is_dir(), verbose=False), hp)
+  except (AssertionError, KeyError, TypeError, OSError, EOFError) as e:
+    raise ValueError(f'{path} is not a NATS-Bench topology benchmark ({type(e).__name__}: {e}).') from None

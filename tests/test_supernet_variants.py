@@ -201,6 +201,7 @@ def test_aux_skip_schedule_decays_per_epoch_as_darts_minus():
   assert float(cnn_space.aux_skip_schedule(0.5, 'constant', 50, 10)(300)) == 0.5
 
 
+@pytest.mark.slow  # ~20-50 s: forward-over-reverse of the supernet compiled in float64
 def test_exact_hypergradient_is_autodiff_through_the_virtual_step_with_pc_darts_and_darts_minus():
   """Partial channels, edge normalisation (its parameters part of the alphas) and the auxiliary skip on, float64: the
   exact hypergradient equals ∇_α L_val(w - η(μ·m + ∇_w L_train(w, α) + λ·w), α) by reverse-mode autodiff."""

@@ -28,12 +28,14 @@ def _is_not_orbax_info(record: python_logging.LogRecord) -> bool:
 
 def start(config: ml_collections.ConfigDict | None = None) -> None:
   """Start-up of a training process: quieter orbax logs, multi-host connection (`parallel`), and the persistent
-  compilation cache of ``config.compilation_cache_dir``, so runs and resumes of the same program skip most of the
-  compile time."""
+  compilation cache of ``config.compilation_cache_dir``, so that a rerun or a resume of the same programs compiles
+  none of them: every program is cached, also the host's small ones (the epoch record's learning rate) that JAX by
+  default leaves out (they compile in under a second each, ~0.3 s together per run)."""
   logging.get_absl_logger().addFilter(_is_not_orbax_info)
   parallel.maybe_initialize_distributed()
   if config is not None and config.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
 def run(prog: str, fn: Callable[[], Any]) -> Any:

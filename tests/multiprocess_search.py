@@ -7,14 +7,15 @@ killed without warning. The plots are not drawn.
 import os
 import signal
 
+from darts_jax.spaces import cnn as cnn_space
 from darts_jax.tasks import search
 from darts_jax.training import cli
 from darts_jax.training.checkpointing import Checkpointer
 from test_search import TinySupernet
 
-search.SearchNetwork = TinySupernet
+cnn_space.SearchNetwork = TinySupernet
 # The plots (seconds of matplotlib and graphviz) are not what this test is about; genotype.json and alphas.npz are.
-search.plots.plot_genotype = search.curves.plot_curves = search.dynamics_plots.plot_search = lambda *args: None
+cnn_space.plots.plot_genotype = search.curves.plot_curves = cnn_space.run_plots.plot_search = lambda *args: None
 
 if os.environ.get('KILL_AFTER_STEP'):
   _kill_step, _save = int(os.environ['KILL_AFTER_STEP']), Checkpointer.save

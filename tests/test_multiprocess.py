@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from darts_jax.spaces import cnn as cnn_space
 from darts_jax.tasks import search
 from darts_jax.training import reporting
 from test_search import TinySupernet, tiny_config
@@ -61,7 +62,7 @@ def _run_two_processes(workdir, data_dir, kill_after_step=None):
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, data_dir):
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(search, 'SearchNetwork', TinySupernet)
+    patch.setattr(cnn_space, 'SearchNetwork', TinySupernet)
     config = tiny_config(data_dir, num_epochs=1, checkpoint_every_minutes=0.0, **OVERRIDES)
     workdir = tmp_path_factory.mktemp('one_process')
     return workdir, search.search(config, workdir)

@@ -529,3 +529,20 @@ def test_maybe_initialize_distributed(monkeypatch, env, expected):
   monkeypatch.setattr(jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs))
   assert parallel.maybe_initialize_distributed() == (expected is not None)
   assert calls == ([] if expected is None else [expected])
+
+
+@pytest.mark.parametrize('search_space', ['darts', 's3', 's1'])
+def test_genotype_weights_run_the_genotype_alone(search_space):
+  """The CNN space's one-hot mixing weights of a genotype (what selections score on the supernet) derive that
+  genotype again, with exactly its 8 ops per cell at weight 1."""
+  config = search_quick.get_config()
+  config.model.search_space = search_space
+  space = cnn_space.CNNSpace(config)
+  width = {'darts': 8, 's3': 3, 's1': 2}[search_space]
+  rng = np.random.default_rng(0)
+  alphas = {kind: rng.normal(size=(14, width)).astype(np.float32) for kind in ('normal', 'reduce')}
+  genotype = space.derive_genotype(alphas)
+  weights = space.genotype_weights(genotype, alphas)
+  assert all(weights[kind].sum() == 8 and set(np.unique(weights[kind])) == {0, 1} for kind in weights)
+  # Ties at weight 1 may list a node's two genes in either order: the same architecture.
+  assert dynamics.same_architecture(space.derive_genotype(weights), genotype)

@@ -345,6 +345,24 @@ class CNNSpace(SearchSpace):
     return genotypes.derive_genotype(weights, steps=steps, multiplier=multiplier, from_weights=True,
                                      primitives=self._primitives())
 
+  def genotype_weights(self, genotype: genotypes.Genotype, alphas: PyTree) -> PyTree:
+    """One-hot mixing weights of the genotype's ops: node ``i``'s two genes ``(op, j)`` set row ``start_i + j`` (its
+    edges are rows ``start_i ..``, ``start_i = Σ_{k<i} (2 + k)``) at the op's column of that edge; PC-DARTS's edge
+    weights are 1 (the zero rows already leave the other edges out)."""
+    primitives = self._primitives()
+    weights = {}
+    for kind, a in alphas.items():
+      if kind not in diagnostics.CELL_TYPES:  # edge normalisation: one array per node
+        weights[kind] = [np.ones_like(np.asarray(b)) for b in a]
+        continue
+      w = np.zeros_like(np.asarray(a))
+      for gene, (op, j) in enumerate(getattr(genotype, kind)):
+        node = gene // 2
+        row = node * (node + 3) // 2 + j  # Σ_{k<node} (2 + k)
+        w[row, primitives[kind][row].index(op)] = 1
+      weights[kind] = w
+    return weights
+
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
     # Edge normalisation's parameters are one list per node.
     return {kind: np.asarray(a).tolist() if kind in diagnostics.CELL_TYPES else [np.asarray(b).tolist() for b in a]

@@ -107,7 +107,8 @@ def load_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
 def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> None:
   """Writes `state_dict` (e.g. from `to_torch_state_dict`) as a ``.pt`` file of tensors, as ``utils.save`` does."""
   torch = _torch()
-  torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, os.fspath(path))
+  # Writable copies: torch warns on read-only buffers (arrays read back from jax are read-only).
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, os.fspath(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -128,6 +128,9 @@ def _relative(a, b):
   return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
+# Slow (float64 fd programs at three epsilons): `pytest -m slow`; fd against exact at the default epsilon is in the
+# default run (tests/test_hypergradient_supernet.py).
+@pytest.mark.slow
 def test_fd_hypergradient_converges_to_exact_as_epsilon_squared(supernet_hypergradients):
   images, _, alphas = _supernet_data()
   variables = jax.jit(SearchNetwork(**SUPERNET).init, static_argnames='train')(

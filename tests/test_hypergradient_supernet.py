@@ -58,6 +58,9 @@ def test_fd_and_exact_agree_on_supernet(float32):
   assert _relative(float32['first_order'], float32['exact']) > 0.05
 
 
+# Slow (a bfloat16 and a rematerialised copy of the exact step to compile): `pytest -m slow`; the default run checks
+# the float32 exact step above.
+@pytest.mark.slow
 def test_bfloat16_activations_and_remat_keep_the_exact_hypergradient(float32):
   bfloat16 = _hypergradients(('exact',), dtype='bfloat16')['exact']
   # bfloat16 keeps 8 mantissa bits (relative rounding 2^-9 per op); through ~20 layers of forward, backward and

@@ -99,6 +99,10 @@ def _wait_for_checkpoint(process, workdir, step):
     time.sleep(0.01)
 
 
+# Slow (three CLI processes compiling the step): `pytest -m slow`. The default run keeps the in-process resume
+# (tests/test_search.py), the retrain CLI's SIGTERM (tests/test_retrain.py) and two processes killed with SIGKILL
+# (tests/test_multiprocess.py).
+@pytest.mark.slow
 def test_sigterm_then_sigkill_mid_epoch_resume_identically(reference, data_dir, tmp_path):
   """Preempted (SIGTERM: save, exit 75), resumed, killed (SIGKILL, possibly mid-save), resumed: the run ends as the
   uninterrupted reference. One run takes both interruptions, so the supernet is started three times, not four."""

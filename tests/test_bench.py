@@ -22,6 +22,8 @@ def test_bench_reports_one_json_line(capsys):
   assert result['images_per_s'] == 4 / result['median_step_s']
 
 
+# Slow (a profiled run of the step in a process of its own): `pytest -m slow`; the bench's JSON line is checked above.
+@pytest.mark.slow
 def test_profile_reports_kernel_time_by_operation(tmp_path):
   # A subprocess: XLA:CPU's per-kernel trace events need a flag read when the backend is created.
   command = [sys.executable, '-m', 'darts_jax.cli.bench', '--C', '2', '--layers', '1', '--nodes', '1', '--batch', '4',

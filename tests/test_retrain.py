@@ -139,6 +139,9 @@ def cifar_step():
   return make_step, state, jax.jit(single)
 
 
+# Slow (the CIFAR network's step compiled for two devices): `pytest -m slow`; data parallelism's equality with one
+# device is checked in the default run by tests/test_data_parallel.py and tests/test_search.py.
+@pytest.mark.slow
 def test_train_step_on_two_devices_matches_one_device(cifar_step):
   """Augmentation, cutout, drop path and BN statistics are per example or global, so a step on a batch split over two
   devices (emulated by vmap with the axis name) equals the step on the whole batch; the auxiliary loss is on."""

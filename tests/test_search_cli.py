@@ -74,6 +74,10 @@ def test_search_writes_genotype_alphas_plots_and_curves(reference):
   assert sorted(p.name for p in (reference / 'checkpoints').iterdir()) == ['12', '18', '6']
 
 
+# Slow (the CLI in a 4-device process, compiling its own programs): `pytest -m slow`. The default run checks the
+# data-parallel step against the global batch in-process (tests/test_search.py) and 1/4/8 devices in
+# tests/test_data_parallel.py.
+@pytest.mark.slow
 def test_four_devices_match_one_device(reference, data_dir, tmp_path):
   returncode, log = run_search(tmp_path / 'pmap', data_dir, devices=4)
   assert returncode == 0, log

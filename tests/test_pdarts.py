@@ -3,7 +3,6 @@ skip-dropout schedule, and the staged run in one workdir, resumable across stage
 writes the alphas a search would)."""
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 

@@ -13,7 +13,6 @@ import example_space
 from example_space import EDGES, OPS, ExampleSpace
 from darts_jax.dynamics import relaxations
 from darts_jax.tasks import random_search, retrain, search, selection
-from darts_jax.training import parallel
 
 
 def _config(**overrides):

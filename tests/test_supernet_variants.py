@@ -14,7 +14,7 @@ from test_search_network import _random_variables
 from darts_jax.bilevel.hypergradient import hypergradient
 from darts_jax.cnn import genotypes
 from darts_jax.cnn.genotypes import PRIMITIVES, derive_genotype, edge_primitives, edges_key
-from darts_jax.cnn.supernet import MixedEdges, SearchNetwork, channel_shuffle, edge_index, init_alphas
+from darts_jax.cnn.supernet import MixedEdges, SearchNetwork, channel_shuffle, edge_index
 from darts_jax.spaces import cnn as cnn_space
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32, the same arithmetic in another arrangement; a wrong op or weight is O(1)

@@ -44,10 +44,7 @@ def plot_benchmark(workdir: str | os.PathLike[str]) -> str:
   Raises:
     NotADirectoryError, ValueError: `workdir` is not a search workdir, or it has no epoch record yet.
   """
-  workdir = run_files.check_search_workdir(workdir)
-  records = run_files.read_epoch_records(workdir)
-  if not records:
-    raise ValueError(f'{workdir} has no epoch records yet; has the run finished an epoch?')
+  workdir, records = run_files.finished_epoch_records(workdir)
   path = Path(workdir) / FILE
   benchmark_figure(records).savefig(path, dpi=90)
   return str(path)

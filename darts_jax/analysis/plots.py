@@ -128,10 +128,7 @@ def plot_search(workdir: str | os.PathLike[str]) -> list[str]:
   Raises:
     NotADirectoryError, ValueError: `workdir` is not a search workdir, or it has not finished an epoch.
   """
-  workdir = run_files.check_search_workdir(workdir)
-  records = run_files.read_epoch_records(workdir)
-  if not records:
-    raise ValueError(f'{workdir} has no epoch records yet; has the run finished an epoch?')
+  workdir, records = run_files.finished_epoch_records(workdir)
   alphas, description = run_files.final_alphas(workdir)
   figures = {'convergence.png': convergence_figure(records, run_files.read_early_stop(workdir)),
              'alphas.png': alphas_figure(alphas, description)}

@@ -42,6 +42,19 @@ def read_config(workdir: Path) -> dict[str, Any]:
   return json.loads((workdir / loop.CONFIG_FILE).read_text())
 
 
+def finished_epoch_records(workdir: str | os.PathLike[str]) -> tuple[Path, list[dict[str, Any]]]:
+  """A search workdir (`check_search_workdir`) and its epoch records, which plots need at least one of.
+
+  Raises:
+    NotADirectoryError, ValueError: `workdir` is not a search workdir, or it has not finished an epoch.
+  """
+  workdir = check_search_workdir(workdir)
+  records = read_epoch_records(workdir)
+  if not records:
+    raise ValueError(f'{workdir} has no epoch records yet; has the run finished an epoch?')
+  return workdir, records
+
+
 def read_epoch_records(workdir: Path) -> list[dict[str, Any]]:
   """The epoch records of ``metrics.jsonl``, one per epoch, oldest first ([] before the first epoch ends)."""
   path = workdir / reporting.METRICS_FILE

@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_channels = 16
   config.model.cells = 5  # N: cells per stage
   config.model.affine = False  # the cells' BN without scale and shift (conv with bias), as the benchmark's search
+  config.model.partial_channels = 1  # K > 1: PC-DARTS's partial channels (1/K of each edge's through the ops)
+  config.model.edge_normalization = False  # PC-DARTS's softmax-weighted edges into every node (beta beside the alphas)
   config.benchmark = ml_collections.ConfigDict()
   config.benchmark.path = ''  # the benchmark's file (NAS-Bench-201 .pth, NATS-Bench tss); '' = no lookup
   config.benchmark.hp = '200'  # the records after 200 (or 12) training epochs

@@ -7,13 +7,24 @@ string's order): 1←0, 2←0, 2←1, 3←0, 3←1, 3←2. A genotype is the op 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
+
+from darts_jax.cnn.genotypes import edges_key
 
 OPS = ('none', 'skip_connect', 'nor_conv_1x1', 'nor_conv_3x3', 'avg_pool_3x3')
 """The candidate ops in the benchmark's order (its ``NAS_BENCH_201`` list): the alphas' columns."""
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
 """The edges ``(node, input node)`` in the alphas' row order."""
 NUM_NODES = 4
+CELL_KEY = 'cell'
+"""With PC-DARTS's edge normalisation the alphas (and mixing weights) are a dict: the ops' (6, 5) array under this
+key, the edges' under `EDGES_KEY`."""
+EDGES_KEY = edges_key(CELL_KEY)
+"""The key of the edge-normalisation parameters: one array per node 1..3, an entry per incoming edge (from nodes
+``0..i-1``), as DARTS's space's ``edges_key``."""
 Genotype = tuple[str, ...]
 """One op of `OPS` per edge of `EDGES`."""
 
@@ -59,9 +70,16 @@ def from_arch_str(text: str) -> Genotype:
   return tuple(genotype)
 
 
+def ops_alphas(alphas: Any) -> Any:
+  """The ops' (6, 5) array of `alphas` (or of mixing weights): the array itself, or its `CELL_KEY` with edge
+  normalisation."""
+  return alphas[CELL_KEY] if isinstance(alphas, Mapping) else alphas
+
+
 def derive_genotype(strength: np.ndarray) -> Genotype:
   """The benchmark's DARTS rule: each edge's op of the largest alpha (or mixing weight), ``none`` included (its
-  ``genotype()`` takes the argmax over all ops), for host `strength` of shape ``(6, 5)``."""
+  ``genotype()`` takes the argmax over all ops), for host `strength` of shape ``(6, 5)``. The genotype keeps every
+  edge, so PC-DARTS's edge weights (`EDGES_KEY`) do not enter it."""
   strength = np.asarray(strength)
   if strength.shape != (len(EDGES), len(OPS)):
     raise ValueError(f'NAS-Bench-201 alphas have shape {(len(EDGES), len(OPS))}, got {strength.shape}.')

@@ -16,11 +16,19 @@ The definitions are the benchmark's (its ``TinyNetwork``, ``InferCell``, ``NAS20
 The cells' ReLU-Conv-BN follows the benchmark's ``affine`` switch: affine BN and a bias-free conv (its trained
 networks, ``affine=True``), or BN without scale and shift and a conv *with* bias (its searches, ``affine=False``).
 Initialisation is PyTorch's default; BN has PyTorch's semantics (`darts_jax.cnn.ops.BatchNorm`).
+
+PC-DARTS's two changes to the supernet are options of `Network` (off by default), as on DARTS's space
+(`darts_jax.cnn.supernet.MixedEdges`): ``partial_channels`` K > 1 sends the first C/K channels of each edge's input
+through its mixed ops (convolutions built at C/K channels) and the rest past them unchanged (the identity: every edge
+of the cell has stride 1), then shuffles the channels of the concatenation in K groups; ``edge_normalization`` takes
+the mixing weights as ``{'cell': (6, 5), 'edges_cell': [(1,), (2,), (3,)]}`` (`genotypes.EDGES_KEY`), node ``i``
+weighting its incoming edge from node ``j`` by entry ``j`` of its array (a relaxation's softmax of β).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -28,7 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from darts_jax.cnn.ops import BatchNorm, avg_pool_3x3, default_param_dtype, torch_default_init
-from darts_jax.nb201.genotypes import EDGES, NUM_NODES, OPS, Genotype, check_genotype
+from darts_jax.cnn.supernet import channel_shuffle
+from darts_jax.nb201.genotypes import CELL_KEY, EDGES, EDGES_KEY, NUM_NODES, OPS, Genotype, check_genotype
 
 CONV_KERNELS = {'nor_conv_1x1': 1, 'nor_conv_3x3': 3}
 
@@ -80,13 +89,22 @@ class ResidualReduction(nn.Module):
 
 class Cell(nn.Module):
   """A cell: each edge its genotype's op, or (``genotype=None``) the sum of its ops weighted by its row of the
-  mixing weights (the benchmark's ``NAS201SearchCell``; ``none`` adds nothing and is not computed)."""
+  mixing weights (the benchmark's ``NAS201SearchCell``; ``none`` adds nothing and is not computed).
+
+  The supernet's PC-DARTS options (module docstring): ``partial_channels`` K mixes the ops on the first C/K channels
+  of each edge's input, passes the rest unchanged and shuffles the channels in K groups; ``edge_weights`` (one array
+  per node 1..3, an entry per incoming edge) scale each edge's output in its node's sum."""
   genotype: Genotype | None = None
   affine: bool = True
   axis_name: str | None = None
+  partial_channels: int = 1
 
   @nn.compact
-  def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, weights: jax.Array | None, train: bool,
+               edge_weights: list[jax.Array] | None = None) -> jax.Array:
+    groups = 1 if self.genotype is not None else self.partial_channels
+    # Without PC-DARTS's options the ops add straight into the node's sum (the benchmark's order of the sums).
+    plain = groups == 1 and edge_weights is None
     nodes = [x]
     for node in range(1, NUM_NODES):
       total = jnp.zeros_like(x)
@@ -94,11 +112,19 @@ class Cell(nn.Module):
         if dst != node:
           continue
         ops = OPS if self.genotype is None else (self.genotype[e],)
+        edge_input = nodes[source]
+        mixed_input = edge_input[..., :x.shape[-1] // groups]
+        edge = total if plain else jnp.zeros_like(mixed_input)
         for op in ops:
           if op == 'none':
             continue
-          y = self._op(op, e, nodes[source], train)
-          total = total + (y if self.genotype is not None else weights[e, OPS.index(op)].astype(y.dtype) * y)
+          y = self._op(op, e, mixed_input, train)
+          edge = edge + (y if self.genotype is not None else weights[e, OPS.index(op)].astype(y.dtype) * y)
+        if groups > 1:  # PC-DARTS: the bypassed channels join the mixed ones, then the groups are shuffled
+          edge = channel_shuffle(jnp.concatenate([edge, edge_input[..., mixed_input.shape[-1]:]], -1), groups)
+        if edge_weights is not None:
+          edge = edge_weights[node - 1][source].astype(edge.dtype) * edge
+        total = edge if plain else total + edge
       nodes.append(total)
     return nodes[-1]
 
@@ -115,13 +141,20 @@ class Network(nn.Module):
   """The benchmark's macro network (module docstring) of C channels, N cells per stage: the supernet
   (``genotype=None``, called with mixing weights of shape (6, 5), the same for every cell) or a genotype's network
   (called without weights). `affine`: the cells' ReLU-Conv-BN (module docstring); the stem, reductions and head are
-  affine either way, as the benchmark's."""
+  affine either way, as the benchmark's.
+
+  The supernet's PC-DARTS options (module docstring; a genotype's network has neither): ``partial_channels`` K, a
+  divisor of C, and ``edge_normalization``, with which the mixing weights are ``{CELL_KEY: (6, 5), EDGES_KEY: [(1,),
+  (2,), (3,)]}``. NAS-Bench-201's genotype keeps every edge, so the edge weights scale the supernet's sums only and
+  play no part in the genotype rule (`genotypes.derive_genotype`)."""
   C: int = 16
   N: int = 5
   num_classes: int = 10
   genotype: Genotype | None = None
   affine: bool = True
   axis_name: str | None = None
+  partial_channels: int = 1
+  edge_normalization: bool = False
 
   def __post_init__(self):
     if self.genotype is not None:
@@ -132,6 +165,16 @@ class Network(nn.Module):
   def __call__(self, x: jax.Array, weights: jax.Array | None = None, train: bool = False) -> jax.Array:
     if (weights is None) != (self.genotype is not None):
       raise ValueError('the supernet (genotype=None) takes mixing weights; a genotype\'s network takes none.')
+    if self.partial_channels < 1 or self.C % self.partial_channels:
+      raise ValueError(f'partial_channels ({self.partial_channels}) must be a positive divisor of C ({self.C}).')
+    if self.genotype is not None and (self.partial_channels > 1 or self.edge_normalization):
+      raise ValueError('partial_channels and edge_normalization are options of the supernet (genotype=None).')
+    edge_weights = None
+    if self.edge_normalization:
+      if not isinstance(weights, Mapping) or EDGES_KEY not in weights:
+        raise ValueError(f'edge normalisation takes the mixing weights {{{CELL_KEY!r}: (6, 5), {EDGES_KEY!r}: '
+                         '[(1,), (2,), (3,)]}.')
+      weights, edge_weights = weights[CELL_KEY], weights[EDGES_KEY]
     x = _conv(x, self.C, 3, name='stem_conv')
     x = BatchNorm(affine=True, axis_name=self.axis_name, name='stem_bn')(x, train)
     for stage in range(3):
@@ -139,7 +182,8 @@ class Network(nn.Module):
       if stage:
         x = ResidualReduction(channels, axis_name=self.axis_name, name=f'reduction{stage}')(x, train)
       for i in range(self.N):
-        x = Cell(self.genotype, self.affine, self.axis_name, name=f'stage{stage}_cell{i}')(x, weights, train)
+        x = Cell(self.genotype, self.affine, self.axis_name, self.partial_channels,
+                 name=f'stage{stage}_cell{i}')(x, weights, train, edge_weights)
     x = jax.nn.relu(BatchNorm(affine=True, axis_name=self.axis_name, name='head_bn')(x, train))
     x = jnp.mean(x, axis=(-3, -2))
     return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=_torch_bias_init(x.shape[-1]),

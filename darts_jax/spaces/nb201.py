@@ -16,10 +16,18 @@ with ``benchmark.path`` (or ``--benchmark PATH``), ``benchmark_cifar10``, ``benc
 ``benchmark_imagenet16_120``: the derived architecture's test accuracy after the benchmark's training
 (`darts_jax.nb201.benchmark`). The workdir: ``alphas.npz`` (``cell``), ``cell.dot`` and ``benchmark.png`` (the supernet's
 accuracy beside the benchmark's accuracies of the derived cells and the skip connections, per epoch).
+
+PC-DARTS's supernet options are ``model`` keys, as on DARTS's space: ``partial_channels`` K (1/K of each edge's
+channels through its ops, the rest bypassing them, then shuffled) and ``edge_normalization`` (a β per incoming edge
+of every node; the alphas become ``{'cell': (6, 5), 'edges_cell': [(1,), (2,), (3,)]}``, which the relaxation maps
+like the ops' rows and every hypergradient differentiates). The genotype keeps every edge, so β weighs the supernet's
+sums only, not the genotype rule; records and ``alphas.npz`` hold the ops' array under ``cell`` (``alphas.jsonl``
+the β too).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,11 +58,16 @@ def create_search_state(rng: jax.Array, model: Network, image_shape: tuple[int, 
                         weight_tx: optax.GradientTransformation,
                         arch_tx: optax.GradientTransformation) -> SearchState:
   """Weights by PyTorch's default init, alphas ``1e-3·N(0, 1)`` of shape (6, 5) (the benchmark's DARTS), both
-  optimizers' states."""
+  optimizers' states. With ``model.edge_normalization`` the alphas are ``{'cell': (6, 5), 'edges_cell': [(1,), (2,),
+  (3,)]}``, the edges' drawn the same way from a stream of their own (the ops' are those without them)."""
   params_key, alphas_key, augment_key = jax.random.split(rng, 3)
   alphas = 1e-3 * jax.random.normal(alphas_key, (len(genotypes.EDGES), len(genotypes.OPS)))
+  if model.edge_normalization:
+    node_keys = jax.random.split(jax.random.fold_in(alphas_key, 1), genotypes.NUM_NODES - 1)
+    alphas = {genotypes.CELL_KEY: alphas,
+              genotypes.EDGES_KEY: [1e-3 * jax.random.normal(key, (node,)) for node, key in enumerate(node_keys, 1)]}
   variables = model.init(ops.init_key(params_key), jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                         jax.nn.softmax(alphas), train=False)
+                         jax.tree.map(jax.nn.softmax, alphas), train=False)
   params = variables['params']
   return SearchState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
                      alphas=alphas, weight_opt_state=weight_tx.init(params), arch_opt_state=arch_tx.init(alphas),
@@ -148,6 +161,10 @@ class NB201Space(SearchSpace):
     if config.data.image_size % 4:
       raise ValueError(f'data.image_size ({config.data.image_size}) must be divisible by 4 (two reductions); 0 keeps '
                        'the dataset\'s (28 or 32).')
+    groups = config.model.get('partial_channels', 1)
+    if groups < 1 or config.model.init_channels % groups:
+      raise ValueError(f'model.partial_channels ({groups}) must divide model.init_channels '
+                       f'({config.model.init_channels}) (1: every channel through the ops).')
     if str(config.benchmark.hp) not in benchmark.HPS:
       raise ValueError(f'benchmark.hp must be one of {", ".join(benchmark.HPS)}, got {config.benchmark.hp!r}.')
 
@@ -164,7 +181,9 @@ class NB201Space(SearchSpace):
     image_shape = (size, size, train_images.shape[-1]) if size else train_images.shape[1:]
     self._num_classes = ds.num_classes
     model = Network(C=config.model.init_channels, N=config.model.cells, num_classes=ds.num_classes,
-                    affine=config.model.affine, axis_name=axis_name)
+                    affine=config.model.affine, axis_name=axis_name,
+                    partial_channels=config.model.get('partial_channels', 1),
+                    edge_normalization=config.model.get('edge_normalization', False))
     schedule = optimizers.epoch_cosine_schedule(config.learning_rate, config.learning_rate_min, config.num_epochs,
                                                 steps_per_epoch)
     weight_tx = optimizers.weight_optimizer(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
@@ -212,18 +231,29 @@ class NB201Space(SearchSpace):
         learning_rate=lambda step: float(schedule(step)))
 
   def derive_genotype(self, alphas: PyTree, weights: PyTree | None = None) -> Genotype:
-    return genotypes.derive_genotype(np.asarray(alphas if weights is None else weights, np.float64))
+    return genotypes.derive_genotype(np.asarray(genotypes.ops_alphas(alphas if weights is None else weights),
+                                                np.float64))
 
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
-    return {'cell': np.asarray(alphas).tolist()}
+    record = {'cell': np.asarray(genotypes.ops_alphas(alphas)).tolist()}
+    if isinstance(alphas, Mapping):  # edge normalisation's one list per node
+      record[genotypes.EDGES_KEY] = [np.asarray(b).tolist() for b in alphas[genotypes.EDGES_KEY]]
+    return record
 
   def alphas_from_record(self, record: dict[str, Any]) -> PyTree:
-    return np.asarray(record['cell'], np.float32)
+    cell = np.asarray(record['cell'], np.float32)
+    if genotypes.EDGES_KEY not in record:
+      return cell
+    return {genotypes.CELL_KEY: cell,
+            genotypes.EDGES_KEY: [np.asarray(b, np.float32) for b in record[genotypes.EDGES_KEY]]}
 
   def diagnostics(self, alphas: PyTree, history: list[Any], weights: PyTree | None) -> dict[str, float]:
+    # The ops' weights (edge normalisation's are not rows of ops).
+    alphas = genotypes.ops_alphas(alphas)
     if weights is None:
       entropy, largest = diagnostics.alpha_entropy({'': alphas}), diagnostics.alpha_max_weight({'': alphas})
     else:
+      weights = genotypes.ops_alphas(weights)
       entropy, largest = diagnostics.weights_entropy({'': weights}), diagnostics.weights_max({'': weights})
     entries = {'alpha_entropy': entropy[''], 'alpha_max_weight': largest[''],
                'unchanged_epochs': diagnostics.unchanged_epochs(history, lambda a, b: a == b),
@@ -249,7 +279,7 @@ class NB201Space(SearchSpace):
     return genotypes.to_arch_str(genotype)
 
   def write_search_artifacts(self, workdir: Path, alphas: PyTree, genotype: Genotype) -> None:
-    np.savez(workdir / 'alphas.npz', cell=np.asarray(alphas))
+    np.savez(workdir / 'alphas.npz', cell=np.asarray(genotypes.ops_alphas(alphas)))
     self.plot_genotype(genotype, f'{workdir}/')
     nb201_plots.plot_benchmark(workdir)
 

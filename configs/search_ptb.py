@@ -46,6 +46,31 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropoutx = 0.75  # on the cell's input x_t
   config.model.dropouti = 0.2  # locked dropout on the embedded input
   config.model.dropoute = 0.0  # embedding dropout (whole words)
+  config.model.partial_channels = 1  # K > 1: PC-DARTS's partial channels (1/K of a predecessor's units through the ops)
+  config.model.edge_normalization = False  # PC-DARTS's softmax-weighted predecessors of every node (beta beside alphas)
+
+  # How the alphas become the mixing weights of each node's ops (darts_jax.dynamics.relaxations); softmax at 1 is DARTS.
+  config.relaxation = ml_collections.ConfigDict()
+  config.relaxation.name = 'softmax'  # softmax | gumbel_softmax | gaussian_softmax | sigmoid | dirichlet | uniform_path
+  config.relaxation.hard = False  # one-hot argmax forward, straight-through gradient (GDAS); not for sigmoid
+  config.relaxation.temperature = 1.0  # tau at the first epoch (softmax, gumbel_softmax, gaussian_softmax, sigmoid)
+  config.relaxation.final_temperature = 1.0  # tau at the last epoch, reached by temperature_schedule
+  config.relaxation.temperature_schedule = 'constant'  # constant | linear | exponential | cosine (per epoch)
+  config.relaxation.noise_scale = 0.0  # gaussian_softmax: std of the Gaussian noise added to the alphas
+  config.relaxation.concentration = 'elu'  # dirichlet: elu (elu(alpha) + 1, DrNAS) | softplus
+  # Architecture regularisers added to the validation loss (darts_jax.dynamics.regularizers); L2 is
+  # arch_weight_decay. Weights: 0 = off.
+  config.regularizer = ml_collections.ConfigDict()
+  config.regularizer.entropy = 0.0  # mean entropy of the weights: > 0 pushes nodes to commit, < 0 keeps them spread
+  config.regularizer.zero_one = 0.0  # FairDARTS's zero-one loss of the weights
+  config.regularizer.beta_decay = 0.0  # beta-DARTS's log-sum-exp of the alphas
+  config.regularizer.schedule = 'constant'  # constant | linear: each weight from 0 at the first epoch (beta-DARTS)
+  config.regularizer.random_smoothing = 0.0  # SDARTS-RS: max |noise| on the weight step's weights, last epoch; 0: off
+  config.regularizer.random_smoothing_start = 0.03  # SDARTS-RS: the same at the first epoch (linear in between)
+  config.regularizer.adversarial_epsilon = 0.0  # SDARTS-ADV: PGD radius on the weight step's weights, last epoch; 0: off
+  config.regularizer.adversarial_epsilon_start = 0.03  # SDARTS-ADV: the radius at the first epoch (linear in between)
+  config.regularizer.adversarial_steps = 7  # SDARTS-ADV: PGD steps per weight step
+  config.regularizer.adversarial_step_size = 0.0  # SDARTS-ADV: PGD step; 0: 2 * radius / steps (the code's)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'ptb'  # ptb | wikitext2 | kjv (the offline King James Bible, darts_jax.data.text)

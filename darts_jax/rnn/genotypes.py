@@ -55,39 +55,65 @@ KNOWN_GENOTYPES = {'ENAS': ENAS, 'DARTS_V1': DARTS_V1, 'DARTS_V2': DARTS_V2, 'DA
 
 _ACTIVATIONS = PRIMITIVES[1:]  # what a discrete cell may use: every primitive but 'none'
 
+OPS_KEY = 'recurrent'
+"""With PC-DARTS's edge normalisation the alphas (and mixing weights) are a dict: the ops' ``(num_edges, 5)`` array
+under this key, the predecessors' under `EDGES_KEY`."""
+EDGES_KEY = 'edges_recurrent'
+"""The key of the edge-normalisation parameters: one array per node ``i``, an entry per predecessor ``j = 0..i``."""
+
+
+def ops_alphas(alphas: Any) -> Any:
+  """The ops' array of `alphas` (or of mixing weights): the array itself, or its `OPS_KEY` with edge normalisation."""
+  return alphas[OPS_KEY] if isinstance(alphas, Mapping) else alphas
+
 
 def num_edges(steps: int = STEPS) -> int:
   """Rows of the architecture weights: node ``i`` has ``i + 1`` predecessors, ``steps (steps + 1) / 2`` in all."""
   return steps * (steps + 1) // 2
 
 
-def derive_genotype(alphas: Any, steps: int = STEPS) -> Genotype:
+def derive_genotype(alphas: Any, steps: int = STEPS, from_weights: bool = False) -> Genotype:
   """The discrete recurrent cell of architecture weights, as the original ``RNNModelSearch.genotype()``.
 
   With ``w = softmax(alphas)`` row-wise (in float64 on the host; node ``i``'s rows are ``i (i + 1) / 2 ..`` one per
   predecessor ``j = 0..i``), node ``i`` keeps the single predecessor ``j`` with the largest
   ``max_{o != none} w[j, o]`` (ties: the lowest ``j``) and on it the op ``argmax_{o != none} w[j, o]`` (ties: the
   first op). ``concat`` is the last ``CONCAT`` states, what the search cell averages: ``range(1, 9)`` for 8 nodes.
+  With PC-DARTS's edge normalisation (a dict of `OPS_KEY` and `EDGES_KEY`) predecessor ``j``'s weights are first
+  scaled by entry ``j`` of ``softmax`` of its node's array, as PC-DARTS's rule on DARTS's CNN cells (this project's
+  extension of PC-DARTS to the recurrent cell).
 
   Args:
-    alphas: array of shape ``(num_edges(steps), len(PRIMITIVES))``.
+    alphas: array of shape ``(num_edges(steps), len(PRIMITIVES))``, or ``{OPS_KEY: that array, EDGES_KEY: [b_0,
+      ..., b_{steps-1}]}`` with ``b_i`` of shape ``(i + 1,)``.
     steps: intermediate nodes.
+    from_weights: `alphas` already holds the mixing weights ``w`` (a relaxation's), edge weights included: ranked as
+      they are, without the softmax.
 
   Raises:
     ValueError: for a wrong shape or non-finite weights.
   """
-  a = np.asarray(alphas, dtype=np.float64)
+  a = np.asarray(ops_alphas(alphas), dtype=np.float64)
   expected = (num_edges(steps), len(PRIMITIVES))
   if a.shape != expected:
     raise ValueError(f'alphas has shape {a.shape}; expected {expected} (rows of a {steps}-node recurrent cell, '
                      'len(PRIMITIVES))')
-  if not np.all(np.isfinite(a)):
+  edge_weights = None
+  if isinstance(alphas, Mapping) and EDGES_KEY in alphas:
+    edge_weights = [np.asarray(b, np.float64) for b in alphas[EDGES_KEY]]
+    if [b.shape for b in edge_weights] != [(i + 1,) for i in range(steps)]:
+      raise ValueError(f"alphas['{EDGES_KEY}'] needs one array of shape (i + 1,) per node i of {steps}")
+  if not all(np.all(np.isfinite(x)) for x in [a] + (edge_weights or [])):
     raise ValueError('alphas contains NaN or inf; the search diverged')
-  weights = softmax(a)
-  weights[:, PRIMITIVES.index('none')] = -np.inf  # 'none' never wins
+  weights = a.copy() if from_weights else softmax(a)
+  if edge_weights is not None and not from_weights:
+    edge_weights = [softmax(b) for b in edge_weights]
   recurrent, start = [], 0
   for i in range(steps):
     w = weights[start:start + i + 1]
+    if edge_weights is not None:
+      w = w * edge_weights[i][:, None]
+    w[:, PRIMITIVES.index('none')] = -np.inf  # 'none' never wins
     j = int(np.argmax(w.max(axis=1)))  # first of equally strong predecessors, as the original's stable sort
     recurrent.append((PRIMITIVES[int(np.argmax(w[j]))], j))
     start += i + 1

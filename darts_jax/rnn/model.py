@@ -18,6 +18,15 @@ The model around the cell (the original ``RNNModel``, from AWD-LSTM): embedding 
 (``dropout``), and a decoder tied to the embedding (plus a bias) with log-softmax. The time loop is one
 ``lax.scan``: one compiled cell whatever the sequence length.
 
+PC-DARTS's two changes to the supernet, carried over to the recurrent cell (this project's extension of PC-DARTS,
+whose paper searches CNN cells only), are options of `RNNModelSearch`, off by default:
+
+* ``partial_channels`` K > 1: node ``i`` reads the first nhid/K units of each predecessor ``s_j`` (``W_i`` is
+  nhid/K → 2·nhid/K), mixes its activations on them as above, passes the other units of ``s_j`` unchanged (PC-DARTS's
+  bypass) and shuffles the units of the concatenation in K groups (ShuffleNet's channel shuffle);
+* ``edge_normalization``: node ``i`` weighs predecessor ``j``'s term by entry ``j`` of its array of edge weights
+  (``softmax`` of a β per predecessor, `init_alphas`), and the genotype rule ranks predecessors by weight × β.
+
 Batches are ``(B, T)`` token ids, batch-major (as the data-parallel steps split them); ``length <= T`` marks the
 real time steps of a padded batch: the hidden state and the BN statistics stop at ``length``, so variable BPTT
 lengths share one program.
@@ -28,7 +37,7 @@ parameters.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -50,17 +59,19 @@ def _uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> 
   return jax.random.uniform(key, shape, dtype, -INIT_RANGE, INIT_RANGE)
 
 
-def num_params(ntoken: int, ninp: int, nhid: int, genotype: Genotype | None = None) -> int:
+def num_params(ntoken: int, ninp: int, nhid: int, genotype: Genotype | None = None, partial_channels: int = 1) -> int:
   """Parameters of the search model (``genotype=None``) or of a genotype's model, without building it.
 
   ``ntoken·ninp`` (embedding, tied to the decoder) ``+ ntoken`` (decoder bias) ``+ (ninp + nhid)·2nhid`` (W0)
   ``+ steps·nhid·2nhid`` (one W_i per node; 8 in search, ``len(genotype.recurrent)`` otherwise). The search cell's
   BatchNorm has no affine parameters. With 10,000 tokens: 4,810,000 for the search model at 300 units, 22,960,000
-  for DARTS_V2 at 850 (the paper's "23M").
+  for DARTS_V2 at 850 (the paper's "23M"). The search model's `partial_channels` K makes each ``W_i``
+  nhid/K · 2nhid/K.
   """
   _check_sizes(ninp, nhid)
   steps = genotypes.STEPS if genotype is None else len(genotypes.validate_genotype(genotype).recurrent)
-  return ntoken * ninp + ntoken + (ninp + nhid) * 2 * nhid + steps * nhid * 2 * nhid
+  units = nhid // partial_channels
+  return ntoken * ninp + ntoken + (ninp + nhid) * 2 * nhid + steps * units * 2 * units
 
 
 def _check_sizes(ninp: int, nhid: int) -> None:
@@ -73,6 +84,12 @@ def _bernoulli_mask(key: jax.Array, rate: float, shape: Sequence[int], dtype: An
   if rate == 0.0:
     return jnp.ones(shape, dtype)
   return jax.random.bernoulli(key, 1.0 - rate, shape).astype(dtype) / (1.0 - rate)
+
+
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+  """ShuffleNet's channel shuffle over the last axis, as PC-DARTS's: unit ``g·(n/G) + i`` moves to ``i·G + g``."""
+  n = x.shape[-1]
+  return x.reshape(x.shape[:-1] + (groups, n // groups)).swapaxes(-1, -2).reshape(x.shape)
 
 
 def _highway(s: jax.Array, ch: jax.Array, activation: str) -> jax.Array:
@@ -96,6 +113,10 @@ class _RNNLanguageModel(nn.Module):
   def _steps(self) -> int:
     raise NotImplementedError
 
+  def _node_units(self) -> int:
+    """The units a node's matrix ``W_i`` reads (it writes twice as many)."""
+    return self.nhid
+
   def _cell(self, x, h_prev, x_mask, h_mask, W0, Ws, context, bn_stats, valid, train):
     """One time step: ``(h_t, bn_stats')`` from ``x_t`` (B, ninp) and ``h_{t-1}`` (B, nhid)."""
     raise NotImplementedError
@@ -110,12 +131,11 @@ class _RNNLanguageModel(nn.Module):
     embedding = param('embedding', _uniform, (self.ntoken, self.ninp))
     bias = param('decoder_bias', nn.initializers.zeros, (self.ntoken,))
     W0 = param('W0', _uniform, (self.ninp + self.nhid, 2 * self.nhid))
-    Ws = param('Ws', _uniform, (self._steps(), self.nhid, 2 * self.nhid))
+    Ws = param('Ws', _uniform, (self._steps(), self._node_units(), 2 * self._node_units()))
     # The scan carries the state: it must enter in the dtype the cell computes in.
     dtype = jnp.result_type(hidden, embedding, W0, Ws)
     hidden = hidden.astype(dtype)
-    if context is not None:
-      context = context.astype(dtype)
+    context = jax.tree.map(lambda leaf: leaf.astype(dtype), context)
     batch, time = tokens.shape
     length = jnp.asarray(time if length is None else length)
 
@@ -156,6 +176,11 @@ class _RNNLanguageModel(nn.Module):
     return log_probs, hidden, raw, dropped
 
 
+MIXINGS = ('softmax', 'weights')
+"""How `RNNModelSearch` turns its architecture argument into mixing weights: ``'softmax'`` of the alphas (DARTS), or
+``'weights'``: the argument already is the weights (a relaxation's output, `darts_jax.dynamics.relaxations`)."""
+
+
 class RNNModelSearch(_RNNLanguageModel):
   """The search supernet (the original ``RNNModelSearch``): every activation on every (node, predecessor) pair,
   mixed by ``softmax(alphas)``, alphas of shape ``(num_edges(steps), len(PRIMITIVES))`` passed in at call time.
@@ -164,12 +189,23 @@ class RNNModelSearch(_RNNLanguageModel):
   rngs={'dropout': key}, mutable=['batch_stats'])`` (mutable only in training) →
   ``(log_probs (B, T, ntoken), h_T (B, nhid), raw outputs (B, T, nhid), dropped outputs (B, T, nhid))``.
   Under ``pmap`` with `axis_name` the BatchNorm statistics are those of the global batch.
+
+  ``mixing='weights'`` takes the mixing weights themselves (same shapes as the alphas) in place of the alphas
+  (`MIXINGS`), so that any relaxation can compute them; the parameters are the same either way. PC-DARTS's options
+  (module docstring): ``partial_channels`` K, a divisor of nhid, and ``edge_normalization``, with which the alphas
+  (or weights) are ``{OPS_KEY: (num_edges, 5), EDGES_KEY: [(1,), (2,), ..., (steps,)]}`` (`init_alphas`).
   """
   steps: int = genotypes.STEPS
   axis_name: Any = None
+  mixing: str = 'softmax'
+  partial_channels: int = 1
+  edge_normalization: bool = False
 
   def _steps(self) -> int:
     return self.steps
+
+  def _node_units(self) -> int:
+    return self.nhid // self.partial_channels
 
   def _bn_stats(self, dtype: Any):
     return self.variable('batch_stats', 'bn', lambda: {'mean': jnp.zeros((self.nhid,), dtype),
@@ -192,32 +228,51 @@ class RNNModelSearch(_RNNLanguageModel):
     stats = jax.tree.map(lambda new, old: jnp.where(valid, new, old), updated, stats)
     return (x - mean) * jax.lax.rsqrt(var + BN_EPSILON), stats
 
-  def _cell(self, x, h_prev, x_mask, h_mask, W0, Ws, probs, stats, valid, train):
+  def _cell(self, x, h_prev, x_mask, h_mask, W0, Ws, weights, stats, valid, train):
+    probs, edge_weights = weights
+    units, groups = self._node_units(), self.partial_channels
     c0, h0 = jnp.split(jnp.concatenate([x * x_mask, h_prev * h_mask], -1) @ W0, 2, axis=-1)
     s0 = h_prev + jax.nn.sigmoid(c0) * (jnp.tanh(h0) - h_prev)
     s0, stats = self._batch_norm(s0, stats, valid, train)
     states = s0[None]  # (i + 1, B, nhid)
     offset = 0
     for i in range(self.steps):
-      c, h = jnp.split(jnp.einsum('sbh,hk->sbk', states * h_mask, Ws[i]), 2, axis=-1)
+      # PC-DARTS: the ops read the first nhid/K units of each predecessor; the rest bypass them.
+      inputs = states[..., :units] if groups > 1 else states
+      input_mask = h_mask[..., :units] if groups > 1 else h_mask
+      c, h = jnp.split(jnp.einsum('sbh,hk->sbk', inputs * input_mask, Ws[i]), 2, axis=-1)
       c = jax.nn.sigmoid(c)
       w = probs[offset:offset + i + 1, :, None, None]  # (i + 1, K, 1, 1)
       # Σ_k p_k (s + c(f_k(h) − s)) = P s + c (Σ_k p_k f_k(h) − P s), P = Σ_{k != none} p_k.
       mixed_f = sum(w[:, k] * ACTIVATIONS[name](h) for k, name in enumerate(PRIMITIVES) if name != 'none')
       weight = sum(w[:, k] for k, name in enumerate(PRIMITIVES) if name != 'none')
-      s = jnp.sum(weight * states + c * (mixed_f - weight * states), axis=0)
+      terms = weight * inputs + c * (mixed_f - weight * inputs)  # (i + 1, B, units): one per predecessor
+      if groups > 1:
+        terms = channel_shuffle(jnp.concatenate([terms, states[..., units:]], -1), groups)
+      if edge_weights is not None:
+        terms = edge_weights[i].astype(terms.dtype)[:, None, None] * terms
+      s = jnp.sum(terms, axis=0)
       s, stats = self._batch_norm(s, stats, valid, train)
       states = jnp.concatenate([states, s[None]], 0)
       offset += i + 1
     return jnp.mean(states[-genotypes.CONCAT:], axis=0), stats
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, hidden: jax.Array, alphas: jax.Array, *, train: bool,
+  def __call__(self, tokens: jax.Array, hidden: jax.Array, alphas: jax.Array | dict[str, Any], *, train: bool,
                length: jax.Array | None = None):
+    if self.mixing not in MIXINGS:
+      raise ValueError(f'unknown mixing {self.mixing!r}; choose one of {MIXINGS}')
+    if self.partial_channels < 1 or self.nhid % self.partial_channels:
+      raise ValueError(f'partial_channels ({self.partial_channels}) must be a positive divisor of nhid ({self.nhid})')
+    if self.edge_normalization and not (isinstance(alphas, Mapping) and genotypes.EDGES_KEY in alphas):
+      raise ValueError(f'edge normalisation needs the alphas {{{genotypes.OPS_KEY!r}: ..., {genotypes.EDGES_KEY!r}: '
+                       '...}} (init_alphas(..., edge_normalization=True))')
     expected = (genotypes.num_edges(self.steps), len(PRIMITIVES))
-    if alphas.shape != expected:
-      raise ValueError(f'alphas has shape {alphas.shape}; expected {expected}')
-    return self._forward(tokens, hidden, jax.nn.softmax(alphas, axis=-1), length, train)
+    if genotypes.ops_alphas(alphas).shape != expected:
+      raise ValueError(f'alphas has shape {genotypes.ops_alphas(alphas).shape}; expected {expected}')
+    weights = alphas if self.mixing == 'weights' else jax.tree.map(lambda a: jax.nn.softmax(a, axis=-1), alphas)
+    edge_weights = weights[genotypes.EDGES_KEY] if self.edge_normalization else None
+    return self._forward(tokens, hidden, (genotypes.ops_alphas(weights), edge_weights), length, train)
 
 
 class RNNModel(_RNNLanguageModel):
@@ -245,9 +300,19 @@ class RNNModel(_RNNLanguageModel):
     return self._forward(tokens, hidden, None, length, train)
 
 
-def init_alphas(key: jax.Array, steps: int = genotypes.STEPS, dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
-  """The original's initial architecture weights: ``1e-3·N(0, 1)`` of shape ``(num_edges(steps), 5)``."""
-  return 1e-3 * jax.random.normal(key, (genotypes.num_edges(steps), len(PRIMITIVES)), dtype)
+def init_alphas(key: jax.Array, steps: int = genotypes.STEPS, dtype: jax.typing.DTypeLike = jnp.float32,
+                edge_normalization: bool = False) -> jax.Array | dict[str, Any]:
+  """The original's initial architecture weights: ``1e-3·N(0, 1)`` of shape ``(num_edges(steps), 5)``.
+
+  With `edge_normalization` (PC-DARTS) ``{OPS_KEY: those, EDGES_KEY: [(1,), (2,), ..., (steps,)]}``: one array per
+  node with an entry per predecessor, drawn the same way from a stream of their own (the ops' are those without them).
+  """
+  alphas = 1e-3 * jax.random.normal(key, (genotypes.num_edges(steps), len(PRIMITIVES)), dtype)
+  if not edge_normalization:
+    return alphas
+  node_keys = jax.random.split(jax.random.fold_in(key, 1), steps)
+  return {genotypes.OPS_KEY: alphas,
+          genotypes.EDGES_KEY: [1e-3 * jax.random.normal(k, (node + 1,), dtype) for node, k in enumerate(node_keys)]}
 
 
 def sequence_losses(log_probs: jax.Array, targets: jax.Array, raw: jax.Array, dropped: jax.Array,

@@ -19,12 +19,22 @@ Epoch records: ``valid_loss``, ``valid_ppl`` and ``valid_accuracy`` of the super
 1.61 at the start), ``alpha_max_weight`` and ``stability`` (fraction of the genotype's nodes unchanged since the
 previous epoch); interval records add ``seq_len``. The workdir: ``alphas.npz`` (``recurrent``) and the cell plot
 ``recurrent.png``.
+
+The supernet takes its mixing weights from the search's relaxation (``config.relaxation``, DARTS's softmax by
+default), so every relaxation, regulariser and weight perturbation (SDARTS-RS, SDARTS-ADV) works here as on the other
+spaces. PC-DARTS's options, carried over to the recurrent cell by this project (`darts_jax.rnn.model`), are ``model``
+keys: ``partial_channels`` K (1/K of a predecessor's units through a node's activations, the rest bypassing them,
+then shuffled) and ``edge_normalization`` (a β per predecessor of every node; the alphas become ``{'recurrent':
+(36, 5), 'edges_recurrent': [(1,), ..., (8,)]}``, which the relaxation maps like the ops' rows and every
+hypergradient differentiates; the genotype picks each node's predecessor by weight × β). Records and ``alphas.npz``
+hold the ops' array (``alphas.jsonl`` the β too).
 """
 from __future__ import annotations
 
 import json
 import operator
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,13 +67,13 @@ def _select_key(flag: Any, if_true: jax.Array, if_false: jax.Array) -> jax.Array
 
 def create_search_state(rng: jax.Array, model: RNNModelSearch, batch_size: int,
                         weight_tx: optax.GradientTransformation, arch_tx: optax.GradientTransformation) -> SearchState:
-  """Weights uniform in ±0.04 (the original), alphas ``1e-3·N(0, 1)``, zero hidden states (the carry) of the
-  global batch."""
+  """Weights uniform in ±0.04 (the original), alphas ``1e-3·N(0, 1)`` (`init_alphas`, with the model's edge
+  normalisation), zero hidden states (the carry) of the global batch."""
 
   @jax.jit
   def init(rng):
     params_key, alphas_key, dropout_key = jax.random.split(rng, 3)
-    alphas = init_alphas(alphas_key, model.steps)
+    alphas = init_alphas(alphas_key, model.steps, edge_normalization=model.edge_normalization)
     variables = model.init(params_key, jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, model.nhid)), alphas, train=False)
     zeros = jnp.zeros((batch_size, model.nhid), jnp.float32)
     params = variables['params']
@@ -126,12 +136,15 @@ class RNNSpace(SearchSpace):
 
   name: ClassVar[str] = 'rnn'
   supports_seeds: ClassVar[bool] = False  # the steps per epoch follow the seed's BPTT lengths
-  relaxations: ClassVar[bool] = False  # the model mixes by the softmax of the alphas
 
   # ---- the search
 
   def check_search_config(self) -> None:
     check_lm_config(self.config)
+    groups, nhid = self.config.model.get('partial_channels', 1), self.config.model.nhid
+    if groups < 1 or nhid % groups:
+      raise ValueError(f'model.partial_channels ({groups}) must divide model.nhid ({nhid}) (1: every unit through '
+                       'the activations).')
 
   def search_setup(self, workdir: Path, axis_name: Any) -> SearchSetup:
     del workdir
@@ -145,7 +158,8 @@ class RNNSpace(SearchSpace):
     lengths = lambda epoch, seed=None: epoch_lengths(config, train_streams.shape[1], epoch, seed)
     model = RNNModelSearch(ntoken=len(corpus.vocab), ninp=m.emsize, nhid=m.nhid, steps=m.steps, dropout=m.dropout,
                            dropouth=m.dropouth, dropoutx=m.dropoutx, dropouti=m.dropouti, dropoute=m.dropoute,
-                           axis_name=axis_name)
+                           axis_name=axis_name, mixing='weights', partial_channels=m.get('partial_channels', 1),
+                           edge_normalization=m.get('edge_normalization', False))
     weight_tx = optimizers.clipped_sgd(weight_decay=config.weight_decay, grad_clip=config.grad_clip)
     arch_tx = optimizers.arch_optimizer(config.arch_learning_rate, b1=0.9, b2=0.999, weight_decay=config.arch_weight_decay)
     init = lambda rng: create_search_state(rng, model, batch_size, weight_tx, arch_tx)
@@ -161,9 +175,9 @@ class RNNSpace(SearchSpace):
       val = text.lm_batches(search_streams, epoch_lengths_, read_length=config.bptt, **where)
       return zip(train, val)
 
-    def eval_step(state: SearchState, alphas: jax.Array, hidden: jax.Array, block):
+    def eval_step(state: SearchState, weights: PyTree, hidden: jax.Array, block):
       apply = lambda tokens, hidden, length: model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                                                         tokens, hidden, alphas, train=False, length=length)
+                                                         tokens, hidden, weights, train=False, length=length)
       return split_log_likelihood(apply, *block, hidden)
 
     def eval_entries(totals):
@@ -180,19 +194,33 @@ class RNNSpace(SearchSpace):
         eval_batches=lambda: eval_blocks(valid_chunks), eval_entries=eval_entries, eval_sharded=False)
 
   def derive_genotype(self, alphas: PyTree, weights: PyTree | None = None) -> genotypes.Genotype:
-    del weights  # the softmax of the alphas: no other relaxation here
-    return genotypes.derive_genotype(np.asarray(alphas), self.config.model.steps)
+    if weights is None:
+      return genotypes.derive_genotype(alphas, self.config.model.steps)
+    return genotypes.derive_genotype(weights, self.config.model.steps, from_weights=True)
 
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
-    return {'alphas': np.asarray(alphas).tolist()}
+    record = {'alphas': np.asarray(genotypes.ops_alphas(alphas)).tolist()}
+    if isinstance(alphas, Mapping):  # edge normalisation's one list per node
+      record[genotypes.EDGES_KEY] = [np.asarray(b).tolist() for b in alphas[genotypes.EDGES_KEY]]
+    return record
 
   def alphas_from_record(self, record: dict[str, Any]) -> PyTree:
-    return np.asarray(record['alphas'], np.float32)
+    alphas = np.asarray(record['alphas'], np.float32)
+    if genotypes.EDGES_KEY not in record:
+      return alphas
+    return {genotypes.OPS_KEY: alphas,
+            genotypes.EDGES_KEY: [np.asarray(b, np.float32) for b in record[genotypes.EDGES_KEY]]}
 
   def diagnostics(self, alphas: PyTree, history: list[Any], weights: PyTree | None) -> dict[str, float]:
-    del weights
-    entries = {'alpha_entropy': diagnostics.alpha_entropy({'': alphas})[''],
-               'alpha_max_weight': diagnostics.alpha_max_weight({'': alphas})['']}
+    # The ops' weights (edge normalisation's are not rows of ops).
+    if weights is None:
+      alphas = genotypes.ops_alphas(alphas)
+      entries = {'alpha_entropy': diagnostics.alpha_entropy({'': alphas})[''],
+                 'alpha_max_weight': diagnostics.alpha_max_weight({'': alphas})['']}
+    else:
+      weights = genotypes.ops_alphas(weights)
+      entries = {'alpha_entropy': diagnostics.weights_entropy({'': weights})[''],
+                 'alpha_max_weight': diagnostics.weights_max({'': weights})['']}
     if len(history) > 1:  # a node has one (activation, predecessor) choice: same or changed
       entries['stability'] = float(np.mean([x == y for x, y in zip(history[-2].recurrent, history[-1].recurrent)]))
     entries['unchanged_epochs'] = diagnostics.unchanged_epochs(history, operator.eq)
@@ -202,7 +230,7 @@ class RNNSpace(SearchSpace):
     return genotypes.genotype_to_repr(genotype)
 
   def write_search_artifacts(self, workdir: Path, alphas: PyTree, genotype: genotypes.Genotype) -> None:
-    np.savez(workdir / 'alphas.npz', recurrent=alphas)
+    np.savez(workdir / 'alphas.npz', recurrent=np.asarray(genotypes.ops_alphas(alphas)))
     plots.plot_genotype(genotype, f'{workdir}{os.sep}')
 
   # ---- genotypes

@@ -47,6 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.remat = False  # recompute each cell's elementwise work in the backward pass: less memory
   # Variants of the supernet (darts_jax.cnn.supernet), all off here:
   config.model.search_space = 'darts'  # darts | s1 | s2 | s3 | s4: the ops of each edge (RobustDARTS's S1-S4)
+  config.model.edge_ops = ''  # '' (search_space's) or JSON {"normal": [[ops of edge 0], ...], "reduce": [...]}
+  config.model.skip_dropout = 0.0  # > 0: P-DARTS's dropout on the identity ops in training, decayed per epoch
   config.model.partial_channels = 1  # K > 1: PC-DARTS's partial channels (1/K of them through the ops)
   config.model.edge_normalization = False  # PC-DARTS's softmax-weighted inputs of every node (parameters beside the alphas)
   config.model.aux_skip_weight = 0.0  # > 0: DARTS-'s auxiliary skip on every edge, starting at this weight

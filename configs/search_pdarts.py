@@ -6,7 +6,8 @@ batch 96; SGD at 0.025 cosine-annealed to 0; Adam at 6e-4 (betas 0.5, 0.999, dec
 order; at most 2 skip connections in the final normal cell. Run with ``darts-pdarts`` (``python -m darts_jax.cli.pdarts``):
 
     darts-pdarts --config configs/search_pdarts.py --workdir runs/pdarts
-    darts-pdarts --config configs/search_pdarts.py:quick --workdir runs/pdarts_quick
+
+`configs/search_pdarts_quick.py` is a quick one on Fashion-MNIST.
 
 What differs from the code: the code also clips the architecture gradient (norm 5); the stages' pruning and final
 rule are the code's (`darts_jax.tasks.pdarts`).
@@ -16,7 +17,6 @@ import ml_collections
 from darts_jax.training.config_utils import load_config_module
 
 search_cifar10 = load_config_module('search_cifar10', __file__)
-search_quick = load_config_module('search_quick', __file__)
 
 
 def add_stages(config: ml_collections.ConfigDict, layers: list[int], warmup_epochs: int
@@ -32,13 +32,8 @@ def add_stages(config: ml_collections.ConfigDict, layers: list[int], warmup_epoc
   return config
 
 
-def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  """The paper's settings; ``:quick`` the quick search (`configs/search_quick.py`) in stages of 3, 4 and 5 cells,
-  1 warm-up epoch of 3."""
-  if variant == 'quick':
-    return add_stages(search_quick.get_config(), [3, 4, 5], warmup_epochs=1)
-  if variant:
-    raise ValueError(f'Unknown variant {variant!r} of search_pdarts; expected quick or none.')
+def get_config() -> ml_collections.ConfigDict:
+  """The paper's settings."""
   config = search_cifar10.get_config()
   config.num_epochs = 25
   config.batch_size = 96

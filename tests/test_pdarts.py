@@ -1,16 +1,41 @@
 """P-DARTS's stages (`darts_jax.tasks.pdarts`): the pruning between stages, the final rule with its skip limit, the
-skip-dropout schedule, and the staged run in one workdir, resumable across stages (the stage's search stubbed: it
-writes the alphas a search would)."""
+skip-dropout schedule, the staged run in one workdir, resumable across stages (the stage's search stubbed: it
+writes the alphas a search would), and two stages of real searches of the CNN space on a TinySupernet with the
+P-DARTS hooks (`StagedTinySupernet`)."""
 import json
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_search import TinySupernet, tiny_config
 
 from darts_jax.cnn import genotypes
+from darts_jax.cnn.ops import BatchNorm
 from darts_jax.dynamics import relaxations
-from darts_jax.tasks import pdarts
+from darts_jax.spaces import cnn as cnn_space
+from darts_jax.tasks import pdarts, search
 from darts_jax.training import reporting
 from darts_jax.training.config_utils import load_config_module
+
+
+class StagedTinySupernet(TinySupernet):
+  """TinySupernet with the interface of the CNN space's P-DARTS hooks: explicit `edge_ops` (the alphas' columns:
+  ``supernet.supernet_edge_ops``) and the skip dropout's rate and key, which here drop hidden units in training (it
+  has no identity op)."""
+  edge_ops: tuple | None = None
+
+  @nn.compact
+  def __call__(self, x, alphas, train=True, skip_dropout_rate=None, dropout_key=None):
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)
+    h = jnp.tanh(BatchNorm(axis_name=self.axis_name)(nn.Dense(self.C, dtype=self.dtype)(x), train))
+    if train and dropout_key is not None:
+      h = jnp.where(jax.random.bernoulli(dropout_key, 1 - skip_dropout_rate, h.shape), h / (1 - skip_dropout_rate), 0)
+    weights = alphas if self.mixing == 'weights' else jax.tree.map(lambda a: jax.nn.softmax(a, -1), alphas)
+    mix = (weights['normal'] + weights['reduce'] ** 2).sum(0)  # (ops per edge,)
+    features = (h[:, :, None] * mix.astype(self.dtype)).reshape(x.shape[0], -1).astype(jnp.float32)
+    return nn.Dense(self.num_classes)(features)
 
 STEPS = 4
 EDGES = genotypes.num_edges(STEPS)
@@ -55,11 +80,7 @@ def test_skip_dropout_decays_per_epoch_as_the_code():
 
 
 def _config():
-  config = load_config_module('search_pdarts').get_config('quick')
-  # The keys of the space's per-edge op sets and skip dropout (what the CNN space's config must define).
-  config.model.edge_ops = ''
-  config.model.skip_dropout = 0.0
-  return config
+  return load_config_module('search_pdarts_quick').get_config()
 
 
 class _StubSearch:
@@ -111,9 +132,38 @@ def test_stages_prune_carry_the_op_sets_and_resume(tmp_path):
 
 
 def test_a_space_without_per_edge_op_sets_is_refused(tmp_path):
-  config = load_config_module('search_pdarts').get_config('quick')
+  config = _config()
   for key in ('edge_ops', 'skip_dropout'):
     if key in config.model:
       del config.model[key]
   with pytest.raises(ValueError, match='P-DARTS needs the search config keys model.edge_ops, model.skip_dropout'):
     pdarts.pdarts(config, tmp_path, run_stage=_StubSearch())
+
+
+def test_two_stages_of_cnn_searches_carry_the_pruned_op_sets(tmp_path, data_dir, monkeypatch):
+  """The staged run with the one search task on the CNN space: stage 1's supernet, alphas and genotype have the 4 ops
+  per edge that stage 0's alphas kept ('none' dropped before the last stage), and the final genotype picks from them,
+  with at most `max_skips` skips in the normal cell."""
+  monkeypatch.setattr(cnn_space, 'SearchNetwork', StagedTinySupernet)
+  for module, name in ((cnn_space.plots, 'plot_genotype'), (cnn_space.run_plots, 'plot_search'),
+                       (search.curves, 'plot_curves')):  # tested elsewhere; matplotlib takes seconds per figure
+    monkeypatch.setattr(module, name, lambda *args, **kwargs: None)
+  config = load_config_module('search_pdarts').add_stages(
+      tiny_config(data_dir, hypergradient='first_order', max_steps_per_epoch=2, log_every_steps=2,
+                  **{'diagnostics.hessian_iterations': 0}), [1, 2], warmup_epochs=1)
+  config.pdarts.update(num_ops=[8, 4], skip_dropout=[0.1, 0.4], add_width=[0, 0], max_skips=1)
+  genotype = pdarts.pdarts(config, tmp_path)
+  op_sets = json.loads((tmp_path / pdarts.PDARTS_FILE).read_text())['stages'][1]['op_sets']
+  assert all(len(ops) == 4 and 'none' not in ops for kind in op_sets for ops in op_sets[kind])
+  stage = pdarts.stage_dir(tmp_path, 1)
+  alphas = reporting.read_jsonl(stage / 'alphas.jsonl')
+  assert np.asarray(alphas[-1]['normal']).shape == (EDGES, 4)
+  # After the weight-only first epoch the alphas move.
+  start = reporting.read_jsonl(pdarts.stage_dir(tmp_path, 0) / 'alphas.jsonl')
+  assert np.abs(np.asarray(start[-1]['normal']) - np.asarray(start[0]['normal'])).max() > 1e-3
+  offsets = np.cumsum([0] + [2 + node for node in range(STEPS)])
+  for kind in ('normal', 'reduce'):
+    stage_genotype = json.loads((stage / 'genotype.json').read_text())[kind]
+    for cell in (stage_genotype, getattr(genotype, kind)):
+      assert all(op in op_sets[kind][offsets[i // 2] + j] for i, (op, j) in enumerate(cell))
+  assert sum(op == 'skip_connect' for op, _ in genotype.normal) <= 1

@@ -1,9 +1,10 @@
 """The DARTS supernet: mixed operations, search cells and the search network, as in the original `model_search.py`.
 
-Every edge of a cell carries the 8 `PRIMITIVES` (or the ops of its edge in RobustDARTS's reduced spaces,
-`genotypes.edge_primitives`), mixed by the softmax of its row of alphas:
-``edge(x) = Σ_k softmax(alpha_edge)_k · op_k(x)``. PC-DARTS's partial channels and edge normalisation and DARTS-'s
-auxiliary skip are options of `SearchNetwork`, off by default. Normal cells share ``alphas['normal']`` and reduction cells share
+Every edge of a cell carries the 8 `PRIMITIVES` (or the ops of its edge: RobustDARTS's reduced spaces,
+`genotypes.edge_primitives`, or any explicit per-edge lists such as P-DARTS's pruned ones), mixed by the softmax of its
+row of alphas: ``edge(x) = Σ_k softmax(alpha_edge)_k · op_k(x)``. PC-DARTS's partial channels and edge normalisation,
+DARTS-'s auxiliary skip and P-DARTS's dropout on the skip connections are options of `SearchNetwork`, off by
+default. Normal cells share ``alphas['normal']`` and reduction cells share
 ``alphas['reduce']``; alphas are an argument of ``apply``, not a parameter, so the bilevel optimiser can
 differentiate the two separately. With ``mixing='weights'`` the argument is the mixing weights themselves, as a
 relaxation (`darts_jax.dynamics`: temperature, Gumbel-softmax, sigmoid, Dirichlet, ...) computes them from the
@@ -74,6 +75,15 @@ def init_alphas(rng: jax.Array, steps: int = 4, num_ops: int = len(PRIMITIVES), 
   return alphas
 
 
+def supernet_edge_ops(network: Any) -> dict[str, tuple[tuple[str, ...], ...]]:
+  """The ops of every edge of `network` (a `SearchNetwork`) per cell type, the columns of its alphas: its
+  ``edge_ops`` where set, else those of its ``search_space`` (DARTS's for a network without these fields)."""
+  explicit = getattr(network, 'edge_ops', None)
+  if explicit is not None:
+    return dict(zip(CELL_TYPES, explicit))
+  return edge_primitives(getattr(network, 'search_space', 'darts'), network.steps)
+
+
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
   """ShuffleNet's channel shuffle over the last axis (PC-DARTS's ``channel_shuffle``): channel ``g·(C/G) + i`` moves to
   ``i·G + g``."""
@@ -90,16 +100,20 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
 class MixedEdges(nn.Module):
   """The mixed ops of every edge leaving one node, computed together.
 
-  ``__call__(x, weights, train, aux_skip_weight)`` takes the node's state ``x`` (N, H, W, C) and the mixing weights
-  of its ``num_edges`` outgoing edges (num_edges, ops per edge) and returns (num_edges, N, H', W', C): edge e's mixed
-  output. Parameters and BN statistics are created in `param_dtype` (None: `ops.default_param_dtype` of ``x``).
+  ``__call__(x, weights, train, aux_skip_weight, skip_dropout_rate, dropout_key)`` takes the node's state ``x``
+  (N, H, W, C) and the mixing weights of its ``num_edges`` outgoing edges (num_edges, ops per edge) and returns
+  (num_edges, N, H', W', C): edge e's mixed output. Parameters and BN statistics are created in `param_dtype`
+  (None: `ops.default_param_dtype` of ``x``).
 
   ``edge_ops[e]`` names the ops of edge e's weight columns (None: `PRIMITIVES` on every edge); an op is computed for
   the edges that have it only, and its parameters are stacked over those edges. ``partial_channels`` K > 1 is
   PC-DARTS's partial channel connection: the first C/K channels go through the ops (built at C/K channels), the rest
   bypass them (max-pooled 2x2 at stride 2), and the concatenation is channel-shuffled in K groups. ``aux_skip`` adds
   DARTS-'s auxiliary skip outside the mixture: ``aux_skip_weight · skip(x)`` (a factorized reduction of its own at
-  stride 2) on the whole input.
+  stride 2) on the whole input. A `dropout_key` in training (``train=True``) is P-DARTS's dropout on the identity
+  (``skip_connect`` at stride 1): each edge's identity output is masked by its own Bernoulli draw of
+  ``bernoulli(dropout_key, 1 - skip_dropout_rate, (edges with the skip,) + x.shape)`` and scaled by
+  ``1 / (1 - skip_dropout_rate)``, as an ``nn.Dropout`` after the ``Identity`` of each ``MixedOp`` in the released code.
   """
   channels: int
   num_edges: int
@@ -116,8 +130,8 @@ class MixedEdges(nn.Module):
     return BatchNorm(feature_axes=(0, -1), axis_name=self.axis_name, param_dtype=self.param_dtype, name=name)(x, train)
 
   @nn.compact
-  def __call__(self, x: jax.Array, weights: jax.Array, train: bool,
-               aux_skip_weight: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, weights: jax.Array, train: bool, aux_skip_weight: jax.Array | None = None,
+               skip_dropout_rate: jax.Array | float | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
     s, n_edges, groups = self.stride, self.num_edges, self.partial_channels
     edge_ops = self.edge_ops or (PRIMITIVES,) * n_edges
     op_edges = {op: tuple(e for e, names in enumerate(edge_ops) if op in names) for op in _ALL_OPS}
@@ -159,8 +173,13 @@ class MixedEdges(nn.Module):
     if pools:
       shared.append(self._bn(jnp.stack([_POOL_OPS[op](x, s) for op in pools]), train, 'pool_bn'))
     skip = None
+    per_edge_skip = s == 2 or (train and dropout_key is not None)
     if op_edges['skip_connect']:
-      if s == 1:
+      if s == 1 and per_edge_skip:  # P-DARTS's dropout: each edge's identity with a mask of its own
+        rate = jnp.asarray(skip_dropout_rate, x.dtype)
+        keep = jax.random.bernoulli(dropout_key, 1 - rate, (len(op_edges['skip_connect']),) + x.shape)
+        skip = jnp.where(keep, x / (1 - rate), 0)
+      elif s == 1:
         skip = x[None]
         shared_ops.append('skip_connect')
         shared.append(skip)
@@ -216,7 +235,7 @@ class MixedEdges(nn.Module):
       terms.append(jnp.einsum('ek,knhwc->enhwc', columns(shared_ops), jnp.concatenate(shared)))
     if grid_ops:
       terms.append(jnp.einsum('ek,kenhwc->enhwc', columns(grid_ops), jnp.concatenate(grid)))
-    if s == 2 and skip is not None:  # one factorized reduction per edge
+    if per_edge_skip and skip is not None:  # one factorized reduction, or one dropped identity, per edge
       terms.append(columns(['skip_connect'])[:, 0, None, None, None, None] * per_edge(skip, 'skip_connect'))
     mixed = functools.reduce(jnp.add, terms)
 
@@ -240,7 +259,9 @@ class SearchCell(nn.Module):
   """A DARTS search cell: two preprocessed inputs, `steps` nodes, each summing mixed ops over all earlier states.
 
   ``edge_ops``: the ops of each of the cell's edges (`MixedEdges`; None: `PRIMITIVES`). ``edge_weights`` (PC-DARTS's
-  edge normalisation), one array per node, weigh the node's inputs in its sum.
+  edge normalisation), one array per node, weigh the node's inputs in its sum. ``dropout_key`` (training only):
+  P-DARTS's skip dropout at ``skip_dropout_rate``, the `MixedEdges` from state j drawing with
+  ``fold_in(dropout_key, j)``.
   """
   channels: int
   reduction: bool
@@ -256,7 +277,8 @@ class SearchCell(nn.Module):
 
   @nn.compact
   def __call__(self, s0: jax.Array, s1: jax.Array, weights: jax.Array, train: bool,
-               edge_weights: list[jax.Array] | None = None, aux_skip_weight: jax.Array | None = None) -> jax.Array:
+               edge_weights: list[jax.Array] | None = None, aux_skip_weight: jax.Array | None = None,
+               skip_dropout_rate: jax.Array | float | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
     c, kw = self.channels, dict(axis_name=self.axis_name, param_dtype=self.param_dtype)
     if self.reduction_prev:
       s0 = FactorizedReduce(c, **kw, name='preprocess0')(s0, train)
@@ -282,7 +304,9 @@ class SearchCell(nn.Module):
       edge_ops = None if self.edge_ops is None else tuple(self.edge_ops[row] for row in rows)
       outputs = MixedEdges(c, len(rows), stride, self.depthwise_impl, **kw, edge_ops=edge_ops,
                            partial_channels=self.partial_channels, aux_skip=self.aux_skip,
-                           name=f'edges_from_{source}')(states[source], weights[jnp.array(rows)], train, aux_skip_weight)
+                           name=f'edges_from_{source}')(
+                               states[source], weights[jnp.array(rows)], train, aux_skip_weight, skip_dropout_rate,
+                               None if dropout_key is None else jax.random.fold_in(dropout_key, source))
       for node, output in zip(targets, jnp.split(outputs, len(rows))):  # a split: see MixedEdges
         incoming[node].append(output[0])
     states.append(node_sum(-1))
@@ -337,6 +361,12 @@ class SearchNetwork(nn.Module):
   * ``search_space``: the ops of every edge (`genotypes.SEARCH_SPACES`: DARTS's, or RobustDARTS's S1-S4, whose
     alphas have a column per op of the edge: ``(14, 2)`` or ``(14, 3)``). S4's ``noise`` draws from the ``'noise'``
     RNG stream (``apply(..., rngs={'noise': key})``), in training and evaluation as RobustDARTS's.
+  * ``edge_ops``: the ops of every edge given explicitly, ``(normal, reduce)``, each a tuple of one tuple of op names
+    per edge (`PRIMITIVES` or ``noise``), the same number on every edge: the alphas have that many columns
+    (P-DARTS's stages). In place of ``search_space``'s (`supernet_edge_ops`), which must then be ``'darts'``.
+  * P-DARTS's dropout on the skip connections: ``apply(..., skip_dropout_rate=p, dropout_key=key)`` in training
+    drops the output of every identity op (``skip_connect`` at stride 1) of every edge, each edge with its own mask
+    (`MixedEdges`; cell i draws with ``fold_in(key, i)``). Without a key, or with ``train=False``, no dropout.
   * ``partial_channels`` K > 1: PC-DARTS's partial channel connections (`MixedEdges`); C/K must be even where a
     skip connection reduces.
   * ``edge_normalization``: PC-DARTS's edge normalisation: the alphas also hold ``edges_key(kind)`` (`init_alphas`),
@@ -361,10 +391,12 @@ class SearchNetwork(nn.Module):
   partial_channels: int = 1
   edge_normalization: bool = False
   aux_skip: bool = False
+  edge_ops: tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, alphas: dict[str, Any], train: bool = True,
-               aux_skip_weight: jax.Array | float | None = None) -> jax.Array:
+               aux_skip_weight: jax.Array | float | None = None, skip_dropout_rate: jax.Array | float | None = None,
+               dropout_key: jax.Array | None = None) -> jax.Array:
     if self.dtype not in DTYPES:
       raise ValueError(f'unknown dtype {self.dtype!r}; choose one of {DTYPES}')
     if self.mixing not in MIXINGS:
@@ -374,7 +406,11 @@ class SearchNetwork(nn.Module):
     if self.edge_normalization and any(edges_key(kind) not in alphas for kind in CELL_TYPES):
       raise ValueError(f'edge normalisation needs the alphas {edges_key("normal")!r} and {edges_key("reduce")!r} '
                        '(init_alphas(..., edge_normalization=True))')
-    cell_ops = None if self.search_space == 'darts' else edge_primitives(self.search_space, self.steps)
+    if self.edge_ops is not None and (self.search_space != 'darts' or len(self.edge_ops) != len(CELL_TYPES)
+                                      or any(len(cell) != num_edges(self.steps) for cell in self.edge_ops)):
+      raise ValueError(f'edge_ops must list the ops of the {num_edges(self.steps)} edges of the normal and the '
+                       f'reduction cell, with search_space darts (got {self.search_space!r})')
+    cell_ops = None if self.edge_ops is None and self.search_space == 'darts' else supernet_edge_ops(self)
     stem_channels = self.stem_multiplier * self.C
     full = default_param_dtype(x)
     dtype = jnp.bfloat16 if self.dtype == 'bfloat16' else full
@@ -400,7 +436,9 @@ class SearchNetwork(nn.Module):
                        self.axis_name, full, None if cell_ops is None else tuple(map(tuple, cell_ops[kind])),
                        self.partial_channels, self.aux_skip, name=f'cell_{i}')
       edge_weights = weights[edges_key(kind)] if self.edge_normalization else None
-      s0, s1 = s1, cell(s0, s1, weights[kind], train, edge_weights, aux_skip_weight if self.aux_skip else None)
+      cell_key = None if dropout_key is None or not train else jax.random.fold_in(dropout_key, i)
+      s0, s1 = s1, cell(s0, s1, weights[kind], train, edge_weights, aux_skip_weight if self.aux_skip else None,
+                        skip_dropout_rate, cell_key)
       reduction_prev = reduction
     features = jnp.mean(s1.astype(full), axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=_torch_bias_init(features.shape[-1]),

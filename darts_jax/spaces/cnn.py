@@ -9,8 +9,10 @@ network's (``genotype_params``, ``genotype_macs``, ``..._eval``) and the expecte
 (``expected_<cost.metric>``, `darts_jax.cnn.cost`); its workdir ``cost_model.json`` (the cost of every choice),
 ``alphas.npz`` (``normal``, ``reduce``), the cell diagrams and the dynamics plots.
 
-The supernet's variants are ``model`` keys: ``search_space`` (``darts``, RobustDARTS's ``s1``..``s4``: the ops of
-every edge, in the supernet, the genotype rule and the cost), ``partial_channels`` and ``edge_normalization``
+The supernet's variants are ``model`` keys: ``search_space`` (``darts``, RobustDARTS's ``s1``..``s4``) or
+``edge_ops`` (explicit per-edge op lists, JSON): the ops of every edge (`edge_ops`, the one source of them for the
+supernet, the genotype rule and the cost), ``skip_dropout`` (P-DARTS's dropout on the identity ops in training passes,
+its rate per step `relaxations.skip_dropout_schedule`), ``partial_channels`` and ``edge_normalization``
 (PC-DARTS; the edge parameters are alphas ``edges_normal``/``edges_reduce``, one list per node, which the
 relaxation maps like the ops' rows and every hypergradient differentiates), ``aux_skip_weight`` and
 ``aux_skip_decay`` (DARTS-: the weight's schedule, `aux_skip_schedule`).
@@ -33,9 +35,9 @@ from darts_jax import data
 from darts_jax.analysis import plots as run_plots
 from darts_jax.bilevel.step import BilevelProblem, SearchState
 from darts_jax.cnn import cost, genotype_formats, genotypes, ops, plots
-from darts_jax.cnn.supernet import DTYPES, SearchNetwork, init_alphas
+from darts_jax.cnn.supernet import DTYPES, SearchNetwork, init_alphas, supernet_edge_ops
 from darts_jax.data.augment import Preprocess
-from darts_jax.dynamics import diagnostics, early_stopping
+from darts_jax.dynamics import diagnostics, early_stopping, relaxations
 from darts_jax.spaces.base import Retraining, SearchSetup, SearchSpace
 from darts_jax.spaces import cnn_retraining
 from darts_jax.training import optimizers, reporting
@@ -72,28 +74,77 @@ def aux_skip_schedule(initial: float, decay: str, num_epochs: int, steps_per_epo
   return schedule
 
 
+EDGE_OPS = genotypes.PRIMITIVES + genotypes.SEARCH_ONLY_PRIMITIVES
+"""The op names ``model.edge_ops`` may list."""
+
+
+def edge_ops(model_config: ml_collections.ConfigDict) -> dict[str, tuple[tuple[str, ...], ...]]:
+  """The ops of every edge of the configured supernet per cell type, the columns of its alphas: ``model.edge_ops``
+  (JSON ``{"normal": [[ops of edge 0], ...], "reduce": [...]}``) where set, else ``model.search_space``'s
+  (`genotypes.edge_primitives`). The one source of the op lists for the supernet, the genotype rule and the cost.
+
+  Raises:
+    ValueError: (one line) edge_ops beside a search space other than darts, invalid JSON, an unknown or repeated op,
+      an edge of ``none`` alone, a wrong number of edges, or edges with different numbers of ops.
+  """
+  spec, space, steps = model_config.get('edge_ops', ''), model_config.get('search_space', 'darts'), model_config.steps
+  if not spec:
+    return genotypes.edge_primitives(space, steps)
+  if space != 'darts':
+    raise ValueError(f'model.edge_ops replaces the op sets of model.search_space: set one of them (search_space is '
+                     f'{space!r}).')
+  try:
+    parsed = json.loads(spec)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'model.edge_ops is not valid JSON ({e}).') from None
+  if not isinstance(parsed, dict) or sorted(parsed) != sorted(genotypes.CELL_TYPES):
+    raise ValueError('model.edge_ops must be a JSON object {"normal": [[ops of edge 0], ...], "reduce": [...]}.')
+  count = genotypes.num_edges(steps)
+  ops = {}
+  for kind in genotypes.CELL_TYPES:
+    cell = parsed[kind]
+    if not isinstance(cell, list) or len(cell) != count or not all(isinstance(edge, list) for edge in cell):
+      raise ValueError(f'model.edge_ops["{kind}"] must hold one list of ops per edge: {count} for cells of {steps} '
+                       f'nodes, got {len(cell) if isinstance(cell, list) else type(cell).__name__}.')
+    for e, edge in enumerate(cell):
+      unknown = [op for op in edge if op not in EDGE_OPS]
+      if unknown:
+        raise ValueError(f'model.edge_ops["{kind}"][{e}]: unknown op {unknown[0]!r}; expected ops of '
+                         f'{", ".join(EDGE_OPS)}.')
+      if len(set(edge)) != len(edge) or not set(edge) - {'none'}:
+        raise ValueError(f'model.edge_ops["{kind}"][{e}] ({edge}) must name each op once and one other than none.')
+    ops[kind] = tuple(tuple(edge) for edge in cell)
+  sizes = sorted({len(edge) for cell in ops.values() for edge in cell})
+  if len(sizes) > 1:
+    raise ValueError(f'model.edge_ops: every edge needs the same number of ops (the alphas are one (edges, ops) array '
+                     f'per cell type), got {", ".join(map(str, sizes))}.')
+  return ops
+
+
 def _uses_noise(model: SearchNetwork) -> bool:
   """Whether the supernet has RobustDARTS's noise op (it then needs a ``'noise'`` RNG stream)."""
-  space = getattr(model, 'search_space', 'darts')
-  return any('noise' in ops for edges in genotypes.edge_primitives(space, model.steps).values() for ops in edges)
+  return any('noise' in ops for edges in supernet_edge_ops(model).values() for ops in edges)
 
 
 def _apply_options(model: SearchNetwork, extras: dict[str, Any] | None) -> dict[str, Any]:
   """The keyword arguments of ``model.apply`` for a pass with a prepared batch's `extras` (None: evaluation or the
-  Hessian, whose noise stream is fixed and whose auxiliary skip weight is the network's stored one)."""
+  Hessian, whose noise stream is fixed, whose auxiliary skip weight is the network's stored one, and which drop
+  nothing)."""
   options = {}
   if _uses_noise(model):
     options['rngs'] = {'noise': jax.random.key(_FIXED_NOISE_SEED) if extras is None else extras['noise']}
   if extras is not None and 'aux_skip_weight' in extras:
     options['aux_skip_weight'] = extras['aux_skip_weight']
+  if extras is not None and 'dropout' in extras:
+    options['skip_dropout_rate'], options['dropout_key'] = extras['skip_dropout_rate'], extras['dropout']
   return options
 
 
 def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple[int, int, int],
                         weight_tx: optax.GradientTransformation, arch_tx: optax.GradientTransformation,
                         aux_skip_weight: float = 1.0) -> SearchState:
-  """Initialises weights (PyTorch's default init), alphas (``1e-3·N(0, 1)``, a column per op of the model's
-  ``search_space``, with its edge normalisation's parameters) and both optimizers; a model with DARTS-'s auxiliary
+  """Initialises weights (PyTorch's default init), alphas (``1e-3·N(0, 1)``, a column per op of the model's edges,
+  `supernet_edge_ops`, with its edge normalisation's parameters) and both optimizers; a model with DARTS-'s auxiliary
   skip stores `aux_skip_weight` as its weight.
 
   Args:
@@ -104,8 +155,7 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
     arch_tx: e.g. `darts_jax.training.optimizers.arch_optimizer`.
   """
 
-  space = getattr(model, 'search_space', 'darts')
-  num_ops = len(genotypes.edge_primitives(space, model.steps)['normal'][0])
+  num_ops = len(supernet_edge_ops(model)['normal'][0])
   options = _apply_options(model, None)
   noise_rngs = options.pop('rngs', {})
   if getattr(model, 'aux_skip', False):
@@ -129,7 +179,8 @@ def create_search_state(rng: jax.Array, model: SearchNetwork, image_shape: tuple
 
 
 def search_problem(model: SearchNetwork, schedule: optax.Schedule, preprocess: Preprocess, *, momentum: float = 0.9,
-                   weight_decay: float = 3e-4, aux_skip: optax.Schedule | None = None) -> BilevelProblem:
+                   weight_decay: float = 3e-4, aux_skip: optax.Schedule | None = None,
+                   skip_dropout: optax.Schedule | None = None) -> BilevelProblem:
   """The CNN space's side of the bilevel step for batches ``(uint8 images (N, H, W, C), int32 labels (N,))``: the
   cross-entropy of every pass, both batches preprocessed with keys from ``(state.rng, state.step)`` (with CIFAR
   augmentation, validation batches are augmented too: the original draws them from the training set with the
@@ -137,15 +188,16 @@ def search_problem(model: SearchNetwork, schedule: optax.Schedule, preprocess: P
   `weight_decay`, `training.optimizers.weight_optimizer`), under ``model.axis_name``.
 
   The supernet's variants take their inputs from the prepared batches, a third entry beside images and labels:
-  DARTS-'s auxiliary skip weight of the step (the `aux_skip` schedule) and the key of RobustDARTS's noise op, one per
-  batch and step, so that every pass over a batch sees the same noise and the hypergradient differentiates one
+  DARTS-'s auxiliary skip weight of the step (the `aux_skip` schedule), P-DARTS's skip dropout rate of the step (the
+  `skip_dropout` schedule) with its dropout key, and the key of RobustDARTS's noise op, keys one per batch and step,
+  so that every pass over a batch sees the same noise and dropout masks and the hypergradient differentiates one
   function."""
   def prepare(state, train_batch, val_batch):
     base = jax.random.fold_in(state.rng, state.step)
     train_key, val_key = jax.random.split(base)
     train = (preprocess(train_key, train_batch[0]), train_batch[1])
     val = (preprocess(val_key, val_batch[0]), val_batch[1])
-    if aux_skip is None and not _uses_noise(model):
+    if aux_skip is None and skip_dropout is None and not _uses_noise(model):
       return train, val
     extras = [{}, {}]
     if aux_skip is not None:
@@ -154,6 +206,9 @@ def search_problem(model: SearchNetwork, schedule: optax.Schedule, preprocess: P
     if _uses_noise(model):  # a stream of its own beside the augmentation's and the relaxation's (fold_in 1)
       for entry, key in zip(extras, jax.random.split(jax.random.fold_in(base, 3))):
         entry['noise'] = key
+    if skip_dropout is not None:  # and another for the dropout masks
+      for entry, key in zip(extras, jax.random.split(jax.random.fold_in(base, 4))):
+        entry['skip_dropout_rate'], entry['dropout'] = skip_dropout(state.step), key
     return train + (extras[0],), val + (extras[1],)
 
   def loss(params, batch_stats, weights, batch, weight_step):
@@ -191,12 +246,17 @@ def make_eval_step(model: SearchNetwork, preprocess: Preprocess
 
 
 def _variants(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """`SearchNetwork`'s variant fields that the config turns on (RobustDARTS's spaces, PC-DARTS, DARTS-)."""
+  """`SearchNetwork`'s variant fields that the config turns on (per-edge op sets: RobustDARTS's spaces, P-DARTS's
+  stages; PC-DARTS, DARTS-). The op sets go in as explicit ``edge_ops`` (`edge_ops`)."""
   model = config.model
-  variants = {'search_space': model.get('search_space', 'darts'), 'partial_channels': model.get('partial_channels', 1),
+  ops = edge_ops(model)
+  variants = {'edge_ops': tuple(ops[kind] for kind in genotypes.CELL_TYPES),
+              'partial_channels': model.get('partial_channels', 1),
               'edge_normalization': model.get('edge_normalization', False),
               'aux_skip': model.get('aux_skip_weight', 0.0) > 0}
-  defaults = {'search_space': 'darts', 'partial_channels': 1, 'edge_normalization': False, 'aux_skip': False}
+  darts = genotypes.edge_primitives('darts', model.steps)
+  defaults = {'edge_ops': tuple(darts[kind] for kind in genotypes.CELL_TYPES), 'partial_channels': 1,
+              'edge_normalization': False, 'aux_skip': False}
   return {name: value for name, value in variants.items() if value != defaults[name]}
 
 
@@ -224,6 +284,9 @@ class CNNSpace(SearchSpace):
                        f'{", ".join(genotypes.SEARCH_SPACES)}.')
     if model.get('search_space', 'darts') == 's1' and model.steps != 4:
       raise ValueError(f'model.search_space s1 is defined for cells of 4 nodes: set model.steps=4 (got {model.steps}).')
+    edge_ops(model)
+    if not 0 <= model.get('skip_dropout', 0.0) < 1:
+      raise ValueError(f'model.skip_dropout ({model.skip_dropout}) must be in [0, 1) (0: no dropout).')
     groups = model.get('partial_channels', 1)
     if groups < 1 or model.init_channels % groups or (groups > 1 and (model.init_channels // groups) % 2):
       raise ValueError(f'model.partial_channels ({groups}) must divide model.init_channels ({model.init_channels}) '
@@ -287,8 +350,12 @@ class CNNSpace(SearchSpace):
     # Every schedule starts at model.aux_skip_weight.
     init = lambda rng: create_search_state(rng, model, image_shape, weight_tx, arch_tx,
                                            aux_skip_weight=config.model.get('aux_skip_weight', 0.0) or 1.0)
+    skip_dropout = None
+    if config.model.get('skip_dropout', 0.0) > 0:
+      skip_dropout = relaxations.skip_dropout_schedule(config.model.skip_dropout, config.num_epochs,
+                                                       config.arch_warmup_epochs, steps_per_epoch)
     problem = search_problem(model, schedule, train_preprocess, momentum=config.momentum,
-                             weight_decay=config.weight_decay, aux_skip=aux_skip)
+                             weight_decay=config.weight_decay, aux_skip=aux_skip, skip_dropout=skip_dropout)
 
     def batches(epoch: int, start: int, seed: int):
       """(train, validation) batches from two separately shuffled streams."""
@@ -336,7 +403,7 @@ class CNNSpace(SearchSpace):
         learning_rate=lambda step: float(schedule(step)), arch_penalty=arch_penalty)
 
   def _primitives(self) -> genotypes.EdgePrimitives:
-    return genotypes.edge_primitives(self.config.model.get('search_space', 'darts'), self.config.model.steps)
+    return edge_ops(self.config.model)
 
   def derive_genotype(self, alphas: PyTree, weights: PyTree | None = None) -> genotypes.Genotype:
     steps, multiplier = self.config.model.steps, self.config.model.multiplier
@@ -444,7 +511,7 @@ def _architecture_cost(config: ml_collections.ConfigDict, workdir: Path, num_cla
   network = dict(C=config.model.init_channels, layers=config.model.layers, num_classes=num_classes,
                  image_size=tuple(image_shape[:2]), in_channels=image_shape[-1], steps=config.model.steps,
                  multiplier=config.model.multiplier, stem_multiplier=config.model.stem_multiplier,
-                 primitives=genotypes.edge_primitives(config.model.get('search_space', 'darts'), config.model.steps))
+                 primitives=edge_ops(config.model))
   if config.cost.metric == 'latency':
     from darts_jax.cnn import latency  # pylint: disable=import-outside-toplevel  (measures on the device: slow)
     table = latency.LatencyTable(config.cost.latency_cache or None, depthwise_impl=config.model.depthwise_impl)

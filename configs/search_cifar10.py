@@ -99,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.early_stopping.max_skip = 2  # darts_plus: stop at this many skip_connect ops in the normal cell
   config.early_stopping.patience = 10  # stability: stop after this many epochs without a change of architecture
 
+  # The derivation after the search (darts_jax.tasks.selection, run by darts-search): magnitude is DARTS's rule on
+  # the final alphas (genotype.json); pt (DARTS-PT) and best_of_n also write <workdir>/selection_<name>/genotype.json.
+  config.selection = 'magnitude'  # magnitude | pt | best_of_n
+  config.selection_quick = False  # pt/best_of_n at the quick options (10 tuning steps, 4 batches, 20 samples)
+
   config.cost = ml_collections.ConfigDict()  # resource-aware search (darts_jax.cnn.cost); off with weight 0
   config.cost.metric = 'macs'  # params | macs | latency (ms, measured on this device): the cost of each choice
   config.cost.weight = 0.0  # lambda of the cost term in the validation loss; 0: none (the paper)

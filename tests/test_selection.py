@@ -126,3 +126,26 @@ def test_random_search_with_weight_sharing_keeps_the_best_sample(tmp_path):
     weights = space.genotype_weights(tuple(s['genotype']['ops']), np.zeros((3, 5), np.float32))
     assert s['valid_accuracy'] == pytest.approx(_accuracy(state.params, weights, config), abs=1 / 512)
   assert space.load_genotype(str(workdir / 'selection_best_of_n')) == expected[record['best']]
+
+
+def test_search_command_line_derives_by_the_configs_selection(tmp_path):
+  """``darts-search --config.selection=pt`` (DARTS-PT after the search) writes ``selection_pt/`` beside the search's
+  genotype, with the quick options of ``--config.selection_quick``; an unknown selection is one line before any
+  search."""
+  config_file = tmp_path / 'example_config.py'
+  config_file.write_text('from example_space import search_config\n\n\ndef get_config():\n'
+                         '  config = search_config()\n  config.selection = "magnitude"\n'
+                         '  config.selection_quick = False\n  return config\n')
+  env = {**__import__('os').environ, 'PYTHONPATH': str(__import__('pathlib').Path(example_space.__file__).parent)}
+  command = [sys.executable, '-m', 'darts_jax.cli.search', '--config', str(config_file), '--workdir',
+             str(tmp_path / 'run'), '--config.num_epochs=1']
+  bad = subprocess.run(command + ['--config.selection=largest'], env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and 'Traceback' not in bad.stderr
+  assert "Unknown config.selection 'largest'" in bad.stderr and not (tmp_path / 'run' / 'genotype.json').exists()
+  done = subprocess.run(command + ['--config.selection=pt', '--config.selection_quick=True'], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  record = json.loads((tmp_path / 'run' / 'selection_pt' / 'selection.json').read_text())
+  assert record['method'] == 'pt' and record['options']['tune_steps'] == 10
+  assert len(record['order']) == len(EDGES)
+  assert (tmp_path / 'run' / 'genotype.json').is_file()

@@ -35,7 +35,7 @@ from darts_jax.bilevel import step as bilevel_step
 from darts_jax.cnn.ops import DEPTHWISE_IMPLS, resolve_depthwise_impl
 from darts_jax.cnn.supernet import DTYPES, SearchNetwork
 from darts_jax.spaces import cnn as cnn_space
-from darts_jax.training import optimizers
+from darts_jax.training import optimizers, parallel
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--profile', metavar='DIR',
                       help='trace one more step into DIR (XLA:CPU per-kernel events, TensorBoard/Perfetto) and report '
                            'kernel time by operation (`kernel_profile`)')
+  parser.add_argument('--opt-level', type=int, choices=range(4), default=None,
+                      help="XLA:CPU's backend (LLVM) optimisation level of the step (default: XLA's, 3)")
   parser.add_argument('--seeds', type=int, default=1,
                       help='independent searches vmapped in one step, as --config.num_seeds (images_per_s sums them)')
   return parser.parse_args(argv)
@@ -86,12 +88,14 @@ def _forward_backward_step(model: SearchNetwork, preprocess: data.Preprocess):
   return step
 
 
-def time_step(step, state, batches: tuple, warmup: int, steps: int, profile_dir: str | None = None):
-  """Compiles ``step(state, *batches) -> (state, metrics)`` ahead of time, runs it ``warmup`` times, then times
+def time_step(step, state, batches: tuple, warmup: int, steps: int, profile_dir: str | None = None,
+              opt_level: int | None = None):
+  """Compiles ``step(state, *batches) -> (state, metrics)`` ahead of time (at XLA:CPU's `opt_level`), runs it
+  ``warmup`` times, then times
   ``steps`` calls (each to completion), then, with `profile_dir`, traces one more into it (`jax.profiler`).
   Returns (compiled, compile seconds, sorted step seconds, last metrics)."""
   start = time.perf_counter()
-  compiled = step.lower(state, *batches).compile()
+  compiled = step.lower(state, *batches).compile(parallel.compiler_options(opt_level))
   compile_s = time.perf_counter() - start
   metrics = None
   for _ in range(warmup):
@@ -184,14 +188,15 @@ def run(args: argparse.Namespace) -> dict:
   train_batch, val_batch = batch(), batch()
 
   compiled, compile_s, times, metrics = time_step(step, state, (train_batch, val_batch),
-                                                  args.warmup if args.steps else 0, args.steps, args.profile)
+                                                  args.warmup if args.steps else 0, args.steps, args.profile,
+                                                  args.opt_level)
   median = times[len(times) // 2] if times else None
   device = jax.devices()[0]
   result = {
       'impl': 'darts_jax', 'mode': args.mode, 'depthwise_impl': resolve_depthwise_impl(args.depthwise_impl),
       'second_order_impl': bilevel_step.resolve_passes(args.second_order_impl),
       'dtype': args.dtype, 'remat': args.remat, 'seeds': args.seeds, 'partial_channels': args.partial_channels,
-      'edge_normalization': args.edge_normalization,
+      'edge_normalization': args.edge_normalization, 'opt_level': args.opt_level,
       'params': int(sum(x.size for x in jax.tree.leaves(state.params))) // args.seeds,
       'median_step_s': median, 'min_step_s': times[0] if times else None,
       'images_per_s': args.seeds * args.batch / median if times else None,

@@ -7,13 +7,14 @@ writes ``DIR/model.jax_export`` (default ``DIR = WORKDIR/export``), the serializ
     logits = f(images)        images: uint8 (N, H, W, C), pixel values 0..255;  logits: float32 (N, num_classes)
 
 for any batch size N (a symbolic dimension): the eval-mode network (BN with running statistics, no drop path, no
-auxiliary head) of the workdir's latest checkpoint, its weights as constants, with the training's input
-preprocessing (resize to ``data.image_size`` if set, normalisation by the dataset's mean and std) inside; an
-ImageNet network takes the evaluation crops (``data.image_size``, e.g. 224x224, `data.imagenet.center_crop`). It is
-lowered for CPU and CUDA, each with its own depthwise formulation (`platform_depthwise_impls`: ``'auto'`` is resolved
-per platform, not for the exporting host). Beside it, ``model.json`` holds the input spec (``input_shape`` with
-``null`` for N, ``input_dtype``, ``layout``), ``class_names`` by output index, ``num_classes``, ``dataset``, the
-``genotype``, ``step``, ``platforms``, ``depthwise_impl`` by platform and the jax version that wrote it.
+auxiliary head, RobustDARTS's ``noise`` op with its fixed evaluation key) of the workdir's latest checkpoint, its
+weights as constants, with the training's input preprocessing (resize to ``data.image_size`` if set, normalisation by
+the dataset's mean and std) inside; an ImageNet network takes the evaluation crops (``data.image_size``, e.g.
+224x224, `data.imagenet.center_crop`). It is lowered for CPU and CUDA, each with its own depthwise formulation
+(`platform_depthwise_impls`: ``'auto'`` is resolved per platform, not for the exporting host). Beside it,
+``model.json`` holds the input spec (``input_shape`` with ``null`` for N, ``input_dtype``, ``layout``),
+``class_names`` by output index, ``num_classes``, ``dataset``, the ``genotype``, ``step``, ``platforms``,
+``depthwise_impl`` by platform and the jax version that wrote it.
 
 `load(path)` returns the callable back in any process with jax installed, without this package's model code (it
 needs only ``jax``): ``load('runs/x/export')(images)`` or ``load('.../model.jax_export')``.
@@ -34,6 +35,7 @@ from jax import lax
 
 from darts_jax import data
 from darts_jax.cnn import genotype_formats, ops
+from darts_jax.cnn.networks import eval_rngs
 from darts_jax.data import imagenet, retrain_data
 from darts_jax.spaces.cnn_retraining import restore_workdir
 
@@ -75,7 +77,7 @@ def export_workdir(workdir: str | os.PathLike[str], output: str | os.PathLike[st
 
   def network(impl):  # one traced function per formulation: platforms that share one share its code
     model = restored.model.clone(depthwise_impl=impl)
-    return lambda images: model.apply(variables, preprocess(None, images), train=False)[0]
+    return lambda images: model.apply(variables, preprocess(None, images), train=False, rngs=eval_rngs())[0]
 
   networks = {impl: network(impl) for impl in set(impls.values())}
 

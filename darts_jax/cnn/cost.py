@@ -15,7 +15,8 @@ same list gives the parameter count (`unit_cost`), the multiply-adds, and the la
   reduction, the stem convolutions and the 1×7/7×1 pair of ``conv_7x1_1x7`` are all convolutions as above;
 * a dense layer from n to m features: ``n·m``;
 * **not counted**: batch normalisation, ReLU, pooling (max and average), additions (node sums), identities,
-  the supernet's mixing of op outputs by their weights, concatenation, global average pooling, biases.
+  RobustDARTS's ``noise`` (a draw, no parameters), the supernet's mixing of op outputs by their weights,
+  concatenation, global average pooling, biases.
 
 **Parameters** are counted like `networks.count_params` (the original's ``count_parameters_in_MB``): weights, the BN
 scale and bias where BN is affine (every BN of an evaluation network; only the stem's in the supernet), the
@@ -54,9 +55,9 @@ FIXED_UNITS = (STEM_CIFAR, STEM_IMAGENET, PREPROCESS, PREPROCESS_REDUCE, CLASSIF
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-  """One op of a network at its shape: ``op`` (a name of `EVAL_PRIMITIVES` or `FIXED_UNITS`) reading an input of
-  ``height × width × in_channels`` with ``stride``, writing ``out_channels``; ``affine``: whether its BNs have a
-  learnable scale and shift (evaluation networks; the supernet's cell ops have none)."""
+  """One op of a network at its shape: ``op`` (a name of `EVAL_PRIMITIVES`, ``'noise'`` or `FIXED_UNITS`) reading an
+  input of ``height × width × in_channels`` with ``stride``, writing ``out_channels``; ``affine``: whether its BNs
+  have a learnable scale and shift (evaluation networks; the supernet's cell ops have none)."""
   op: str
   in_channels: int
   out_channels: int

@@ -39,8 +39,8 @@ PRIMITIVES = (
 # of the published NASNet and AmoebaNet cells.
 EVAL_PRIMITIVES = PRIMITIVES + ('sep_conv_7x7', 'conv_7x1_1x7')
 
-# Ops of the supernet that a genotype may name but a retrained network cannot
-# build: RobustDARTS's 'noise' (S4), standard normal noise of its input's shape.
+# Ops of RobustDARTS's spaces beside DARTS's, which the retrained networks build
+# too: 'noise' (S4), standard normal noise of its input's shape.
 SEARCH_ONLY_PRIMITIVES = ('noise',)
 
 Genotype = collections.namedtuple(

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from darts_jax.cnn import cost
-from darts_jax.cnn.genotypes import EVAL_PRIMITIVES, Genotype
-from darts_jax.cnn.networks import AuxiliaryHeadCIFAR, AuxiliaryHeadImageNet, NetworkCIFAR, NetworkImageNet, make_op
+from darts_jax.cnn.genotypes import EVAL_PRIMITIVES, SEARCH_ONLY_PRIMITIVES, Genotype
+from darts_jax.cnn.networks import (AuxiliaryHeadCIFAR, AuxiliaryHeadImageNet, NetworkCIFAR, NetworkImageNet, eval_rngs,
+                                    make_op)
 from darts_jax.cnn.ops import BatchNorm, FactorizedReduce, ReLUConvBN, resolve_depthwise_impl, torch_default_init
 
 DISPATCH = 'dispatch'
@@ -62,7 +63,7 @@ class _UnitModule(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     u = self.unit
-    if u.op in EVAL_PRIMITIVES:
+    if u.op in EVAL_PRIMITIVES + SEARCH_ONLY_PRIMITIVES:  # RobustDARTS's noise: timed drawing its noise
       return make_op(u.op, u.out_channels, u.stride, self.depthwise_impl)(x, False)
     if u.op == cost.PREPROCESS:
       return ReLUConvBN(u.out_channels, affine=True)(x, False)
@@ -105,7 +106,8 @@ def _filled(shapes: Any) -> Any:
 def _apply_timing(module: nn.Module, x_shape: tuple[int, ...], repeats: int, warmup: int, **call_kw: Any) -> float:
   x = jnp.full(x_shape, 0.5, jnp.float32)
   variables = _filled(jax.eval_shape(lambda: module.init(jax.random.key(0), x, **call_kw)))
-  return _time_ms(jax.jit(lambda v, x: module.apply(v, x, **call_kw)), (variables, x), repeats, warmup)
+  return _time_ms(jax.jit(lambda v, x: module.apply(v, x, rngs=eval_rngs(), **call_kw)), (variables, x), repeats,
+                  warmup)
 
 
 class LatencyTable:

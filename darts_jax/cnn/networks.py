@@ -15,6 +15,10 @@ cell is traced and compiled once: the 20-cell CIFAR network compiles 9 cell bodi
 parameters are stacked along a leading axis under ``cells/cells_{first}_{last}``; `count_params` counts elements, so
 the layout does not change the count.
 
+**RobustDARTS's noise op** (``noise``, of its space S4) returns standard normal noise of the strided input's shape in
+place of the input, in training and evaluation alike, as RobustDARTS's ``NoiseOp``. It draws from the ``'noise'`` RNG
+stream: a fresh key per training step, a fixed one (`eval_rngs`) in evaluation, so that evaluation is deterministic.
+
 **Dtypes.** The networks follow their input's dtype: ``init`` creates parameters and BN statistics in the input's
 precision, at least float32 (`ops.default_param_dtype`: float64 for a float64 input with ``jax_enable_x64``), and
 ``apply`` computes in the common dtype of input and parameters.
@@ -30,12 +34,23 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from darts_jax.cnn.genotypes import SEARCH_ONLY_PRIMITIVES, Genotype, validate_genotype
+from darts_jax.cnn.genotypes import Genotype, validate_genotype
 from darts_jax.cnn.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, avg_pool_3x3, depthwise_conv,
                            max_pool_3x3, default_param_dtype, torch_default_init)
+from darts_jax.data.augment import example_keys
 
 AUXILIARY = 'auxiliary_head'
 """Name of the auxiliary head's parameters, excluded from `count_params` like the original's count."""
+
+
+EVAL_NOISE_SEED = 0
+"""The seed of the ``'noise'`` RNG stream in evaluation (`eval_rngs`)."""
+
+
+def eval_rngs() -> dict[str, jax.Array]:
+  """The RNG streams of a network's evaluation-mode ``apply``: the ``noise`` op's, fixed so that evaluation is
+  deterministic (unused by a genotype without ``noise``)."""
+  return {'noise': jax.random.key(EVAL_NOISE_SEED)}
 
 
 def drop_path(rng: jax.Array, x: jax.Array, drop_prob: float | jax.Array, axis_name: str | None = None) -> jax.Array:
@@ -103,6 +118,22 @@ class Zero(nn.Module):
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     return jnp.zeros_like(x[:, ::self.stride, ::self.stride])
+
+
+class Noise(nn.Module):
+  """RobustDARTS's ``noise``: N(0, 1) noise of the strided input's shape, in the input's dtype, replacing the input.
+
+  Draws from the ``'noise'`` RNG stream with one key per example of the *global* batch (`data.example_keys`), so
+  that under ``pmap`` the draws do not depend on the number of devices.
+  """
+  stride: int
+  axis_name: str | None = None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    shape = x[:, ::self.stride, ::self.stride].shape
+    # `init` runs outside the mapped step, where the axis is unbound; its draws only give shapes.
+    keys = example_keys(self.make_rng('noise'), shape[0], None if self.is_initializing() else self.axis_name)
+    return jax.vmap(lambda key: jax.random.normal(key, shape[1:], x.dtype))(keys)
 
 
 class Pool(nn.Module):
@@ -187,7 +218,8 @@ class Conv7x1x1x7(nn.Module):
 
 def make_op(name: str, channels: int, stride: int, depthwise_impl: DepthwiseImpl = 'auto',
             axis_name: str | None = None, module_name: str | None = None) -> nn.Module:
-  """The module of primitive ``name`` (one of `genotypes.EVAL_PRIMITIVES`), as the original's ``OPS[name]``."""
+  """The module of primitive ``name`` (one of `genotypes.EVAL_PRIMITIVES` or RobustDARTS's ``noise``), as the
+  original's ``OPS[name]``."""
   conv_kw = dict(depthwise_impl=depthwise_impl, axis_name=axis_name, name=module_name)
   if name == 'none':
     return Zero(stride, name=module_name)
@@ -203,9 +235,8 @@ def make_op(name: str, channels: int, stride: int, depthwise_impl: DepthwiseImpl
     return DilConv(channels, int(name[-1]), stride, **conv_kw)
   if name == 'conv_7x1_1x7':
     return Conv7x1x1x7(channels, stride, axis_name=axis_name, name=module_name)
-  if name in SEARCH_ONLY_PRIMITIVES:
-    raise ValueError(f"the {name!r} op (RobustDARTS's S4) is an op of the supernet only: a genotype with it cannot be "
-                     'retrained')
+  if name == 'noise':
+    return Noise(stride, axis_name, name=module_name)
   raise ValueError(f'unknown operation {name!r}')
 
 
@@ -340,8 +371,9 @@ class CellStack(nn.Module):
       if first == last:
         s0, s1 = s1, Cell(**cell_kw, name=f'cell_{first}')(s0, s1, drop_path_prob, train)
       else:
-        scanned = nn.scan(_scan_body, variable_axes={'params': 0, 'batch_stats': 0},
-                          split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast, nn.broadcast),
+        scanned = nn.scan(_scan_body, variable_axes={'params': 0, 'batch_stats': 0, 'intermediates': 0},
+                          split_rngs={'params': True, 'dropout': True, 'noise': True},
+                          in_axes=(nn.broadcast, nn.broadcast),
                           length=last - first + 1)
         (s0, s1), _ = scanned(Cell(**cell_kw, name=f'cells_{first}_{last}'), (s0, s1), drop_path_prob, train)
       if first <= self.tap <= last:
@@ -404,6 +436,8 @@ class NetworkCIFAR(nn.Module):
     (logits, logits_aux), updates = net.apply(variables, x, train=True, drop_path_prob=0.1,
                                               rngs={'dropout': key}, mutable=['batch_stats'])
     logits, _ = net.apply(variables, x, train=False)           # logits_aux is None outside training
+    # a genotype with RobustDARTS's noise op needs its stream: rngs={'dropout': key, 'noise': key2} in training,
+    # rngs=eval_rngs() in evaluation
 
   ``drop_path_prob`` is an argument of the call, not an attribute (as the original's ``model.drop_path_prob``), so a
   traced value changes without recompiling; drop path needs a ``'dropout'`` RNG unless it is the literal 0.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from darts_jax.cnn import ops
-from darts_jax.cnn.networks import AUXILIARY, NetworkCIFAR, NetworkImageNet
+from darts_jax.cnn.networks import AUXILIARY, NetworkCIFAR, NetworkImageNet, eval_rngs
 from darts_jax.data.augment import Preprocess, make_cutout
 
 PyTree = Any
@@ -20,6 +20,7 @@ Batch = tuple[jax.Array, jax.Array]  # (uint8 images (N, H, W, C), int32 labels 
 EvalBatch = tuple[jax.Array, jax.Array, jax.Array]  # (images, labels, float mask: 1 for real examples)
 Metrics = dict[str, jax.Array]
 Network = NetworkCIFAR | NetworkImageNet
+_NOISE_STREAM = 3  # the noise op's key, a fold_in of the step's key: its split into the other three keys stays as is
 
 TRAINED_WHEN_FROZEN = ('classifier', AUXILIARY)
 """Top-level parameters that train while ``freeze_epochs`` holds the others (the stem and the cells)."""
@@ -80,11 +81,11 @@ def make_train_step(model: Network, schedule: optax.Schedule, preprocess: Prepro
   The step prepares the uint8 batch on device with `preprocess` (`darts_jax.data.make_preprocess`: augmentation,
   resizing, normalisation) and cutout of side `cutout` if > 0 (`make_cutout`), computes
   ``CE(logits) + auxiliary_weight · CE(logits_aux)`` in training mode with drop path ``drop_path_prob`` (a traced
-  scalar), and applies ``state.tx``. With `label_smoothing` ε > 0 both cross-entropies are against the smoothed
-  targets ``(1 - ε) onehot + ε / K`` (the original's ``CrossEntropyLabelSmooth`` on ImageNet). Jit it, or pmap it
-  with ``axis_name=model.axis_name`` and ``in_axes=(0, 0, None)`` (and `preprocess` built with the same axis name):
-  BN statistics and gradients are then global, random draws per example, and the step equals a single-device step on
-  the global batch.
+  scalar) and a fresh key per step for RobustDARTS's ``noise`` op, and applies ``state.tx``. With `label_smoothing`
+  ε > 0 both cross-entropies are against the smoothed targets ``(1 - ε) onehot + ε / K`` (the original's
+  ``CrossEntropyLabelSmooth`` on ImageNet). Jit it, or pmap it with ``axis_name=model.axis_name`` and
+  ``in_axes=(0, 0, None)`` (and `preprocess` built with the same axis name): BN statistics and gradients are then
+  global, random draws per example, and the step equals a single-device step on the global batch.
 
   Returns:
     The step function. ``metrics`` (equal on all devices): ``loss``, ``accuracy`` (of the main logits),
@@ -99,7 +100,9 @@ def make_train_step(model: Network, schedule: optax.Schedule, preprocess: Prepro
 
   def train_step(state: TrainState, batch: Batch, drop_path_prob: jax.Array) -> tuple[TrainState, Metrics]:
     images, labels = batch
-    augment_key, cutout_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+    step_key = jax.random.fold_in(state.rng, state.step)
+    augment_key, cutout_key, dropout_key = jax.random.split(step_key, 3)
+    noise_key = jax.random.fold_in(step_key, _NOISE_STREAM)
     x = preprocess(augment_key, images)
     if apply_cutout is not None:
       x = apply_cutout(cutout_key, x)
@@ -107,7 +110,7 @@ def make_train_step(model: Network, schedule: optax.Schedule, preprocess: Prepro
     def loss_fn(params):
       (logits, logits_aux), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, x, train=True, drop_path_prob=drop_path_prob,
-          rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+          rngs={'dropout': dropout_key, 'noise': noise_key}, mutable=['batch_stats'])
       loss = cross_entropy(logits, labels, label_smoothing)
       if logits_aux is not None:
         loss += auxiliary_weight * cross_entropy(logits_aux, labels, label_smoothing)
@@ -131,16 +134,16 @@ def make_train_step(model: Network, schedule: optax.Schedule, preprocess: Prepro
 def make_eval_step(model: Network, preprocess: Preprocess, top5: bool = False
                    ) -> Callable[[TrainState, EvalBatch], Metrics]:
   """Builds ``eval_step(state, (images, labels, mask)) -> sums``: the network in evaluation mode (BN with running
-  statistics, no drop path, no auxiliary head) on uint8 images prepared by `preprocess` (built without
-  augmentation). ``mask`` (1 for real examples, 0 for padding) lets the last batch be padded. Returns ``loss_sum``,
-  ``correct``, ``count`` and with `top5` ``correct_top5`` (label among the 5 largest logits), summed over devices
-  under ``pmap``."""
+  statistics, no drop path, no auxiliary head, the ``noise`` op's fixed key `networks.eval_rngs`) on uint8 images
+  prepared by `preprocess` (built without augmentation). ``mask`` (1 for real examples, 0 for padding) lets the
+  last batch be padded. Returns ``loss_sum``, ``correct``, ``count`` and with `top5` ``correct_top5`` (label among
+  the 5 largest logits), summed over devices under ``pmap``."""
   axis_name = model.axis_name
 
   def eval_step(state: TrainState, batch: EvalBatch) -> Metrics:
     images, labels, mask = batch
     logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                            preprocess(None, images), train=False)
+                            preprocess(None, images), train=False, rngs=eval_rngs())
     sums = {
         'loss_sum': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
         'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),

@@ -1,9 +1,9 @@
 """Datasets from their official files: `load_dataset` and the formats it reads.
 
-`load_dataset` reads Fashion-MNIST, MNIST, CIFAR-10, CIFAR-100 or ImageNet16-120 from the official files (IDX, CIFAR
-python pickles or CIFAR binary records, archived or extracted; downsampled ImageNet's pickles) or from
-tensorflow-datasets prepared data, into uint8 NHWC images and int32 labels held in host memory. TensorFlow is never
-needed; nothing is downloaded.
+`load_dataset` reads Fashion-MNIST, MNIST, CIFAR-10, CIFAR-100, ImageNet16-120 or SVHN from the official files (IDX,
+CIFAR python pickles or CIFAR binary records, archived or extracted; downsampled ImageNet's pickles; SVHN's MATLAB
+files) or from tensorflow-datasets prepared data, into uint8 NHWC images and int32 labels held in host memory.
+TensorFlow is never needed; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -270,6 +270,68 @@ _CIFAR100_FORMATS = (
 )
 
 
+# SVHN's cropped digits: MATLAB v5 files holding X (32, 32, 3, N) uint8 and y
+# (N, 1) with labels 1..10, where 10 is the digit 0.
+_SVHN_TRAIN, _SVHN_TEST, _SVHN_EXTRA = (
+    'train_32x32.mat', 'test_32x32.mat', 'extra_32x32.mat')
+
+
+def _parse_svhn_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Images (N, 32, 32, 3) and labels 0..9 (the digit) of one SVHN file."""
+  # Imported here: only SVHN needs it (scipy comes with jax).
+  # pylint: disable-next=g-import-not-at-top
+  import scipy.io
+
+  try:
+    mat = scipy.io.loadmat(path, variable_names=('X', 'y'))
+  except Exception as e:  # scipy raises ValueError, IndexError, ... for a file that is not one
+    raise ValueError(f'{path} is not a readable MATLAB file ({type(e).__name__}: '
+                     f'{str(e).splitlines()[0] if str(e) else "corrupt"}); expected '
+                     'the official SVHN cropped-digits file.') from None
+  if 'X' not in mat or 'y' not in mat:
+    raise ValueError(f'{path}: not an SVHN cropped-digits file (needs '
+                     'variables X and y).')
+  images, labels = mat['X'], np.asarray(mat['y']).reshape(-1)
+  if images.ndim != 4 or images.shape[:3] != (32, 32, 3):
+    raise ValueError(f'{path}: X has shape {images.shape}, expected '
+                     '(32, 32, 3, N).')
+  if images.shape[3] != labels.size:
+    raise ValueError(f'{path} holds {images.shape[3]} images but '
+                     f'{labels.size} labels.')
+  if labels.size and not np.all((labels >= 1) & (labels <= 10)):
+    raise ValueError(f'{path}: labels must be 1..10 (10 for the digit 0), '
+                     f'found {labels.min()}..{labels.max()}.')
+  # X[row, column, channel, example] -> NHWC; label 10 is the digit 0.
+  return (np.ascontiguousarray(images.transpose(3, 0, 1, 2), np.uint8),
+          (labels.astype(np.int32) % 10))
+
+
+def _find_svhn(directory: str, files: Sequence[str]) -> list[str] | None:
+  """Paths of `files` in `directory`; None when none is there.
+
+  Raises:
+    DatasetNotFoundError: some but not all of them are there.
+  """
+  paths = [os.path.join(directory, name) for name in files]
+  present = [os.path.isfile(p) for p in paths]
+  if not any(present):
+    return None
+  if not all(present):
+    missing = [name for name, found in zip(files, present) if not found]
+    raise DatasetNotFoundError(f'{directory} lacks {", ".join(missing)} beside '
+                     f'{", ".join(n for n, f in zip(files, present) if f)}; '
+                     'download it from http://ufldl.stanford.edu/housenumbers/.')
+  return paths
+
+
+def _load_svhn(paths: Sequence[str]) -> tuple[np.ndarray, ...]:
+  """(train_images, train_labels, test_images, test_labels) from the test
+  file (the first path) and the training files (the others)."""
+  test_images, test_labels = _parse_svhn_mat(paths[0])
+  images, labels = zip(*(_parse_svhn_mat(p) for p in paths[1:]))
+  return np.concatenate(images), np.concatenate(labels), test_images, test_labels
+
+
 # ----------------------------------------------------------------------------
 # tensorflow-datasets prepared data.
 
@@ -321,7 +383,8 @@ class _Spec:
   std: tuple[float, ...]
   subdirs: tuple[str, ...]  # Also searched below each data directory.
   how_to_get: str  # Completes "To get it: ".
-  cifar_formats: tuple[_CifarFormat, ...] = ()  # Empty: IDX files.
+  cifar_formats: tuple[_CifarFormat, ...] = ()  # Empty: IDX or .mat files.
+  svhn_files: tuple[str, ...] = ()  # SVHN's .mat files: test, then train.
   system_dirs: tuple[str, ...] = ()  # Searched when no data_dir is given.
   image_shape: tuple[int, int, int] = (28, 28, 1)  # (H, W, C) of the images.
   class_names: tuple[str, ...] = ()  # By label; empty: the labels' numbers.
@@ -385,6 +448,27 @@ DATASETS: dict[str, _Spec] = {
                     'extract both into a folder ImageNet16 (train_data_batch_1 '
                     '.. train_data_batch_10, val_data), put it '
                     f'{_INTO_DIR}.')),
+    # SVHN's cropped digits (train_32x32.mat; svhn_extra adds the 531,131
+    # easier digits of extra_32x32.mat to training); mean and std are those
+    # of train_32x32.mat.
+    'svhn': _Spec(
+        num_classes=10, mean=(0.4376821, 0.4437697, 0.47280442),
+        std=(0.19803012, 0.20101562, 0.19703614),
+        subdirs=('svhn', 'SVHN'), svhn_files=(_SVHN_TEST, _SVHN_TRAIN),
+        image_shape=(32, 32, 3), class_names=tuple('0123456789'), tfds=False,
+        how_to_get=(f'download {_SVHN_TRAIN} and {_SVHN_TEST} (Format 2: '
+                    'cropped digits, http://ufldl.stanford.edu/housenumbers/) '
+                    f'{_INTO_DIR}.')),
+    'svhn_extra': _Spec(
+        num_classes=10, mean=(0.4376821, 0.4437697, 0.47280442),
+        std=(0.19803012, 0.20101562, 0.19703614),
+        subdirs=('svhn', 'SVHN'),
+        svhn_files=(_SVHN_TEST, _SVHN_TRAIN, _SVHN_EXTRA),
+        image_shape=(32, 32, 3), class_names=tuple('0123456789'), tfds=False,
+        how_to_get=(f'download {_SVHN_TRAIN}, {_SVHN_EXTRA} and {_SVHN_TEST} '
+                    '(Format 2: cropped digits, '
+                    'http://ufldl.stanford.edu/housenumbers/) '
+                    f'{_INTO_DIR}.')),
 }
 """Known dataset names and their constants."""
 
@@ -409,6 +493,8 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
       `cifar-100-binary/` or `cifar-100-binary.tar.gz`.
     - imagenet16_120: `ImageNet16/` holding `train_data_batch_1` ..
       `train_data_batch_10` and `val_data` (not in tensorflow-datasets).
+    - svhn: `train_32x32.mat` and `test_32x32.mat`; svhn_extra also
+      `extra_32x32.mat`, in training (not read from tensorflow-datasets).
 
   * tensorflow-datasets data prepared (in array_record format) under
     `data_dir`, else `$DARTS_JAX_DATA`, else tfds' default data directory.
@@ -416,7 +502,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
 
   Args:
     name: One of 'fashion_mnist', 'mnist', 'cifar10', 'cifar100',
-      'imagenet16_120'.
+      'imagenet16_120', 'svhn', 'svhn_extra'.
     data_dir: Directory holding the data, or None for the defaults above.
 
   Returns:
@@ -425,8 +511,8 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
 
   Raises:
     ValueError: For an unknown name, or a corrupt or incomplete file.
-    DatasetNotFoundError: When no copy is found; the message lists where it
-      looked and how to get the data.
+    DatasetNotFoundError: When no copy is found, or only part of SVHN's; the
+      message lists where it looked and how to get the data.
   """
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; known: {", ".join(DATASETS)}.')
@@ -443,6 +529,9 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     if spec.cifar_formats:
       found = _find_cifar(spec.cifar_formats, directory)
       arrays = _load_cifar(*found) if found else None
+    elif spec.svhn_files:
+      paths = _find_svhn(directory, spec.svhn_files)
+      arrays = _load_svhn(paths) if paths else None
     else:
       paths = _find_idx_files(directory)
       arrays = _load_idx(paths) if paths else None

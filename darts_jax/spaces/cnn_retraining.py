@@ -33,8 +33,8 @@ auxiliary head the source lacks are re-initialised, everything else must match i
 N > 0, only the classifiers and the auxiliary head train in the first N epochs (the stem and cells stay as loaded;
 their BN statistics still follow the new data).
 
-Data order depends only on (seed, epoch) and every random draw (augmentation, cutout, drop path) only on
-(seed, step, example), so a resumed run computes what an uninterrupted one does, and so does a run on another number
+Data order depends only on (seed, epoch) and every random draw (augmentation, cutout, drop path, RobustDARTS's
+``noise`` op) only on (seed, step, example), so a resumed run computes what an uninterrupted one does, and so does a run on another number
 of devices, up to float rounding.
 """
 from __future__ import annotations

@@ -124,10 +124,55 @@ def test_supernet_with_one_hot_weights_is_the_genotypes_network():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def channel_shuffle_reference(x: np.ndarray, groups: int) -> np.ndarray:
+  """ShuffleNet's channel shuffle by its definition: output channel ``i·G + g`` is input channel ``g·(C/G) + i``."""
+  size = x.shape[-1] // groups
+  out = np.empty_like(x)
+  for g in range(groups):
+    for i in range(size):
+      out[..., i * groups + g] = x[..., g * size + i]
+  return out
+
+
+def test_pc_darts_cell_mixes_a_kth_of_the_channels_and_weighs_edges_by_beta():
+  """PC-DARTS's options of the supernet cell against the cell written out in NumPy, with the parameter-free ops'
+  one-hot weights: at K=2 an all-``skip_connect`` edge is the shuffle of its whole input (half through the op, half
+  past it), an all-``none`` edge the shuffled bypass alone (zeros where the ops' channels go); each node sums its
+  edges weighted by its β. The convolutions are built at C/K channels. Tolerance: float32 rounding of the sums."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 4, 4, 4)).astype(np.float32)
+  betas = [rng.dirichlet(np.ones(node)).astype(np.float32) for node in range(1, genotypes.NUM_NODES)]
+  cell = Cell(partial_channels=2)
+  one_hot = lambda op: np.eye(len(genotypes.OPS), dtype=np.float32)[[genotypes.OPS.index(op)] * len(genotypes.EDGES)]
+  variables = jax.jit(lambda key: cell.init(key, x, one_hot('none'), False, betas))(jax.random.key(0))
+  assert variables['params']['edge0_nor_conv_3x3']['conv']['kernel'].shape == (3, 3, 2, 2)
+  apply = jax.jit(lambda weights, betas: cell.apply(variables, x, weights, False, betas))
+  for op, edge in (('skip_connect', lambda v: v), ('none', lambda v: np.concatenate([0 * v[..., :2], v[..., 2:]], -1))):
+    nodes = [x]
+    for node, beta in enumerate(betas, 1):
+      nodes.append(sum(b * channel_shuffle_reference(edge(nodes[j]), 2) for j, b in enumerate(beta)))
+    np.testing.assert_allclose(apply(one_hot(op), betas), nodes[-1], rtol=1e-6, atol=1e-6, err_msg=op)
+
+
+def test_edge_normalization_with_unit_betas_is_the_plain_mixture():
+  """K=1 with edge weights of 1 is the plain supernet cell (float32 rounding: the sums are grouped differently)."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 4, 4, 4)).astype(np.float32)
+  weights = jax.nn.softmax(jnp.asarray(rng.normal(size=(len(genotypes.EDGES), len(genotypes.OPS))), jnp.float32))
+  ones = [np.ones(node, np.float32) for node in range(1, genotypes.NUM_NODES)]
+  cell = Cell()
+  variables = jax.jit(lambda key: cell.init(key, x, weights, False))(jax.random.key(0))
+  plain, normalised = jax.jit(lambda: (cell.apply(variables, x, weights, False),
+                                       cell.apply(variables, x, weights, False, ones)))()
+  np.testing.assert_allclose(normalised, plain, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.slow
-def test_exact_hypergradient_is_autodiff_through_the_virtual_step_in_float64():
-  """The bilevel step on the NB201 supernet (the space's problem, softmax relaxation, N=1, C=4, 8x8 images) against
-  ``jax.grad`` of ``L_val(w − η(μm + ∇_w L_train(w, α) + λw), α)`` written out here, in float64: with an SGD(1)
+@pytest.mark.parametrize('partial_channels,edge_normalization', [(1, False), (2, True)])
+def test_exact_hypergradient_is_autodiff_through_the_virtual_step_in_float64(partial_channels, edge_normalization):
+  """The bilevel step on the NB201 supernet (the space's problem, softmax relaxation, N=1, C=4, 8x8 images; also
+  with PC-DARTS's partial channels and edge normalisation) against ``jax.grad`` of
+  ``L_val(w − η(μm + ∇_w L_train(w, α) + λw), α)`` written out here, in float64: with an SGD(1)
   architecture optimizer the step's alpha update is ``−h``. Both arrangements of the passes: equal to rtol 1e-9
   (float64 rounding through a few convolution passes). Slow: three second-order programs of the network to compile
   (minutes on 2 cores); the bilevel step's arithmetic is checked fast on the example space
@@ -135,11 +180,16 @@ def test_exact_hypergradient_is_autodiff_through_the_virtual_step_in_float64():
   eta, momentum, weight_decay = 0.05, 0.9, 5e-4
   with jax.enable_x64(True):
     rng = np.random.default_rng(0)
-    model = Network(C=4, N=1, num_classes=5, affine=False)
+    model = Network(C=4, N=1, num_classes=5, affine=False, partial_channels=partial_channels,
+                    edge_normalization=edge_normalization)
     batches = [(jnp.asarray(rng.normal(size=(4, 8, 8, 3))), jnp.asarray(rng.integers(0, 5, 4), jnp.int32))
                for _ in range(2)]
     alphas = jnp.asarray(0.5 * rng.normal(size=(len(genotypes.EDGES), len(genotypes.OPS))))  # away from uniform
-    variables = model.init(jax.random.key(0), batches[0][0], jax.nn.softmax(alphas))
+    if edge_normalization:
+      alphas = {genotypes.CELL_KEY: alphas,
+                genotypes.EDGES_KEY: [jnp.asarray(rng.normal(size=node)) for node in range(1, genotypes.NUM_NODES)]}
+    softmax = lambda alphas: jax.tree.map(lambda a: jax.nn.softmax(a, -1), alphas)
+    variables = model.init(jax.random.key(0), batches[0][0], softmax(alphas))
     params, batch_stats = variables['params'], variables['batch_stats']
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float64)}
     problem = search_problem(model, optax.constant_schedule(eta), lambda key, x: x, momentum=momentum,
@@ -154,7 +204,7 @@ def test_exact_hypergradient_is_autodiff_through_the_virtual_step_in_float64():
     jax.tree.map(np.testing.assert_array_equal, momentum_buffer(state.weight_opt_state), m)
 
     def loss(params, alphas, batch):
-      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, batch[0], jax.nn.softmax(alphas, -1),
+      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, batch[0], softmax(alphas),
                               train=True, mutable=['batch_stats'])
       return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
 
@@ -167,8 +217,9 @@ def test_exact_hypergradient_is_autodiff_through_the_virtual_step_in_float64():
     for passes in ('chained', 'direct'):
       step = jax.jit(make_search_step(problem, method='exact', passes=passes, relaxation=relaxations.Relaxation()))
       stepped, _ = step(state, *batches)
-      assert stepped.alphas.dtype == jnp.float64
-      np.testing.assert_allclose(alphas - stepped.alphas, expected, rtol=1e-9, atol=1e-13, err_msg=passes)
+      assert {a.dtype for a in jax.tree.leaves(stepped.alphas)} == {jnp.dtype(jnp.float64)}
+      jax.tree.map(lambda a, b, e: np.testing.assert_allclose(a - b, e, rtol=1e-9, atol=1e-13, err_msg=passes),
+                   alphas, stepped.alphas, expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -58,6 +58,33 @@ def test_derive_rejects_bad_alphas(alphas, match):
     rnn.derive_genotype(alphas)
 
 
+@pytest.mark.parametrize('seed', range(5))
+def test_derive_with_edge_normalization_ranks_predecessors_by_weight_times_beta(seed):
+  """PC-DARTS's rule carried over to the recurrent cell: the original's parse of the weights scaled by each node's
+  softmax(β); the mixing weights themselves (``from_weights``) give the same."""
+  rng = np.random.default_rng(seed)
+  alphas = rng.normal(size=(rnn_genotypes.num_edges(), 5))
+  betas = [rng.normal(size=i + 1) for i in range(8)]
+  softmax = lambda a: np.exp(a) / np.exp(a).sum(-1, keepdims=True)
+  probs, edge_probs = softmax(alphas), [softmax(b) for b in betas]
+  scaled = probs * np.concatenate(edge_probs)[:, None]  # row offset + j belongs to predecessor j of its node
+  expected = _original_parse(scaled)
+  tree = {rnn_genotypes.OPS_KEY: alphas, rnn_genotypes.EDGES_KEY: betas}
+  assert rnn.derive_genotype(tree).recurrent == expected
+  assert rnn.derive_genotype({rnn_genotypes.OPS_KEY: probs, rnn_genotypes.EDGES_KEY: edge_probs},
+                             from_weights=True).recurrent == expected
+
+
+def test_derive_with_edge_normalization_follows_beta_over_the_ops():
+  """Node 1's ops favour predecessor 0 a little, its β favours predecessor 1 a lot: β decides."""
+  alphas = np.zeros((rnn_genotypes.num_edges(2), 5))
+  alphas[1, 1], alphas[2, 2] = 1.0, 0.5  # node 1: tanh on s0 strongest, relu on s1 next
+  betas = [np.zeros(1), np.array([0.0, 3.0])]
+  assert rnn.derive_genotype(alphas, steps=2).recurrent[1] == ('tanh', 0)
+  tree = {rnn_genotypes.OPS_KEY: alphas, rnn_genotypes.EDGES_KEY: betas}
+  assert rnn.derive_genotype(tree, steps=2).recurrent[1] == ('relu', 1)
+
+
 def test_published_genotypes():
   assert rnn.PRIMITIVES == ('none', 'tanh', 'relu', 'sigmoid', 'identity')
   assert rnn.DARTS is rnn.DARTS_V2
@@ -144,6 +171,9 @@ def test_num_params_matches_the_parameter_trees(tiny):
   variables = jax.eval_shape(lambda: rnn.RNNModelSearch(NTOKEN, NHID, NHID).init(
       jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, NHID)), jnp.zeros((36, 5)), train=False))
   assert _num_params(variables) == rnn.num_params(NTOKEN, NHID, NHID)
+  variables = jax.eval_shape(lambda: rnn.RNNModelSearch(NTOKEN, NHID, NHID, partial_channels=2).init(
+      jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, NHID)), jnp.zeros((36, 5)), train=False))
+  assert _num_params(variables) == rnn.num_params(NTOKEN, NHID, NHID, partial_channels=2)
   for genotype in (rnn.DARTS_V1, rnn.ENAS):
     variables = jax.eval_shape(lambda: rnn.RNNModel(NTOKEN, NHID, NHID, genotype=genotype).init(
         jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, NHID)), train=False))
@@ -198,6 +228,68 @@ def test_search_model_matches_reference(tiny):
   log_probs, h_last, *_ = jax.jit(lambda: search.apply(variables, tokens, hidden, alphas, train=False))()
   ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, cell)
   # float32 through 5 steps of 9 normalised states: agreement to ~1e-5.
+  np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
+  np.testing.assert_allclose(h_last, ref_h, atol=1e-4)
+
+
+def test_mixing_weights_are_the_softmax_supernet_bit_for_bit(tiny):
+  """``mixing='weights'`` given softmax(alphas), as the search's default relaxation computes them, is the supernet
+  that softmaxes the alphas itself (with ``partial_channels=1``): the same bits on one machine, in training."""
+  tokens, hidden, alphas, search, variables = tiny
+  by_weights = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS, mixing='weights', partial_channels=1)
+  rngs = {'dropout': jax.random.key(0)}
+  plain, mixed = jax.jit(lambda alphas: (
+      search.apply(variables, tokens, hidden, alphas, train=True, rngs=rngs, mutable=['batch_stats']),
+      by_weights.apply(variables, tokens, hidden, jax.nn.softmax(alphas), train=True, rngs=rngs,
+                       mutable=['batch_stats'])))(alphas)
+  jax.tree.map(np.testing.assert_array_equal, mixed, plain)
+
+
+def _pc_search_cell(probs, betas, groups, bn):
+  """The search cell with PC-DARTS's options as this project carries them over (rnn.model's docstring), written out:
+  node i reads the first NHID/K units of each predecessor, mixes its activations on them, joins the other units
+  unchanged, shuffles the units in K groups (`channel_shuffle_reference`) and weighs predecessor j by β_i[j]."""
+  from test_nb201 import channel_shuffle_reference
+  units = NHID // groups
+
+  def cell(s0, Ws):
+    states, offset = [bn(s0)], 0
+    for i in range(STEPS):
+      s = 0
+      for j in range(i + 1):
+        part = states[j][:, :units]
+        c, hh = np.split(part @ Ws[i], 2, axis=-1)
+        mixed = sum(probs[offset + j, k] * (part + _sigmoid(c) * (_NP_ACTS[name](hh) - part))
+                    for k, name in enumerate(rnn.PRIMITIVES[1:], 1))
+        s = s + betas[i][j] * channel_shuffle_reference(np.concatenate([mixed, states[j][:, units:]], -1), groups)
+      states.append(bn(s))
+      offset += i + 1
+    return np.mean(states[-8:], 0)
+
+  return cell
+
+
+@pytest.mark.parametrize('groups,weights', [(2, 'random'), (2, 'none'), (1, 'random')])
+def test_pc_darts_search_model_matches_reference(tiny, groups, weights):
+  """PC-DARTS's partial channels (K units groups) and edge normalisation against the cell written out in float64
+  NumPy, in evaluation mode, from mixing weights: random ones, or all on ``none`` (each node then sums the shuffled
+  bypass of its predecessors, weighted by β, zeros where the activations' units go). Tolerance as the plain cell's."""
+  tokens, hidden, *_ = tiny
+  rng = np.random.default_rng(groups)
+  if weights == 'none':
+    probs = np.eye(5)[np.zeros(rnn_genotypes.num_edges(STEPS), int)]
+  else:
+    probs = rng.dirichlet(np.ones(5), rnn_genotypes.num_edges(STEPS))
+  betas = [rng.dirichlet(np.ones(i + 1)) for i in range(STEPS)]
+  tree = {rnn_genotypes.OPS_KEY: jnp.asarray(probs, jnp.float32),
+          rnn_genotypes.EDGES_KEY: [jnp.asarray(b, jnp.float32) for b in betas]}
+  search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS, mixing='weights', partial_channels=groups,
+                              edge_normalization=True)
+  variables = jax.jit(lambda key: search.init(key, tokens, hidden, tree, train=False))(jax.random.key(3))
+  assert variables['params']['Ws'].shape == (STEPS, NHID // groups, 2 * NHID // groups)
+  log_probs, h_last, *_ = jax.jit(lambda tree: search.apply(variables, tokens, hidden, tree, train=False))(tree)
+  cell = _pc_search_cell(probs, betas, groups, lambda s: s / np.sqrt(1 + 1e-5))
+  ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, cell)
   np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
   np.testing.assert_allclose(h_last, ref_h, atol=1e-4)
 

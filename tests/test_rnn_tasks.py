@@ -5,12 +5,15 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from darts_jax.training.config_utils import load_config_module
 from darts_jax import rnn
 from darts_jax.data import DatasetNotFoundError, text
 from darts_jax.bilevel import step as bilevel_step
+from darts_jax.dynamics import relaxations
+from darts_jax.rnn import genotypes as rnn_genotypes
 from darts_jax.spaces import rnn as rnn_space
 from darts_jax.spaces import rnn_retraining
 from darts_jax.tasks import retrain, search
@@ -211,6 +214,88 @@ def test_second_order_passes_chained_equal_direct(method):
                  getattr(states['chained'], field), getattr(states['direct'], field))
   # Two Adam steps of 3e-2 take the alphas from 1e-3 · N(0, 1) to about ±6e-2: far beyond the tolerance.
   assert np.abs(np.asarray(states['direct'].alphas)).max() > 3e-2
+
+
+def _pc_darts_case(rng, dtype):
+  """A 2-node supernet of 8 units with PC-DARTS's options (K=2, edge normalisation) taking mixing weights, without
+  dropout; O(1) alphas (a non-uniform softmax); two (train, validation) batches of 2 x 5 tokens that continue the
+  carried hidden states."""
+  model = rnn.RNNModelSearch(ntoken=20, ninp=8, nhid=8, steps=2, dropout=0.0, dropouth=0.0, dropoutx=0.0,
+                             dropouti=0.0, mixing='weights', partial_channels=2, edge_normalization=True)
+  alphas = {rnn_genotypes.OPS_KEY: jnp.asarray(rng.normal(size=(3, 5)), dtype),
+            rnn_genotypes.EDGES_KEY: [jnp.asarray(rng.normal(size=i + 1), dtype) for i in range(2)]}
+  hidden = [jnp.asarray(0.5 * rng.normal(size=(2, 8)), dtype) for _ in range(2)]
+  batches = tuple((rng.integers(0, 20, (2, 5), np.int32), rng.integers(0, 20, (2, 5), np.int32),
+                   np.full(2, 5, np.int32), np.zeros(2, np.int32)) for _ in range(2))
+  return model, alphas, hidden, batches
+
+
+@pytest.mark.slow
+def test_exact_hypergradient_with_pc_darts_is_autodiff_through_the_virtual_step_in_float64():
+  """The bilevel step on the recurrent supernet with partial channels and edge normalisation (the space's problem,
+  softmax relaxation) against ``jax.grad`` of ``L_val(w − η(∇_w L_train(w, α) + λw), α)`` written out here, in
+  float64 (the clip set out of reach: its coefficient is 1; tests above cover it): with an SGD(1) architecture
+  optimizer the step's alpha update is ``−h``, β's included. Tolerance: float64 rounding through 5 time steps.
+  Slow: a second-order program of the recurrent scan and its autodiff reference to compile (~30 s on 2 cores)."""
+  eta, weight_decay = 0.5, 1e-3
+  with jax.enable_x64(True):
+    model, alphas, (hidden, hidden_valid), (train, val) = _pc_darts_case(np.random.default_rng(0), jnp.float64)
+    softmax = lambda alphas: jax.tree.map(lambda a: jax.nn.softmax(a, -1), alphas)
+    variables = model.init(jax.random.key(0), train[0], hidden, softmax(alphas), train=False)
+    params, batch_stats = variables['params'], variables['batch_stats']
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float64)}
+    problem = rnn_space.search_problem(model, learning_rate=eta, bptt=5, weight_decay=weight_decay, grad_clip=1e9,
+                                       tar=0.0)
+    weight_tx, sgd = optimizers.clipped_sgd(weight_decay=weight_decay, grad_clip=1e9), optax.sgd(1.0)
+    state = bilevel_step.SearchState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, alphas=alphas,
+        weight_opt_state=weight_tx.init(params), arch_opt_state=sgd.init(alphas), rng=jax.random.key(1),
+        carry={'hidden': hidden, 'hidden_valid': hidden_valid}, weight_tx=weight_tx, arch_tx=sgd)
+
+    def nll(params, alphas, batch, hidden):
+      (log_probs, *_), _ = model.apply({'params': params, 'batch_stats': batch_stats}, batch[0], hidden,
+                                       softmax(alphas), train=True, rngs={'dropout': jax.random.key(0)},
+                                       mutable=['batch_stats'])
+      return -jnp.mean(jnp.take_along_axis(log_probs, batch[1][..., None], -1))
+
+    def validation_after_virtual_step(alphas):
+      g = jax.grad(nll)(params, alphas, train, hidden)
+      w_prime = jax.tree.map(lambda w, g_: w - eta * (g_ + weight_decay * w), params, g)
+      return nll(w_prime, alphas, val, hidden_valid)
+
+    expected = jax.jit(jax.grad(validation_after_virtual_step))(alphas)
+    step = jax.jit(bilevel_step.make_search_step(problem, method='exact', relaxation=relaxations.Relaxation()))
+    stepped, _ = step(state, train, val)
+    assert {a.dtype for a in jax.tree.leaves(stepped.alphas)} == {jnp.dtype(jnp.float64)}
+    jax.tree.map(lambda a, b, e: np.testing.assert_allclose(a - b, e, rtol=1e-9, atol=1e-13),
+                 alphas, stepped.alphas, expected)
+    # Every leaf has a gradient to check, but node 0's one β: the softmax of one entry is 1.
+    assert all(np.abs(e).max() > 1e-6 for e in jax.tree.leaves(expected) if e.size > 1)
+
+
+def test_sdarts_adv_attacks_the_weight_step_only():
+  """SDARTS-ADV on the recurrent space (its supernet takes the relaxation's mixing weights, β's included): the
+  architecture step is the plain one (same alphas, to float32 rounding of two differently fused programs) and the
+  weight step trains at weights that raise its loss."""
+  model, alphas, (hidden, hidden_valid), (train, val) = _pc_darts_case(np.random.default_rng(1), jnp.float32)
+  problem = rnn_space.search_problem(model, learning_rate=20.0, bptt=5, weight_decay=5e-7, grad_clip=0.25)
+  state = rnn_space.create_search_state(jax.random.key(0), model, 2,
+                                        optimizers.clipped_sgd(weight_decay=5e-7, grad_clip=0.25), optax.sgd(1.0))
+  # Node matrices of O(1) entries (the init's ±0.04 leaves the activations nearly linear: the mixture matters little).
+  params = {**state.params, 'Ws': 25 * state.params['Ws']}
+  state = state.replace(params=params, alphas=alphas, carry={'hidden': hidden, 'hidden_valid': hidden_valid})
+
+  def attack(key, weights, step, loss_and_grad):
+    return relaxations.adversarial_perturbation(key, weights, 0.3, loss_and_grad, steps=2)
+
+  def run(perturbation):
+    return jax.jit(bilevel_step.make_search_step(problem, method='first_order', relaxation=relaxations.Relaxation(),
+                                                 weight_perturbation=perturbation))(state, train, val)
+
+  (attacked, attacked_metrics), (plain, plain_metrics) = run(attack), run(None)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), attacked.alphas, plain.alphas)
+  assert attacked_metrics['loss'] > plain_metrics['loss'] + 1e-2
+  assert not np.allclose(attacked.params['Ws'], plain.params['Ws'])
 
 
 def test_search_config_errors(corpus_dir, tmp_path):

@@ -3,6 +3,7 @@ input's shape, replacing the input), its RNG stream (a key per training step, a 
 example of the global batch, a fresh one per scanned cell), its cost (no parameters, no multiply-adds, a timed
 latency), the PyTorch interop (no tensors), and an S4 genotype retrained by run_retrain.py on SVHN's files.
 """
+import functools
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ S4_WITHOUT_NOISE = Genotype(**{k: [(('none' if op == 'noise' else op), i) for op
                                for k, v in S4._asdict().items()})
 
 
+@functools.partial(jax.jit, static_argnames=('stride', 'axis_name'))
 def _noise(x, key, stride=1, axis_name=None):
   op = networks.make_op('noise', x.shape[-1], stride, axis_name=axis_name)
   return op.apply({}, x, True, rngs={'noise': key})
@@ -74,8 +76,8 @@ def test_scanned_cells_draw_their_own_noise():
   x = jnp.ones((2, 4, 4, channels))
   variables = jax.eval_shape(lambda: stack.init(jax.random.key(0), x, x, 0.0, False))
   variables = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), variables)
-  _, state = stack.apply(variables, x, x, 0.0, False, rngs={'noise': jax.random.key(1)}, capture_intermediates=True,
-                         mutable=['intermediates'])
+  _, state = jax.jit(lambda v: stack.apply(v, x, x, 0.0, False, rngs={'noise': jax.random.key(1)},
+                                           capture_intermediates=True, mutable=['intermediates']))(variables)
   cells = state['intermediates']['cells_0_2']
   op0, op1 = cells['op0']['__call__'][0], cells['op1']['__call__'][0]  # (cell, N, H, W, C)
   assert op0.shape == (3, 2, 4, 4, channels)

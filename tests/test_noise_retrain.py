@@ -20,6 +20,7 @@ import scipy.stats
 from darts_jax import convert, data, export
 from darts_jax.cli import evaluate
 from darts_jax.cnn import cost, genotype_formats, latency, networks, train_step
+from darts_jax.cnn import genotypes
 from darts_jax.cnn.genotypes import Genotype
 from darts_jax.spaces import cnn_retraining
 
@@ -100,6 +101,12 @@ def test_noise_counts_no_parameters_no_multiply_adds_and_is_timed(tmp_path):
   assert built[0] == built[1] == cost.network_cost(S4, **kw).params
   table = latency.LatencyTable(tmp_path, repeats=1, warmup=1)
   assert table.lookup(cost.Unit('noise', 4, 4, 8, 8, 2)) > 0 and table.measured == 1
+  # A latency cost term of an S4 search (one reduction cell of one node) times its noise columns.
+  arch = latency.architecture_latency(table, C=2, layers=1, image_size=4, steps=1,
+                                      primitives=genotypes.edge_primitives('s4', 1))
+  assert arch.tables['reduce'].shape == (2, 2) and np.all(np.isfinite(arch.tables['reduce']))
+  timed = {key.rsplit('/', 2)[0] for key in table.entries if key.startswith('noise')}
+  assert timed == {cost.Unit('noise', 4, 4, 8, 8, 2).key, cost.Unit('noise', 4, 4, 4, 4, 2).key}  # C doubled
 
 
 def test_pytorch_interop_has_no_tensors_for_noise():

@@ -13,11 +13,12 @@ they do not depend on the number of devices.
 output channels equal) are identical functions of different weights; they run as one `nn.scan`, so each distinct
 cell is traced and compiled once: the 20-cell CIFAR network compiles 9 cell bodies, not 20. The scanned cells'
 parameters are stacked along a leading axis under ``cells/cells_{first}_{last}``; `count_params` counts elements, so
-the layout does not change the count.
+the layout does not change the count. ``capture_intermediates`` stacks the scanned cells' intermediates the same way.
 
 **RobustDARTS's noise op** (``noise``, of its space S4) returns standard normal noise of the strided input's shape in
 place of the input, in training and evaluation alike, as RobustDARTS's ``NoiseOp``. It draws from the ``'noise'`` RNG
 stream: a fresh key per training step, a fixed one (`eval_rngs`) in evaluation, so that evaluation is deterministic.
+Drop path applies to it as to every op but identities, as in RobustDARTS's cells.
 
 **Dtypes.** The networks follow their input's dtype: ``init`` creates parameters and BN statistics in the input's
 precision, at least float32 (`ops.default_param_dtype`: float64 for a float64 input with ``jax_enable_x64``), and

@@ -269,29 +269,32 @@ def _pc_search_cell(probs, betas, groups, bn):
   return cell
 
 
-@pytest.mark.parametrize('groups,weights', [(2, 'random'), (2, 'none'), (1, 'random')])
-def test_pc_darts_search_model_matches_reference(tiny, groups, weights):
-  """PC-DARTS's partial channels (K units groups) and edge normalisation against the cell written out in float64
-  NumPy, in evaluation mode, from mixing weights: random ones, or all on ``none`` (each node then sums the shuffled
-  bypass of its predecessors, weighted by β, zeros where the activations' units go). Tolerance as the plain cell's."""
+@pytest.mark.parametrize('groups', [2, 1])
+def test_pc_darts_search_model_matches_reference(tiny, groups):
+  """PC-DARTS's partial channels (K groups of units) and edge normalisation against the cell written out in float64
+  NumPy, in evaluation mode, from mixing weights: random ones, and at K=2 all on ``none`` (each node then sums the
+  shuffled bypass of its predecessors, weighted by β, zeros where the activations' units go). Tolerance as the plain
+  cell's."""
   tokens, hidden, *_ = tiny
   rng = np.random.default_rng(groups)
-  if weights == 'none':
-    probs = np.eye(5)[np.zeros(rnn_genotypes.num_edges(STEPS), int)]
-  else:
-    probs = rng.dirichlet(np.ones(5), rnn_genotypes.num_edges(STEPS))
-  betas = [rng.dirichlet(np.ones(i + 1)) for i in range(STEPS)]
-  tree = {rnn_genotypes.OPS_KEY: jnp.asarray(probs, jnp.float32),
-          rnn_genotypes.EDGES_KEY: [jnp.asarray(b, jnp.float32) for b in betas]}
   search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS, mixing='weights', partial_channels=groups,
                               edge_normalization=True)
-  variables = jax.jit(lambda key: search.init(key, tokens, hidden, tree, train=False))(jax.random.key(3))
+  as_tree = lambda probs, betas: {rnn_genotypes.OPS_KEY: jnp.asarray(probs, jnp.float32),
+                                  rnn_genotypes.EDGES_KEY: [jnp.asarray(b, jnp.float32) for b in betas]}
+  betas = [rng.dirichlet(np.ones(i + 1)) for i in range(STEPS)]
+  cases = [rng.dirichlet(np.ones(5), rnn_genotypes.num_edges(STEPS))]
+  if groups > 1:
+    cases.append(np.eye(5)[np.zeros(rnn_genotypes.num_edges(STEPS), int)])
+  variables = jax.jit(lambda key: search.init(key, tokens, hidden, as_tree(cases[0], betas), train=False))(
+      jax.random.key(3))
   assert variables['params']['Ws'].shape == (STEPS, NHID // groups, 2 * NHID // groups)
-  log_probs, h_last, *_ = jax.jit(lambda tree: search.apply(variables, tokens, hidden, tree, train=False))(tree)
-  cell = _pc_search_cell(probs, betas, groups, lambda s: s / np.sqrt(1 + 1e-5))
-  ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, cell)
-  np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
-  np.testing.assert_allclose(h_last, ref_h, atol=1e-4)
+  apply = jax.jit(lambda tree: search.apply(variables, tokens, hidden, tree, train=False))
+  for probs in cases:
+    log_probs, h_last, *_ = apply(as_tree(probs, betas))
+    cell = _pc_search_cell(probs, betas, groups, lambda s: s / np.sqrt(1 + 1e-5))
+    ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, cell)
+    np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
+    np.testing.assert_allclose(h_last, ref_h, atol=1e-4)
 
 
 def test_search_model_in_training_matches_reference(tiny):

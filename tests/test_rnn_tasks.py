@@ -218,7 +218,7 @@ def test_second_order_passes_chained_equal_direct(method):
 
 def _pc_darts_case(rng, dtype):
   """A 2-node supernet of 8 units with PC-DARTS's options (K=2, edge normalisation) taking mixing weights, without
-  dropout; O(1) alphas (a non-uniform softmax); two (train, validation) batches of 2 x 5 tokens that continue the
+  dropout (the init's node matrices, ±0.04, leave the activations nearly linear: the tests scale them); O(1) alphas (a non-uniform softmax); two (train, validation) batches of 2 x 5 tokens that continue the
   carried hidden states."""
   model = rnn.RNNModelSearch(ntoken=20, ninp=8, nhid=8, steps=2, dropout=0.0, dropouth=0.0, dropoutx=0.0,
                              dropouti=0.0, mixing='weights', partial_channels=2, edge_normalization=True)
@@ -242,7 +242,9 @@ def test_exact_hypergradient_with_pc_darts_is_autodiff_through_the_virtual_step_
     model, alphas, (hidden, hidden_valid), (train, val) = _pc_darts_case(np.random.default_rng(0), jnp.float64)
     softmax = lambda alphas: jax.tree.map(lambda a: jax.nn.softmax(a, -1), alphas)
     variables = model.init(jax.random.key(0), train[0], hidden, softmax(alphas), train=False)
-    params, batch_stats = variables['params'], variables['batch_stats']
+    # Node matrices of O(1) entries, as in the attack's test (`_pc_darts_case`).
+    params = {**variables['params'], 'Ws': 25 * variables['params']['Ws']}
+    batch_stats = variables['batch_stats']
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float64)}
     problem = rnn_space.search_problem(model, learning_rate=eta, bptt=5, weight_decay=weight_decay, grad_clip=1e9,
                                        tar=0.0)
@@ -281,7 +283,6 @@ def test_sdarts_adv_attacks_the_weight_step_only():
   problem = rnn_space.search_problem(model, learning_rate=20.0, bptt=5, weight_decay=5e-7, grad_clip=0.25)
   state = rnn_space.create_search_state(jax.random.key(0), model, 2,
                                         optimizers.clipped_sgd(weight_decay=5e-7, grad_clip=0.25), optax.sgd(1.0))
-  # Node matrices of O(1) entries (the init's ±0.04 leaves the activations nearly linear: the mixture matters little).
   params = {**state.params, 'Ws': 25 * state.params['Ws']}
   state = state.replace(params=params, alphas=alphas, carry={'hidden': hidden, 'hidden_valid': hidden_valid})
 

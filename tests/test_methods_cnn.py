@@ -90,7 +90,7 @@ OP_SETS = {'normal': [['skip_connect', 'sep_conv_3x3'] if e % 2 else ['max_pool_
            'reduce': [['none', 'skip_connect']] * EDGES}
 
 
-def test_explicit_edge_ops_build_only_the_listed_ops_and_the_genotype_honours_them():
+def test_explicit_edge_ops_build_only_the_listed_ops_and_the_genotype_honours_them(tmp_path):
   config = _edge_ops_config(OP_SETS)
   space = cnn_space.CNNSpace(config)
   space.check_search_config()
@@ -128,6 +128,12 @@ def test_explicit_edge_ops_build_only_the_listed_ops_and_the_genotype_honours_th
                  for i, (op, j) in enumerate(getattr(genotype, kind)))
     assert dynamics.same_architecture(space.derive_genotype(space.genotype_weights(genotype, alphas)), genotype)
   assert all(op == 'skip_connect' for op, _ in genotype.reduce)
+  # The cost tables too: a column per op of each edge, the identity and 'none' free, the convolutions not.
+  tables = cnn_space._architecture_cost(config, tmp_path, 10, (16, 16, 1)).tables
+  normal = tables['normal']
+  assert normal.shape == (EDGES, 2) and tables['reduce'].shape == (EDGES, 2)
+  assert np.all(normal[1::2, 0] == 0) and np.all(normal[1::2, 1] > 0) and np.all(normal[::2, 1] > 0)
+  assert np.all(tables['reduce'][:, 0] == 0)
 
 
 @pytest.mark.parametrize('edge_ops, message', [
@@ -211,7 +217,7 @@ def test_skip_dropout_rate_and_key_reach_the_training_passes_only():
                                         optimizers.arch_optimizer(0.3))
   problem = cnn_space.search_problem(model, schedule, data.make_preprocess(MEAN, STD), skip_dropout=rate)
   (train, val), = _batches(1)
-  prepare = jax.jit(problem.prepare)
+  prepare = problem.prepare
   at_7 = state.replace(step=jnp.asarray(7, jnp.int32))
   (*_, train_extras), (*_, val_extras) = prepare(at_7, train, val)
   again, = prepare(at_7, train, val)[:1]

@@ -20,9 +20,9 @@ edge's ops, ``none`` excluded, with at most ``pdarts.max_skips`` skip connection
 derived again, until the count is reached). ``<workdir>/pdarts.json`` holds every stage's op sets and the genotypes
 before and after the limit.
 
-The stages need the CNN space's per-edge op sets, skip dropout and weight-only warm-up: the config keys
-``model.edge_ops``, ``model.skip_dropout`` and ``arch_warmup_epochs`` (`STAGE_KEYS`); `pdarts` refuses a config
-without them.
+The stages need a space with per-edge op sets, skip dropout and a weight-only warm-up: the config keys
+``model.edge_ops``, ``model.skip_dropout`` and ``arch_warmup_epochs`` (`STAGE_KEYS`), which the CNN space's configs
+define (`darts_jax.spaces.cnn`); `pdarts` refuses a config without them.
 """
 from __future__ import annotations
 

@@ -176,9 +176,9 @@ class MixedEdges(nn.Module):
     per_edge_skip = s == 2 or (train and dropout_key is not None)
     if op_edges['skip_connect']:
       if s == 1 and per_edge_skip:  # P-DARTS's dropout: each edge's identity with a mask of its own
-        rate = jnp.asarray(skip_dropout_rate, x.dtype)
+        rate = jnp.asarray(skip_dropout_rate, jnp.promote_types(x.dtype, jnp.float32))  # drawn at >= float32
         keep = jax.random.bernoulli(dropout_key, 1 - rate, (len(op_edges['skip_connect']),) + x.shape)
-        skip = jnp.where(keep, x / (1 - rate), 0)
+        skip = jnp.where(keep, x / (1 - rate).astype(x.dtype), 0)
       elif s == 1:
         skip = x[None]
         shared_ops.append('skip_connect')

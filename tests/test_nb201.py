@@ -124,6 +124,50 @@ def test_supernet_with_one_hot_weights_is_the_genotypes_network():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_genotype_weights_make_the_supernet_cell_a_sampled_genotypes_cell():
+  """`NB201Space.genotype_weights` of a random genotype (`random_search.sample_genotypes`, the space's rule on normal
+  alphas): the supernet cell mixed by them, plain and with edge normalisation's weights (1 on kept edges, 0 on
+  ``none`` ones), is the genotype's cell with the same parameters (evaluation mode: the one-hot cell test covers
+  both; tolerance as its). With PC-DARTS's K=2 an all-``none`` genotype's edge weights of 0 also drop the bypassed channels: the
+  cell's output is zero, as the genotype's."""
+  from darts_jax.spaces.nb201 import NB201Space
+  from darts_jax.tasks import random_search
+  space = NB201Space(_packaged('search_nb201_quick'))
+  plain_alphas = np.zeros((len(genotypes.EDGES), len(genotypes.OPS)), np.float32)
+  edge_alphas = {genotypes.CELL_KEY: plain_alphas,
+                 genotypes.EDGES_KEY: [np.zeros(node, np.float32) for node in range(1, genotypes.NUM_NODES)]}
+  sampled = list(random_search.sample_genotypes(space, edge_alphas, 4, seed=0))
+  assert all(genotypes.check_genotype(g) == g for g in sampled) and len(set(sampled)) == 4
+  # The first sample with a ``none`` edge and a convolution (the weights' two kinds of rows).
+  genotype = next(g for g in sampled if 'none' in g and {'nor_conv_1x1', 'nor_conv_3x3'} & set(g))
+  weights = space.genotype_weights(genotype, plain_alphas)
+  edge_weights = space.genotype_weights(genotype, edge_alphas)
+  assert weights.dtype == np.float32
+  np.testing.assert_array_equal(edge_weights[genotypes.CELL_KEY], weights)
+  kept = [float(op != 'none') for op in genotype]
+  assert [list(b) for b in edge_weights[genotypes.EDGES_KEY]] == [kept[:1], kept[1:3], kept[3:]]
+
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 4)), jnp.float32)
+  supernet, discrete = Cell(), Cell(genotype)
+  variables = jax.jit(lambda key: supernet.init(key, images, weights, train=False))(jax.random.key(0))
+  own = jax.eval_shape(lambda: discrete.init(jax.random.key(0), images, None, train=False))
+  flat = dict(jax.tree_util.tree_flatten_with_path(variables)[0])
+  shared = jax.tree_util.tree_map_with_path(lambda path, _: flat[path], own)
+
+  expected, *mixed = jax.jit(lambda variables, shared: (
+      discrete.apply(shared, images, None, False), supernet.apply(variables, images, weights, False),
+      supernet.apply(variables, images, edge_weights[genotypes.CELL_KEY], False,
+                     edge_weights[genotypes.EDGES_KEY])))(variables, shared)
+  for got in mixed:
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+  nothing = ('none',) * len(genotypes.EDGES)
+  none_weights = space.genotype_weights(nothing, edge_alphas)
+  out, _ = jax.jit(lambda key: Cell(partial_channels=2).init_with_output(
+      key, images, none_weights[genotypes.CELL_KEY], False, none_weights[genotypes.EDGES_KEY]))(jax.random.key(0))
+  np.testing.assert_array_equal(out, np.zeros(images.shape))
+
+
 def channel_shuffle_reference(x: np.ndarray, groups: int) -> np.ndarray:
   """ShuffleNet's channel shuffle by its definition: output channel ``i·G + g`` is input channel ``g·(C/G) + i``."""
   size = x.shape[-1] // groups

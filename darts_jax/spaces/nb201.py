@@ -234,6 +234,26 @@ class NB201Space(SearchSpace):
     return genotypes.derive_genotype(np.asarray(genotypes.ops_alphas(alphas if weights is None else weights),
                                                 np.float64))
 
+  def genotype_weights(self, genotype: Genotype, alphas: PyTree) -> PyTree:
+    """The supernet's mixing weights that run `genotype` alone: on every edge a one-hot row at its op (``none``
+    included: its row adds nothing, as the genotype's ``none`` edge), in the dtype of `alphas`.
+
+    With ``model.edge_normalization`` the edges' weights are 1 on every edge whose op is not ``none`` and 0 on the
+    ``none`` ones: the genotype's cell sums its edges unscaled, so a weight of 1 makes the node's sum the plain one
+    (the softmax's ``1/i`` would scale it), and 0 also removes PC-DARTS's bypassed channels of a ``none`` edge, which
+    the ops' row cannot. With ``model.partial_channels`` K > 1 the kept edges still pass (C − C/K) channels around
+    their op and shuffle them (the search's supernet), so only K = 1 computes the genotype's network exactly."""
+    genotype = genotypes.check_genotype(genotype)
+    ops_alphas = np.asarray(genotypes.ops_alphas(alphas))
+    weights = np.zeros_like(ops_alphas)
+    weights[np.arange(len(genotypes.EDGES)), [genotypes.OPS.index(op) for op in genotype]] = 1
+    if not isinstance(alphas, Mapping):
+      return weights
+    kept = {edge: op != 'none' for edge, op in zip(genotypes.EDGES, genotype)}
+    return {genotypes.CELL_KEY: weights,
+            genotypes.EDGES_KEY: [np.asarray([kept[node, source] for source in range(node)], np.asarray(b).dtype)
+                                  for node, b in enumerate(alphas[genotypes.EDGES_KEY], 1)]}
+
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
     record = {'cell': np.asarray(genotypes.ops_alphas(alphas)).tolist()}
     if isinstance(alphas, Mapping):  # edge normalisation's one list per node

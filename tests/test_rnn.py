@@ -363,3 +363,82 @@ def test_padding_past_length_changes_nothing(tiny):
   long_losses = losses(long, jnp.concatenate([targets, targets[:, :2]], 1), TIME)
   np.testing.assert_allclose(long_losses, short_losses, rtol=1e-6)
   assert not np.allclose(short_stats['batch_stats']['bn']['mean'], 0)  # training updates the running statistics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A genotype's mixing weights (the selections that score architectures on the supernet).
+
+
+def _space(**model):
+  from darts_jax.spaces.rnn import RNNSpace
+  from darts_jax.training.config_utils import load_config_module
+  config = load_config_module('search_ptb_quick').get_config()
+  config.model.update(steps=STEPS, **model)
+  return RNNSpace(config)
+
+
+def _sampled_genotype(space, alphas):
+  """A random genotype (`random_search.sample_genotypes`, the space's rule on normal alphas) that reads some node
+  other than the cell's first state and uses two activations or more, so that picking a wrong row would show."""
+  from darts_jax.tasks import random_search
+  sampled = list(random_search.sample_genotypes(space, alphas, 4, seed=0))
+  assert all(rnn_genotypes.validate_genotype(g) == g for g in sampled) and len(set(map(repr, sampled))) > 1
+  genotype = next(g for g in sampled if any(j for _, j in g.recurrent) and len({op for op, _ in g.recurrent}) > 1)
+  return genotype
+
+
+def test_genotype_weights_make_the_supernet_the_genotypes_model(tiny):
+  """The supernet mixed by `RNNSpace.genotype_weights` of a random genotype is the genotype's own language model
+  (`RNNModel`, a separate module) with the same parameters, in evaluation mode with running statistics that make the
+  search cell's BatchNorm the identity (variance 1 − eps). Tolerance: float32 rounding over 5 time steps (the
+  supernet adds the other predecessors' exact zeros and groups its sums differently). A genotype of another size
+  than the supernet's is one line."""
+  tokens, hidden, alphas, _, variables = tiny
+  space = _space()
+  genotype = _sampled_genotype(space, np.zeros(alphas.shape, np.float32))
+  weights = space.genotype_weights(genotype, np.zeros(alphas.shape, np.float32))
+  assert weights.dtype == np.float32 and weights.sum() == STEPS and np.all(weights[:, 0] == 0)
+  search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS, mixing='weights')
+  model = rnn.RNNModel(NTOKEN, NHID, NHID, genotype=genotype)
+  identity_bn = {'bn': {'mean': jnp.zeros(NHID), 'var': jnp.full(NHID, 1 - 1e-5)}}
+  supernet_out, model_out = jax.jit(lambda: (
+      search.apply({'params': variables['params'], 'batch_stats': identity_bn}, tokens, hidden, weights,
+                   train=False),
+      model.apply({'params': variables['params']}, tokens, hidden, train=False)))()
+  for got, expected in zip(supernet_out[:2], model_out[:2]):
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+  with pytest.raises(ValueError, match='cannot run a genotype of 8 nodes'):
+    space.genotype_weights(rnn.DARTS_V2, alphas)
+
+
+def test_genotype_weights_with_partial_channels_keep_the_genotypes_path_alone(tiny):
+  """With PC-DARTS's options (K=2, edge normalisation) the weights' one-hot edge weights also drop the bypassed
+  units of the predecessors the genotype does not read: the supernet is the genotype's cell with PC-DARTS's split
+  and shuffle on its one predecessor per node, written out in float64 NumPy (evaluation mode, initial running
+  statistics). Tolerance as the plain cell's reference."""
+  from test_nb201 import channel_shuffle_reference
+  tokens, hidden, *_ = tiny
+  space = _space(partial_channels=2, edge_normalization=True)
+  alphas = jax.tree.map(np.asarray, rnn.init_alphas(jax.random.key(0), STEPS, edge_normalization=True))
+  genotype = _sampled_genotype(space, alphas)
+  weights = space.genotype_weights(genotype, alphas)
+  assert [list(b) for b in weights[rnn_genotypes.EDGES_KEY]] == [
+      [float(k == j) for k in range(i + 1)] for i, (_, j) in enumerate(genotype.recurrent)]
+  search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS, mixing='weights', partial_channels=2,
+                              edge_normalization=True)
+  variables = jax.jit(lambda key: search.init(key, tokens, hidden, weights, train=False))(jax.random.key(3))
+  log_probs, h_last, *_ = jax.jit(lambda: search.apply(variables, tokens, hidden, weights, train=False))()
+  units, bn = NHID // 2, lambda s: s / np.sqrt(1 + 1e-5)
+
+  def cell(s0, Ws):
+    states = [bn(s0)]
+    for i, (name, j) in enumerate(genotype.recurrent):
+      part = states[j][:, :units]
+      c, hh = np.split(part @ Ws[i], 2, axis=-1)
+      node = part + _sigmoid(c) * (_NP_ACTS[name](hh) - part)
+      states.append(bn(channel_shuffle_reference(np.concatenate([node, states[j][:, units:]], -1), 2)))
+    return np.mean([states[i] for i in genotype.concat], 0)
+
+  ref_log_probs, ref_h = _reference_outputs(variables['params'], tokens, hidden, cell)
+  np.testing.assert_allclose(log_probs, ref_log_probs, atol=1e-4)
+  np.testing.assert_allclose(h_last, ref_h, atol=1e-4)

@@ -198,6 +198,38 @@ class RNNSpace(SearchSpace):
       return genotypes.derive_genotype(alphas, self.config.model.steps)
     return genotypes.derive_genotype(weights, self.config.model.steps, from_weights=True)
 
+  def genotype_weights(self, genotype: genotypes.Genotype, alphas: PyTree) -> PyTree:
+    """The supernet's mixing weights that run `genotype` alone, in the dtype of `alphas`: node ``i``'s rows are its
+    predecessors ``j = 0..i`` (rows ``i (i + 1) / 2 + j``); the genotype's ``(activation, j)`` sets that row one-hot at
+    the activation, the node's other rows stay 0 (their terms vanish: weight 0 on the state and on the activations).
+
+    With ``model.edge_normalization`` node ``i``'s edge weights are one-hot at ``j`` too: the genotype's node reads
+    one predecessor unscaled, and the zeros also remove PC-DARTS's bypassed units of the other predecessors, which
+    the ops' rows cannot. The supernet then computes the genotype's cell (`darts_jax.rnn.model.RNNModel`) with the
+    search cell's affine-free BatchNorm on every state; with ``model.partial_channels`` K > 1 the kept predecessor
+    still passes nhid − nhid/K units around its activation and shuffles them (the search's supernet).
+
+    Raises:
+      ValueError: a genotype the supernet cannot compute: not ``model.steps`` nodes, or a ``concat`` other than the
+        last `genotypes.CONCAT` states (what the search cell averages).
+    """
+    genotype = genotypes.validate_genotype(genotype)
+    steps = self.config.model.steps
+    averaged = list(range(steps + 1))[-genotypes.CONCAT:]
+    if len(genotype.recurrent) != steps or list(genotype.concat) != averaged:
+      raise ValueError(f'the {steps}-node supernet averages states {averaged}; it cannot run a genotype of '
+                       f'{len(genotype.recurrent)} nodes averaging {list(genotype.concat)}.')
+    ops_alphas = np.asarray(genotypes.ops_alphas(alphas))
+    weights = np.zeros_like(ops_alphas)
+    for i, (activation, j) in enumerate(genotype.recurrent):
+      weights[i * (i + 1) // 2 + j, genotypes.PRIMITIVES.index(activation)] = 1
+    if not isinstance(alphas, Mapping):
+      return weights
+    edge_weights = [np.zeros_like(np.asarray(b)) for b in alphas[genotypes.EDGES_KEY]]
+    for (_, j), b in zip(genotype.recurrent, edge_weights):
+      b[j] = 1
+    return {genotypes.OPS_KEY: weights, genotypes.EDGES_KEY: edge_weights}
+
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
     record = {'alphas': np.asarray(genotypes.ops_alphas(alphas)).tolist()}
     if isinstance(alphas, Mapping):  # edge normalisation's one list per node

@@ -48,6 +48,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax import lax
 import optax
 from absl import logging
 
@@ -291,9 +292,12 @@ def make_search_step(problem: BilevelProblem, *, method: str, fd_epsilon: float 
     metrics.update(grad_norm=optax.tree.norm(grads), arch_grad_norm=optax.tree.norm(arch_grads), lr=lr)
     if arch_penalty is not None:
       metrics['arch_penalty'] = pmean(penalty)
-    metrics['finite'] = jnp.all(jnp.stack(
-        [jnp.isfinite(metrics['loss']), jnp.isfinite(metrics['grad_norm']), jnp.isfinite(metrics['arch_grad_norm'])]
-        + [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((params, alphas))]))
+    # The new state is finite iff the sum of all its entries is (weights and alphas are far from overflowing): one
+    # reduction over their concatenation, where a check per tensor would be a kernel each to compile on CPU.
+    # (The barrier keeps XLA from splitting the reduction back into one per tensor.)
+    new_entries = lax.optimization_barrier(jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves((params, alphas))]))
+    metrics['finite'] = (jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+                         & jnp.isfinite(metrics['arch_grad_norm']) & jnp.isfinite(jnp.sum(new_entries)))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=aux['batch_stats'], alphas=alphas,
                               weight_opt_state=weight_opt_state, arch_opt_state=arch_opt_state,
                               carry=problem.next_carry(state, train, aux, validation_pass_aux))

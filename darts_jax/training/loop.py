@@ -421,7 +421,8 @@ def train(task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathL
         with bar, Prefetcher(task.batches(epoch, start)) as batches:
           for step_in_epoch, batch in enumerate(batches, start + 1):
             r_state, step_metrics = task.step(r_state, batch, epoch)
-            if previous is None and epoch == epochs[0]:
+            if previous is None and epoch == epochs[0]:  # the step's program is compiled (or loaded) and running
+              logging.info('First step started %.1f s into the run.', time.monotonic() - run_start)
               task.compile_ahead(r_state)
             step += 1
             metrics.add(step_metrics)

@@ -75,6 +75,18 @@ def test_pt_selection_on_a_cnn_search_workdir(tmp_path, data_dir):
   assert all(op != 'none' for op, _ in genotype.normal + genotype.reduce)
 
 
+def test_pt_candidates_are_named_per_edge_so_none_is_excluded_wherever_its_column_is():
+  """DARTS-PT's candidates come from the space's op names (`SearchSpace.row_ops`), in the order of the rows it
+  visits: an edge whose ``none`` is not column 0 (P-DARTS's pruned stages, RobustDARTS's S3) still never keeps it."""
+  op_sets = {'normal': [['sep_conv_3x3', 'none'] if e % 2 else ['skip_connect', 'sep_conv_3x3'] for e in range(EDGES)],
+             'reduce': [['none', 'skip_connect']] * EDGES}
+  space = cnn_space.CNNSpace(_edge_ops_config(op_sets))
+  weights = {kind: np.zeros((EDGES, 2), np.float32) for kind in op_sets}
+  names = selection._edge_names(weights)
+  assert names[0] == "['normal'][0]" and names[EDGES] == "['reduce'][0]"
+  assert space.row_ops(weights) == [tuple(ops) for kind in ('normal', 'reduce') for ops in op_sets[kind]]
+
+
 # ---- P-DARTS's hooks: explicit per-edge op sets, dropout on the identity ops.
 
 

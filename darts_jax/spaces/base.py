@@ -172,6 +172,13 @@ class SearchSpace(abc.ABC):
     raise ValueError(f'space {self.name!r} cannot turn a genotype into mixing weights '
                      '(SearchSpace.genotype_weights).')
 
+  def row_ops(self, weights: PyTree) -> list[tuple[str, ...]] | None:
+    """The op names of every edge: one tuple per row of the mixing weights' leaves of two or more dimensions, in
+    ``jax.tree.leaves`` order, then row order (the edges DARTS-PT decides, `darts_jax.tasks.selection`); None where
+    the space does not name its columns (DARTS-PT then excludes columns by index)."""
+    del weights
+    return None
+
   def genotype_text(self, genotype: Any) -> str:
     """The genotype for the log."""
     return str(genotype)

@@ -430,6 +430,11 @@ class CNNSpace(SearchSpace):
       weights[kind] = w
     return weights
 
+  def row_ops(self, weights: PyTree) -> list[tuple[str, ...]]:
+    # The leaves of two dimensions are the cell types' (the edge normalisation's are one per node), in key order.
+    primitives = self._primitives()
+    return [tuple(ops) for kind in sorted(weights) if kind in diagnostics.CELL_TYPES for ops in primitives[kind]]
+
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
     # Edge normalisation's parameters are one list per node.
     return {kind: np.asarray(a).tolist() if kind in diagnostics.CELL_TYPES else [np.asarray(b).tolist() for b in a]

@@ -16,7 +16,9 @@ space's cost entries; retrain it with ``--config.genotype=<workdir>/selection_<m
   The space's rule then makes the genotype from weights that hold, on each edge, its kept op at a weight that ranks
   the edge by the accuracy lost when the edge is removed from the discretised supernet (the CNN rule keeps the two
   strongest inputs of a node). ``selection.json`` holds the order, each edge's accuracy and per-op drops and the edges'
-  drops. Ops in ``excluded_columns`` (column 0: DARTS's ``none``) are never candidates, as the paper's space has none.
+  drops. Ops named in ``excluded_ops`` (``none``) are never candidates, as the paper's space has none: by name where
+  the space names each edge's columns (`SearchSpace.row_ops`; an edge's columns may hold other ops, as in
+  RobustDARTS's spaces and P-DARTS's pruned stages), else the columns in ``excluded_columns`` (column 0).
 * ``'best_of_n'``: random search with weight sharing's selection (Li & Talwalkar 2019), after a search with
   ``relaxation.name = 'uniform_path'``: ``num_samples`` random genotypes (`random_search.sample_genotypes`), each
   scored by the supernet's validation accuracy with its ops alone (`SearchSpace.genotype_weights`); the best is
@@ -64,9 +66,9 @@ def selection_config(method: str = 'pt', quick: bool = False) -> ml_collections.
   evaluation batches, 20 samples (a demonstration's minute)."""
   if quick:
     return ml_collections.ConfigDict({'method': method, 'seed': 0, 'eval_batches': 4, 'tune_steps': 10,
-                                      'excluded_columns': [0], 'num_samples': 20})
+                                      'excluded_ops': ['none'], 'excluded_columns': [0], 'num_samples': 20})
   return ml_collections.ConfigDict({'method': method, 'seed': 0, 'eval_batches': 0, 'tune_steps': 1955,
-                                    'excluded_columns': [0], 'num_samples': 1000})
+                                    'excluded_ops': ['none'], 'excluded_columns': [0], 'num_samples': 1000})
 
 
 def selection_dir(workdir: str | os.PathLike[str], method: str) -> Path:
@@ -252,7 +254,12 @@ def _pt(supernet: Supernet, options: ml_collections.ConfigDict) -> tuple[Any, di
   weights = supernet.weights(supernet.state)
   rows, names = _rows(weights), _edge_names(weights)
   num_ops = jax.tree.leaves(weights)[rows[0][0]].shape[-1]
-  candidates = [k for k in range(num_ops) if k not in set(options.excluded_columns)]
+  row_ops = supernet.space.row_ops(weights)
+  if row_ops is None:
+    candidates = {row: [k for k in range(num_ops) if k not in set(options.excluded_columns)] for row in rows}
+  else:  # by name: an edge's columns may hold other ops (RobustDARTS's spaces, P-DARTS's pruned stages)
+    candidates = {row: [k for k, op in enumerate(ops) if op not in set(options.excluded_ops)]
+                  for row, ops in zip(rows, row_ops)}
   order = np.random.default_rng(options.seed).permutation(len(rows))
   decided: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
   r_state, edges = supernet.r_state, []
@@ -262,11 +269,11 @@ def _pt(supernet: Supernet, options: ml_collections.ConfigDict) -> tuple[Any, di
     accuracy = evaluate(r_state, current)['valid_accuracy']
     leaf = jax.tree.leaves(current)[row[0]]
     drops = {}
-    for k in candidates:
+    for k in candidates[row]:
       removed = leaf[row[1]].copy()
       removed[k] = 0
       drops[k] = accuracy - evaluate(r_state, _set_rows(current, {row: removed}))['valid_accuracy']
-    kept = max(candidates, key=lambda k: drops[k])  # ties: the first candidate
+    kept = max(candidates[row], key=lambda k: drops[k])  # ties: the first candidate
     decided[row] = _one_hot(num_ops, kept)
     edges.append({'edge': names[index], 'valid_accuracy': accuracy, 'drops': {str(k): d for k, d in drops.items()},
                   'kept': kept})

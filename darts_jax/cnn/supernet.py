@@ -33,6 +33,7 @@ from darts_jax.cnn.genotypes import CELL_TYPES, PRIMITIVES, SEARCH_ONLY_PRIMITIV
 from darts_jax.cnn.ops import (BatchNorm, DepthwiseImpl, FactorizedReduce, ReLUConvBN, _depthwise_init, _pointwise_init,
                            avg_pool_3x3, default_param_dtype, depthwise_conv, factorized_reduce, max_pool_3x3,
                            pointwise_conv, torch_default_init)
+from darts_jax.data.augment import example_keys
 
 # The parametric ops, in PRIMITIVES order, with (kernel, dilation, padding) of their first depthwise conv.
 # sep convs repeat ReLU → depthwise → pointwise → BN twice (second time with stride 1); dil convs do it once.
@@ -223,8 +224,12 @@ class MixedEdges(nn.Module):
         grid.append(jnp.stack([per_edge(block, op) for block, op in zip(blocks, conv_ops)]))
       grid_ops += conv_ops
     if op_edges['noise']:  # RobustDARTS's: standard normal noise of the (strided) input's shape, per edge
-      shape = (len(op_edges['noise']),) + x[:, ::s, ::s].shape
-      grid.append(per_edge(jax.random.normal(self.make_rng('noise'), shape, x.dtype), 'noise')[None])
+      strided = x[:, ::s, ::s].shape
+      # One key per example of the global batch (`example_keys`): the draws do not depend on the number of devices.
+      # `init` runs outside the mapped step, where the axis is unbound; its draws only give shapes.
+      keys = example_keys(self.make_rng('noise'), strided[0], None if self.is_initializing() else self.axis_name)
+      draws = jax.vmap(lambda key: jax.random.normal(key, (len(op_edges['noise']),) + strided[1:], x.dtype))(keys)
+      grid.append(per_edge(jnp.moveaxis(draws, 0, 1), 'noise')[None])
       grid_ops.append('noise')
 
     # 'none' contributes zeros, so it only enters through the softmax normalisation of the other weights.

@@ -73,6 +73,19 @@ def test_dominant_eigenvalue_keeps_the_sign_of_the_largest_magnitude():
   np.testing.assert_allclose(value, 3.0, rtol=1e-6)
 
 
+def test_ritz_values_hold_the_largest_and_the_smallest_eigenvalue():
+  # Eigenvalues -5, 1, 2 (rotated) and 2, 2 (the second leaf): after 5 steps on 5 parameters the Ritz values are the
+  # spectrum; R-DARTS's quantity is the largest (2), not the dominant one (-5).
+  q = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+  h = jnp.asarray(q @ np.diag([-5.0, 1.0, 2.0]) @ q.T, jnp.float32)
+  loss_fn = lambda a: 0.5 * a['x'] @ h @ a['x'] + jnp.sum(a['y'] ** 2)  # noqa: E731
+  ritz, gradient = jax.jit(lambda a: dynamics.hessian_ritz_values_and_gradient(loss_fn, a, num_iterations=5))(
+      {'x': jnp.ones(3), 'y': jnp.ones(2)})
+  np.testing.assert_allclose(ritz[0], -5.0, rtol=1e-5)
+  np.testing.assert_allclose(ritz[-1], 2.0, rtol=1e-5)
+  np.testing.assert_allclose(gradient['y'], 2 * np.ones(2), rtol=1e-6)
+
+
 def test_dominant_eigenvalue_averages_hessians_over_a_named_axis():
   """Under pmap (vmap with an axis name here), each device's loss is its share; the eigenvalue is that of the mean
   loss's Hessian."""

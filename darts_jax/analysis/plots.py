@@ -53,7 +53,8 @@ def convergence_figure(records: Sequence[dict[str, Any]], early_stop: dict[str, 
   panels = [('alpha entropy (nats)', [(f'alpha_entropy_{k}', k) for k in CELL_TYPES]),
             ('supernet accuracy', [('train_accuracy', 'train'), ('valid_accuracy', 'valid')]),
             ('stability (choices kept from the previous epoch)', [(f'stability_{k}', k) for k in CELL_TYPES]),
-            ('dominant eigenvalue of the Hessian of L_val w.r.t. alpha', [('hessian_eigenvalue', None)])]
+            ('eigenvalues of the Hessian of L_val w.r.t. alpha',
+             [('hessian_eigenvalue', 'largest'), ('hessian_eigenvalue_min', 'smallest')])]
   for ax, (title, lines) in zip(fig.subplots(2, 2).flat, panels):
     for key, label in lines:
       epochs, values = _series(records, key)

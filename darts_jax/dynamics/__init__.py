@@ -17,7 +17,8 @@ the host); `early_stopping` (DARTS-ES, DARTS+, stability: pure functions of the 
 from darts_jax.dynamics.diagnostics import (alpha_entropy, alpha_max_weight, edge_labels, epoch_diagnostics,
                                             genotype_stability, same_architecture, skip_count, softmax_weights,
                                             unchanged_epochs, weights_entropy, weights_max)
-from darts_jax.dynamics.hessian import dominant_hessian_eigenvalue, hessian_eigenvalue_and_gradient
+from darts_jax.dynamics.hessian import (dominant_hessian_eigenvalue, hessian_eigenvalue_and_gradient,
+                                        hessian_ritz_values_and_gradient)
 from darts_jax.dynamics.regularizers import beta_decay, entropy, make_penalties, sum_penalties, weighted, zero_one_loss
 from darts_jax.dynamics.relaxations import (CONCENTRATIONS, RELAXATIONS, SCHEDULES, Relaxation, concentration,
                                             constant_schedule, cosine_schedule, dirichlet, dirichlet_mean,
@@ -29,6 +30,7 @@ __all__ = ['CONCENTRATIONS', 'RELAXATIONS', 'SCHEDULES', 'Relaxation', 'alpha_en
            'beta_decay', 'concentration', 'constant_schedule', 'cosine_schedule', 'dirichlet', 'dirichlet_mean',
            'dominant_hessian_eigenvalue', 'edge_labels', 'entropy', 'epoch_diagnostics', 'exponential_schedule',
            'gaussian_softmax', 'genotype_stability', 'gumbel_softmax', 'hessian_eigenvalue_and_gradient',
+           'hessian_ritz_values_and_gradient',
            'linear_schedule', 'make_penalties', 'make_schedule', 'one_hot_argmax', 'per_epoch', 'same_architecture',
            'sigmoid', 'skip_count', 'softmax', 'softmax_weights', 'straight_through', 'sum_penalties',
            'unchanged_epochs', 'uniform_perturbation', 'weighted', 'weights_entropy', 'weights_max',

@@ -25,10 +25,9 @@ program about twice the gradient's, which on XLA:CPU takes about as long again t
 plus the gradients' rounding divided by ``2ε``."""
 
 
-def _lanczos_dominant(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], size: int, dtype: Any,
-                      num_iterations: int, rng: jax.Array) -> tuple[jax.Array, Any]:
-  r"""The Ritz value of largest magnitude after `num_iterations` Lanczos steps on a symmetric ``size × size``
-  operator.
+def _lanczos_ritz_values(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], size: int, dtype: Any,
+                         num_iterations: int, rng: jax.Array) -> tuple[jax.Array, Any]:
+  r"""The Ritz values (ascending) after `num_iterations` Lanczos steps on a symmetric ``size × size`` operator.
 
   Lanczos builds an orthonormal basis ``V`` of the Krylov space ``{v, Hv, ..., H^{k-1} v}`` in which
   ``T = Vᵀ H V`` is tridiagonal (``T_jj = v_jᵀ H v_j``, ``T_{j,j+1} = ‖residual_j‖``); the extreme eigenvalues of
@@ -39,7 +38,7 @@ def _lanczos_dominant(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], size
   0, which only adds zero eigenvalues to ``T``.
 
   ``matvec(v) -> (Hv, aux)`` takes and returns vectors of `dtype`; the `aux` of the first product is returned with
-  the Ritz value. The basis and ``T`` are kept in `dtype`, at least float32.
+  the Ritz values. The basis and ``T`` are kept in `dtype`, at least float32.
   """
   k = min(num_iterations, size)
   basis_dtype = jnp.promote_types(dtype, jnp.float32)
@@ -67,16 +66,21 @@ def _lanczos_dominant(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], size
       0, k, body, (basis, jnp.zeros(k, basis_dtype), jnp.zeros(k, basis_dtype),
                    jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape)))
   tridiagonal = jnp.diag(diagonal) + jnp.diag(off_diagonal[:-1], 1) + jnp.diag(off_diagonal[:-1], -1)
-  eigenvalues = jnp.linalg.eigvalsh(tridiagonal)
-  return eigenvalues[jnp.argmax(jnp.abs(eigenvalues))], first_aux
+  return jnp.linalg.eigvalsh(tridiagonal), first_aux
 
 
-def hessian_eigenvalue_and_gradient(loss_fn: Callable[[PyTree], jax.Array], alphas: PyTree, *,
-                                    num_iterations: int = 20, rng: jax.Array | None = None,
-                                    axis_name: str | None = None, method: str = 'exact',
-                                    fd_epsilon: float = 1e-2) -> tuple[jax.Array, PyTree]:
-  """`dominant_hessian_eigenvalue` and the gradient ``∇ loss_fn(alphas)``, which its Hessian-vector products compute
-  anyway (with ``'fd'``: the mean of the first central difference's two gradients, exact up to ``O(ε²)``)."""
+def _dominant(ritz_values: jax.Array) -> jax.Array:
+  return ritz_values[jnp.argmax(jnp.abs(ritz_values))]
+
+
+def hessian_ritz_values_and_gradient(loss_fn: Callable[[PyTree], jax.Array], alphas: PyTree, *,
+                                     num_iterations: int = 20, rng: jax.Array | None = None,
+                                     axis_name: str | None = None, method: str = 'exact',
+                                     fd_epsilon: float = 1e-2) -> tuple[jax.Array, PyTree]:
+  """The Lanczos Ritz values of the Hessian (ascending, ``min(num_iterations, size)`` of them; the first and the
+  last converge to its smallest and largest eigenvalues) and the gradient ``∇ loss_fn(alphas)``, which its
+  Hessian-vector products compute anyway (with ``'fd'``: the mean of the first central difference's two gradients,
+  exact up to ``O(ε²)``). Arguments as `dominant_hessian_eigenvalue`'s."""
   if num_iterations < 1:
     raise ValueError(f'num_iterations must be positive, got {num_iterations}.')
   if method not in HVP_METHODS:
@@ -99,8 +103,18 @@ def hessian_eigenvalue_and_gradient(loss_fn: Callable[[PyTree], jax.Array], alph
       with jax.default_matmul_precision('highest'):
         plus, minus = lax.map(gradient, jnp.stack([flat + fd_epsilon * v, flat - fd_epsilon * v]))
       return (plus - minus) / (2 * fd_epsilon), (plus + minus) / 2
-  eigenvalue, grad = _lanczos_dominant(matvec, flat.size, flat.dtype, num_iterations, rng)
-  return eigenvalue, unravel(grad)
+  ritz_values, grad = _lanczos_ritz_values(matvec, flat.size, flat.dtype, num_iterations, rng)
+  return ritz_values, unravel(grad)
+
+
+def hessian_eigenvalue_and_gradient(loss_fn: Callable[[PyTree], jax.Array], alphas: PyTree, *,
+                                    num_iterations: int = 20, rng: jax.Array | None = None,
+                                    axis_name: str | None = None, method: str = 'exact',
+                                    fd_epsilon: float = 1e-2) -> tuple[jax.Array, PyTree]:
+  """`dominant_hessian_eigenvalue` and the gradient ``∇ loss_fn(alphas)`` (`hessian_ritz_values_and_gradient`)."""
+  ritz_values, grad = hessian_ritz_values_and_gradient(loss_fn, alphas, num_iterations=num_iterations, rng=rng,
+                                                       axis_name=axis_name, method=method, fd_epsilon=fd_epsilon)
+  return _dominant(ritz_values), grad
 
 
 def dominant_hessian_eigenvalue(loss_fn: Callable[[PyTree], jax.Array], alphas: PyTree, *, num_iterations: int = 20,

@@ -11,8 +11,8 @@ space its ``space`` key names (`darts_jax.spaces`; ``'cnn'`` by default) and wri
   the epoch's steps ``train_loss``/``train_accuracy``, the supernet's validation measures on the whole validation
   split (``valid_loss``, ``valid_accuracy``, ...), the space's diagnostics of the search's dynamics (entropy and
   largest weight of the mixing weights, stability of the genotype, ...), with ``diagnostics.hessian_iterations > 0``
-  ``hessian_eigenvalue`` (dominant eigenvalue of ``∇²_α L_val`` on ``diagnostics.hessian_batches`` fixed validation
-  batches, `darts_jax.dynamics.hessian`) and ``alpha_grad_norm`` (``‖∇_α L_val‖`` on the same batches), the space's
+  ``hessian_eigenvalue`` and ``hessian_eigenvalue_min`` (the largest and the smallest eigenvalue of ``∇²_α L_val`` on
+  ``diagnostics.hessian_batches`` fixed validation batches, `darts_jax.dynamics.hessian`) and ``alpha_grad_norm`` (``‖∇_α L_val‖`` on the same batches), the space's
   cost entries, ``temperature`` under a temperature schedule, ``lr`` and ``epoch_time_s``;
 * ``genotypes.jsonl`` and ``alphas.jsonl``: the genotype derived and the alphas after every epoch;
 * at the end ``genotype.json`` (the final genotype, with the space's cost entries), ``curves.png`` and the space's
@@ -366,12 +366,14 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     raise ValueError(f'space {space.name!r} has no Hessian diagnostics: set diagnostics.hessian_iterations=0.')
 
   def hessian_step(state, batches):
-    eigenvalue, gradient = hessian.hessian_eigenvalue_and_gradient(
+    ritz_values, gradient = hessian.hessian_ritz_values_and_gradient(
         lambda alphas: setup.validation_loss(state.params, state.batch_stats, probabilities(alphas, state.step),
                                              batches),
         state.alphas, num_iterations=hessian_iterations, rng=jax.random.fold_in(state.rng, state.step),
         axis_name=AXIS_NAME, method=config.diagnostics.hessian_method)
-    return {'hessian_eigenvalue': eigenvalue, 'alpha_grad_norm': optax.tree.norm(gradient)}
+    # The largest eigenvalue, as R-DARTS tracks it (``max(eigvals(H))``, DARTS-ES's), and the smallest.
+    return {'hessian_eigenvalue': ritz_values[-1], 'hessian_eigenvalue_min': ritz_values[0],
+            'alpha_grad_norm': optax.tree.norm(gradient)}
 
   def seeds_step(state: SeedsState, train_batch, val_batch):
     # Batches carry the seed axis second: (examples, seed, ...), so that `parallel.shard` splits examples.

@@ -149,3 +149,37 @@ def test_search_command_line_derives_by_the_configs_selection(tmp_path):
   assert record['method'] == 'pt' and record['options']['tune_steps'] == 10
   assert len(record['order']) == len(EDGES)
   assert (tmp_path / 'run' / 'genotype.json').is_file()
+
+
+@pytest.mark.slow
+def test_pt_and_best_of_n_on_a_nas_bench_201_search(data_dir, tmp_path):
+  """DARTS-PT and best of N on a tiny NAS-Bench-201 search with PC-DARTS's edge normalisation (its β leaves are no
+  edges; `NB201Space.genotype_weights` scores the samples): PT decides the 6 edges, never on ``none``, and its
+  genotype keeps each edge's kept op; best of N keeps the sample of the best accuracy, drawn as
+  `random_search.sample_genotypes` draws them; both genotypes load from their directories."""
+  from test_nb201 import _packaged
+  from darts_jax.nb201 import genotypes as nb201_genotypes
+  config = _packaged('search_nb201_quick', **{
+      'num_epochs': 1, 'max_steps_per_epoch': 2, 'batch_size': 8, 'data.dir': str(data_dir), 'data.subset': 0,
+      'data.image_size': 8, 'diagnostics.hessian_iterations': 0, 'checkpoint_every_minutes': 0.0, 'progress': False,
+      'compilation_cache_dir': '', 'model.edge_normalization': True})
+  workdir = tmp_path / 'search'
+  state = search.search(config, workdir)
+  pt_options = selection.selection_config('pt', quick=True)
+  pt_options.update(tune_steps=1, eval_batches=1)
+  genotype = selection.select(workdir, pt_options)
+  record = json.loads((workdir / 'selection_pt' / selection.SELECTION_FILE).read_text())
+  assert len(record['edges']) == len(nb201_genotypes.EDGES) and all(e['kept'] != 0 for e in record['edges'])
+  kept = {e['edge']: nb201_genotypes.OPS[e['kept']] for e in record['edges']}
+  assert [kept[f"['cell'][{e}]"] for e in range(len(nb201_genotypes.EDGES))] == list(genotype)
+  space = selection.restore_supernet(workdir).space
+  assert space.load_genotype(str(workdir / 'selection_pt')) == genotype
+  best_options = selection.selection_config('best_of_n', quick=True)
+  best_options.update(num_samples=3, eval_batches=1)
+  best = selection.select(workdir, best_options)
+  record = json.loads((workdir / 'selection_best_of_n' / selection.SELECTION_FILE).read_text())
+  alphas = jax.tree.map(np.asarray, state.alphas)
+  expected = list(random_search.sample_genotypes(space, alphas, 3, seed=0))
+  assert [space.load_genotype(json.dumps(s['genotype'])) for s in record['samples']] == expected
+  assert record['best'] == int(np.argmax([s['valid_accuracy'] for s in record['samples']]))
+  assert best == expected[record['best']] == space.load_genotype(str(workdir / 'selection_best_of_n'))

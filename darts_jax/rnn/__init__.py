@@ -2,9 +2,12 @@
 
 * `genotypes`: `PRIMITIVES`, `Genotype`, the published `DARTS_V1`, `DARTS_V2` (= `DARTS`) and `ENAS`,
   `derive_genotype`, JSON and repr parsing;
-* `model`: `RNNModelSearch` (the supernet; alphas a separate array of shape (36, 5)), `RNNModel` (a genotype's
-  language model, for retraining), `init_alphas`, `num_params` (the count from the sizes, without building a
-  model), `sequence_losses`;
+* `model`: `RNNModelSearch` (the supernet; alphas a separate array of shape (36, 5), or with ``mixing='weights'``
+  the mixing weights themselves, as the search passes them from its relaxation, so that every relaxation and
+  SDARTS-RS/ADV apply; PC-DARTS's ``partial_channels`` and ``edge_normalization``, this project's extension of
+  PC-DARTS to the recurrent cell, the search's ``model.partial_channels``/``model.edge_normalization``), `RNNModel`
+  (a genotype's language model, for retraining), `init_alphas`, `num_params` (the count from the sizes, without
+  building a model), `sequence_losses`;
 * `plots`: `plot_genotype`, cell diagrams in the original's style (imported on first use: graphviz).
 """
 import importlib

@@ -128,8 +128,8 @@ def test_genotype_weights_make_the_supernet_cell_a_sampled_genotypes_cell():
   """`NB201Space.genotype_weights` of a random genotype (`random_search.sample_genotypes`, the space's rule on normal
   alphas): the supernet cell mixed by them, plain and with edge normalisation's weights (1 on kept edges, 0 on
   ``none`` ones), is the genotype's cell with the same parameters (evaluation mode: the one-hot cell test covers
-  both; tolerance as its). With PC-DARTS's K=2 an all-``none`` genotype's edge weights of 0 also drop the bypassed channels: the
-  cell's output is zero, as the genotype's."""
+  both; tolerance as its). With PC-DARTS's K=2 an all-``none`` genotype's edge weights of 0 also drop the bypassed
+  channels: the cell's output is zero, as the genotype's."""
   from darts_jax.spaces.nb201 import NB201Space
   from darts_jax.tasks import random_search
   space = NB201Space(_packaged('search_nb201_quick'))

@@ -10,7 +10,7 @@ from darts_jax.cli import compare as compare_cli
 from darts_jax import dynamics
 from darts_jax.cli import plots as plots_cli
 from darts_jax.cnn import genotype_formats, genotypes
-from darts_jax.analysis import compare, run_files
+from darts_jax.analysis import compare, plots, run_files
 from darts_jax.dynamics import early_stopping
 from darts_jax.tasks import search
 from darts_jax.training import reporting
@@ -129,3 +129,14 @@ def test_compare_and_plots_refuse_a_directory_that_is_not_a_search(tmp_path, mak
     with pytest.raises(SystemExit, match=message) as exit_info:
       main(argv)
     assert str(exit_info.value).count('\n') == 0
+
+
+def test_column_labels_follow_the_spaces_ops():
+  """The heatmaps' columns are named by the space's ops where every edge has the same ones (RobustDARTS's S2/S3,
+  uniform P-DARTS op sets), by position where edges differ (S1), and DARTS's by default."""
+  assert plots.column_labels({'model': {'search_space': 'darts', 'steps': 4}}, 8) == list(genotypes.PRIMITIVES)
+  assert plots.column_labels({'model': {'search_space': 's3', 'steps': 4}}, 3) == ['none', 'skip_connect',
+                                                                                   'sep_conv_3x3']
+  assert plots.column_labels({'model': {'search_space': 's1', 'steps': 4}}, 2) == ['op 0', 'op 1']
+  uniform = json.dumps({kind: [['skip_connect', 'max_pool_3x3']] * 14 for kind in ('normal', 'reduce')})
+  assert plots.column_labels({'model': {'edge_ops': uniform, 'steps': 4}}, 2) == ['skip_connect', 'max_pool_3x3']

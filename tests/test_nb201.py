@@ -146,6 +146,8 @@ def test_genotype_weights_make_the_supernet_cell_a_sampled_genotypes_cell():
   np.testing.assert_array_equal(edge_weights[genotypes.CELL_KEY], weights)
   kept = [float(op != 'none') for op in genotype]
   assert [list(b) for b in edge_weights[genotypes.EDGES_KEY]] == [kept[:1], kept[1:3], kept[3:]]
+  # DARTS-PT's op names of the rows (`row_ops`) read the genotype back from its weights.
+  assert [ops[k] for ops, k in zip(space.row_ops(edge_weights), weights.argmax(-1))] == list(genotype)
 
   images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 4)), jnp.float32)
   supernet, discrete = Cell(), Cell(genotype)

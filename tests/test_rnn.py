@@ -398,6 +398,9 @@ def test_genotype_weights_make_the_supernet_the_genotypes_model(tiny):
   genotype = _sampled_genotype(space, np.zeros(alphas.shape, np.float32))
   weights = space.genotype_weights(genotype, np.zeros(alphas.shape, np.float32))
   assert weights.dtype == np.float32 and weights.sum() == STEPS and np.all(weights[:, 0] == 0)
+  # DARTS-PT's op names of the rows (`row_ops`) name the genotype's activations on its rows.
+  chosen = [ops[k] for ops, row, k in zip(space.row_ops(weights), weights, weights.argmax(-1)) if row.any()]
+  assert chosen == [op for op, _ in genotype.recurrent]
   search = rnn.RNNModelSearch(NTOKEN, NHID, NHID, steps=STEPS, mixing='weights')
   model = rnn.RNNModel(NTOKEN, NHID, NHID, genotype=genotype)
   identity_bn = {'bn': {'mean': jnp.zeros(NHID), 'var': jnp.full(NHID, 1 - 1e-5)}}

@@ -254,6 +254,11 @@ class NB201Space(SearchSpace):
             genotypes.EDGES_KEY: [np.asarray([kept[node, source] for source in range(node)], np.asarray(b).dtype)
                                   for node, b in enumerate(alphas[genotypes.EDGES_KEY], 1)]}
 
+  def row_ops(self, weights: PyTree) -> list[tuple[str, ...]]:
+    # The ops' array is the one leaf of two dimensions (edge normalisation's are one per node): `OPS` on every edge.
+    del weights
+    return [genotypes.OPS] * len(genotypes.EDGES)
+
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
     record = {'cell': np.asarray(genotypes.ops_alphas(alphas)).tolist()}
     if isinstance(alphas, Mapping):  # edge normalisation's one list per node

@@ -230,6 +230,12 @@ class RNNSpace(SearchSpace):
       b[j] = 1
     return {genotypes.OPS_KEY: weights, genotypes.EDGES_KEY: edge_weights}
 
+  def row_ops(self, weights: PyTree) -> list[tuple[str, ...]]:
+    # The ops' array is the one leaf of two dimensions (edge normalisation's are one per node): `PRIMITIVES` on
+    # every (node, predecessor) row.
+    del weights
+    return [genotypes.PRIMITIVES] * genotypes.num_edges(self.config.model.steps)
+
   def alphas_record(self, alphas: PyTree) -> dict[str, Any]:
     record = {'alphas': np.asarray(genotypes.ops_alphas(alphas)).tolist()}
     if isinstance(alphas, Mapping):  # edge normalisation's one list per node

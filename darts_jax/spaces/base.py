@@ -126,6 +126,10 @@ class SearchSpace(abc.ABC):
   relaxations: ClassVar[bool] = True
   """Whether the network takes mixing weights from a relaxation (``config.relaxation``); else it mixes by the
   softmax of the alphas itself."""
+  selection_metric: ClassVar[str] = 'valid_accuracy'
+  """The evaluation entry by which DARTS-PT and best of N rank architectures on the supernet
+  (`darts_jax.tasks.selection`), and its sign: 1 where higher is better."""
+  selection_sign: ClassVar[float] = 1.0
 
   @abc.abstractmethod
   def search_setup(self, workdir: Path, axis_name: Any) -> SearchSetup:

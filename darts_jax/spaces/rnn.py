@@ -136,6 +136,9 @@ class RNNSpace(SearchSpace):
 
   name: ClassVar[str] = 'rnn'
   supports_seeds: ClassVar[bool] = False  # the steps per epoch follow the seed's BPTT lengths
+  # Next-word accuracy ties across architectures of an early supernet (the most frequent word): rank by the loss.
+  selection_metric: ClassVar[str] = 'valid_loss'
+  selection_sign: ClassVar[float] = -1.0
 
   # ---- the search
 

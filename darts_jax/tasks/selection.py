@@ -24,6 +24,10 @@ space's cost entries; retrain it with ``--config.genotype=<workdir>/selection_<m
   scored by the supernet's validation accuracy with its ops alone (`SearchSpace.genotype_weights`); the best is
   kept; ``selection.json`` lists every sample's genotype and accuracy.
 
+"Accuracy" is the space's `SearchSpace.selection_metric` (``valid_accuracy``; the recurrent space's ``valid_loss``,
+lower is better, since next-word accuracy ties across the architectures of an early supernet); the drops are in the
+score ``selection_sign · metric``.
+
 Evaluations use the space's evaluation step on the validation split (at most ``eval_batches`` batches; 0: all).
 """
 from __future__ import annotations
@@ -263,37 +267,39 @@ def _pt(supernet: Supernet, options: ml_collections.ConfigDict) -> tuple[Any, di
   order = np.random.default_rng(options.seed).permutation(len(rows))
   decided: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
   r_state, edges = supernet.r_state, []
+  metric, score = supernet.space.selection_metric, _score(supernet.space)
   for position, index in enumerate(order):
     row = rows[index]
     current = _set_rows(supernet.weights(_unreplicated(r_state)), decided)
-    accuracy = evaluate(r_state, current)['valid_accuracy']
+    entries = evaluate(r_state, current)
+    base = score(entries)
     leaf = jax.tree.leaves(current)[row[0]]
     drops = {}
     for k in candidates[row]:
       removed = leaf[row[1]].copy()
       removed[k] = 0
-      drops[k] = accuracy - evaluate(r_state, _set_rows(current, {row: removed}))['valid_accuracy']
+      drops[k] = base - score(evaluate(r_state, _set_rows(current, {row: removed})))
     kept = max(candidates[row], key=lambda k: drops[k])  # ties: the first candidate
     decided[row] = _one_hot(num_ops, kept)
-    edges.append({'edge': names[index], 'valid_accuracy': accuracy, 'drops': {str(k): d for k, d in drops.items()},
+    edges.append({'edge': names[index], metric: entries[metric], 'drops': {str(k): d for k, d in drops.items()},
                   'kept': kept})
-    logging.info('DARTS-PT %d/%d: %s keeps op %d (accuracy drop %.4f).', position + 1, len(rows), names[index], kept,
-                 drops[kept])
+    logging.info('DARTS-PT %d/%d: %s keeps op %d (%s drop %.4f).', position + 1, len(rows), names[index], kept,
+                 metric, drops[kept])
     if position + 1 < len(rows):
       mask = _set_rows(jax.tree.map(lambda w: np.zeros(w.shape[:-1] + (1,), bool), weights),
                        {r: np.ones(1, bool) for r in decided})
       one_hot = _set_rows(jax.tree.map(np.zeros_like, weights), decided)
       r_state = tune(r_state, mask, one_hot)
-  # The discretised supernet; each edge ranked by the accuracy lost without it.
+  # The discretised supernet; each edge ranked by the score lost without it.
   discrete = _set_rows(weights, decided)
-  accuracy = evaluate(r_state, discrete)['valid_accuracy']
+  entries = evaluate(r_state, discrete)
+  base = score(entries)
   removed = {row: np.zeros(num_ops, np.float32) for row in rows}
-  edge_drops = [accuracy - evaluate(r_state, _set_rows(discrete, {row: removed[row]}))['valid_accuracy']
-                for row in rows]
+  edge_drops = [base - score(evaluate(r_state, _set_rows(discrete, {row: removed[row]}))) for row in rows]
   offset = 1 - min(edge_drops)  # positive strengths, in the order of the drops
   strengths = _set_rows(weights, {row: decided[row] * (offset + drop) for row, drop in zip(rows, edge_drops)})
   genotype = supernet.space.derive_genotype(_host(_unreplicated(r_state).alphas), strengths)
-  return genotype, {'order': [names[i] for i in order], 'edges': edges, 'discrete_valid_accuracy': accuracy,
+  return genotype, {'order': [names[i] for i in order], 'edges': edges, f'discrete_{metric}': entries[metric],
                     'edge_drops': dict(zip(names, edge_drops)), 'tune_steps': options.tune_steps,
                     'evaluations': evaluate.count}
 
@@ -301,13 +307,18 @@ def _pt(supernet: Supernet, options: ml_collections.ConfigDict) -> tuple[Any, di
 def _best_of_n(supernet: Supernet, options: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
   evaluate = _Evaluator(supernet, options.eval_batches)
   alphas = _host(supernet.state.alphas)
+  metric, score = supernet.space.selection_metric, _score(supernet.space)
   samples = []
   for genotype in random_search.sample_genotypes(supernet.space, alphas, options.num_samples, options.seed):
-    entries = evaluate(supernet.r_state, supernet.space.genotype_weights(genotype, alphas))
-    samples.append((entries['valid_accuracy'], genotype))
-  best = max(range(len(samples)), key=lambda i: samples[i][0])  # ties: the first sample
+    samples.append((evaluate(supernet.r_state, supernet.space.genotype_weights(genotype, alphas)), genotype))
+  best = max(range(len(samples)), key=lambda i: score(samples[i][0]))  # ties: the first sample
   return samples[best][1], {'best': best, 'samples': [
-      {'genotype': supernet.space.genotype_to_json(g), 'valid_accuracy': a} for a, g in samples]}
+      {'genotype': supernet.space.genotype_to_json(g), metric: entries[metric]} for entries, g in samples]}
+
+
+def _score(space: spaces.SearchSpace) -> Any:
+  """``score(entries)``: the space's selection metric, higher is better."""
+  return lambda entries: space.selection_sign * entries[space.selection_metric]
 
 
 def select(workdir: str | os.PathLike[str], options: ml_collections.ConfigDict | None = None) -> Any:

@@ -546,3 +546,22 @@ def test_genotype_weights_run_the_genotype_alone(search_space):
   assert all(weights[kind].sum() == 8 and set(np.unique(weights[kind])) == {0, 1} for kind in weights)
   # Ties at weight 1 may list a node's two genes in either order: the same architecture.
   assert dynamics.same_architecture(space.derive_genotype(weights), genotype)
+
+
+def test_genotype_weights_with_edge_normalisation_close_the_dropped_inputs():
+  """With PC-DARTS's edge normalisation, a genotype's mixing weights give β = 1 to the two inputs of every node the
+  genotype keeps and 0 to the others (which also stops their bypassed channels), and derive the genotype again."""
+  config = search_quick.get_config()
+  config.model.partial_channels, config.model.edge_normalization = 2, True
+  space = cnn_space.CNNSpace(config)
+  rng = np.random.default_rng(1)
+  alphas = {kind: rng.normal(size=(14, 8)).astype(np.float32) for kind in ('normal', 'reduce')}
+  alphas.update({f'edges_{kind}': [rng.normal(size=(2 + i,)).astype(np.float32) for i in range(4)]
+                 for kind in ('normal', 'reduce')})
+  genotype = space.derive_genotype(alphas)
+  weights = space.genotype_weights(genotype, alphas)
+  for kind in ('normal', 'reduce'):
+    for node, beta in enumerate(weights[f'edges_{kind}']):
+      inputs = {j for _, j in getattr(genotype, kind)[2 * node:2 * node + 2]}
+      assert [float(b) for b in beta] == [1.0 if j in inputs else 0.0 for j in range(2 + node)]
+  assert dynamics.same_architecture(space.derive_genotype(weights), genotype)

@@ -415,12 +415,17 @@ class CNNSpace(SearchSpace):
   def genotype_weights(self, genotype: genotypes.Genotype, alphas: PyTree) -> PyTree:
     """One-hot mixing weights of the genotype's ops: node ``i``'s two genes ``(op, j)`` set row ``start_i + j`` (its
     edges are rows ``start_i ..``, ``start_i = Σ_{k<i} (2 + k)``) at the op's column of that edge; PC-DARTS's edge
-    weights are 1 (the zero rows already leave the other edges out)."""
+    weights are 1 on the genotype's inputs and 0 on the others, which also stops the channels that bypass the ops
+    of a dropped edge (without edge normalisation those still reach the node: the supernet then runs the genotype's
+    ops plus every edge's bypass)."""
     primitives = self._primitives()
     weights = {}
     for kind, a in alphas.items():
-      if kind not in diagnostics.CELL_TYPES:  # edge normalisation: one array per node
-        weights[kind] = [np.ones_like(np.asarray(b)) for b in a]
+      if kind not in diagnostics.CELL_TYPES:  # edge normalisation: one array per node, one entry per input
+        genes = getattr(genotype, kind.removeprefix('edges_'))
+        weights[kind] = [np.zeros_like(np.asarray(b)) for b in a]
+        for gene, (_, j) in enumerate(genes):
+          weights[kind][gene // 2][j] = 1
         continue
       w = np.zeros_like(np.asarray(a))
       for gene, (op, j) in enumerate(getattr(genotype, kind)):

@@ -3,8 +3,8 @@
 Each rule reads the epoch records of a search (``metrics.jsonl``'s lines with an ``epoch``, oldest first, the last
 being the epoch just finished) and returns the reason to stop after that epoch, or None:
 
-* ``darts_es`` (Zela et al., "Understanding and Robustifying DARTS", ICLR 2020): the dominant eigenvalue ``λ`` of
-  ``∇²_α L_val`` grows as the search degrades. Stop after epoch ``t >= start_epoch`` when
+* ``darts_es`` (Zela et al., "Understanding and Robustifying DARTS", ICLR 2020): the largest eigenvalue ``λ`` of
+  ``∇²_α L_val`` (the records' ``hessian_eigenvalue``, their ``max(eigvals(H))``) grows as the search degrades. Stop after epoch ``t >= start_epoch`` when
   ``mean(λ_{t-w+1..t}) > factor · mean(λ_{t-2w+1..t-w})`` (window ``w``); the architecture kept is the one of epoch
   ``t - w``, from before the growth (`kept_epoch`). R-DARTS: ``w = 5``, ``factor = 1.3`` (their ratio 0.75),
   ``start_epoch = 10``.
@@ -26,7 +26,7 @@ EIGENVALUE, SKIPS, UNCHANGED = 'hessian_eigenvalue', 'skip_connect_normal', 'unc
 
 
 def darts_es(eigenvalues: Sequence[float], *, window: int, factor: float, start_epoch: int) -> str | None:
-  """DARTS-ES on the per-epoch dominant Hessian eigenvalues (epoch 1 first; see the module docstring)."""
+  """DARTS-ES on the per-epoch largest Hessian eigenvalues (epoch 1 first; see the module docstring)."""
   epoch = len(eigenvalues)
   if epoch < max(start_epoch, 2 * window):
     return None

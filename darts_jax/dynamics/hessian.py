@@ -1,4 +1,4 @@
-"""The dominant eigenvalue of the Hessian of a loss w.r.t. the architecture parameters (Zela et al., ICLR 2020).
+"""The extreme eigenvalues of the Hessian of a loss w.r.t. the architecture parameters (Zela et al., ICLR 2020).
 
 R-DARTS observed that the largest eigenvalue of ``∇²_α L_val`` grows while a DARTS search degrades: the alphas
 settle into a sharp region, and discretising them (rounding every edge to one op) then costs much validation

@@ -11,13 +11,13 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from hypergradient_reference import exact_and_autodiff
 from test_pdarts import StagedTinySupernet
 from test_search import LR, MEAN, STD, TinySupernet, _batches, search_quick, tiny_config
 from test_search_network import _random_variables
 
 from darts_jax import data, dynamics
 from darts_jax.bilevel import step as bilevel_step
-from darts_jax.bilevel.hypergradient import hypergradient
 from darts_jax.cnn import genotype_formats, genotypes
 from darts_jax.cnn.supernet import MixedEdges, SearchNetwork, edge_index, init_alphas, supernet_edge_ops
 from darts_jax.dynamics import relaxations
@@ -276,18 +276,8 @@ def test_exact_hypergradient_is_autodiff_through_the_virtual_step_with_edge_ops_
     train_loss, val_loss = loss_with(jax.random.key(1)), loss_with(jax.random.key(2))
     train, val = ((jnp.asarray(images[i]), jnp.asarray(labels[i])) for i in range(2))
 
-    @jax.jit
-    def both(w, a):
-      exact = hypergradient(train_loss, val_loss, w, a, train, val, eta=eta, method='exact', momentum_buffer=buffer,
-                            momentum=momentum, weight_decay=weight_decay)
-
-      def unrolled(a):
-        grads = jax.grad(train_loss)(w, a, train)
-        w_prime = jax.tree.map(lambda p, g, m: p - eta * (momentum * m + g + weight_decay * p), w, grads, buffer)
-        return val_loss(w_prime, a, val)
-      return exact, jax.grad(unrolled)(a)
-
-    exact, reference = both(params, alphas)
+    exact, reference = exact_and_autodiff(train_loss, val_loss, params, alphas, train, val, eta=eta, momentum=momentum,
+                                          weight_decay=weight_decay, buffer=buffer)
     # The dropout acts: the loss differs from that at rate 0.
     dropped = float(val_loss(params, alphas, val))
     assert dropped != pytest.approx(float(loss_with(jax.random.key(2), 0.0)(params, alphas, val)), rel=1e-6)

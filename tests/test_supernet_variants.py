@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from hypergradient_reference import exact_and_autodiff
 from test_search_network import _random_variables
 
-from darts_jax.bilevel.hypergradient import hypergradient
 from darts_jax.cnn import genotypes
 from darts_jax.cnn.genotypes import PRIMITIVES, derive_genotype, edge_primitives, edges_key
 from darts_jax.cnn.supernet import MixedEdges, SearchNetwork, channel_shuffle, edge_index
@@ -222,18 +222,8 @@ def test_exact_hypergradient_is_autodiff_through_the_virtual_step_with_pc_darts_
 
     train, val = ((jnp.asarray(images[i]), jnp.asarray(labels[i])) for i in range(2))
 
-    @jax.jit
-    def both(w, a):
-      exact = hypergradient(loss, loss, w, a, train, val, eta=eta, method='exact', momentum_buffer=buffer,
-                            momentum=momentum, weight_decay=weight_decay)
-
-      def unrolled(a):
-        grads = jax.grad(loss)(w, a, train)
-        w_prime = jax.tree.map(lambda p, g, m: p - eta * (momentum * m + g + weight_decay * p), w, grads, buffer)
-        return loss(w_prime, a, val)
-      return exact, jax.grad(unrolled)(a)
-
-    exact, reference = both(params, alphas)
+    exact, reference = exact_and_autodiff(loss, loss, params, alphas, train, val, eta=eta, momentum=momentum,
+                                          weight_decay=weight_decay, buffer=buffer)
     flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
     assert jax.tree.structure(exact) == jax.tree.structure(alphas)
     # Every α and β of the (only, reduction) cell has a gradient.

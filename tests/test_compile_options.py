@@ -96,3 +96,23 @@ def test_background_compilation_is_the_first_calls_program():
   assert counter.count == 0
   for key in expected:
     np.testing.assert_allclose(result[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_lowering_ahead_leaves_the_background_only_the_compile():
+  traces = []
+
+  def loss(state, batch):
+    traces.append(None)  # runs once per trace
+    return _softmax_loss(state, batch)
+
+  state, batch = _inputs()
+  p_loss = parallel.data_parallel(loss, AXIS_NAME)
+  shapes = parallel.replicated_shapes(parallel.unreplicate(state), AXIS_NAME)
+  p_loss.lower_ahead(shapes, batch)
+  assert len(traces) == 1
+  with _CompileCounter() as counter:
+    p_loss.compile_in_background(shapes, batch)
+    p_loss.wait_lowered()
+    p_loss.wait()
+    p_loss(state, batch)
+  assert (len(traces), counter.count) == (1, 1)  # traced once, ahead; compiled once, in the background

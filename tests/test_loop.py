@@ -259,3 +259,12 @@ def test_epoch_metrics_name_the_first_non_finite_step():
     metrics.add(_step_metrics(x))
   with pytest.raises(loop.NonFiniteLossError, match=r'at step 12 \(loss=nan\).*Try again\.'):
     metrics.flush(13)
+
+
+def test_seconds_since_process_start_count_from_the_command():
+  # A process that waits 1.5 s before asking: the answer includes the wait (and its interpreter's start-up), within
+  # the clock's tick of 10 ms.
+  code = ('import time; time.sleep(1.5); import darts_jax.training.loop as loop; '
+          'print(loop.seconds_since_process_start())')
+  since_start = float(subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True).stdout)
+  assert 1.5 - 0.01 <= since_start < 60

@@ -135,13 +135,20 @@ def _taps(x_padded: jax.Array, kernel: int, stride: int, dilation: int, out_h: i
       yield (i, j), window
 
 
+def _kernel_tap(kernel: jax.Array, i: int, j: int) -> jax.Array:
+  """Tap (i, j) of (B, k, k, C) kernels, shaped (B, 1, 1, 1, C) to scale (B, N, H, W, C) windows. (`lax.slice`: jnp
+  indexing costs several times more to trace, and the supernet takes thousands of taps.)"""
+  tap = lax.slice(kernel, (0, i, j, 0), (kernel.shape[0], i + 1, j + 1, kernel.shape[-1]))
+  return tap.reshape(kernel.shape[:1] + (1, 1, 1) + kernel.shape[-1:])
+
+
 def _depthwise_fused(x: jax.Array, kernel: jax.Array, stride: int, dilation: int, padding: int) -> jax.Array:
   """Σ over taps of (strided window of the padded input) · kernel[tap]: one fused elementwise loop under XLA."""
   k = kernel.shape[1]
   out_h, out_w = (conv_output_size(n, k, stride, padding, dilation) for n in x.shape[-3:-1])
   out = None
   for (i, j), window in _taps(_spatial_pad(x, padding), k, stride, dilation, out_h, out_w):
-    term = window * kernel[:, i, j][:, None, None, None, :]
+    term = window * _kernel_tap(kernel, i, j)
     out = term if out is None else out + term
   return out
 
@@ -195,7 +202,7 @@ def _depthwise_input_transpose(ct, x, kernel, *, stride, dilation, padding):
   ct = lax.pad(ct, jnp.zeros((), ct.dtype), pads)
   # A shared input (one map, several kernels) receives the sum over the maps, summed inside the same loop: a
   # separate reduction over maps becomes a library call that materialises every product.
-  maps = [slice(b, b + 1) for b in range(ct.shape[0])] if in_shape[0] == 1 < ct.shape[0] else [slice(None)]
+  maps = [(b, b + 1) for b in range(ct.shape[0])] if in_shape[0] == 1 < ct.shape[0] else [(0, ct.shape[0])]
   dx = jnp.zeros(in_shape, ct.dtype)
   for r_h, (len_h, taps_h) in enumerate(phases[0]):
     for r_w, (len_w, taps_w) in enumerate(phases[1]):
@@ -205,12 +212,14 @@ def _depthwise_input_transpose(ct, x, kernel, *, stride, dilation, padding):
       row_starts = jnp.array([pads[-3][0] + c for _, c in taps_h])
 
       def add_row(n, phase, len_h=len_h, len_w=len_w, taps_w=taps_w, rows=rows, row_starts=row_starts):
-        band = lax.dynamic_slice_in_dim(ct, row_starts[n], len_h, axis=-3)
-        kernel_row = lax.dynamic_index_in_dim(kernel, rows[n], axis=1, keepdims=False)  # (B, k, C)
+        band = lax.dynamic_slice_in_dim(ct, lax.dynamic_index_in_dim(row_starts, n, keepdims=False), len_h, axis=-3)
+        kernel_row = lax.dynamic_slice_in_dim(kernel, lax.dynamic_index_in_dim(rows, n, keepdims=False), 1,
+                                              axis=1)  # (B, 1, k, C)
         for j, c_w in taps_w:
-          window = band[..., pads[-2][0] + c_w:pads[-2][0] + c_w + len_w, :]
-          for b in maps:
-            phase = phase + window[b] * kernel_row[b, j][:, None, None, None, :]
+          window = lax.slice_in_dim(band, pads[-2][0] + c_w, pads[-2][0] + c_w + len_w, axis=-2)
+          for start, stop in maps:
+            phase = phase + (lax.slice_in_dim(window, start, stop) *
+                             _kernel_tap(lax.slice_in_dim(kernel_row, start, stop), 0, j))
         return phase
 
       phase = lax.fori_loop(0, len(taps_h), add_row, jnp.zeros(in_shape[:-3] + (len_h, len_w, in_shape[-1]),
@@ -235,9 +244,10 @@ def _depthwise_kernel_transpose(ct, x, kernel, *, stride, dilation, padding):
   accumulate = jnp.promote_types(ct.dtype, jnp.float32)
 
   def row_gradient(i, dk):
-    band = lax.dynamic_slice_in_dim(x_padded, i * dilation, span_h, axis=-3)[..., ::stride, :, :]
-    row = jnp.stack([jnp.sum(band[..., j * dilation:j * dilation + span_w:stride, :] * ct, reduce_axes,
-                             dtype=accumulate) for j in range(k)], axis=1)
+    band = lax.slice_in_dim(lax.dynamic_slice_in_dim(x_padded, i * dilation, span_h, axis=-3), 0, span_h, stride,
+                            axis=-3)
+    row = jnp.stack([jnp.sum(lax.slice_in_dim(band, j * dilation, j * dilation + span_w, stride, axis=-2) * ct,
+                             reduce_axes, dtype=accumulate) for j in range(k)], axis=1)
     return lax.dynamic_update_slice(dk, row[:, None], (0, i, 0, 0))
 
   return lax.fori_loop(0, k, row_gradient, jnp.zeros(kernel.aval.shape, accumulate)).astype(kernel.aval.dtype)

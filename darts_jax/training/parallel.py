@@ -141,6 +141,7 @@ class DataParallel:
       raise ValueError(f'unknown parallel_impl {impl!r}; use one of {", ".join(IMPLS)}.')
     self.impl, self.compiler_options, self._in_axes = impl, compiler_options, in_axes
     self._compiling: list[concurrent.futures.Future[Any]] = []
+    self._lowering: list[threading.Event] = []
     if impl == 'pmap':
       self._pmapped = jax.pmap(fn, axis_name=axis_name, in_axes=in_axes, donate_argnums=donate_argnums)
       return
@@ -177,9 +178,20 @@ class DataParallel:
     global_args = multihost_utils.host_local_array_to_global_array(args, self._mesh, specs)
     return multihost_utils.global_array_to_host_local_array(program(*global_args), self._mesh, self._mapped)
 
+  def lower_ahead(self, *args: Any) -> None:
+    """Traces and lowers the program for `args` (as `compile_in_background` takes them) now, in this thread; a later
+    `compile_in_background` or call with them finds the lowering cached. Tracing holds Python's lock: a program
+    traced while another compiles (XLA releases the lock) costs little, one traced beside the training loop slows
+    the loop and waits for it. Single-process ``shard_map`` only, as `compile_in_background`.
+    """
+    if self.impl == 'pmap' or jax.process_count() > 1:
+      return
+    self._program(self._arg_axes(len(args))).lower(*_abstract(args))
+
   def compile_in_background(self, *args: Any) -> None:
     """Starts compiling the program for `args` in a thread (XLA releases the GIL while it compiles), so that its
-    first call with arguments of these shapes, dtypes and shardings only runs it.
+    first call with arguments of these shapes, dtypes and shardings only runs it; `wait_lowered` waits for the
+    thread's tracing and lowering (which hold the GIL).
 
     `args` are arrays laid out as `replicate`/`shard` lay them out, or their `replicated_shapes` / shapes with those
     shardings. The first call afterwards waits for the compilation. Single-process ``shard_map`` only: elsewhere
@@ -189,16 +201,26 @@ class DataParallel:
       return
     program, abstract_args = self._program(self._arg_axes(len(args))), _abstract(args)
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    lowered = threading.Event()
+    self._lowering.append(lowered)
 
     def compile_program():
       try:
+        lowering = program.lower(*abstract_args)
+        lowered.set()
         # jit keeps the lowered and compiled program: the call with these shapes reuses it.
-        future.set_result(program.lower(*abstract_args).compile())
+        future.set_result(lowering.compile())
       except BaseException as e:  # pylint: disable=broad-exception-caught  (raised again by `wait`)
+        lowered.set()
         future.set_exception(e)
 
     threading.Thread(target=compile_program, name='darts_jax-compile', daemon=True).start()
     self._compiling.append(future)
+
+  def wait_lowered(self) -> None:
+    """Waits until the programs `compile_in_background` started are traced and lowered (they may still compile)."""
+    while self._lowering:
+      self._lowering.pop().wait()
 
   def wait(self) -> None:
     """Waits for the compilations `compile_in_background` started (raising their errors)."""

@@ -184,8 +184,9 @@ def test_search_resumes_bit_identically_after_an_interruption(reference_search, 
   assert (tmp_path / 'alphas.jsonl').read_text() == (workdir / 'alphas.jsonl').read_text()
 
 
-# fd's chain differs from exact's only in its stages (tests/test_second_order_impl.py covers both on the CNN space).
-@pytest.mark.parametrize('method', [pytest.param('fd', marks=pytest.mark.slow), 'exact'])
+# The chain is the generic `one_step_stages`, whose passes tests/test_second_order_impl.py compares on the CNN space.
+@pytest.mark.slow
+@pytest.mark.parametrize('method', ['fd', 'exact'])
 def test_second_order_passes_chained_equal_direct(method):
   """The recurrent space clips its virtual step (grad_clip) and adds TAR to the weight step only, with its own dropout
   key: the chained passes (one compiled gradient, the weight step's pass selected inside the loop) must compute what
@@ -275,6 +276,7 @@ def test_exact_hypergradient_with_pc_darts_is_autodiff_through_the_virtual_step_
     assert all(np.abs(e).max() > 1e-6 for e in jax.tree.leaves(expected) if e.size > 1)
 
 
+@pytest.mark.slow  # the attack is the generic `WeightPerturbation`: tests/test_sdarts_adv.py covers it on the CNN space
 def test_sdarts_adv_attacks_the_weight_step_only():
   """SDARTS-ADV on the recurrent space (its supernet takes the relaxation's mixing weights, β's included): the
   architecture step is the plain one, written out here (first order, SGD(1): ``α − ∇_α L_val``; float32 rounding of

@@ -127,28 +127,37 @@ def _spatial_pad(x: jax.Array, padding: int, value: float = 0.0) -> jax.Array:
 
 
 def _taps(x_padded: jax.Array, kernel: int, stride: int, dilation: int, out_h: int, out_w: int):
-  """Yields ((i, j), window) for each kernel tap: the strided window of the padded input that tap (i, j) reads."""
+  """Yields ((i, j), window) for each kernel tap: the strided window of the padded input that tap (i, j) reads.
+
+  One `lax.slice` per window (not one per axis, nor jnp indexing, slower to trace): XLA:CPU's compile time goes with
+  the instructions of the kernels it generates, and the supernet's convolutions take thousands of taps.
+  """
+  start, limit, strides = [0] * x_padded.ndim, list(x_padded.shape), [1] * x_padded.ndim
+  strides[-3] = strides[-2] = stride
   for i in range(kernel):
     for j in range(kernel):
-      window = lax.slice_in_dim(x_padded, i * dilation, i * dilation + stride * (out_h - 1) + 1, stride, axis=-3)
-      window = lax.slice_in_dim(window, j * dilation, j * dilation + stride * (out_w - 1) + 1, stride, axis=-2)
-      yield (i, j), window
+      start[-3], start[-2] = i * dilation, j * dilation
+      limit[-3], limit[-2] = start[-3] + stride * (out_h - 1) + 1, start[-2] + stride * (out_w - 1) + 1
+      yield (i, j), lax.slice(x_padded, start, limit, strides)
 
 
-def _kernel_tap(kernel: jax.Array, i: int, j: int) -> jax.Array:
-  """Tap (i, j) of (B, k, k, C) kernels, shaped (B, 1, 1, 1, C) to scale (B, N, H, W, C) windows. (`lax.slice`: jnp
-  indexing costs several times more to trace, and the supernet takes thousands of taps.)"""
-  tap = lax.slice(kernel, (0, i, j, 0), (kernel.shape[0], i + 1, j + 1, kernel.shape[-1]))
-  return tap.reshape(kernel.shape[:1] + (1, 1, 1) + kernel.shape[-1:])
+def _kernel_taps(kernel: jax.Array) -> dict[tuple[int, int], jax.Array]:
+  """The taps (i, j) of (B, rows, columns, C) kernels, each (B, 1, 1, 1, C) to scale (B, N, H, W, C) windows: slices
+  of one reshaped kernel, one instruction per tap in the kernels XLA generates (a slice of the 4-D kernel then needs
+  a reshape)."""
+  maps, rows, columns, channels = kernel.shape
+  flat = kernel.reshape(maps, 1, 1, 1, rows * columns * channels)
+  return {(i, j): lax.slice_in_dim(flat, (i * columns + j) * channels, (i * columns + j + 1) * channels, axis=-1)
+          for i in range(rows) for j in range(columns)}
 
 
 def _depthwise_fused(x: jax.Array, kernel: jax.Array, stride: int, dilation: int, padding: int) -> jax.Array:
   """Σ over taps of (strided window of the padded input) · kernel[tap]: one fused elementwise loop under XLA."""
   k = kernel.shape[1]
   out_h, out_w = (conv_output_size(n, k, stride, padding, dilation) for n in x.shape[-3:-1])
-  out = None
+  out, taps = None, _kernel_taps(kernel)
   for (i, j), window in _taps(_spatial_pad(x, padding), k, stride, dilation, out_h, out_w):
-    term = window * _kernel_tap(kernel, i, j)
+    term = window * taps[i, j]
     out = term if out is None else out + term
   return out
 
@@ -213,13 +222,12 @@ def _depthwise_input_transpose(ct, x, kernel, *, stride, dilation, padding):
 
       def add_row(n, phase, len_h=len_h, len_w=len_w, taps_w=taps_w, rows=rows, row_starts=row_starts):
         band = lax.dynamic_slice_in_dim(ct, lax.dynamic_index_in_dim(row_starts, n, keepdims=False), len_h, axis=-3)
-        kernel_row = lax.dynamic_slice_in_dim(kernel, lax.dynamic_index_in_dim(rows, n, keepdims=False), 1,
-                                              axis=1)  # (B, 1, k, C)
+        kernel_row = _kernel_taps(lax.dynamic_slice_in_dim(
+            kernel, lax.dynamic_index_in_dim(rows, n, keepdims=False), 1, axis=1))  # taps (0, j) of the row
         for j, c_w in taps_w:
           window = lax.slice_in_dim(band, pads[-2][0] + c_w, pads[-2][0] + c_w + len_w, axis=-2)
           for start, stop in maps:
-            phase = phase + (lax.slice_in_dim(window, start, stop) *
-                             _kernel_tap(lax.slice_in_dim(kernel_row, start, stop), 0, j))
+            phase = phase + lax.slice_in_dim(window, start, stop) * lax.slice_in_dim(kernel_row[0, j], start, stop)
         return phase
 
       phase = lax.fori_loop(0, len(taps_h), add_row, jnp.zeros(in_shape[:-3] + (len_h, len_w, in_shape[-1]),

@@ -90,15 +90,16 @@ def chain_gradient_passes(gradient_pass: Callable[[jax.Array, Any], Any], stages
 
   Returns ``(carry, out)``: the carry after the last stage and the last pass's output.
   """
-  def body(i, loop_state):
-    carry, inputs, _ = loop_state
+  def body(loop_state, i):
+    carry, inputs = loop_state
     out = gradient_pass(i, inputs)
     carry, inputs = jax.lax.switch(i, stages, carry, out)
-    return carry, inputs, out
+    return (carry, inputs), out
 
-  no_output = _zeros(jax.eval_shape(gradient_pass, 0, inputs))
-  carry, _, out = jax.lax.fori_loop(0, len(stages), body, (_zeros(carry_shapes), inputs, no_output))
-  return carry, out
+  # Every pass's output leaves the loop stacked (one gradient each) and the last is kept: a loop carry would need
+  # the output's shapes first, which only tracing the gradient once more would give.
+  (carry, _), outs = jax.lax.scan(body, (_zeros(carry_shapes), inputs), jnp.arange(len(stages)))
+  return carry, jax.tree.map(lambda stacked: stacked[-1], outs)
 
 
 def _zeros(shapes: PyTree) -> PyTree:

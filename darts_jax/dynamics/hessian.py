@@ -48,23 +48,23 @@ def _lanczos_ritz_values(matvec: Callable[[jax.Array], tuple[jax.Array, Any]], s
   # TPUs compute in bfloat16 passes by default (and GPUs in TF32), far coarser than the vectors' own precision.
   project = lambda a, b: jnp.matmul(a, b, precision=lax.Precision.HIGHEST)  # noqa: E731
 
-  def body(j, carry):
-    basis, diagonal, off_diagonal, first_aux = carry
+  def body(carry, j):
+    basis, diagonal, off_diagonal = carry
     w, aux = matvec(basis[j].astype(dtype))
     w = w.astype(basis_dtype)
-    first_aux = jax.tree.map(lambda first, new: jnp.where(j == 0, new, first), first_aux, aux)
     diagonal = diagonal.at[j].set(project(basis[j], w))
     for _ in range(2):  # classical Gram-Schmidt, repeated: orthogonal to the basis' precision
       w = w - project(basis.T, project(basis, w))
     norm = jnp.linalg.norm(w)
     off_diagonal = off_diagonal.at[j].set(norm)
     basis = basis.at[j + 1].set(jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), 0.0))
-    return basis, diagonal, off_diagonal, first_aux
+    return (basis, diagonal, off_diagonal), aux
 
-  aux_shape = jax.eval_shape(matvec, basis[0].astype(dtype))[1]
-  _, diagonal, off_diagonal, first_aux = lax.fori_loop(
-      0, k, body, (basis, jnp.zeros(k, basis_dtype), jnp.zeros(k, basis_dtype),
-                   jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape)))
+  # The products' `aux` leave the loop stacked (small: the operator's size): a carry would need their shapes first,
+  # which only tracing `matvec` once more (a network's gradient) would give.
+  (_, diagonal, off_diagonal), auxes = lax.scan(
+      body, (basis, jnp.zeros(k, basis_dtype), jnp.zeros(k, basis_dtype)), jnp.arange(k))
+  first_aux = jax.tree.map(lambda stacked: stacked[0], auxes)
   tridiagonal = jnp.diag(diagonal) + jnp.diag(off_diagonal[:-1], 1) + jnp.diag(off_diagonal[:-1], -1)
   return jnp.linalg.eigvalsh(tridiagonal), first_aux
 

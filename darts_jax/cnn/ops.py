@@ -129,8 +129,8 @@ def _spatial_pad(x: jax.Array, padding: int, value: float = 0.0) -> jax.Array:
 def _taps(x_padded: jax.Array, kernel: int, stride: int, dilation: int, out_h: int, out_w: int):
   """Yields ((i, j), window) for each kernel tap: the strided window of the padded input that tap (i, j) reads.
 
-  One `lax.slice` per window (not one per axis, nor jnp indexing, slower to trace): XLA:CPU's compile time goes with
-  the instructions of the kernels it generates, and the supernet's convolutions take thousands of taps.
+  One `lax.slice` per window, not one per axis nor jnp indexing: XLA simplifies all three to the same program, but
+  the supernet's convolutions take thousands of taps, and this is the fastest to trace.
   """
   start, limit, strides = [0] * x_padded.ndim, list(x_padded.shape), [1] * x_padded.ndim
   strides[-3] = strides[-2] = stride
@@ -142,9 +142,9 @@ def _taps(x_padded: jax.Array, kernel: int, stride: int, dilation: int, out_h: i
 
 
 def _kernel_taps(kernel: jax.Array) -> dict[tuple[int, int], jax.Array]:
-  """The taps (i, j) of (B, rows, columns, C) kernels, each (B, 1, 1, 1, C) to scale (B, N, H, W, C) windows: slices
-  of one reshaped kernel, one instruction per tap in the kernels XLA generates (a slice of the 4-D kernel then needs
-  a reshape)."""
+  """The taps (i, j) of (B, rows, columns, C) kernels, each (B, 1, 1, 1, C) to scale (B, N, H, W, C) windows: one
+  slice each of one reshaped kernel (jnp indexing and a reshape per tap give XLA the same program, slower to
+  trace)."""
   maps, rows, columns, channels = kernel.shape
   flat = kernel.reshape(maps, 1, 1, 1, rows * columns * channels)
   return {(i, j): lax.slice_in_dim(flat, (i * columns + j) * channels, (i * columns + j + 1) * channels, axis=-1)

@@ -539,21 +539,21 @@ def search(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -
     return 'every seed stopped early: ' + '; '.join(f'seed_{s} after epoch {e} ({reason})'
                                                      for s, (e, reason) in enumerate(stops))
 
-  def evaluation_programs(r_state: Any) -> Iterator[tuple[parallel.DataParallel, tuple[Any, ...]]]:
-    """The end-of-epoch programs with their arguments (or their shapes), for compiling ahead of their first call."""
-    yield p_eval, (r_state, put_eval(eval_carry), put_eval(next(iter(setup.eval_batches()))))
-    if hessian_iterations:
-      yield p_hessian, (r_state, hessian_batches)
+  # The end-of-epoch programs with arguments of their first call's shapes (the state's by its shapes), traced while
+  # the step compiles in the background (after its own tracing, which they would slow) rather than beside the first
+  # epoch's steps; they compile once the step runs (`compile_evaluation`), their lowering cached.
+  r_state_shapes = parallel.replicated_shapes(state, AXIS_NAME)
+  evaluation_programs = [(p_eval, (r_state_shapes, put_eval(eval_carry), put_eval(next(iter(setup.eval_batches())))))]
+  if hessian_iterations:
+    evaluation_programs.append((p_hessian, (r_state_shapes, hessian_batches)))
+  p_step.wait_lowered()
+  for program, args in evaluation_programs:
+    program.lower_ahead(*args)
 
   def compile_evaluation(r_state: Any) -> None:
-    for program, args in evaluation_programs(r_state):
+    del r_state  # compiled for its shapes, which `r_state_shapes` are
+    for program, args in evaluation_programs:
       program.compile_in_background(*args)
-
-  # Traced while the step compiles in the background (after its own tracing, which they would slow), rather than
-  # beside the first epoch's steps: they compile once the step runs (`compile_evaluation`), their lowering cached.
-  p_step.wait_lowered()
-  for program, args in evaluation_programs(parallel.replicated_shapes(state, AXIS_NAME)):
-    program.lower_ahead(*args)
 
   logs = (GENOTYPES_FILE, ALPHAS_FILE) if single else tuple(
       f'seed_{s}/{name}' for s in range(num_seeds) for name in (GENOTYPES_FILE, ALPHAS_FILE, reporting.METRICS_FILE))

@@ -40,13 +40,11 @@ second-order terms), `chain_gradient_passes` (several gradient passes through on
 as the search step appends its weight step) and `resolve_passes`.
 """
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 Loss = Callable[[PyTree, PyTree, Any], jax.Array]
@@ -88,78 +86,20 @@ def chain_gradient_passes(gradient_pass: Callable[[jax.Array, Any], Any], stages
   ``out = gradient_pass(i, inputs)`` and then a ``lax.switch`` branch (each compiled once) turns it into the next
   pass's inputs and updates the ``carry``: ``carry, inputs = stages[i](carry, out)``. The carry starts as zeros of
   ``carry_shapes`` (``jax.ShapeDtypeStruct`` leaves, e.g. from ``jax.eval_shape``). ``inputs`` keep one structure,
-  shape and dtype through the passes (the loop's carry); ``i`` is traced. A stage that updates many tensors compiles
-  fastest when it computes on their concatenation (``jax.flatten_util.ravel_pytree``), as `one_step_stages`'s do:
-  one kernel for all of them.
+  shape and dtype through the passes (the loop's carry); ``i`` is traced.
 
   Returns ``(carry, out)``: the carry after the last stage and the last pass's output.
   """
-  # The loop holds the carry and the inputs packed, one vector per dtype (`_packing`). A stage that computes the
-  # weights as one vector (`one_step_stages`'s: one kernel, where leaf by leaf it is one per tensor, hundreds in a
-  # supernet) hands them on as they are: XLA rejoins the packed slices of one vector. Carried as a pytree, every
-  # stage would copy out each tensor, as many kernels again. What it costs: a slice per tensor at each pass's start.
-  carry_packing, inputs_packing = _packing(_zeros(carry_shapes)), _packing(inputs)
-
-  def packed_stage(stage):
-    def run(packed_carry, out):
-      carry, next_inputs = stage(carry_packing.unpack(packed_carry), out)
-      return carry_packing.pack(carry), inputs_packing.pack(next_inputs)
-    return run
-
-  packed_stages = [packed_stage(stage) for stage in stages]
-
   def body(loop_state, i):
-    packed_carry, packed_inputs = loop_state
-    out = gradient_pass(i, inputs_packing.unpack(packed_inputs))
-    return jax.lax.switch(i, packed_stages, packed_carry, out), out
+    carry, inputs = loop_state
+    out = gradient_pass(i, inputs)
+    carry, inputs = jax.lax.switch(i, stages, carry, out)
+    return (carry, inputs), out
 
   # Every pass's output leaves the loop stacked (one gradient each) and the last is kept: a loop carry would need
   # the output's shapes first, which only tracing the gradient once more would give.
-  (packed_carry, _), outs = jax.lax.scan(body, (carry_packing.pack(_zeros(carry_shapes)), inputs_packing.pack(inputs)),
-                                         jnp.arange(len(stages)))
-  return carry_packing.unpack(packed_carry), jax.tree.map(lambda stacked: stacked[-1], outs)
-
-
-class _Packing(NamedTuple):
-  """``pack(tree)``: the leaves of a pytree shaped as the example, concatenated into one vector per dtype (leaves of
-  extended dtypes, such as PRNG keys, kept as they are); ``unpack`` inverts it."""
-  pack: Callable[[PyTree], tuple[list[jax.Array], list[jax.Array]]]
-  unpack: Callable[[tuple[list[jax.Array], list[jax.Array]]], PyTree]
-
-
-def _packing(example: PyTree) -> _Packing:
-  """`_Packing` for pytrees with the structure, shapes and dtypes of ``example``."""
-  leaves, treedef = jax.tree.flatten(example)
-  shapes = [(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
-  groups: dict[Any, list[int]] = {}
-  loose = []
-  for index, (_, dtype) in enumerate(shapes):
-    if jnp.issubdtype(dtype, jax.dtypes.extended):
-      loose.append(index)
-    else:
-      groups.setdefault(dtype, []).append(index)
-
-  def pack(tree):
-    tree_leaves = treedef.flatten_up_to(tree)
-    # astype: a strong dtype, so that every stage's packing has the loop carry's type
-    return ([jnp.concatenate([jnp.ravel(tree_leaves[i]) for i in indices]).astype(dtype)
-             for dtype, indices in groups.items()], [tree_leaves[i] for i in loose])
-
-  def unpack(packed):
-    vectors, loose_leaves = packed
-    unpacked = [None] * len(shapes)
-    for vector, indices in zip(vectors, groups.values()):
-      offset = 0
-      for i in indices:
-        shape = shapes[i][0]
-        size = math.prod(shape)
-        unpacked[i] = jax.lax.slice_in_dim(vector, offset, offset + size).reshape(shape)
-        offset += size
-    for i, leaf in zip(loose, loose_leaves):
-      unpacked[i] = leaf
-    return treedef.unflatten(unpacked)
-
-  return _Packing(pack, unpack)
+  (carry, _), outs = jax.lax.scan(body, (_zeros(carry_shapes), inputs), jnp.arange(len(stages)))
+  return carry, jax.tree.map(lambda stacked: stacked[-1], outs)
 
 
 def _zeros(shapes: PyTree) -> PyTree:
@@ -669,39 +609,35 @@ def one_step_stages(method: str, loss: Loss, w: PyTree, alpha: PyTree, train_bat
     momentum_buffer = jax.tree.map(jnp.zeros_like, w)
 
   # What passes on between passes: ∇_α L_val(w'), the mixed term, the clip coefficient; for 'fd' also R, the
-  # stencil's offset Rv and ∇_α L_train(w⁺). Gradients have their parameters' shapes and dtypes. The weights'
-  # arithmetic runs on their concatenation into one vector: one fused kernel per stage, not one per tensor.
-  flat_w, unravel = ravel_pytree(w)
-  flat_momentum = ravel_pytree(momentum_buffer)[0]
-  flat_shape = jax.ShapeDtypeStruct(flat_w.shape, flat_w.dtype)
-  alpha_shapes = jax.eval_shape(lambda: alpha)
+  # stencil's offset Rv and ∇_α L_train(w⁺). Gradients have their parameters' shapes and dtypes.
+  w_shapes, alpha_shapes = jax.eval_shape(lambda: (w, alpha))
   carry_shapes = {'grad_alpha': alpha_shapes, 'mixed': alpha_shapes}
   if grad_clip is not None:
-    carry_shapes['clip'] = jax.eval_shape(clip_coefficient, flat_shape, grad_clip)
+    carry_shapes['clip'] = jax.eval_shape(clip_coefficient, w_shapes, grad_clip)
   if method == 'fd':
-    carry_shapes.update(r=jax.eval_shape(_global_norm, flat_shape), offset=flat_shape, plus=alpha_shapes)
+    carry_shapes.update(r=jax.eval_shape(_global_norm, w_shapes), offset=w_shapes, plus=alpha_shapes)
 
   def virtual(carry, out):
-    grad_w = ravel_pytree(out[0][0])[0]
+    grad_w = out[0][0]
     if grad_clip is not None:
       carry = dict(carry, clip=jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip)))
-      grad_w = carry['clip'] * grad_w
-    w_prime = virtual_step(flat_w, grad_w, flat_momentum, eta=eta, momentum=momentum, weight_decay=weight_decay)
-    return carry, (unravel(w_prime), alpha, val_batch)
+      grad_w = jax.tree.map(lambda g: carry['clip'] * g, grad_w)
+    w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay)
+    return carry, (w_prime, alpha, val_batch)
 
   def at_w_prime(carry, out):
     v, grad_alpha = out[0]
     if method == 'exact':  # the last stage
       return dict(carry, grad_alpha=grad_alpha, mixed=pmean(exact_mixed_term(loss, w, alpha, train_batch, v))), (
           w, alpha, train_batch)
-    v = ravel_pytree(v)[0]
     norm = _global_norm(v)
     r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)  # v == 0: w± = w, a zero mixed term
-    offset = r * v
-    return dict(carry, grad_alpha=grad_alpha, r=r, offset=offset), (unravel(flat_w + offset), alpha, train_batch)
+    offset = jax.tree.map(lambda v_: r * v_, v)
+    return (dict(carry, grad_alpha=grad_alpha, r=r, offset=offset),
+            (jax.tree.map(jnp.add, w, offset), alpha, train_batch))
 
   def at_w_plus(carry, out):
-    return dict(carry, plus=out[0][1]), (unravel(flat_w - carry['offset']), alpha, train_batch)
+    return dict(carry, plus=out[0][1]), (jax.tree.map(jnp.subtract, w, carry['offset']), alpha, train_batch)
 
   def at_w_minus(carry, out):
     mixed = jax.tree.map(lambda p, m: (p - m) / (2 * carry['r']), carry['plus'], out[0][1])

@@ -49,7 +49,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.flatten_util import ravel_pytree
 import optax
 from absl import logging
 
@@ -338,18 +337,14 @@ def _chained_step(method, gradient_pass, loss_fn, arch_step, params, alphas, tra
   clip_shape = jax.ShapeDtypeStruct((), jnp.result_type(*jax.tree.leaves(params)))
   carry_shapes = (jax.eval_shape(update_alphas, alphas), clip_shape)
 
-  # The virtual step on the weights' concatenation: one fused kernel, where per tensor it is hundreds.
-  flat_params, unravel = ravel_pytree(params)
-  flat_momentum = ravel_pytree(momentum_buffer)[0]
-
   def virtual(carry, out):
-    grad_w = ravel_pytree(out[0][0])[0]
+    grad_w = out[0][0]
     clip = jnp.ones((), clip_shape.dtype)
     if grad_clip is not None:  # the clip coefficient is a constant of the virtual step (`hypergradient`)
       clip = jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip)).astype(clip_shape.dtype)
-      grad_w = clip * grad_w
-    w_prime = virtual_step(flat_params, grad_w, flat_momentum, eta=lr, momentum=momentum, weight_decay=weight_decay)
-    return (carry[0], clip), (unravel(w_prime), alphas, val)
+      grad_w = jax.tree.map(lambda g: clip * g, grad_w)
+    w_prime = virtual_step(params, grad_w, momentum_buffer, eta=lr, momentum=momentum, weight_decay=weight_decay)
+    return (carry[0], clip), (w_prime, alphas, val)
 
   def arch(carry, out):
     (v, grad_alpha), _ = out

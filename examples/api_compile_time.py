@@ -5,7 +5,8 @@
 
 As a researcher would run it (README, "Library"): `SearchNetwork(C=4, num_classes=10, layers=3)`, batches of 8
 16x16x3 images, `jax.jit(net.init)` with an `ops.init_key` (`--init-key threefry`: JAX's default key, whose
-initialisation has several times the kernels), then `'first_order'`, `'fd'` and `'exact'` under `jax.jit`, each for
+initialisation has several times the kernels; `--depthwise-impl xla`: XLA's own depthwise convolutions), then
+`'first_order'`, `'fd'` and `'exact'` under `jax.jit`, each for
 every `--passes` (the direct and the chained passes in one run; first order has one pass and is timed once). Per
 program it prints the fused kernels (XLA:CPU code-generates each separately, so they drive compile time), the seconds
 to trace and lower, to compile (with a cache hit: to load), and to run once compiled, and the wall time since the
@@ -35,6 +36,8 @@ def main() -> None:
   parser.add_argument('--passes', nargs='+', default=['direct', 'chained'], choices=['direct', 'chained', 'auto'])
   parser.add_argument('--methods', nargs='+', default=['first_order', 'fd', 'exact'])
   parser.add_argument('--cache-dir', help='persistent compilation cache (the README line); default: none')
+  parser.add_argument('--depthwise-impl', choices=ops.DEPTHWISE_IMPLS, default='auto',
+                      help="the network's depthwise convolutions (ops.DEPTHWISE_IMPLS; 'auto': 'shift' on CPU)")
   parser.add_argument('--init-key', choices=['hash', 'threefry'], default='hash',
                       help="the weights' PRNG: ops.init_key's hash (the README) or JAX's default threefry")
   args = parser.parse_args()
@@ -71,7 +74,7 @@ def main() -> None:
     print(json.dumps(row), flush=True)
     return out
 
-  net = SearchNetwork(C=4, num_classes=10, layers=3)
+  net = SearchNetwork(C=4, num_classes=10, layers=3, depthwise_impl=args.depthwise_impl)
   alphas = init_alphas(jax.random.key(0))
   key = jax.random.key(1)
   variables = record(f'init ({args.init_key})', jax.jit(lambda key, x, a: net.init(key, x, a, train=False)),

@@ -261,6 +261,7 @@ def test_epoch_metrics_name_the_first_non_finite_step():
     metrics.flush(13)
 
 
+@pytest.mark.skipif(not os.path.exists('/proc/self/stat'), reason='the process start time is read from Linux /proc')
 def test_seconds_since_process_start_count_from_the_command():
   # A process that waits 1.5 s before asking: the answer includes the wait (and its interpreter's start-up), within
   # the clock's tick of 10 ms.

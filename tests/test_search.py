@@ -177,8 +177,8 @@ def _reference_step(model, state, train, val, method, lr, alphas_for_weights='ne
 
 # The unrolled and implicit methods' hypergradients are checked in tests/test_hypergradient_family.py and their search
 # steps run in test_search_runs_the_configured_hypergradient; their composition here is the other methods'.
-@pytest.mark.parametrize('method', [m if m in ('first_order', 'fd', 'exact') else pytest.param(m, marks=pytest.mark.slow)
-                                    for m in bilevel_step.METHODS])
+@pytest.mark.parametrize('method', [m if m in ('first_order', 'fd', 'exact')
+                                    else pytest.param(m, marks=pytest.mark.slow) for m in bilevel_step.METHODS])
 def test_search_step_is_arch_step_then_weight_step_with_the_new_alphas(method):
   model, _, state, step = _step_setup(method)
   step = jax.jit(step)

@@ -38,8 +38,14 @@ averaged over the axis, see `hypergradient`).
 second-order terms), `chain_gradient_passes` (several gradient passes through one compiled gradient),
 `one_step_stages` (the passes of ``'fd'`` and ``'exact'`` as stages of that chain, to which a caller appends its own,
 as the search step appends its weight step) and `resolve_passes`.
+
+**Called outside** ``jax.jit`` (concrete arrays), `hypergradient` does not run op by op: with ``passes='auto'`` (the
+default) every gradient pass is a compiled program of its own (``'separate'``), cached per loss function, shapes and
+dtypes, so that all the methods and every later call reuse one compiled gradient of the network (see
+`hypergradient`).
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -52,29 +58,43 @@ Loss = Callable[[PyTree, PyTree, Any], jax.Array]
 METHODS = ('first_order', 'fd', 'exact', 'unrolled', 'implicit_cg',
            'implicit_neumann')
 
-PASSES = ('auto', 'chained', 'direct')
-"""How ``'fd'`` and ``'exact'`` arrange their gradient passes (`hypergradient`'s ``passes``; the search step's
-``second_order_impl``)."""
-# What 'auto' picks per backend (`jax.default_backend()`). On XLA:CPU code generation dominates compile time; the
-# chained passes compile the gradient once instead of once per pass: 37-43% fewer kernels in the search step and less
-# temporary memory (docs/results.md). Elsewhere compiling weighs less, and the direct form leaves XLA free to fuse
-# across the passes, which the loop and its switch prevent (not yet measured on a GPU).
+PASSES = ('auto', 'chained', 'direct', 'separate')
+"""How the methods arrange their gradient passes (`hypergradient`'s ``passes``). Inside one program (a jitted call,
+the search step's ``second_order_impl``) ``'fd'`` and ``'exact'`` compose them ``'direct'`` or ``'chained'`` (one
+compiled gradient in a loop); outside ``jax.jit``, ``'separate'`` makes every pass a compiled program of its own,
+shared by all the methods and calls."""
+# What 'auto' picks per backend (`jax.default_backend()`) inside a program. On XLA:CPU code generation dominates
+# compile time; the chained passes compile the gradient once instead of once per pass: 37-43% fewer kernels in the
+# search step and less temporary memory (docs/results.md). Elsewhere compiling weighs less, and the direct form
+# leaves XLA free to fuse across the passes, which the loop and its switch prevent (not yet measured on a GPU).
 AUTO_PASSES = {'cpu': 'chained'}
 AUTO_PASSES_ELSEWHERE = 'direct'
 _CHAINED_METHODS = ('fd', 'exact')
 
 
-def resolve_passes(passes: str, backend: str | None = None, *, name: str = 'passes') -> str:
-  """``passes``, with ``'auto'`` replaced by the arrangement for `backend` (default: `jax.default_backend()`).
+def resolve_passes(passes: str, backend: str | None = None, *, name: str = 'passes', traced: bool = True) -> str:
+  """``passes``, with ``'auto'`` replaced by the arrangement for `backend` (default: `jax.default_backend()`) inside
+  a program (`traced`), or by ``'separate'`` outside one.
 
   Raises:
-    ValueError: ``passes`` is not in `PASSES` (the message names the argument ``name``).
+    ValueError: ``passes`` is not in `PASSES` (the message names the argument ``name``), or is ``'separate'``
+      inside a program.
   """
   if passes not in PASSES:
     raise ValueError(f'Unknown {name} {passes!r}; expected one of {", ".join(PASSES)}.')
+  if passes == 'separate' and traced:
+    raise ValueError(f"{name}='separate' compiles each gradient pass as a program of its own, for calls outside "
+                     "jax.jit; inside a jitted or mapped function use 'auto', 'chained' or 'direct'.")
   if passes != 'auto':
     return passes
+  if not traced:
+    return 'separate'
   return AUTO_PASSES.get(backend or jax.default_backend(), AUTO_PASSES_ELSEWHERE)
+
+
+def _traced(*trees: PyTree) -> bool:
+  """Whether any leaf is a tracer: the call is part of a program being traced (``jax.jit``, ``jax.grad``, ...)."""
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
 
 
 def chain_gradient_passes(gradient_pass: Callable[[jax.Array, Any], Any], stages: list[Callable], carry_shapes: Any,
@@ -200,7 +220,7 @@ def hypergradient(
     implicit_damping: float | jax.Array = 0.0,
     grad_clip: float | jax.Array | None = None,
     axis_name: Any = None,
-    passes: str = 'direct',
+    passes: str = 'auto',
 ) -> PyTree:
   r"""Gradient of the validation loss w.r.t. ``alpha`` through the weights' dependence on it, by ``method``.
 
@@ -237,10 +257,18 @@ def hypergradient(
       ``jax.shard_map(..., check_vma=False)``. Under ``shard_map`` with ``check_vma=True`` JAX already sums
       gradients of replicated inputs over devices; there, make the losses global means (``jax.lax.pmean`` of the
       per-device mean) and leave ``axis_name=None``.
-    passes: one of `PASSES`, for ``'fd'`` and ``'exact'``: ``'direct'``, ``'chained'`` (one compiled gradient for
-      all their passes; needs one loss function and like batches) or ``'auto'`` (chained on CPU where possible,
-      else direct). See `fd_hypergradient`. The other methods' repeated passes are already loops with one compiled
-      body.
+    passes: one of `PASSES`: how the gradient passes run. Inside a jitted or mapped function, for ``'fd'`` and
+      ``'exact'``: ``'direct'``, ``'chained'`` (one compiled gradient for all their passes; needs one loss function
+      and like batches) or ``'auto'`` (chained on CPU where possible, else direct); see `fd_hypergradient`. The
+      other methods' repeated passes are already loops with one compiled body. Called outside ``jax.jit``:
+      ``'auto'`` (or ``'separate'``) runs every method as compiled programs instead of op by op: for
+      ``'first_order'``, ``'fd'`` and ``'exact'`` every gradient pass is the full gradient
+      :math:`(\nabla_w, \nabla_\alpha)` of the loss, compiled once per loss function, shapes and dtypes and shared
+      by the three methods and every later call (``'exact'`` adds its mixed term's program, ``'fd'`` only small
+      ones for its vector arithmetic); every pass at the highest matmul precision, which the finite differences
+      need, so that one program serves all three. The other methods compile as one program each, also cached.
+      Define the loss once (a new function object compiles anew). ``'chained'`` and ``'direct'`` outside
+      ``jax.jit`` run op by op.
 
   Returns:
     The hypergradient, a pytree like ``alpha``.
@@ -248,7 +276,8 @@ def hypergradient(
   Raises:
     ValueError: if ``method`` is not in :data:`METHODS`, a step or iteration count is not positive, ``grad_clip``
       is given to a method other than ``'first_order'``, ``'fd'`` or ``'exact'``, ``passes`` is not in `PASSES`,
-      or ``passes='chained'`` meets two loss functions or unlike batches.
+      ``passes='chained'`` meets two loss functions or unlike batches, ``passes='separate'`` is traced, or the
+      separate passes meet an ``axis_name`` (they run outside any mapped program).
   """
   if method not in METHODS:
     raise ValueError(f'Unknown hypergradient method {method!r}; expected one of {METHODS}.')
@@ -257,12 +286,28 @@ def hypergradient(
                      'positive.')
   if grad_clip is not None and method not in ('first_order', 'fd', 'exact'):
     raise ValueError(f'grad_clip applies to the one-step methods first_order, fd and exact, not {method!r}.')
-  resolve_passes(passes)  # checked for every method, though only 'fd' and 'exact' read it
+  traced = _traced(w, alpha, train_batch, val_batch, eta, momentum_buffer, momentum, weight_decay,
+                   implicit_damping, grad_clip)
+  separate = resolve_passes(passes, traced=traced) == 'separate'
 
   losses_and_batches = (train_loss, val_loss, w, alpha, train_batch, val_batch)
   optimizer = dict(eta=eta, momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay)
   implicit = dict(implicit_iterations=implicit_iterations, implicit_damping=implicit_damping,
                   weight_decay=weight_decay, axis_name=axis_name)
+  if separate:
+    _check_separate(axis_name)
+    if method == 'first_order':
+      with jax.default_matmul_precision('highest'):
+        return _gradient_program(val_loss, w, alpha, val_batch)[1]
+    if method == 'unrolled':
+      return _method_program(unrolled_hypergradient, train_loss, val_loss, w, alpha, train_batch, val_batch,
+                             unroll_steps=unroll_steps, per_step_batches=per_step_batches, **optimizer)
+    if method in ('implicit_cg', 'implicit_neumann'):
+      neumann = method == 'implicit_neumann'
+      return _method_program(implicit_neumann_hypergradient if neumann else implicit_cg_hypergradient, train_loss,
+                             val_loss, w, alpha, train_batch, val_batch, implicit_iterations=implicit_iterations,
+                             implicit_damping=implicit_damping, weight_decay=weight_decay,
+                             **({'eta': eta} if neumann else {}))
   if method == 'first_order':
     return first_order_hypergradient(val_loss, w, alpha, val_batch, axis_name=axis_name)
   if method == 'fd':
@@ -294,7 +339,7 @@ def fd_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTree,
                      *, eta: float | jax.Array, momentum_buffer: PyTree | None = None,
                      momentum: float | jax.Array = 0.9, weight_decay: float | jax.Array = 0.0,
                      fd_epsilon: float = 0.01, grad_clip: float | jax.Array | None = None, axis_name: Any = None,
-                     passes: str = 'direct') -> PyTree:
+                     passes: str = 'auto') -> PyTree:
   r"""DARTS second order (Liu et al., 2019, Sec. 2.3, Eq. 8): through one virtual step, the mixed term by a central
   difference.
 
@@ -337,7 +382,8 @@ def fd_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTree,
   :math:`(w', b_{val})`, :math:`(w^+, b_{train})`, :math:`(w^-, b_{train})`, all four at the highest matmul
   precision. The same arithmetic in another order: equal up to rounding. It needs ``train_loss is val_loss`` and
   batches of one structure, shape and dtype; ``'auto'`` chains where it can on CPU (`AUTO_PASSES`) and is direct
-  elsewhere.
+  elsewhere. Outside ``jax.jit``, ``'auto'`` is ``'separate'``: the direct form's passes, each a call of one shared
+  compiled gradient (`hypergradient`).
 
   Cost: 4 forward+backward passes (the training gradient for the virtual step, the validation gradient at
   :math:`w'`, two :math:`\alpha`-gradients at :math:`w^\pm`). docs/results.md has measured times.
@@ -353,7 +399,7 @@ def exact_hypergradient(train_loss: Loss, val_loss: Loss, w: PyTree, alpha: PyTr
                         val_batch: Any, *, eta: float | jax.Array, momentum_buffer: PyTree | None = None,
                         momentum: float | jax.Array = 0.9, weight_decay: float | jax.Array = 0.0,
                         grad_clip: float | jax.Array | None = None, axis_name: Any = None,
-                        passes: str = 'direct') -> PyTree:
+                        passes: str = 'auto') -> PyTree:
   r"""The exact derivative through DARTS's virtual step: :math:`\frac{d}{d\alpha} L_{val}(w'(\alpha), \alpha)`.
 
   With the virtual step :math:`w'` and :math:`v = \nabla_{w'} L_{val}(w', \alpha)` of `fd_hypergradient`,
@@ -675,8 +721,15 @@ def _alike(x: PyTree, y: PyTree) -> bool:
 
 def _one_step(method, train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta, momentum_buffer, momentum,
               weight_decay, fd_epsilon, grad_clip, axis_name, passes):
-  """`fd_hypergradient` (``method='fd'``) or `exact_hypergradient`: the passes direct or chained."""
-  chained = resolve_passes(passes) == 'chained'
+  """`fd_hypergradient` (``method='fd'``) or `exact_hypergradient`: the passes direct, chained or separate."""
+  arrangement = resolve_passes(passes, traced=_traced(w, alpha, train_batch, val_batch, eta, momentum_buffer,
+                                                      momentum, weight_decay, fd_epsilon, grad_clip))
+  if arrangement == 'separate':
+    _check_separate(axis_name)
+    return _separate_one_step(method, train_loss, val_loss, w, alpha, train_batch, val_batch, eta=eta,
+                              momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay,
+                              fd_epsilon=fd_epsilon, grad_clip=grad_clip)
+  chained = arrangement == 'chained'
   if chained and not (train_loss is val_loss and _alike(train_batch, val_batch)):
     if passes == 'chained':
       raise ValueError("passes='chained' needs one loss function (train_loss is val_loss) and training and "
@@ -712,6 +765,76 @@ def _one_step(method, train_loss, val_loss, w, alpha, train_batch, val_batch, *,
     mixed = fd_mixed_term(train_loss, w, alpha, train_batch, v, fd_epsilon)
   mixed = pmean(mixed)
   return jax.tree.map(lambda g, h: g - mixed_scale * h, grad_alpha, mixed)
+
+
+# The separate passes: programs jitted at module level, the losses static arguments, so that JAX's cache of compiled
+# programs (per function, shapes, dtypes and matmul precision) hands every method and every call the same gradient.
+@functools.partial(jax.jit, static_argnums=0)
+def _gradient_program(loss: Loss, w: PyTree, alpha: PyTree, batch: Any) -> tuple[PyTree, PyTree]:
+  """``(∇_w, ∇_α) loss(w, alpha, batch)``: every pass of the separate ``'first_order'``, ``'fd'`` and ``'exact'``."""
+  return jax.grad(loss, argnums=(0, 1))(w, alpha, batch)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _exact_mixed_program(loss: Loss, w: PyTree, alpha: PyTree, batch: Any, v: PyTree) -> PyTree:
+  return exact_mixed_term(loss, w, alpha, batch, v)
+
+
+@jax.jit
+def _virtual_step_program(w, grad_w, momentum_buffer, eta, momentum, weight_decay, grad_clip):
+  """The virtual step ``w'`` from the unclipped training gradient, and the mixed term's factor ``η·c``."""
+  scale = eta
+  if grad_clip is not None:
+    clip = clip_coefficient(grad_w, grad_clip)
+    grad_w = jax.tree.map(lambda g: clip * g, grad_w)
+    scale = eta * clip
+  return virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay), scale
+
+
+@jax.jit
+def _stencil_program(w, v, fd_epsilon):
+  """``w ± Rv`` and ``R = ε/‖v‖`` (`fd_mixed_term`'s stencil)."""
+  norm = _global_norm(v)
+  r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)
+  return jax.tree.map(lambda w_, v_: w_ + r * v_, w, v), jax.tree.map(lambda w_, v_: w_ - r * v_, w, v), r
+
+
+@jax.jit
+def _combine_program(grad_alpha, scale, mixed=None, plus=None, minus=None, r=None):
+  """``∇_α L_val(w') − η·c·mixed``, the mixed term given or the central difference ``(plus − minus) / 2R``."""
+  if mixed is None:
+    mixed = jax.tree.map(lambda p, m: (p - m) / (2 * r), plus, minus)
+  return jax.tree.map(lambda g, h: g - scale * h, grad_alpha, mixed)
+
+
+def _separate_one_step(method, train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta, momentum_buffer,
+                       momentum, weight_decay, fd_epsilon, grad_clip):
+  """``'fd'`` or ``'exact'`` as the direct form computes them, each pass a call of the shared programs."""
+  if momentum_buffer is None:
+    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
+  with jax.default_matmul_precision('highest'):
+    grad_w, _ = _gradient_program(train_loss, w, alpha, train_batch)
+    w_prime, scale = _virtual_step_program(w, grad_w, momentum_buffer, eta, momentum, weight_decay, grad_clip)
+    v, grad_alpha = _gradient_program(val_loss, w_prime, alpha, val_batch)
+    if method == 'exact':
+      return _combine_program(grad_alpha, scale, mixed=_exact_mixed_program(train_loss, w, alpha, train_batch, v))
+    w_plus, w_minus, r = _stencil_program(w, v, fd_epsilon)
+    plus = _gradient_program(train_loss, w_plus, alpha, train_batch)[1]
+    minus = _gradient_program(train_loss, w_minus, alpha, train_batch)[1]
+    return _combine_program(grad_alpha, scale, plus=plus, minus=minus, r=r)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2),
+                   static_argnames=('unroll_steps', 'per_step_batches', 'implicit_iterations'))
+def _method_program(function, train_loss, val_loss, w, alpha, train_batch, val_batch, **options):
+  """A method's function as one program, cached per function, losses and static options."""
+  return function(train_loss, val_loss, w, alpha, train_batch, val_batch, **options)
+
+
+def _check_separate(axis_name: Any) -> None:
+  if axis_name is not None:
+    raise ValueError('axis_name averages over a mapped axis (jax.pmap, shard_map): call hypergradient inside the '
+                     "mapped function, where passes 'auto' is chained or direct, not separate.")
 
 
 def _implicit(solve, train_loss, val_loss, w, alpha, train_batch, val_batch, *, implicit_iterations,

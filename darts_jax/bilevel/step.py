@@ -29,8 +29,8 @@ Batch normalisation uses batch statistics in every forward pass, as the original
 the architecture step read the running statistics and discard their updates, only the weight step updates them (one
 update per step keeps their momentum a per-step quantity; they matter for evaluation only).
 
-**Two arrangements of the second-order steps** (``'fd'``, ``'exact'``; ``passes``, `PASSES`), equal up to float
-rounding: ``'chained'`` (`_chained_step`) takes every full gradient pass of the network, the weight step's
+**Two arrangements of the second-order steps** (``'fd'``, ``'exact'``; ``passes``, `STEP_PASSES`), equal up to
+float rounding: ``'chained'`` (`_chained_step`) takes every full gradient pass of the network, the weight step's
 included, with ONE compiled copy of it, which cuts XLA:CPU's compile time; ``'direct'`` composes the public
 `hypergradient` with the weight step, which leaves XLA free to fuse and schedule across the passes. ``'auto'``
 picks per backend (`resolve_passes`).
@@ -59,11 +59,15 @@ from darts_jax.bilevel.hypergradient import (METHODS, PASSES, chain_gradient_pas
 PyTree = Any
 Metrics = dict[str, jax.Array]
 
+STEP_PASSES = tuple(p for p in PASSES if p != 'separate')
+"""The arrangements of a search step's passes (``passes``, the config's ``second_order_impl``): `PASSES` but
+``'separate'``, which is for calls of `hypergradient` outside a program."""
+
 OLD_METHOD_NAMES = {'second_order_fd': 'fd', 'second_order_exact': 'exact'}
 """Earlier config spellings of `METHODS`, still accepted (`method_name` logs a one-line notice)."""
 
-__all__ = ['METHODS', 'OLD_METHOD_NAMES', 'PASSES', 'ArchPenalty', 'BilevelProblem', 'SearchState',
-           'WeightPerturbation', 'make_search_step', 'method_name', 'momentum_buffer',
+__all__ = ['METHODS', 'OLD_METHOD_NAMES', 'PASSES', 'STEP_PASSES', 'ArchPenalty', 'BilevelProblem',
+           'SearchState', 'WeightPerturbation', 'make_search_step', 'method_name', 'momentum_buffer',
            'resolve_passes']
 
 
@@ -185,7 +189,8 @@ def make_search_step(problem: BilevelProblem, *, method: str, fd_epsilon: float 
       alphas themselves without a `relaxation`): the regularisers, the expected cost.
     weight_perturbation: ``(key, weights, step, loss_and_grad) -> weights`` applied to the weight step's mixing
       weights only (needs a `relaxation`); a constant of the weight step (no gradient flows through it).
-    passes: for ``'fd'`` / ``'exact'``: a key of `PASSES`; ``'auto'`` is resolved here, for the default backend.
+    passes: for ``'fd'`` / ``'exact'``: one of `STEP_PASSES`; ``'auto'`` is resolved here, for the default
+      backend.
 
   Returns:
     The step function. ``metrics`` (equal on all devices) are the weight step's ``loss`` and the problem's metrics,

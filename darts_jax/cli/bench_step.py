@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, default=5,
                       help="timed steps; 0 compiles only and reports XLA's memory plan (for steps that would not fit)")
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
-  parser.add_argument('--second-order-impl', choices=bilevel_step.PASSES, default='auto',
+  parser.add_argument('--second-order-impl', choices=bilevel_step.STEP_PASSES, default='auto',
                       help="'--mode second_order_*': the chained or the direct step (auto: by backend)")
   parser.add_argument('--depthwise-impl', choices=DEPTHWISE_IMPLS, default='auto')
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='activations and convolutions')

@@ -65,7 +65,7 @@ import optax
 from absl import logging
 
 from darts_jax import spaces
-from darts_jax.bilevel.step import PASSES, SearchState, WeightPerturbation, make_search_step, method_name
+from darts_jax.bilevel.step import STEP_PASSES, SearchState, WeightPerturbation, make_search_step, method_name
 from darts_jax.analysis import run_files
 from darts_jax.dynamics import early_stopping, hessian, regularizers, relaxations
 from darts_jax.training import config_utils, curves, loop, parallel, reporting
@@ -168,8 +168,9 @@ def _check_config(config: ml_collections.ConfigDict, space: spaces.SearchSpace) 
   """Raises ValueError for an invalid search config, before any work; returns the hypergradient method."""
   parallel.check_batch_size(config.batch_size)
   method = method_name(config.hypergradient)
-  if config.get('second_order_impl', 'auto') not in PASSES:
-    raise ValueError(f'Unknown second_order_impl {config.second_order_impl!r}; expected one of {", ".join(PASSES)}.')
+  if config.get('second_order_impl', 'auto') not in STEP_PASSES:
+    raise ValueError(f'Unknown second_order_impl {config.second_order_impl!r}; expected one of '
+                     f'{", ".join(STEP_PASSES)}.')
   if config.get('unroll_steps', 1) < 1 or config.get('implicit_iterations', 1) < 1:
     raise ValueError(f'unroll_steps ({config.unroll_steps}) and implicit_iterations ({config.implicit_iterations}) '
                      'must be positive.')

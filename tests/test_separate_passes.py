@@ -58,6 +58,17 @@ def test_separate_passes_equal_the_jitted_direct_form(method):
   _assert_trees_close(got, expected, rtol=1e-8 if method == 'fd' else 1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize('method', ['fd', 'exact'])
+def test_separate_passes_without_a_momentum_buffer_take_zeros(method):
+  w, alpha, train, val = _nonlinear_problem()
+  options = _options(method)
+  got = hypergradient(_loss, _loss, w, alpha, train, val, **options)
+  zeros = jax.tree.map(jnp.zeros_like, w)
+  expected = jax.jit(lambda w, alpha: hypergradient(_loss, _loss, w, alpha, train, val, momentum_buffer=zeros,
+                                                    passes='direct', **options))(w, alpha)
+  _assert_trees_close(got, expected, rtol=1e-8 if method == 'fd' else 1e-10, atol=1e-14)
+
+
 def test_the_methods_share_one_compiled_gradient(compiled_programs):
   """first_order compiles the full gradient; fd then compiles only its vector arithmetic, exact its mixed term, and
   repeated calls nothing."""

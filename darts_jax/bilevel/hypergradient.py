@@ -782,7 +782,10 @@ def _exact_mixed_program(loss: Loss, w: PyTree, alpha: PyTree, batch: Any, v: Py
 
 @jax.jit
 def _virtual_step_program(w, grad_w, momentum_buffer, eta, momentum, weight_decay, grad_clip):
-  """The virtual step ``w'`` from the unclipped training gradient, and the mixed term's factor ``η·c``."""
+  """The virtual step ``w'`` from the unclipped training gradient (``momentum_buffer`` None: zeros), and the mixed
+  term's factor ``η·c``."""
+  if momentum_buffer is None:
+    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
   scale = eta
   if grad_clip is not None:
     clip = clip_coefficient(grad_w, grad_clip)
@@ -810,8 +813,6 @@ def _combine_program(grad_alpha, scale, mixed=None, plus=None, minus=None, r=Non
 def _separate_one_step(method, train_loss, val_loss, w, alpha, train_batch, val_batch, *, eta, momentum_buffer,
                        momentum, weight_decay, fd_epsilon, grad_clip):
   """``'fd'`` or ``'exact'`` as the direct form computes them, each pass a call of the shared programs."""
-  if momentum_buffer is None:
-    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
   with jax.default_matmul_precision('highest'):
     grad_w, _ = _gradient_program(train_loss, w, alpha, train_batch)
     w_prime, scale = _virtual_step_program(w, grad_w, momentum_buffer, eta, momentum, weight_decay, grad_clip)

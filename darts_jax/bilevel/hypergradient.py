@@ -267,8 +267,8 @@ def hypergradient(
       by the three methods and every later call (``'exact'`` adds its mixed term's program, ``'fd'`` only small
       ones for its vector arithmetic); every pass at the highest matmul precision, which the finite differences
       need, so that one program serves all three. The other methods compile as one program each, also cached.
-      Define the loss once (a new function object compiles anew). ``'chained'`` and ``'direct'`` outside
-      ``jax.jit`` run op by op.
+      Define the loss once: a new function object (a ``lambda`` written inside a loop) compiles anew, and JAX's
+      cache keeps each one's programs. ``'chained'`` and ``'direct'`` outside ``jax.jit`` run op by op.
 
   Returns:
     The hypergradient, a pytree like ``alpha``.

@@ -26,9 +26,13 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 
 _CACHE_DIR = os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                                    os.path.join(tempfile.gettempdir(), 'darts_jax_test_compilation_cache'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
+# Every program, however quick to compile (JAX's default keeps those over a second): the CLI tests' subprocesses
+# compile the same small programs again otherwise (test_search_cli.py + test_retrain.py, cold: 53-55 s against
+# 56-59 s with the default).
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                  float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 
 
 @pytest.fixture(scope='module')

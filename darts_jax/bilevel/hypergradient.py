@@ -155,6 +155,26 @@ def virtual_step(w: PyTree, grad_w: PyTree, momentum_buffer: PyTree, *,
                                     weight_decay), w)
 
 
+def _fd_radius(v: PyTree, fd_epsilon) -> jax.Array:
+  """The stencil's ``R = ε/‖v‖``; ``v = 0`` gives ``w± = w`` and a zero mixed term for any finite R."""
+  norm = _global_norm(v)
+  return fd_epsilon / jnp.where(norm > 0, norm, 1.0)
+
+
+def _clipped_virtual_step(w, grad_w, momentum_buffer, eta, momentum, weight_decay, grad_clip):
+  """The virtual step ``w'`` from the unclipped training gradient (``momentum_buffer`` None: zeros) and the mixed
+  term's factor ``η·c``: ``w'`` moves along ``c·∇_w L_train``, so does its α-derivative (``c`` the clip
+  coefficient, a constant; 1 without ``grad_clip``)."""
+  if momentum_buffer is None:
+    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
+  scale = eta
+  if grad_clip is not None:
+    clip = jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip))
+    grad_w = jax.tree.map(lambda g: clip * g, grad_w)
+    scale = eta * clip
+  return virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay), scale
+
+
 def fd_mixed_term(train_loss: Loss, w: PyTree, alpha: PyTree,
                   train_batch: Any, v: PyTree, fd_epsilon) -> PyTree:
   r"""The paper's central difference for :math:`\nabla^2_{\alpha w} L_{train}\, v`.
@@ -165,9 +185,7 @@ def fd_mixed_term(train_loss: Loss, w: PyTree, alpha: PyTree,
   computed at the highest matmul precision (float32 or float64 as their
   inputs, never bfloat16 passes or TF32).
   """
-  norm = _global_norm(v)
-  # v == 0 gives w± = w and a zero mixed term for any finite R.
-  r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)
+  r = _fd_radius(v, fd_epsilon)
   # Both points of the stencil through one loop body: the α-gradient is
   # compiled once instead of twice.
   stencil = jax.tree.map(lambda w_, v_: jnp.stack([w_ + r * v_, w_ - r * v_]),
@@ -676,8 +694,7 @@ def one_step_stages(method: str, loss: Loss, w: PyTree, alpha: PyTree, train_bat
     if method == 'exact':  # the last stage
       return dict(carry, grad_alpha=grad_alpha, mixed=pmean(exact_mixed_term(loss, w, alpha, train_batch, v))), (
           w, alpha, train_batch)
-    norm = _global_norm(v)
-    r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)  # v == 0: w± = w, a zero mixed term
+    r = _fd_radius(v, fd_epsilon)
     offset = jax.tree.map(lambda v_: r * v_, v)
     return (dict(carry, grad_alpha=grad_alpha, r=r, offset=offset),
             (jax.tree.map(jnp.add, w, offset), alpha, train_batch))
@@ -752,12 +769,7 @@ def _one_step(method, train_loss, val_loss, w, alpha, train_batch, val_batch, *,
     return plan.finish(carry)
 
   grad_w = pmean(jax.grad(train_loss)(w, alpha, train_batch))
-  mixed_scale = eta
-  if grad_clip is not None:
-    clip = jax.lax.stop_gradient(clip_coefficient(grad_w, grad_clip))
-    grad_w = jax.tree.map(lambda g: clip * g, grad_w)
-    mixed_scale = eta * clip  # w' moves along c·∇_w L_train: so does its α-derivative
-  w_prime = virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay)
+  w_prime, mixed_scale = _clipped_virtual_step(w, grad_w, momentum_buffer, eta, momentum, weight_decay, grad_clip)
   v, grad_alpha = pmean(jax.grad(val_loss, argnums=(0, 1))(w_prime, alpha, val_batch))
   if method == 'exact':
     mixed = exact_mixed_term(train_loss, w, alpha, train_batch, v)
@@ -780,25 +792,13 @@ def _exact_mixed_program(loss: Loss, w: PyTree, alpha: PyTree, batch: Any, v: Py
   return exact_mixed_term(loss, w, alpha, batch, v)
 
 
-@jax.jit
-def _virtual_step_program(w, grad_w, momentum_buffer, eta, momentum, weight_decay, grad_clip):
-  """The virtual step ``w'`` from the unclipped training gradient (``momentum_buffer`` None: zeros), and the mixed
-  term's factor ``η·c``."""
-  if momentum_buffer is None:
-    momentum_buffer = jax.tree.map(jnp.zeros_like, w)
-  scale = eta
-  if grad_clip is not None:
-    clip = clip_coefficient(grad_w, grad_clip)
-    grad_w = jax.tree.map(lambda g: clip * g, grad_w)
-    scale = eta * clip
-  return virtual_step(w, grad_w, momentum_buffer, eta=eta, momentum=momentum, weight_decay=weight_decay), scale
+_virtual_step_program = jax.jit(_clipped_virtual_step)
 
 
 @jax.jit
 def _stencil_program(w, v, fd_epsilon):
   """``w ± Rv`` and ``R = ε/‖v‖`` (`fd_mixed_term`'s stencil)."""
-  norm = _global_norm(v)
-  r = fd_epsilon / jnp.where(norm > 0, norm, 1.0)
+  r = _fd_radius(v, fd_epsilon)
   return jax.tree.map(lambda w_, v_: w_ + r * v_, w, v), jax.tree.map(lambda w_, v_: w_ - r * v_, w, v), r
 
 

@@ -193,6 +193,12 @@ def _input_phases(size: int, k: int, stride: int, dilation: int, padding: int):
   return phases
 
 
+def _entry(table: jax.Array, n: jax.Array) -> jax.Array:
+  """``table[n]`` for a loop counter ``n >= 0``. The loops' indices are never negative, and JAX's wrapping of negative
+  indices would put a select into every kernel of a loop body that reads the index."""
+  return lax.dynamic_index_in_dim(table, n, keepdims=False, allow_negative_indices=False)
+
+
 def _depthwise_input_transpose(ct, x, kernel, *, stride, dilation, padding):
   # Per input phase, a stride-1 correlation of the cotangent with the taps that reach it, as shifted windows (never
   # one pad per tap); the phases are interleaved back by zero-interior pads. At stride 1 this is the correlation
@@ -221,9 +227,9 @@ def _depthwise_input_transpose(ct, x, kernel, *, stride, dilation, padding):
       row_starts = jnp.array([pads[-3][0] + c for _, c in taps_h])
 
       def add_row(n, phase, len_h=len_h, len_w=len_w, taps_w=taps_w, rows=rows, row_starts=row_starts):
-        band = lax.dynamic_slice_in_dim(ct, lax.dynamic_index_in_dim(row_starts, n, keepdims=False), len_h, axis=-3)
-        kernel_row = _kernel_taps(lax.dynamic_slice_in_dim(
-            kernel, lax.dynamic_index_in_dim(rows, n, keepdims=False), 1, axis=1))  # taps (0, j) of the row
+        band = lax.dynamic_slice_in_dim(ct, _entry(row_starts, n), len_h, axis=-3, allow_negative_indices=False)
+        kernel_row = _kernel_taps(lax.dynamic_slice_in_dim(kernel, _entry(rows, n), 1, axis=1,
+                                                           allow_negative_indices=False))  # taps (0, j) of the row
         for j, c_w in taps_w:
           window = lax.slice_in_dim(band, pads[-2][0] + c_w, pads[-2][0] + c_w + len_w, axis=-2)
           for start, stop in maps:
@@ -252,11 +258,12 @@ def _depthwise_kernel_transpose(ct, x, kernel, *, stride, dilation, padding):
   accumulate = jnp.promote_types(ct.dtype, jnp.float32)
 
   def row_gradient(i, dk):
-    band = lax.slice_in_dim(lax.dynamic_slice_in_dim(x_padded, i * dilation, span_h, axis=-3), 0, span_h, stride,
+    band = lax.slice_in_dim(lax.dynamic_slice_in_dim(x_padded, i * dilation, span_h, axis=-3,
+                                                     allow_negative_indices=False), 0, span_h, stride,
                             axis=-3)
     row = jnp.stack([jnp.sum(lax.slice_in_dim(band, j * dilation, j * dilation + span_w, stride, axis=-2) * ct,
                              reduce_axes, dtype=accumulate) for j in range(k)], axis=1)
-    return lax.dynamic_update_slice(dk, row[:, None], (0, i, 0, 0))
+    return lax.dynamic_update_slice(dk, row[:, None], (0, i, 0, 0), allow_negative_indices=False)
 
   return lax.fori_loop(0, k, row_gradient, jnp.zeros(kernel.aval.shape, accumulate)).astype(kernel.aval.dtype)
 

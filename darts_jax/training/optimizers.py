@@ -9,12 +9,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 
 from darts_jax.bilevel.hypergradient import clip_coefficient
+
+
+def _quotient(count: jax.Array, divisor: int) -> jax.Array:
+  """``count // divisor`` for a step count ``>= 0``, where truncating division is floor division. XLA copies a
+  schedule's scalar arithmetic into each of the hundreds of per-parameter update kernels that read the learning
+  rate, and ``//`` (floor division of signed integers) would add ~10 instructions to each."""
+  count = jnp.asarray(count)
+  return lax.div(count, jnp.asarray(divisor, count.dtype))
 
 
 def epoch_cosine_schedule(lr_max: float, lr_min: float, num_epochs: int, steps_per_epoch: int) -> optax.Schedule:
@@ -30,7 +39,7 @@ def epoch_cosine_schedule(lr_max: float, lr_min: float, num_epochs: int, steps_p
     raise ValueError(f'steps_per_epoch ({steps_per_epoch}) and num_epochs ({num_epochs}) must be positive.')
 
   def schedule(count: jax.Array) -> jax.Array:
-    epoch = (jnp.asarray(count) // steps_per_epoch).astype(jnp.float32)
+    epoch = _quotient(count, steps_per_epoch).astype(jnp.float32)
     return lr_min + 0.5 * (lr_max - lr_min) * (1 + jnp.cos(jnp.pi * epoch / num_epochs))
 
   return schedule
@@ -51,7 +60,7 @@ def epoch_step_schedule(lr_init: float, gamma: float, decay_epochs: int, steps_p
   log_gamma = math.log(gamma)  # in float64: gamma ** 249 in float32 would be off by 249 roundings of gamma (7e-6)
 
   def schedule(count: jax.Array) -> jax.Array:
-    decays = (jnp.asarray(count) // (steps_per_epoch * decay_epochs)).astype(jnp.float32)
+    decays = _quotient(count, steps_per_epoch * decay_epochs).astype(jnp.float32)
     return lr_init * jnp.exp(decays * log_gamma)
 
   return schedule

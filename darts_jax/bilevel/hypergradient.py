@@ -312,7 +312,7 @@ def hypergradient(
   optimizer = dict(eta=eta, momentum_buffer=momentum_buffer, momentum=momentum, weight_decay=weight_decay)
   implicit = dict(implicit_iterations=implicit_iterations, implicit_damping=implicit_damping,
                   weight_decay=weight_decay, axis_name=axis_name)
-  if separate:
+  if separate and method not in _CHAINED_METHODS:  # fd and exact take their separate passes in `_one_step`
     _check_separate(axis_name)
     if method == 'first_order':
       with jax.default_matmul_precision('highest'):
